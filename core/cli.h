@@ -1,0 +1,11 @@
+/* Subcommands of the strata command. Each returns the process exit status:
+ * 0 success, 1 runtime failure, 2 usage or configuration error. */
+#ifndef STRATA_CLI_H
+#define STRATA_CLI_H
+
+int strata_cmd_plugins(int argc, char **argv);
+int strata_cmd_check_config(int argc, char **argv);
+int strata_cmd_inspect(int argc, char **argv);
+int strata_cmd_tokenize(int argc, char **argv);
+
+#endif

@@ -1,0 +1,157 @@
+/* strata plugin SDK: the backend kind. A backend owns a device: its memory,
+ * host<->device copies, a stream of work, and every op the model needs.
+ *
+ * Registry -> device -> instance (DESIGN rule 6): a plugin reports its
+ * devices with a score; `backend = "auto"` opens the best-scoring device of
+ * all backends present and logs why. An instance runs ops in order on one
+ * stream; ops may run asynchronously until synchronize() (the CPU backend runs
+ * them synchronously). Ops return 0, or -1 after writing a one-line reason
+ * into the instance's error buffer (last_error).
+ *
+ * Data layout: every tensor is a row-major 2-D view into a device buffer;
+ * ne[0] is the row length (the contiguous dimension), ne[1] the row count.
+ * Activations are f32. Weights are in any quant type the backend supports.
+ *
+ * Paged KV cache: per layer, K and V are each one tensor of shape
+ * [n_blocks * block_size rows, n_kv_heads * head_dim] in the KV type (f32 or
+ * f16); row `slot = block * block_size + offset` holds one token. A sequence's
+ * block table lists its blocks in order; token position p of the sequence is
+ * at block_table[p / block_size], offset p % block_size. */
+#ifndef STRATA_BACKEND_H
+#define STRATA_BACKEND_H
+
+#include <strata/plugin.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct strata_backend strata_backend_t; /* an open device instance */
+typedef struct strata_buf strata_buf_t;         /* device memory */
+
+struct strata_tensor {
+  strata_buf_t *buf;
+  uint64_t offset; /* bytes from the start of buf */
+  uint32_t type;   /* enum strata_ggml_type */
+  int64_t ne[2];   /* [row length, rows] */
+};
+
+struct strata_backend_device {
+  uint32_t size;          /* sizeof(struct strata_backend_device) */
+  char name[64];          /* e.g. "cpu", "cuda:0 NVIDIA H100" */
+  uint64_t memory_total;  /* bytes; for the memory estimator */
+  uint64_t memory_free;
+  int score;              /* 0: unusable here; higher is better (cpu: 10) */
+  char why[256];          /* one line: why this score (e.g. "no CUDA driver") */
+};
+
+struct strata_backend_params {
+  uint32_t size;
+  int threads; /* CPU threads; 0 = the backend's default (config or all cores) */
+};
+
+/* The step's batch: host arrays, valid until the next set_batch. Tokens of
+ * one sequence are contiguous: sequence s owns query rows
+ * [seq_start[s], seq_start[s+1]). */
+struct strata_batch {
+  uint32_t size;
+  int32_t n_tokens;
+  const int32_t *tokens;    /* [n_tokens] */
+  const int32_t *positions; /* [n_tokens] position within its sequence */
+  const int32_t *slots;     /* [n_tokens] KV cache row for the new K/V */
+  int32_t n_seqs;
+  const int32_t *seq_start; /* [n_seqs + 1] */
+  const int32_t *seq_len;   /* [n_seqs] context length including this step */
+  const int32_t *block_tables; /* [n_seqs * max_blocks] */
+  int32_t max_blocks;
+  int32_t block_size;
+  int32_t n_out;            /* rows selected by get_rows (logits wanted) */
+  const int32_t *out_rows;  /* [n_out] indices into the step's tokens */
+};
+
+struct strata_rope {
+  float theta;       /* base frequency (rope.freq_base, 10000 default) */
+  float freq_scale;  /* 1 / linear scaling factor */
+  int neox;          /* 0: rotate adjacent pairs (llama); 1: halves (neox) */
+  int n_dims;        /* rotated dimensions per head (= head_dim usually) */
+};
+
+struct strata_attention {
+  int n_heads, n_kv_heads, head_dim;
+  float scale; /* usually 1/sqrt(head_dim) */
+};
+
+struct strata_backend_vtable {
+  uint32_t size; /* sizeof(struct strata_backend_vtable) */
+
+  /* ---- registry ---- */
+  int (*n_devices)(void);
+  int (*device_info)(int index, struct strata_backend_device *out);
+
+  /* ---- instance ---- */
+  int (*open)(int index, const struct strata_backend_params *params,
+              strata_backend_t **out, char *err, size_t errlen);
+  void (*close)(strata_backend_t *b);
+  const char *(*last_error)(strata_backend_t *b);
+  /* Which weight types matmul accepts (1) or not (0). */
+  int (*supports_type)(strata_backend_t *b, uint32_t type);
+
+  /* ---- memory ---- */
+  strata_buf_t *(*buf_alloc)(strata_backend_t *b, uint64_t bytes);
+  /* (optional) use host memory (e.g. the mmapped GGUF) in place, with no
+   * copy, when the device can read it; NULL or a NULL return: the host
+   * allocates and uploads instead. */
+  strata_buf_t *(*buf_wrap_host)(strata_backend_t *b, const void *host,
+                                 uint64_t bytes);
+  void (*buf_free)(strata_backend_t *b, strata_buf_t *buf);
+  int (*upload)(strata_backend_t *b, strata_buf_t *dst, uint64_t offset,
+                const void *src, uint64_t bytes);
+  int (*download)(strata_backend_t *b, const strata_buf_t *src,
+                  uint64_t offset, void *dst, uint64_t bytes);
+  int (*synchronize)(strata_backend_t *b);
+
+  /* ---- the step ---- */
+  int (*set_batch)(strata_backend_t *b, const struct strata_batch *batch);
+
+  /* ---- ops (on the current batch) ---- */
+  /* out[t] = table[tokens[t]]  (table: [dim, vocab] any supported type) */
+  int (*embed)(strata_backend_t *b, const struct strata_tensor *table,
+               struct strata_tensor *out);
+  /* out = x / rms(x) * w per row; w: f32 [dim, 1] */
+  int (*rmsnorm)(strata_backend_t *b, const struct strata_tensor *x,
+                 const struct strata_tensor *w, float eps,
+                 struct strata_tensor *out);
+  /* out[t, o] = sum_i x[t, i] * w[o, i]  (w: [n_in, n_out], any type) */
+  int (*matmul)(strata_backend_t *b, const struct strata_tensor *w,
+                const struct strata_tensor *x, struct strata_tensor *out);
+  /* x[t, :] += bias[:] */
+  int (*add_bias)(strata_backend_t *b, struct strata_tensor *x,
+                  const struct strata_tensor *bias);
+  /* Rotates x in place, heads of head_dim, at the batch's positions. */
+  int (*rope)(strata_backend_t *b, struct strata_tensor *x, int n_heads,
+              int head_dim, const struct strata_rope *rope);
+  /* Writes k, v rows into the cache rows given by the batch's slots. */
+  int (*kv_store)(strata_backend_t *b, const struct strata_tensor *k,
+                  const struct strata_tensor *v, struct strata_tensor *k_cache,
+                  struct strata_tensor *v_cache);
+  /* Paged attention of the batch's queries over each sequence's cached
+   * context (causal: query at position p sees positions 0..p), GQA. */
+  int (*attention)(strata_backend_t *b, const struct strata_tensor *q,
+                   const struct strata_tensor *k_cache,
+                   const struct strata_tensor *v_cache,
+                   const struct strata_attention *a, struct strata_tensor *out);
+  /* out = silu(gate) * up */
+  int (*swiglu)(strata_backend_t *b, const struct strata_tensor *gate,
+                const struct strata_tensor *up, struct strata_tensor *out);
+  /* out = a + c */
+  int (*add)(strata_backend_t *b, const struct strata_tensor *a,
+             const struct strata_tensor *c, struct strata_tensor *out);
+  /* out[j] = x[out_rows[j]] */
+  int (*get_rows)(strata_backend_t *b, const struct strata_tensor *x,
+                  struct strata_tensor *out);
+};
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,191 @@
+/* strata plugin SDK: the one header every plugin includes.
+ *
+ * A plugin is a shared object that exports exactly one symbol,
+ * `strata_plugin_entry`, returning a const descriptor. The host checks the
+ * descriptor's ABI version (exact match) and build fingerprint (exact match)
+ * before it touches anything else. See docs/plugin-abi.md.
+ *
+ * Rules for growing these structs: fields are only ever appended, and every
+ * struct starts with its own size so that either side can tell which fields
+ * the other knows about.
+ */
+#ifndef STRATA_PLUGIN_H
+#define STRATA_PLUGIN_H
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Bumped on any incompatible change to a struct or vtable in the SDK. */
+#define STRATA_ABI_VERSION 1
+
+/* ---- build fingerprint --------------------------------------------------
+ * Things that must agree between host and plugin beyond the ABI number:
+ * pointer size, byte order and sanitizer instrumentation (an ASan host with a
+ * plain plugin, or the reverse, fails in confusing ways at run time). */
+#if defined(__SANITIZE_ADDRESS__)
+#define STRATA_FP_ASAN "asan"
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define STRATA_FP_ASAN "asan"
+#endif
+#endif
+#ifndef STRATA_FP_ASAN
+#define STRATA_FP_ASAN "noasan"
+#endif
+
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+#define STRATA_FP_ENDIAN "be"
+#else
+#define STRATA_FP_ENDIAN "le"
+#endif
+
+#define STRATA_FP_STR2(x) #x
+#define STRATA_FP_STR(x) STRATA_FP_STR2(x)
+
+#define STRATA_BUILD_FINGERPRINT                                              \
+  "abi" STRATA_FP_STR(STRATA_ABI_VERSION) "-ptr" STRATA_FP_STR(               \
+      __SIZEOF_POINTER__) "-" STRATA_FP_ENDIAN "-" STRATA_FP_ASAN
+
+/* ---- visibility --------------------------------------------------------- */
+#if defined(__GNUC__)
+#define STRATA_EXPORT __attribute__((visibility("default")))
+#else
+#define STRATA_EXPORT
+#endif
+
+/* ---- plugin kinds -------------------------------------------------------- */
+enum strata_plugin_kind {
+  STRATA_PLUGIN_BACKEND = 1,
+  STRATA_PLUGIN_QUANT = 2,
+  STRATA_PLUGIN_SCHEDULER = 3,
+  STRATA_PLUGIN_LOGITS = 4,
+  STRATA_PLUGIN_ROUTER = 5,
+};
+
+/* ---- log levels ---------------------------------------------------------- */
+enum strata_log_level {
+  STRATA_LOG_ERROR = 0,
+  STRATA_LOG_WARN = 1,
+  STRATA_LOG_INFO = 2,
+  STRATA_LOG_DEBUG = 3,
+};
+
+/* ---- declarative config tables (DESIGN rule 7) ---------------------------
+ * A plugin describes the keys of its own config subtree; the host checks the
+ * subtree against the table (types, ranges, required keys, unknown keys) and
+ * fills in defaults before the plugin's init sees it. */
+enum strata_param_type {
+  STRATA_PARAM_END = 0, /* terminates a table */
+  STRATA_PARAM_INT = 1, /* 64-bit integer */
+  STRATA_PARAM_FLOAT = 2,
+  STRATA_PARAM_BOOL = 3,
+  STRATA_PARAM_STRING = 4,
+  STRATA_PARAM_SIZE = 5, /* bytes: an integer or a string like "2GiB" */
+};
+
+struct strata_param {
+  const char *name;
+  enum strata_param_type type;
+  int required;       /* 1: the key must be present */
+  const char *defval; /* default as text ("4", "0.5", "true", "2GiB"), or NULL */
+  double min, max;    /* inclusive range for INT/FLOAT/SIZE; min > max: none */
+  const char *help;   /* one line, shown by `strata plugins --verbose` */
+};
+
+/* A validated config subtree with defaults applied; opaque to plugins. */
+typedef struct strata_config_node strata_config_node_t;
+
+/* ---- the host API (DESIGN rule 5) ----------------------------------------
+ * Plugins never link against the host; everything they need from it comes
+ * through this table, handed to init(). */
+struct strata_host_api {
+  uint32_t size; /* sizeof(struct strata_host_api) as the host knows it */
+  uint32_t abi_version;
+
+  void (*log)(enum strata_log_level level, const char *who, const char *fmt,
+              ...) __attribute__((format(printf, 3, 4)));
+
+  /* Memory: aligned to at least 64 bytes; free(NULL) is a no-op. */
+  void *(*alloc)(size_t bytes);
+  void (*free)(void *ptr);
+
+  /* Config access on the plugin's own validated subtree. Each returns the
+   * value (the table's default where the key is absent); asking for a key
+   * that is not in the plugin's table is a programming error and returns the
+   * zero value after logging it. */
+  int64_t (*config_int)(const strata_config_node_t *cfg, const char *key);
+  double (*config_float)(const strata_config_node_t *cfg, const char *key);
+  int (*config_bool)(const strata_config_node_t *cfg, const char *key);
+  const char *(*config_string)(const strata_config_node_t *cfg,
+                               const char *key);
+  /* 1 if the key was set in the file, 0 if it comes from the default. */
+  int (*config_is_set)(const strata_config_node_t *cfg, const char *key);
+
+  /* Metrics: counters and gauges exported by the host under the plugin's
+   * name. (Filled from the serving-engine issue on; may be NULL before.) */
+  void (*metric_add)(const char *name, double delta);
+  void (*metric_set)(const char *name, double value);
+
+  /* The loaded quant plugin for a GGUF tensor type, or NULL: how a backend
+   * that runs CPU code reaches dot kernels and (de)quantizers. */
+  const struct strata_quant_vtable *(*quant_find)(uint32_t type);
+};
+
+/* Kind-specific vtables, each defined in its own header. */
+struct strata_quant_vtable;
+struct strata_backend_vtable;
+struct strata_scheduler_vtable;
+struct strata_logits_vtable;
+struct strata_router_vtable;
+
+/* ---- the descriptor (DESIGN rule 1) -------------------------------------- */
+struct strata_plugin_desc {
+  uint32_t size;        /* sizeof(struct strata_plugin_desc) */
+  uint32_t abi_version; /* STRATA_ABI_VERSION */
+  const char *fingerprint; /* STRATA_BUILD_FINGERPRINT */
+  enum strata_plugin_kind kind;
+  const char *name;    /* unique within its kind: [a-z0-9_-]+ */
+  const char *version; /* the plugin's own version, free text */
+  const char *license; /* SPDX identifier */
+  const char *description;
+
+  /* The plugin's config subtree (plugins.<kind>.<name>); NULL: no keys. */
+  const struct strata_param *params;
+
+  /* (optional) called once after loading with the validated config subtree.
+   * Returns 0, or non-zero after writing a message into err. */
+  int (*init)(const struct strata_host_api *host,
+              const strata_config_node_t *cfg, char *err, size_t errlen);
+  /* (optional) called once at host shutdown. The plugin stays mapped
+   * (DESIGN rule 10: never dlclose a plugin that may own threads). */
+  void (*fini)(void);
+
+  /* Exactly one of these is set, matching `kind`. */
+  union {
+    const struct strata_quant_vtable *quant;
+    const struct strata_backend_vtable *backend;
+    const struct strata_scheduler_vtable *scheduler;
+    const struct strata_logits_vtable *logits;
+    const struct strata_router_vtable *router;
+  } vt;
+};
+
+/* The one symbol a plugin exports. */
+#define STRATA_PLUGIN_ENTRY_SYMBOL "strata_plugin_entry"
+typedef const struct strata_plugin_desc *(*strata_plugin_entry_fn)(void);
+
+#define STRATA_PLUGIN_DEFINE(desc_var)                                        \
+  STRATA_EXPORT const struct strata_plugin_desc *strata_plugin_entry(void);   \
+  STRATA_EXPORT const struct strata_plugin_desc *strata_plugin_entry(void) {  \
+    return &(desc_var);                                                       \
+  }
+
+#ifdef __cplusplus
+}
+#endif
+#endif

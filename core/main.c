@@ -1,0 +1,49 @@
+/* strata: the command-line entry point. Subcommands live in cmd_*.c. */
+#include "config.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#include <strata/plugin.h>
+
+#include "cli.h"
+
+static const struct {
+  const char *name;
+  int (*fn)(int argc, char **argv);
+  const char *help;
+} commands[] = {
+    {"plugins", strata_cmd_plugins, "list the plugins found and the files rejected, with reasons"},
+    {"check-config", strata_cmd_check_config, "validate a config file without loading a model"},
+    {"inspect", strata_cmd_inspect, "print a GGUF file's metadata and tensor table"},
+    {"tokenize", strata_cmd_tokenize, "tokenize text with a model's tokenizer"},
+};
+
+static void usage(FILE *f) {
+  fprintf(f, "usage: strata COMMAND [OPTIONS]\n\ncommands:\n");
+  for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+    fprintf(f, "  %-14s %s\n", commands[i].name, commands[i].help);
+  fprintf(f, "\n`strata COMMAND --help` describes a command's options.\n");
+}
+
+int main(int argc, char **argv) {
+  if (argc < 2) {
+    usage(stderr);
+    return 2;
+  }
+  const char *cmd = argv[1];
+  if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0 || strcmp(cmd, "help") == 0) {
+    usage(stdout);
+    return 0;
+  }
+  if (strcmp(cmd, "--version") == 0 || strcmp(cmd, "version") == 0) {
+    printf("strata %s (plugin ABI %d, %s)\n", PACKAGE_VERSION, STRATA_ABI_VERSION,
+           STRATA_BUILD_FINGERPRINT);
+    return 0;
+  }
+  for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+    if (strcmp(cmd, commands[i].name) == 0) return commands[i].fn(argc - 1, argv + 1);
+  fprintf(stderr, "strata: unknown command '%s'\n", cmd);
+  usage(stderr);
+  return 2;
+}

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Installs strata's build and test dependencies from Debian 12's packages.
+# Idempotent: does nothing when everything is already there.
+set -euo pipefail
+pkgs=(build-essential autoconf automake libtool pkg-config
+      libconfig-dev check libsubunit-dev libevent-dev libjansson-dev
+      libpcre2-dev libxxhash-dev)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+echo "installing: ${missing[*]}"
+$SUDO apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh clone: installs dependencies, builds
+# out of tree with -Werror, runs every test, runs the unit tests again under
+# AddressSanitizer + UndefinedBehaviorSanitizer, then `make distcheck`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+top=$(pwd)
+jobs=$(nproc 2>/dev/null || echo 2)
+
+scripts/install-deps.sh
+autoreconf -fi >/dev/null
+
+echo "== build and test (-Werror)"
+mkdir -p build && cd build
+"$top/configure" --enable-werror -q
+make -j"$jobs" >/dev/null
+make -j"$jobs" check || { cat test-suite.log; exit 1; }
+cd "$top"
+
+echo "== unit tests under ASan + UBSan"
+mkdir -p build-san && cd build-san
+"$top/configure" --enable-werror --enable-sanitizers -q
+make -j"$jobs" >/dev/null
+ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+  make -j"$jobs" check-unit || { cat test-suite.log; exit 1; }
+cd "$top"
+
+echo "== make distcheck"
+cd build
+make -j"$jobs" distcheck >/dev/null 2>distcheck.log || { tail -50 distcheck.log; exit 1; }
+cd "$top"
+
+# One summary line that CI reads, counted from every test log.
+pass=$(grep -h '^# PASS:' build/test-suite.log build-san/test-suite.log | awk '{s+=$3} END {print s+0}')
+fail=$(grep -h '^# FAIL:' build/test-suite.log build-san/test-suite.log | awk '{s+=$3} END {print s+0}')
+skip=$(grep -h '^# SKIP:' build/test-suite.log build-san/test-suite.log | awk '{s+=$3} END {print s+0}')
+echo "tests: $pass passed, $fail failed, $skip skipped"
+[ "$fail" -eq 0 ]

@@ -1,0 +1,126 @@
+#!/usr/bin/env bash
+# Tests of the strata command itself: exit statuses, one-line errors,
+# FILE:LINE config messages, and the outputs of plugins / check-config /
+# inspect / tokenize on the real files in ../shared.
+set -u
+B=${STRATA_BUILDDIR:?}
+S=${STRATA_SRCDIR:?}
+SH=${STRATA_SHARED:-}
+STRATA="$B/strata"
+MODEL="$SH/models/stories260K.gguf"
+T=$(mktemp -d)
+trap 'rm -rf "$T"' EXIT
+pass=0
+fail=0
+
+ok() { pass=$((pass + 1)); }
+bad() { fail=$((fail + 1)); echo "FAIL: $*"; }
+
+# run NAME EXPECTED_STATUS CMD...: captures stdout/stderr in $T/out, $T/err
+run() {
+  local name=$1 want=$2
+  shift 2
+  "$@" >"$T/out" 2>"$T/err"
+  local got=$?
+  if [ "$got" -eq "$want" ]; then ok; else bad "$name: exit $got, want $want; stderr: $(head -3 "$T/err")"; fi
+}
+has() { # has NAME FILE PATTERN (extended regex)
+  if grep -Eq -- "$3" "$2"; then ok; else bad "$1: $2 lacks /$3/: $(head -5 "$2")"; fi
+}
+lines() { # lines NAME FILE N
+  local n
+  n=$(wc -l <"$2")
+  if [ "$n" -eq "$3" ]; then ok; else bad "$1: $n lines, want $3: $(head -5 "$2")"; fi
+}
+
+# ---- usage -----------------------------------------------------------------
+run "no args" 2 "$STRATA"
+run "help" 0 "$STRATA" --help
+has "help" "$T/out" "check-config"
+run "version" 0 "$STRATA" --version
+has "version" "$T/out" "plugin ABI 1"
+run "unknown command" 2 "$STRATA" frobnicate
+has "unknown command" "$T/err" "unknown command 'frobnicate'"
+
+# ---- plugins ---------------------------------------------------------------
+run "plugins" 0 "$STRATA" plugins
+for q in f32 f16 bf16 q8_0 q4_0; do has "plugins lists $q" "$T/out" "^quant +$q +"; done
+has "plugins count" "$T/out" "^5 plugin\(s\) loaded, 0 file\(s\) rejected"
+# Broken plugins on STRATA_PLUGIN_PATH are listed with their reasons.
+STRATA_PLUGIN_PATH="$B/tests/plugins/.libs" run "plugins with rejects" 0 "$STRATA" plugins
+has "reject abi" "$T/out" "bad_abi.so: ABI version mismatch: plugin has 7, host needs 1"
+has "reject entry" "$T/out" "no_entry.so: missing symbol strata_plugin_entry"
+has "reject unresolved" "$T/out" "unresolved.so: cannot load: .*strata_symbol_that_does_not_exist"
+has "reject fingerprint" "$T/out" "bad_fingerprint.so: build fingerprint mismatch"
+has "good test plugin" "$T/out" "^quant +test-good +1.0 +1 +"
+# Config plugins.path is searched first.
+cat >"$T/p.conf" <<EOF
+plugins: { path = ["$B/tests/plugins/.libs/good_quant.so"]; };
+EOF
+run "plugins --config" 0 "$STRATA" plugins --config "$T/p.conf" --verbose
+has "config path first" "$T/out" "^  $B/tests/plugins/.libs/good_quant.so$"
+has "verbose params" "$T/out" "quant.factor: float, default 1.0"
+
+# ---- check-config ----------------------------------------------------------
+run "default config" 0 "$STRATA" check-config "$S/conf/strata.conf"
+has "default config" "$T/out" "OK"
+for f in "$S"/conf/*.conf; do run "example $f" 0 "$STRATA" check-config "$f"; done
+printf 'engine: {\n  modle = "x";\n};\n' >"$T/typo.conf"
+run "typo" 2 "$STRATA" check-config "$T/typo.conf"
+has "typo" "$T/err" "^$T/typo.conf:2: unknown key 'modle' in engine \(did you mean 'model'\?\)$"
+lines "typo one line" "$T/err" 1
+printf 'server: {\n port = 0;\n host = 5;\n};\nfoo = 1;\nplugins: { scheduler: { nosuch: {}; }; };\n' >"$T/many.conf"
+run "many errors" 2 "$STRATA" check-config "$T/many.conf"
+lines "many errors" "$T/err" 4
+has "range" "$T/err" "^$T/many.conf:2: server.port = 0 is out of range"
+has "type" "$T/err" "^$T/many.conf:3: server.host must be a string, not an integer"
+has "top" "$T/err" "^$T/many.conf:5: unknown top-level key 'foo'"
+has "plugin" "$T/err" "^$T/many.conf:6: unknown scheduler plugin 'nosuch'"
+printf 'engine: { model = "x" }\nserver: {;\n' >"$T/syntax.conf"
+run "syntax" 2 "$STRATA" check-config "$T/syntax.conf"
+has "syntax" "$T/err" "^$T/syntax.conf:[0-9]+: syntax error"
+mkdir -p "$T/inc"
+printf 'server: {\n  port = 123456;\n};\n' >"$T/inc/part.conf"
+printf '@include "inc/part.conf"\n' >"$T/top.conf"
+run "include" 2 "$STRATA" check-config "$T/top.conf"
+has "include" "$T/err" "^$T/inc/part.conf:2: server.port = 123456 is out of range"
+run "missing config" 2 "$STRATA" check-config "$T/none.conf"
+has "missing config" "$T/err" "none.conf"
+run "check-config usage" 2 "$STRATA" check-config
+
+if [ -z "$SH" ] || [ ! -f "$MODEL" ]; then
+  echo "shared dir missing: skipping the model tests"
+  echo "cli: $pass passed, $fail failed"
+  [ "$fail" -eq 0 ] || exit 1
+  exit 77
+fi
+
+# ---- inspect ---------------------------------------------------------------
+run "inspect" 0 "$STRATA" inspect "$MODEL"
+has "inspect arch" "$T/out" "general.architecture"
+has "inspect dims" "$T/out" "llama.embedding_length.*64"
+has "inspect tensor" "$T/out" "token_embd.weight"
+has "inspect abbreviates" "$T/out" "tokenizer.ggml.tokens.*\.\.\."
+run "inspect missing" 1 "$STRATA" inspect "$T/none.gguf"
+lines "inspect missing one line" "$T/err" 1
+head -c 100 "$MODEL" >"$T/trunc.gguf"
+run "inspect truncated" 1 "$STRATA" inspect "$T/trunc.gguf"
+has "inspect truncated" "$T/err" "offset [0-9]+"
+lines "inspect truncated one line" "$T/err" 1
+run "inspect usage" 2 "$STRATA" inspect
+
+# ---- tokenize --------------------------------------------------------------
+run "tokenize" 0 "$STRATA" tokenize --model "$MODEL" "Once upon a time"
+has "tokenize" "$T/out" "^1 403 407 261 378$"
+run "tokenize no-bos" 0 "$STRATA" tokenize --model "$MODEL" --no-bos "Once upon a time"
+has "tokenize no-bos" "$T/out" "^403 407 261 378$"
+printf 'Once upon a time' | "$STRATA" tokenize --model "$MODEL" - >"$T/out" 2>"$T/err"
+has "tokenize stdin" "$T/out" "^1 403 407 261 378$"
+printf 'bad \xff byte' >"$T/bad.txt"
+run "tokenize invalid utf8" 1 "$STRATA" tokenize --model "$MODEL" - <"$T/bad.txt"
+has "tokenize invalid utf8" "$T/err" "offset 4"
+run "tokenize bad model" 1 "$STRATA" tokenize --model "$T/trunc.gguf" "x"
+run "tokenize usage" 2 "$STRATA" tokenize "x"
+
+echo "cli: $pass passed, $fail failed"
+[ "$fail" -eq 0 ]
