@@ -7,5 +7,8 @@ int strata_cmd_plugins(int argc, char **argv);
 int strata_cmd_check_config(int argc, char **argv);
 int strata_cmd_inspect(int argc, char **argv);
 int strata_cmd_tokenize(int argc, char **argv);
+int strata_cmd_generate(int argc, char **argv);
+int strata_cmd_bench(int argc, char **argv);
+int strata_cmd_mkmodel(int argc, char **argv);
 
 #endif

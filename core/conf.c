@@ -658,6 +658,20 @@ int strata_config_validate(strata_config_t *cfg, const struct strata_registry *r
     check_plugin_ref(cfg, engine, "backend", STRATA_PLUGIN_BACKEND, "auto", reg, errs);
     check_plugin_ref(cfg, engine, "quant", STRATA_PLUGIN_QUANT, NULL, reg, errs);
   }
+  /* The model file is checked for readability, not loaded. */
+  config_setting_t *model = engine && config_setting_type(engine) == CONFIG_TYPE_GROUP
+                                ? config_setting_get_member(engine, "model")
+                                : NULL;
+  if (model && config_setting_type(model) == CONFIG_TYPE_STRING) {
+    char *dir = strata_dirname(setting_file(cfg, model));
+    char *mp = dir ? strata_path_join(dir, config_setting_get_string(model)) : NULL;
+    if (mp && access(mp, R_OK) != 0)
+      strata_errlist_add(errs, setting_file(cfg, model), setting_line(model),
+                         "engine.model: cannot read '%.200s%s': %s", mp, strlen(mp) > 200 ? "..." : "",
+                         strerror(errno));
+    free(dir);
+    free(mp);
+  }
   config_setting_t *router = config_setting_get_member(root, "router");
   if (router && config_setting_type(router) == CONFIG_TYPE_GROUP)
     check_plugin_ref(cfg, router, "policy", STRATA_PLUGIN_ROUTER, NULL, reg, errs);

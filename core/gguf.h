@@ -119,4 +119,16 @@ int strata_ggml_type_layout(uint32_t type, uint32_t *block_size,
                             uint32_t *type_size);
 const char *strata_ggml_type_name(uint32_t type);
 
+/* Additions below the original API. */
+
+/* Arrays may nest at most this many levels (an array of arrays is 2). */
+#define STRATA_GGUF_MAX_DEPTH 8
+/* general.alignment when the key is absent. */
+#define STRATA_GGUF_DEFAULT_ALIGNMENT 32
+
+/* Bytes the handle holds on the heap (keys, strings, tables; not the
+ * mapping). The reader never allocates more than a small multiple of the
+ * file size, whatever the counts in the header claim. */
+uint64_t strata_gguf_heap_bytes(const strata_gguf_t *g);
+
 #endif

@@ -17,6 +17,9 @@ static const struct {
     {"check-config", strata_cmd_check_config, "validate a config file without loading a model"},
     {"inspect", strata_cmd_inspect, "print a GGUF file's metadata and tensor table"},
     {"tokenize", strata_cmd_tokenize, "tokenize text with a model's tokenizer"},
+    {"generate", strata_cmd_generate, "generate text from a prompt on one sequence"},
+    {"mkmodel", strata_cmd_mkmodel, "write a synthetic GGUF model (random weights, real shape and vocabulary)"},
+    {"bench", strata_cmd_bench, "measure prefill and decode speed against the memory roofline"},
 };
 
 static void usage(FILE *f) {

@@ -44,8 +44,9 @@ int32_t strata_tokenizer_lookup(const strata_tokenizer_t *t, const char *text,
                                 size_t len);
 
 /* Encodes len bytes of UTF-8 text. add_special: add BOS/EOS as the model's
- * metadata says. parse_special: text matching a control/user-defined token
- * becomes that token (otherwise it is tokenized as plain text).
+ * metadata says. parse_special: text matching a control token becomes that
+ * token (otherwise it is tokenized as plain text). User-defined tokens are
+ * always matched, as llama.cpp and Hugging Face do.
  * Invalid UTF-8 is an error naming the byte offset.
  * On success *tokens is malloc'd (caller frees) and *n_tokens set. */
 int strata_tokenize(const strata_tokenizer_t *t, const char *text, size_t len,
@@ -88,5 +89,11 @@ size_t strata_detok_stream_push(struct strata_detok_stream *s, int32_t id,
 /* Flushes held bytes at the end of a sequence (as U+FFFD). */
 size_t strata_detok_stream_flush(struct strata_detok_stream *s, char *out,
                                  size_t cap);
+
+/* Same as strata_detokenize, also giving the length through *out_len (when
+ * not NULL): byte tokens can put NUL bytes into the text. */
+char *strata_detokenize_len(const strata_tokenizer_t *t, const int32_t *tokens,
+                            size_t n, int render_special,
+                            int skip_leading_space, size_t *out_len);
 
 #endif

@@ -16,7 +16,11 @@
  * [n_blocks * block_size rows, n_kv_heads * head_dim] in the KV type (f32 or
  * f16); row `slot = block * block_size + offset` holds one token. A sequence's
  * block table lists its blocks in order; token position p of the sequence is
- * at block_table[p / block_size], offset p % block_size. */
+ * at block_table[p / block_size], offset p % block_size.
+ *
+ * Aliasing: the row-wise ops (rmsnorm, add_bias, rope, swiglu, add) must work
+ * in place, with out the same view as an input; matmul, attention, embed and
+ * get_rows never alias. */
 #ifndef STRATA_BACKEND_H
 #define STRATA_BACKEND_H
 

@@ -1,0 +1,278 @@
+/* strata bench: raw model-step throughput on one backend.
+ *
+ * Prints prefill tokens/s, decode tokens/s at one sequence and at B
+ * sequences decoding together, and the decode roofline: the bytes of weights
+ * one decode step reads over this machine's read bandwidth, which the
+ * benchmark measures itself in the same run with the same thread count. */
+#include "config.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "cli.h"
+#include "runtime.h"
+#include "sampler.h"
+#include "util.h"
+
+/* ---- memory read bandwidth ---------------------------------------------------- */
+
+struct bw_arg {
+  const uint64_t *p;
+  size_t n;
+  uint64_t sum;
+};
+
+static void *bw_worker(void *a) {
+  struct bw_arg *w = a;
+  /* Eight independent accumulators let the compiler vectorize the loop and
+   * keep enough loads in flight to saturate memory, as a matvec does. */
+  uint64_t s[8] = {0};
+  for (size_t i = 0; i + 8 <= w->n; i += 8)
+    for (int k = 0; k < 8; k++) s[k] += w->p[i + k];
+  w->sum = s[0] + s[1] + s[2] + s[3] + s[4] + s[5] + s[6] + s[7];
+  return NULL;
+}
+
+/* Best of several passes over `bytes` of memory with n threads, in B/s. */
+static double measure_read_bandwidth(size_t bytes, int threads) {
+  uint64_t *buf = NULL;
+  if (posix_memalign((void **)&buf, 64, bytes) != 0) return 0;
+  size_t n = bytes / sizeof *buf;
+  for (size_t i = 0; i < n; i++) buf[i] = i; /* touch every page */
+  if (threads < 1) threads = 1;
+  if (threads > 256) threads = 256;
+  pthread_t th[256];
+  struct bw_arg args[256];
+  double best = 0;
+  for (int rep = 0; rep < 5; rep++) {
+    double t0 = strata_now();
+    for (int t = 0; t < threads; t++) {
+      size_t lo = n / threads * t, hi = t == threads - 1 ? n : n / threads * (t + 1);
+      args[t] = (struct bw_arg){.p = buf + lo, .n = hi - lo};
+      pthread_create(&th[t], NULL, bw_worker, &args[t]);
+    }
+    uint64_t sink = 0;
+    for (int t = 0; t < threads; t++) {
+      pthread_join(th[t], NULL);
+      sink += args[t].sum;
+    }
+    double dt = strata_now() - t0;
+    if (sink == 42) fprintf(stderr, " "); /* keeps the sums alive */
+    if (dt > 0 && bytes / dt > best) best = bytes / dt;
+  }
+  free(buf);
+  return best;
+}
+
+static long rss_kib(void) {
+  FILE *f = fopen("/proc/self/status", "r");
+  if (!f) return -1;
+  char line[256];
+  long v = -1;
+  while (fgets(line, sizeof line, f))
+    if (strncmp(line, "VmRSS:", 6) == 0) v = strtol(line + 6, NULL, 10);
+  fclose(f);
+  return v;
+}
+
+/* ---- the benchmark ---------------------------------------------------------------- */
+
+static int parse_pos(const char *opt, const char *s, long hi, long *out) {
+  char *end;
+  errno = 0;
+  long v = strtol(s, &end, 10);
+  if (errno || end == s || *end || v < 1 || v > hi) {
+    fprintf(stderr, "strata: bench: %s must be an integer in [1, %ld], got '%s'\n", opt, hi, s);
+    return -1;
+  }
+  *out = v;
+  return 0;
+}
+
+/* Decodes `steps` tokens for n_seqs sequences that already hold `ctx`
+ * tokens each; returns seconds. */
+static double decode_steps(struct strata_model *m, int n_seqs, int ctx, int steps, int32_t *bt, int per,
+                           float *logits, char *err, size_t errlen) {
+  int bs = m->opts.block_size;
+  int32_t *tok = malloc(sizeof *tok * n_seqs), *pos = malloc(sizeof *pos * n_seqs),
+          *slots = malloc(sizeof *slots * n_seqs), *start = malloc(sizeof *start * (n_seqs + 1)),
+          *lens = malloc(sizeof *lens * n_seqs), *outr = malloc(sizeof *outr * n_seqs);
+  double t0 = strata_now(), dt = -1;
+  for (int s = 0; s < n_seqs; s++) tok[s] = 1 + s;
+  for (int step = 0; step < steps; step++) {
+    for (int s = 0; s < n_seqs; s++) {
+      int p = ctx + step;
+      pos[s] = p;
+      slots[s] = bt[s * per + p / bs] * bs + p % bs;
+      start[s] = s;
+      lens[s] = p + 1;
+      outr[s] = s;
+    }
+    start[n_seqs] = n_seqs;
+    struct strata_batch b = {.size = sizeof b, .n_tokens = n_seqs, .tokens = tok, .positions = pos,
+                             .slots = slots, .n_seqs = n_seqs, .seq_start = start, .seq_len = lens,
+                             .block_tables = bt, .max_blocks = per, .block_size = bs, .n_out = n_seqs,
+                             .out_rows = outr};
+    if (strata_model_forward(m, &b, logits, err, errlen) != 0) goto out;
+    for (int s = 0; s < n_seqs; s++) tok[s] = strata_argmax(logits + (size_t)s * m->hp.n_vocab, m->hp.n_vocab);
+  }
+  dt = strata_now() - t0;
+out:
+  free(tok);
+  free(pos);
+  free(slots);
+  free(start);
+  free(lens);
+  free(outr);
+  return dt;
+}
+
+/* Prefills n_seqs sequences of n tokens (chunked by the workspace). */
+static double prefill(struct strata_model *m, int n_seqs, int n, int32_t *bt, int per, float *logits, char *err,
+                      size_t errlen) {
+  int bs = m->opts.block_size, T = m->opts.max_tokens;
+  int32_t *tok = malloc(sizeof *tok * T), *pos = malloc(sizeof *pos * T), *slots = malloc(sizeof *slots * T);
+  double t0 = strata_now(), dt = -1;
+  for (int s = 0; s < n_seqs; s++) {
+    for (int done = 0; done < n;) {
+      int c = n - done < T ? n - done : T;
+      for (int i = 0; i < c; i++) {
+        int p = done + i;
+        tok[i] = 1 + (int32_t)((p * 31 + s * 17) % (m->hp.n_vocab - 1));
+        pos[i] = p;
+        slots[i] = bt[s * per + p / bs] * bs + p % bs;
+      }
+      int32_t start[2] = {0, c}, len = done + c, outr = c - 1;
+      struct strata_batch b = {.size = sizeof b, .n_tokens = c, .tokens = tok, .positions = pos, .slots = slots,
+                               .n_seqs = 1, .seq_start = start, .seq_len = &len, .block_tables = bt + s * per,
+                               .max_blocks = per, .block_size = bs, .n_out = 1, .out_rows = &outr};
+      if (strata_model_forward(m, &b, logits, err, errlen) != 0) goto out;
+      done += c;
+    }
+  }
+  dt = strata_now() - t0;
+out:
+  free(tok);
+  free(pos);
+  free(slots);
+  return dt;
+}
+
+int strata_cmd_bench(int argc, char **argv) {
+  struct strata_runtime_opts ro = {0};
+  long n_prompt = 512, n_gen = 32, batch = 16, v;
+  static const struct option opts[] = {
+      {"model", required_argument, 0, 'm'},  {"prompt-tokens", required_argument, 0, 'p'},
+      {"gen-tokens", required_argument, 0, 'g'}, {"threads", required_argument, 0, 't'},
+      {"batch", required_argument, 0, 'B'},  {"quant", required_argument, 0, 'q'},
+      {"backend", required_argument, 0, 'b'}, {"config", required_argument, 0, 'c'},
+      {"help", no_argument, 0, 'h'},         {0, 0, 0, 0}};
+  optind = 1;
+  int c;
+  while ((c = getopt_long(argc, argv, "m:p:g:t:B:q:b:c:h", opts, NULL)) != -1) {
+    switch (c) {
+    case 'm': ro.model_path = optarg; break;
+    case 'p':
+      if (parse_pos("--prompt-tokens", optarg, 1 << 20, &n_prompt)) return 2;
+      break;
+    case 'g':
+      if (parse_pos("--gen-tokens", optarg, 1 << 20, &n_gen)) return 2;
+      break;
+    case 't':
+      if (parse_pos("--threads", optarg, 1024, &v)) return 2;
+      ro.threads = (int)v;
+      break;
+    case 'B':
+      if (parse_pos("--batch", optarg, 4096, &batch)) return 2;
+      break;
+    case 'q': ro.quant = optarg; break;
+    case 'b': ro.backend = optarg; break;
+    case 'c': ro.config_path = optarg; break;
+    case 'h':
+      printf("usage: strata bench --model FILE [--prompt-tokens N] [--gen-tokens N] [--threads N]\n"
+             "         [--batch B] [--quant Q] [--backend NAME] [--config FILE]\n"
+             "Measures prefill of N tokens, decode at 1 and at B sequences, and the\n"
+             "decode roofline from this machine's measured read bandwidth.\n");
+      return 0;
+    default: return 2;
+    }
+  }
+  if (optind < argc) {
+    fprintf(stderr, "strata: bench: unexpected argument '%s'\n", argv[optind]);
+    return 2;
+  }
+  long rss0 = rss_kib();
+  /* Every sequence gets room for its prompt and generated tokens. */
+  int ctx = (int)(n_prompt + n_gen + 1);
+  ro.context_length = ctx;
+  ro.model.block_size = 16;
+  int per = (ctx + 15) / 16;
+  ro.model.n_blocks = per * (int)batch;
+  ro.model.max_tokens = n_prompt < 512 ? (int)n_prompt : 512;
+  if (ro.model.max_tokens < batch) ro.model.max_tokens = (int)batch;
+  struct strata_runtime rt;
+  int rc = strata_runtime_open(&rt, &ro);
+  if (rc != 0) return rc;
+  struct strata_model *m = rt.model;
+  if (ctx > m->hp.ctx_len)
+    fprintf(stderr, "strata: bench: note: %d tokens exceed the model's trained context %d\n", ctx, m->hp.ctx_len);
+  int32_t *bt = malloc(sizeof *bt * (size_t)per * batch);
+  for (int i = 0; i < per * batch; i++) bt[i] = i;
+  float *logits = malloc(sizeof(float) * (size_t)batch * m->hp.n_vocab);
+  char err[512];
+  rc = 1;
+  struct stat st;
+  double file_mb = stat(rt.model_path, &st) == 0 ? st.st_size / 1e6 : 0;
+  printf("model: %s (%s, %d layers, dim %d, ffn %d, vocab %d), %.1f MB\n", rt.model_path, m->hp.arch,
+         m->hp.n_layers, m->hp.dim, m->hp.ffn_dim, m->hp.n_vocab, file_mb);
+  printf("backend: %s, threads %d\n", rt.device.name, ro.threads);
+
+  /* warm-up: faults in the mmapped weights */
+  if (decode_steps(m, 1, 0, 2, bt, per, logits, err, sizeof err) < 0) goto fail;
+  double tp = prefill(m, 1, (int)n_prompt, bt, per, logits, err, sizeof err);
+  if (tp < 0) goto fail;
+  double td1 = decode_steps(m, 1, (int)n_prompt, (int)n_gen, bt, per, logits, err, sizeof err);
+  if (td1 < 0) goto fail;
+  double pf = n_prompt / tp, d1 = n_gen / td1;
+  printf("prefill:  %ld tokens in %.3f s: %.1f tokens/s (%.2f ms/token)\n", n_prompt, tp, pf, 1e3 / pf);
+  printf("decode:   1 sequence, %ld tokens in %.3f s: %.2f tokens/s (%.1f ms/token)\n", n_gen, td1, d1, 1e3 / d1);
+  printf("prefill/decode per-token speed: %.1fx\n", pf / d1);
+  double dB = 0;
+  if (batch > 1) {
+    /* B sequences with a short context each, decoding together */
+    double tpb = prefill(m, (int)batch, 16, bt, per, logits, err, sizeof err);
+    if (tpb < 0) goto fail;
+    double tdb = decode_steps(m, (int)batch, 16, (int)n_gen, bt, per, logits, err, sizeof err);
+    if (tdb < 0) goto fail;
+    dB = batch * n_gen / tdb;
+    printf("decode:   %ld sequences, %ld steps in %.3f s: %.2f tokens/s aggregate (%.1fx one sequence)\n", batch,
+           n_gen, tdb, dB, dB / d1);
+  }
+  int threads = ro.threads > 0 ? ro.threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
+  double bw = measure_read_bandwidth((size_t)1 << 30, threads);
+  double bytes_step = (double)m->weight_bytes;
+  double roof = bw / bytes_step;
+  printf("roofline: %.1f MB of weights per decode step, read bandwidth %.2f GB/s (%d threads): %.2f tokens/s max\n",
+         bytes_step / 1e6, bw / 1e9, threads, roof);
+  printf("decode at 1 sequence reaches %.0f%% of the roofline\n", 100.0 * d1 / roof);
+  long rss = rss_kib();
+  double file_mib = file_mb * 1e6 / 1048576.0, kv_mib = m->kv_bytes / 1048576.0;
+  printf("memory: resident %.1f MiB; model file %.1f MiB + KV cache %.1f MiB = %.1f MiB (%.1f%% over); at start %.1f MiB\n",
+         rss / 1024.0, file_mib, kv_mib, file_mib + kv_mib, 100.0 * (rss / 1024.0 / (file_mib + kv_mib) - 1), rss0 / 1024.0);
+  rc = 0;
+  goto done;
+fail:
+  fprintf(stderr, "strata: bench: %s\n", err);
+done:
+  free(bt);
+  free(logits);
+  strata_runtime_close(&rt);
+  return rc;
+}

@@ -1,0 +1,287 @@
+/* The llama forward pass on the cpu backend against the independent fp32
+ * reference in ../shared/reference/stories260K.jsonl: prompt logits within
+ * 1e-4 relative L2, greedy tokens exact, for single and batched sequences,
+ * chunked prefill and several KV block sizes; q8_0 within 2e-2. */
+#include "config.h"
+
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "runtime.h"
+#include "sampler.h"
+#include "testutil.h"
+
+struct ref {
+  char *prompt;
+  int32_t *prompt_tokens;
+  int n_prompt;
+  float *logits; /* [n_prompt][n_vocab] */
+  int32_t *greedy;
+  int n_greedy;
+};
+
+static struct ref refs[16];
+static int n_refs;
+static const int n_vocab_ref = 512;
+
+static int32_t *json_ints(json_t *a, int *n) {
+  *n = (int)json_array_size(a);
+  int32_t *v = malloc(sizeof *v * (size_t)(*n + 1));
+  for (int i = 0; i < *n; i++) v[i] = (int32_t)json_integer_value(json_array_get(a, (size_t)i));
+  return v;
+}
+
+static void load_refs(void) {
+  char *path = test_shared_path("reference/stories260K.jsonl");
+  FILE *f = fopen(path, "r");
+  if (!f) {
+    fprintf(stderr, "%s missing: skipping\n", path);
+    exit(77);
+  }
+  char *line = NULL;
+  size_t cap = 0;
+  while (getline(&line, &cap, f) > 0 && n_refs < 16) {
+    json_error_t je;
+    json_t *o = json_loads(line, 0, &je);
+    ck_assert_ptr_nonnull(o);
+    struct ref *r = &refs[n_refs++];
+    r->prompt = strdup(json_string_value(json_object_get(o, "prompt")));
+    r->prompt_tokens = json_ints(json_object_get(o, "prompt_tokens"), &r->n_prompt);
+    r->greedy = json_ints(json_object_get(o, "greedy_tokens"), &r->n_greedy);
+    json_t *pl = json_object_get(o, "prompt_logits");
+    ck_assert_int_eq((int)json_array_size(pl), r->n_prompt);
+    r->logits = malloc(sizeof(float) * (size_t)r->n_prompt * n_vocab_ref);
+    for (int i = 0; i < r->n_prompt; i++) {
+      json_t *row = json_array_get(pl, (size_t)i);
+      ck_assert_int_eq((int)json_array_size(row), n_vocab_ref);
+      for (int j = 0; j < n_vocab_ref; j++)
+        r->logits[(size_t)i * n_vocab_ref + j] = (float)json_number_value(json_array_get(row, (size_t)j));
+    }
+    json_decref(o);
+  }
+  free(line);
+  fclose(f);
+  free(path);
+}
+
+static double rel_l2(const float *a, const float *ref, int n) {
+  double num = 0, den = 0;
+  for (int i = 0; i < n; i++) {
+    double d = (double)a[i] - ref[i];
+    num += d * d;
+    den += (double)ref[i] * ref[i];
+  }
+  return sqrt(num / den);
+}
+
+static struct strata_runtime rt;
+
+static void open_model(const char *quant, int block_size, int n_blocks, int kv_f16) {
+  char *model = test_shared_path("models/stories260K.gguf");
+  struct strata_runtime_opts o = {.model_path = model, .backend = "cpu", .quant = quant, .threads = 2};
+  o.model.max_tokens = 256;
+  o.model.block_size = block_size;
+  o.model.n_blocks = n_blocks;
+  o.model.kv_f16 = kv_f16;
+  ck_assert_int_eq(strata_runtime_open(&rt, &o), 0);
+  ck_assert_int_eq(rt.model->hp.n_vocab, n_vocab_ref);
+  free(model);
+}
+
+/* Runs sequences together: prefill in rounds of at most `chunk` tokens per
+ * sequence, all sequences in one batch, then greedy decode of every
+ * sequence in one batch per step. Checks logits (tol) and, when
+ * check_tokens, the greedy tokens exactly. Returns the worst rel L2 seen. */
+static double run(const int *which, int n_seqs, int chunk, double tol, int check_tokens) {
+  struct strata_model *m = rt.model;
+  int bs = m->opts.block_size, per = (m->ctx_len + bs - 1) / bs;
+  int nb = strata_model_kv_blocks(m);
+  ck_assert_int_ge(nb, per * n_seqs);
+  /* Blocks scattered over the cache: sequence s gets every n_seqs-th block
+   * of a permuted pool, so tables are neither contiguous nor ordered. */
+  int32_t *bt = malloc(sizeof *bt * (size_t)per * n_seqs);
+  for (int i = 0; i < per * n_seqs; i++) {
+    int s = i % n_seqs, j = i / n_seqs;
+    bt[s * per + j] = (int32_t)((i * 7919L) % nb);
+  }
+  /* 7919 is prime and nb is not a multiple of it, so i -> i*7919 mod nb is a
+   * permutation when gcd(7919, nb) = 1. */
+  int32_t toks[512], pos[512], slots[512], outr[512], start[17], lens[16];
+  float *logits = malloc(sizeof(float) * 512 * (size_t)n_vocab_ref);
+  int done_prompt[16] = {0}, n_gen[16] = {0}, next[16];
+  double worst = 0;
+  char err[512];
+  /* prefill */
+  for (;;) {
+    int T = 0, any = 0;
+    for (int s = 0; s < n_seqs; s++) {
+      struct ref *r = &refs[which[s]];
+      start[s] = T;
+      int n = r->n_prompt - done_prompt[s];
+      if (n > chunk) n = chunk;
+      for (int i = 0; i < n; i++) {
+        int p = done_prompt[s] + i;
+        toks[T] = r->prompt_tokens[p];
+        pos[T] = p;
+        slots[T] = bt[s * per + p / bs] * bs + p % bs;
+        outr[T] = T;
+        T++;
+      }
+      lens[s] = done_prompt[s] + n;
+      any |= n > 0;
+    }
+    if (!any) break;
+    start[n_seqs] = T;
+    struct strata_batch b = {.size = sizeof b, .n_tokens = T, .tokens = toks, .positions = pos, .slots = slots,
+                             .n_seqs = n_seqs, .seq_start = start, .seq_len = lens, .block_tables = bt,
+                             .max_blocks = per, .block_size = bs, .n_out = T, .out_rows = outr};
+    ck_assert_msg(strata_model_forward(m, &b, logits, err, sizeof err) == 0, "%s", err);
+    for (int s = 0; s < n_seqs; s++) {
+      struct ref *r = &refs[which[s]];
+      for (int t = start[s]; t < start[s + 1]; t++) {
+        int p = pos[t];
+        double e = rel_l2(logits + (size_t)t * n_vocab_ref, r->logits + (size_t)p * n_vocab_ref, n_vocab_ref);
+        if (e > worst) worst = e;
+        ck_assert_msg(e <= tol, "prompt %d position %d: rel L2 %.3g > %.3g", which[s], p, e, tol);
+        if (p == r->n_prompt - 1) next[s] = strata_argmax(logits + (size_t)t * n_vocab_ref, n_vocab_ref);
+      }
+      done_prompt[s] = lens[s];
+    }
+  }
+  if (!check_tokens) goto out;
+  for (int s = 0; s < n_seqs; s++) {
+    ck_assert_msg(next[s] == refs[which[s]].greedy[0], "prompt %d: first token %d, want %d", which[s],
+                  next[s], refs[which[s]].greedy[0]);
+    n_gen[s] = 1;
+  }
+  /* decode all sequences together */
+  for (;;) {
+    int T = 0, n_live = 0, live[16];
+    for (int s = 0; s < n_seqs; s++) {
+      struct ref *r = &refs[which[s]];
+      if (n_gen[s] >= r->n_greedy) continue;
+      int p = r->n_prompt + n_gen[s] - 1;
+      live[n_live] = s;
+      start[n_live] = T;
+      toks[T] = next[s];
+      pos[T] = p;
+      slots[T] = bt[s * per + p / bs] * bs + p % bs;
+      outr[T] = T;
+      lens[n_live] = p + 1;
+      T++;
+      n_live++;
+    }
+    if (!n_live) break;
+    start[n_live] = T;
+    /* block tables of the live sequences, in batch order */
+    int32_t *lbt = malloc(sizeof *lbt * (size_t)per * n_live);
+    for (int i = 0; i < n_live; i++) memcpy(lbt + i * per, bt + live[i] * per, sizeof *lbt * (size_t)per);
+    struct strata_batch b = {.size = sizeof b, .n_tokens = T, .tokens = toks, .positions = pos, .slots = slots,
+                             .n_seqs = n_live, .seq_start = start, .seq_len = lens, .block_tables = lbt,
+                             .max_blocks = per, .block_size = bs, .n_out = T, .out_rows = outr};
+    ck_assert_msg(strata_model_forward(m, &b, logits, err, sizeof err) == 0, "%s", err);
+    free(lbt);
+    for (int i = 0; i < n_live; i++) {
+      int s = live[i];
+      struct ref *r = &refs[which[s]];
+      next[s] = strata_argmax(logits + (size_t)i * n_vocab_ref, n_vocab_ref);
+      ck_assert_msg(next[s] == r->greedy[n_gen[s]], "prompt %d: generated token %d is %d, want %d", which[s],
+                    n_gen[s], next[s], r->greedy[n_gen[s]]);
+      n_gen[s]++;
+    }
+  }
+out:
+  free(logits);
+  free(bt);
+  return worst;
+}
+
+START_TEST(prompt_tokens_match) {
+  open_model(NULL, 16, 0, 0);
+  for (int i = 0; i < n_refs; i++) {
+    int32_t *t;
+    size_t n;
+    char err[256];
+    ck_assert_int_eq(strata_tokenize(rt.tok, refs[i].prompt, strlen(refs[i].prompt), 1, 0, &t, &n, err, sizeof err), 0);
+    ck_assert_int_eq((int)n, refs[i].n_prompt);
+    for (size_t j = 0; j < n; j++) ck_assert_int_eq(t[j], refs[i].prompt_tokens[j]);
+    free(t);
+  }
+  strata_runtime_close(&rt);
+}
+END_TEST
+
+START_TEST(single_sequence_exact) {
+  open_model(NULL, 16, 0, 0);
+  double worst = 0;
+  for (int i = 0; i < n_refs; i++) {
+    double w = run(&i, 1, 512, 1e-4, 1);
+    if (w > worst) worst = w;
+  }
+  fprintf(stderr, "single sequence: worst prompt-logit rel L2 %.3g\n", worst);
+  strata_runtime_close(&rt);
+}
+END_TEST
+
+static const int block_sizes[] = {1, 5, 16, 32};
+
+START_TEST(batched_exact_any_block_size) {
+  int bsz = block_sizes[_i];
+  int per = (512 + bsz - 1) / bsz;
+  open_model(NULL, bsz, per * n_refs + 3, 0);
+  int which[16];
+  for (int i = 0; i < n_refs; i++) which[i] = i;
+  double w = run(which, n_refs, 512, 1e-4, 1);
+  fprintf(stderr, "batched, block size %d: worst rel L2 %.3g\n", bsz, w);
+  strata_runtime_close(&rt);
+}
+END_TEST
+
+START_TEST(chunked_prefill_exact) {
+  /* Prompts fed 3 tokens at a time: later chunks attend to cached context. */
+  int per = 512 / 16;
+  open_model(NULL, 16, per * n_refs, 0);
+  int which[16];
+  for (int i = 0; i < n_refs; i++) which[i] = n_refs - 1 - i;
+  run(which, n_refs, 3, 1e-4, 1);
+  strata_runtime_close(&rt);
+}
+END_TEST
+
+START_TEST(q8_0_within_tolerance) {
+  open_model("q8_0", 16, 0, 0);
+  double worst = 0;
+  for (int i = 0; i < n_refs; i++) {
+    double w = run(&i, 1, 512, 2e-2, 0);
+    if (w > worst) worst = w;
+  }
+  fprintf(stderr, "q8_0: worst prompt-logit rel L2 %.3g\n", worst);
+  ck_assert(worst > 0); /* requantization really happened */
+  strata_runtime_close(&rt);
+}
+END_TEST
+
+START_TEST(f16_kv_cache_close) {
+  open_model(NULL, 16, 0, 1);
+  for (int i = 0; i < n_refs; i++) run(&i, 1, 512, 2e-3, 0);
+  strata_runtime_close(&rt);
+}
+END_TEST
+
+int main(void) {
+  load_refs();
+  Suite *s = suite_create("model");
+  TCase *tc = tcase_create("stories260K");
+  tcase_set_timeout(tc, 300);
+  tcase_add_test(tc, prompt_tokens_match);
+  tcase_add_test(tc, single_sequence_exact);
+  tcase_add_loop_test(tc, batched_exact_any_block_size, 0, (int)(sizeof block_sizes / sizeof block_sizes[0]));
+  tcase_add_test(tc, chunked_prefill_exact);
+  tcase_add_test(tc, q8_0_within_tolerance);
+  tcase_add_test(tc, f16_kv_cache_close);
+  suite_add_tcase(s, tc);
+  return test_run_suite(s);
+}
