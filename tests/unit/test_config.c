@@ -206,8 +206,8 @@ END_TEST
 START_TEST(include_relative_to_including_file) {
   /* main.conf includes sub/a.conf, which includes b.conf from sub/; an error
    * in sub/b.conf is reported there with its own line. */
-  put("sub/b.conf", "# b\n\nserver: { port = 0; };\n");
-  put("sub/a.conf", "engine: { model = \"model.gguf\"; };\n@include \"b.conf\"\n");
+  free(put("sub/b.conf", "# b\n\nserver: { port = 0; };\n"));
+  free(put("sub/a.conf", "engine: { model = \"model.gguf\"; };\n@include \"b.conf\"\n"));
   free(put("sub/model.gguf", "GGUF"));
   char *main_path = put("main.conf", "# top\n@include \"sub/a.conf\"\n");
   struct strata_errlist e = check(main_path);
@@ -218,7 +218,7 @@ START_TEST(include_relative_to_including_file) {
   ck_assert_msg(strncmp(e.lines[0], want, strlen(want)) == 0, "%s", e.lines[0]);
   strata_errlist_free(&e);
   /* Paths set in an included file resolve against that file's directory. */
-  put("sub/b.conf", "server: { port = 9000; };\n");
+  free(put("sub/b.conf", "server: { port = 9000; };\n"));
   struct strata_errlist e2 = {0};
   strata_config_t *cfg = strata_config_load(main_path, &e2);
   ck_assert_ptr_nonnull(cfg);
@@ -236,7 +236,7 @@ START_TEST(include_relative_to_including_file) {
 END_TEST
 
 START_TEST(include_syntax_error_mapped_back) {
-  put("inc/bad.conf", "server: {\n  port = 80;\n  host = ;\n};\n");
+  free(put("inc/bad.conf", "server: {\n  port = 80;\n  host = ;\n};\n"));
   expect_one("incmain.conf", "@include \"inc/bad.conf\"\n", "inc/bad.conf", 3, "syntax error");
 }
 END_TEST
@@ -247,7 +247,7 @@ START_TEST(include_missing_file) {
 END_TEST
 
 START_TEST(include_cycle) {
-  put("cyc/b.conf", "@include \"a.conf\"\n");
+  free(put("cyc/b.conf", "@include \"a.conf\"\n"));
   expect_one("cyc/a.conf", "@include \"b.conf\"\n", "cyc/b.conf", 1, "nested more than");
 }
 END_TEST
