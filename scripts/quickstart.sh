@@ -9,6 +9,6 @@ scripts/install-deps.sh
 make -j"$(nproc 2>/dev/null || echo 2)" >/dev/null
 ./strata check-config conf/strata.conf
 ./strata plugins
-./strata inspect ../shared/models/stories260K.gguf | head -40
+./strata inspect ../shared/models/stories260K.gguf | sed -n 1,30p
 echo "tokens of \"Once upon a time\":"
 ./strata tokenize --model ../shared/models/stories260K.gguf "Once upon a time"
