@@ -12,9 +12,18 @@ autoreconf -fi >/dev/null
 
 echo "== build and test (-Werror)"
 mkdir -p build && cd build
-"$top/configure" --enable-werror -q
+"$top/configure" --enable-werror --prefix="$top/build/prefix" -q
 make -j"$jobs" >/dev/null
 make -j"$jobs" check || { cat test-suite.log; exit 1; }
+
+echo "== installed strata finds its plugins, headers and pkg-config file"
+make install >/dev/null
+inst="$top/build/prefix"
+"$inst/bin/strata" plugins >plugins.out
+grep -q "plugin(s) loaded, 0 file(s) rejected" plugins.out
+grep -q "$inst/lib/strata/quant_q8_0.so" plugins.out
+for h in plugin.h quant.h backend.h fp16.h; do test -f "$inst/include/strata/$h"; done
+PKG_CONFIG_PATH="$inst/lib/pkgconfig" pkg-config --cflags strata-plugin | grep -q -- "-I$inst/include"
 cd "$top"
 
 echo "== unit tests under ASan + UBSan"

@@ -130,5 +130,61 @@ has "tokenize invalid utf8" "$T/err" "offset 4"
 run "tokenize bad model" 1 "$STRATA" tokenize --model "$T/trunc.gguf" "x"
 run "tokenize usage" 2 "$STRATA" tokenize "x"
 
+# ---- generate --------------------------------------------------------------
+run "generate greedy" 0 "$STRATA" generate --model "$MODEL" --prompt "Once upon a time" -n 20 --temperature 0
+has "generate greedy" "$T/out" "^, there was a little girl named Lily"
+has "generate stats" "$T/err" "prompt: 5 tokens .* generated: 20 tokens"
+"$STRATA" generate --model "$MODEL" --prompt "Lily" -n 30 --seed 7 >"$T/s1" 2>/dev/null
+"$STRATA" generate --model "$MODEL" --prompt "Lily" -n 30 --seed 7 >"$T/s2" 2>/dev/null
+"$STRATA" generate --model "$MODEL" --prompt "Lily" -n 30 --seed 8 >"$T/s3" 2>/dev/null
+if cmp -s "$T/s1" "$T/s2"; then ok; else bad "same seed, different text"; fi
+if cmp -s "$T/s1" "$T/s3"; then bad "different seeds, same text"; else ok; fi
+run "generate top-k top-p min-p" 0 "$STRATA" generate --model "$MODEL" --prompt "Lily" -n 10 --top-k 5 --top-p 0.9 --min-p 0.05 --temperature 0.8
+run "generate q8_0" 0 "$STRATA" generate --model "$MODEL" --prompt "Once upon a time" -n 10 --quant q8_0 --temperature 0
+run "generate dump" 0 "$STRATA" generate --model "$MODEL" --prompt "Once upon a time" -n 3 --temperature 0 --dump-logits "$T/logits.txt"
+lines "dump lines" "$T/logits.txt" 7    # 5 prompt positions + 2 decode steps
+if [ "$(head -1 "$T/logits.txt" | wc -w)" -eq 512 ]; then ok; else bad "dump row width"; fi
+if [ -f "$S/../shared/models/stories260K.gguf" ]; then
+  run "generate config" 0 "$STRATA" generate --config "$S/conf/strata.conf" --prompt "Once" -n 5 --temperature 0
+fi
+run "generate stdin prompt" 0 "$STRATA" generate --model "$MODEL" --prompt - -n 5 --temperature 0 <<<"Once upon a time"
+# bad input: one line, non-zero exit
+run "generate missing model" 1 "$STRATA" generate --model "$T/none.gguf" --prompt x
+lines "generate missing model" "$T/err" 1
+run "generate truncated model" 1 "$STRATA" generate --model "$T/trunc.gguf" --prompt x
+lines "generate truncated model" "$T/err" 1
+has "generate truncated model" "$T/err" "offset"
+head -c 600000 "$MODEL" >"$T/half.gguf"
+run "generate cut model" 1 "$STRATA" generate --model "$T/half.gguf" --prompt x
+lines "generate cut model" "$T/err" 1
+run "generate n=0" 2 "$STRATA" generate --model "$MODEL" --prompt x -n 0
+lines "generate n=0" "$T/err" 1
+run "generate n<0" 2 "$STRATA" generate --model "$MODEL" --prompt x -n -5
+run "generate bad quant" 2 "$STRATA" generate --model "$MODEL" --prompt x --quant q9_9
+lines "generate bad quant" "$T/err" 1
+run "generate prompt too long" 1 "$STRATA" generate --model "$MODEL" --context-length 8 --prompt "Once upon a time there was a little girl named Lily"
+has "generate prompt too long" "$T/err" "context holds 8"
+lines "generate prompt too long" "$T/err" 1
+run "generate bad temperature" 2 "$STRATA" generate --model "$MODEL" --prompt x --temperature hot
+run "generate no prompt" 2 "$STRATA" generate --model "$MODEL"
+
+# ---- mkmodel and bench -------------------------------------------------------
+run "mkmodel tiny q8_0" 0 "$STRATA" mkmodel --out "$T/tiny.gguf" --shape tiny --quant q8_0 --vocab "$SH/vocab/ggml-vocab-llama-spm.gguf"
+run "mkmodel inspect" 0 "$STRATA" inspect "$T/tiny.gguf"
+has "mkmodel vocab" "$T/out" "tokenizer.ggml.tokens: \[string; 32000\]"
+has "mkmodel q8_0" "$T/out" "blk.0.attn_q.weight +q8_0 +\[256, 256\]"
+run "mkmodel tokenizes" 0 "$STRATA" tokenize --model "$T/tiny.gguf" "Hello world"
+has "mkmodel tokenizes" "$T/out" "^1 15043 3186$"
+run "generate synthetic" 0 "$STRATA" generate --model "$T/tiny.gguf" --prompt "Hello" -n 8 --temperature 0
+run "mkmodel q4_0" 0 "$STRATA" mkmodel --out "$T/tiny4.gguf" --dim 128 --layers 2 --heads 4 --kv-heads 2 --ffn 256 --quant q4_0 --vocab "$SH/vocab/ggml-vocab-llama-spm.gguf"
+run "bench" 0 "$STRATA" bench --model "$T/tiny4.gguf" --prompt-tokens 64 --gen-tokens 8 --batch 4 --threads 2
+has "bench prefill" "$T/out" "^prefill: +64 tokens"
+has "bench batch" "$T/out" "^decode: +4 sequences"
+has "bench roofline" "$T/out" "^roofline: .* GB/s"
+run "mkmodel bad shape" 2 "$STRATA" mkmodel --out "$T/x.gguf" --shape gpt-5
+run "mkmodel bad quant" 2 "$STRATA" mkmodel --out "$T/x.gguf" --shape tiny --quant q9
+run "mkmodel unaligned" 2 "$STRATA" mkmodel --out "$T/x.gguf" --dim 100 --layers 1 --heads 4 --ffn 64 --quant q8_0
+if [ ! -e "$T/x.gguf" ]; then ok; else bad "failed mkmodel left a file"; fi
+
 echo "cli: $pass passed, $fail failed"
 [ "$fail" -eq 0 ]

@@ -271,6 +271,44 @@ START_TEST(f16_kv_cache_close) {
 }
 END_TEST
 
+/* `strata generate --temperature 0` prints exactly the reference's greedy
+ * text (the continuation only), then a newline. */
+START_TEST(generate_command_matches_reference) {
+  char *jsonl = test_shared_path("reference/stories260K.jsonl");
+  char *model = test_shared_path("models/stories260K.gguf");
+  FILE *f = fopen(jsonl, "r");
+  ck_assert_ptr_nonnull(f);
+  char *line = NULL;
+  size_t cap = 0;
+  int n = 0;
+  while (getline(&line, &cap, f) > 0) {
+    json_t *o = json_loads(line, 0, NULL);
+    const char *prompt = json_string_value(json_object_get(o, "prompt"));
+    const char *want = json_string_value(json_object_get(o, "greedy_text"));
+    int n_greedy = (int)json_array_size(json_object_get(o, "greedy_tokens"));
+    char cmd[8192];
+    snprintf(cmd, sizeof cmd, "'%s/strata' generate --model '%s' --temperature 0 -n %d --prompt '%s' 2>/dev/null",
+             test_builddir(), model, n_greedy, prompt);
+    FILE *p = popen(cmd, "r");
+    ck_assert_ptr_nonnull(p);
+    char out[65536];
+    size_t len = fread(out, 1, sizeof out - 1, p);
+    out[len] = 0;
+    ck_assert_int_eq(pclose(p), 0);
+    size_t wl = strlen(want);
+    ck_assert_msg(len == wl + 1 && memcmp(out, want, wl) == 0 && out[wl] == '\n',
+                  "prompt '%s':\n got: %s\nwant: %s", prompt, out, want);
+    json_decref(o);
+    n++;
+  }
+  ck_assert_int_eq(n, n_refs);
+  free(line);
+  fclose(f);
+  free(jsonl);
+  free(model);
+}
+END_TEST
+
 int main(void) {
   load_refs();
   Suite *s = suite_create("model");
@@ -282,6 +320,7 @@ int main(void) {
   tcase_add_test(tc, chunked_prefill_exact);
   tcase_add_test(tc, q8_0_within_tolerance);
   tcase_add_test(tc, f16_kv_cache_close);
+  tcase_add_test(tc, generate_command_matches_reference);
   suite_add_tcase(s, tc);
   return test_run_suite(s);
 }

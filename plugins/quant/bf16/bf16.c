@@ -21,6 +21,7 @@
 #include <string.h>
 
 #include <strata/fp16.h>
+#include <strata/cpu.h>
 #include <strata/plugin.h>
 #include <strata/quant.h>
 
@@ -143,28 +144,17 @@ BF16_AVX512 static void bf16_vec_dot_avx512(int64_t n, float *out,
 #endif
 
 /* ---- dispatch ------------------------------------------------------------ */
-enum { CPU_SCALAR, CPU_AVX2, CPU_AVX512 };
-
-static int bf16_cpu_cap(void) {
-  const char *e = getenv("STRATA_CPU_FEATURES");
-  if (e && strcmp(e, "scalar") == 0) return CPU_SCALAR;
-  if (e && strcmp(e, "avx2") == 0) return CPU_AVX2;
-  return CPU_AVX512;
-}
-
 static void (*bf16_vec_dot_impl)(int64_t, float *, const void *,
                                  const void *) = bf16_vec_dot_scalar;
 
 /* Runs when the plugin is loaded, before any call can race with it. */
 __attribute__((constructor)) static void bf16_select(void) {
-  int cap = bf16_cpu_cap();
-  (void)cap;
+  struct strata_cpu_features c = strata_cpu_detect();
+  (void)c;
 #if defined(__x86_64__)
-  __builtin_cpu_init(); /* constructors may run before libgcc's own */
-  if (cap >= CPU_AVX512 && __builtin_cpu_supports("avx512f"))
+  if (c.avx512)
     bf16_vec_dot_impl = bf16_vec_dot_avx512;
-  else if (cap >= CPU_AVX2 && __builtin_cpu_supports("avx2") &&
-           __builtin_cpu_supports("fma"))
+  else if (c.avx2)
     bf16_vec_dot_impl = bf16_vec_dot_avx2;
 #endif
 }

@@ -19,6 +19,7 @@
 #include <string.h>
 
 #include <strata/fp16.h>
+#include <strata/cpu.h>
 #include <strata/plugin.h>
 #include <strata/quant.h>
 
@@ -173,15 +174,6 @@ F16_AVX512 static void f16_vec_dot_avx512(int64_t n, float *out, const void *w,
 #endif
 
 /* ---- dispatch ------------------------------------------------------------ */
-enum { CPU_SCALAR, CPU_AVX2, CPU_AVX512 };
-
-static int f16_cpu_cap(void) {
-  const char *e = getenv("STRATA_CPU_FEATURES");
-  if (e && strcmp(e, "scalar") == 0) return CPU_SCALAR;
-  if (e && strcmp(e, "avx2") == 0) return CPU_AVX2;
-  return CPU_AVX512;
-}
-
 static void (*f16_dequantize_row_impl)(const void *, float *,
                                        int64_t) = f16_dequantize_row_scalar;
 static void (*f16_quantize_row_impl)(const float *, void *,
@@ -191,23 +183,19 @@ static void (*f16_vec_dot_impl)(int64_t, float *, const void *,
 
 /* Runs when the plugin is loaded, before any call can race with it. */
 __attribute__((constructor)) static void f16_select(void) {
-  int cap = f16_cpu_cap();
-  (void)cap;
+  struct strata_cpu_features c = strata_cpu_detect();
+  (void)c;
   /* The scalar code needs the table; it is also the fallback for the
    * dequantize and quantize slots on CPUs without F16C. */
   int need_table = 1;
 #if defined(__x86_64__)
-  __builtin_cpu_init(); /* constructors may run before libgcc's own */
-  int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-             __builtin_cpu_supports("f16c");
-  if (cap >= CPU_AVX2 && avx2) {
+  if (c.avx2) {
     f16_dequantize_row_impl = f16_dequantize_row_f16c;
     f16_quantize_row_impl = f16_quantize_row_f16c;
     f16_vec_dot_impl = f16_vec_dot_avx2;
     need_table = 0;
   }
-  if (cap >= CPU_AVX512 && __builtin_cpu_supports("avx512f"))
-    f16_vec_dot_impl = f16_vec_dot_avx512;
+  if (c.avx512) f16_vec_dot_impl = f16_vec_dot_avx512;
 #endif
   if (need_table)
     for (uint32_t h = 0; h < (1u << 16); h++)

@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <strata/cpu.h>
 #include <strata/plugin.h>
 #include <strata/quant.h>
 
@@ -119,28 +120,17 @@ f32_vec_dot_avx512(int64_t n, float *out, const void *w, const void *a) {
 #endif
 
 /* ---- dispatch ------------------------------------------------------------ */
-enum { CPU_SCALAR, CPU_AVX2, CPU_AVX512 };
-
-static int f32_cpu_cap(void) {
-  const char *e = getenv("STRATA_CPU_FEATURES");
-  if (e && strcmp(e, "scalar") == 0) return CPU_SCALAR;
-  if (e && strcmp(e, "avx2") == 0) return CPU_AVX2;
-  return CPU_AVX512;
-}
-
 static void (*f32_vec_dot_impl)(int64_t, float *, const void *,
                                 const void *) = f32_vec_dot_scalar;
 
 /* Runs when the plugin is loaded, before any call can race with it. */
 __attribute__((constructor)) static void f32_select(void) {
-  int cap = f32_cpu_cap();
-  (void)cap;
+  struct strata_cpu_features c = strata_cpu_detect();
+  (void)c;
 #if defined(__x86_64__)
-  __builtin_cpu_init(); /* constructors may run before libgcc's own */
-  if (cap >= CPU_AVX512 && __builtin_cpu_supports("avx512f"))
+  if (c.avx512)
     f32_vec_dot_impl = f32_vec_dot_avx512;
-  else if (cap >= CPU_AVX2 && __builtin_cpu_supports("avx2") &&
-           __builtin_cpu_supports("fma"))
+  else if (c.avx2)
     f32_vec_dot_impl = f32_vec_dot_avx2;
 #endif
 }

@@ -29,6 +29,7 @@
 #include <string.h>
 
 #include <strata/fp16.h>
+#include <strata/cpu.h>
 #include <strata/plugin.h>
 #include <strata/quant.h>
 
@@ -220,33 +221,17 @@ Q4_VNNI static void q4_0_vec_dot_vnni(int64_t n, float *out, const void *w,
 #endif
 
 /* ---- dispatch ------------------------------------------------------------ */
-enum { CPU_SCALAR, CPU_AVX2, CPU_AVX512 };
-
-static int q4_0_cpu_cap(void) {
-  const char *e = getenv("STRATA_CPU_FEATURES");
-  if (e && strcmp(e, "scalar") == 0) return CPU_SCALAR;
-  if (e && strcmp(e, "avx2") == 0) return CPU_AVX2;
-  return CPU_AVX512;
-}
-
 static void (*q4_0_vec_dot_impl)(int64_t, float *, const void *,
                                  const void *) = q4_0_vec_dot_scalar;
 
 /* Runs when the plugin is loaded, before any call can race with it. */
 __attribute__((constructor)) static void q4_0_select(void) {
-  int cap = q4_0_cpu_cap();
-  (void)cap;
+  struct strata_cpu_features c = strata_cpu_detect();
+  (void)c;
 #if defined(__x86_64__)
-  __builtin_cpu_init(); /* constructors may run before libgcc's own */
-  int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-             __builtin_cpu_supports("f16c");
-  int vnni = avx2 && __builtin_cpu_supports("avx512f") &&
-             __builtin_cpu_supports("avx512bw") &&
-             __builtin_cpu_supports("avx512vl") &&
-             __builtin_cpu_supports("avx512vnni");
-  if (cap >= CPU_AVX512 && vnni)
+  if (c.avx512_vnni)
     q4_0_vec_dot_impl = q4_0_vec_dot_vnni;
-  else if (cap >= CPU_AVX2 && avx2)
+  else if (c.avx2)
     q4_0_vec_dot_impl = q4_0_vec_dot_avx2;
 #endif
 }
