@@ -579,6 +579,23 @@ static int parse_header(struct parser *ps) {
   return 0;
 }
 
+/* Reads a key or a tensor name: non-empty and free of NUL bytes. Points
+ * ps->name at it so later messages can say whose field was bad. */
+static int rd_name(struct parser *ps, const char *len_field, const char *field,
+                   struct strata_gguf_str *out, uint64_t *off) {
+  *off = ps->pos;
+  if (rd_str(ps, len_field, out)) return -1;
+  const uint8_t *raw = ps->p + *off + 8;
+  ps->name = raw;
+  ps->name_len = out->len;
+  if (out->len == 0) return perr(ps, *off, field, "empty %s", field);
+  const uint8_t *nul = memchr(raw, 0, out->len);
+  if (nul)
+    return perr(ps, *off + 8 + (uint64_t)(nul - raw), field,
+                "contains a NUL byte");
+  return 0;
+}
+
 static int parse_kvs(struct parser *ps) {
   strata_gguf_t *g = ps->g;
   for (uint64_t i = 0; i < ps->n_kv; i++) {
@@ -586,17 +603,10 @@ static int parse_kvs(struct parser *ps) {
     ps->idx = i;
     ps->name = NULL;
     ps->depth = 0;
-    uint64_t koff = ps->pos;
+    uint64_t koff;
     struct strata_gguf_str key;
-    if (rd_str(ps, "key length", &key)) return -1;
+    if (rd_name(ps, "key length", "key", &key, &koff)) return -1;
     const uint8_t *raw = ps->p + koff + 8;
-    ps->name = raw;
-    ps->name_len = key.len;
-    if (key.len == 0) return perr(ps, koff, "key", "empty key");
-    const uint8_t *nul = memchr(raw, 0, key.len);
-    if (nul)
-      return perr(ps, koff + 8 + (uint64_t)(nul - raw), "key",
-                  "contains a NUL byte");
     uint64_t toff = ps->pos;
     uint32_t type;
     if (rd_u32(ps, "value type", &type)) return -1;
@@ -633,17 +643,9 @@ static int parse_tensor_infos(struct parser *ps) {
     ps->idx = i;
     ps->name = NULL;
     ps->depth = 0;
-    uint64_t noff = ps->pos;
+    uint64_t noff;
     struct strata_gguf_str name;
-    if (rd_str(ps, "name length", &name)) return -1;
-    const uint8_t *raw = ps->p + noff + 8;
-    ps->name = raw;
-    ps->name_len = name.len;
-    if (name.len == 0) return perr(ps, noff, "name", "empty name");
-    const uint8_t *nul = memchr(raw, 0, name.len);
-    if (nul)
-      return perr(ps, noff + 8 + (uint64_t)(nul - raw), "name",
-                  "contains a NUL byte");
+    if (rd_name(ps, "name length", "name", &name, &noff)) return -1;
 
     uint64_t doff = ps->pos;
     uint32_t n_dims;
