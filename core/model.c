@@ -148,7 +148,7 @@ static int place(struct strata_model *m, const void *data, uint64_t bytes, strat
  * Vectors must be f32 (norms, biases). Matrices may be requantized. */
 static int load_weight(struct strata_model *m, const struct strata_registry *reg,
                        const char *name, int64_t ne0, int64_t ne1, int is_vector,
-                       struct strata_tensor *out, char *err, size_t errlen) {
+                       int requant, struct strata_tensor *out, char *err, size_t errlen) {
   const struct strata_gguf_tensor *t = strata_gguf_find_tensor(m->gguf, name);
   if (!t) return strata_errf(err, errlen, "missing tensor %s", name);
   if ((int64_t)t->ne[0] != ne0 || (int64_t)t->ne[1] != ne1 || t->ne[2] != 1 || t->ne[3] != 1)
@@ -171,7 +171,7 @@ static int load_weight(struct strata_model *m, const struct strata_registry *reg
     data = f;
     type = STRATA_TYPE_F32;
     bytes = (uint64_t)ne0 * ne1 * sizeof *f;
-  } else if (!is_vector && m->opts.quant) {
+  } else if (!is_vector && requant && m->opts.quant) {
     const struct strata_plugin *dq = strata_registry_find(reg, STRATA_PLUGIN_QUANT, m->opts.quant);
     if (!dq) return strata_errf(err, errlen, "unknown quant '%s'", m->opts.quant);
     const struct strata_quant_vtable *q = dq->desc->vt.quant;
@@ -245,12 +245,16 @@ int strata_model_load(const char *path, const struct strata_model_opts *opts,
   int64_t qd = (int64_t)hp->n_heads * hp->head_dim, kvd = (int64_t)hp->n_kv_heads * hp->head_dim;
 
   char name[96];
-  if (load_weight(m, reg, "token_embd.weight", hp->dim, hp->n_vocab, 0, &m->tok_embd, err, errlen) ||
-      load_weight(m, reg, "output_norm.weight", hp->dim, 1, 1, &m->output_norm, err, errlen))
+  /* The embedding is a row lookup: requantizing it saves memory but no
+   * time and only adds error, so it keeps its type unless it doubles as
+   * the output projection (a matmul). */
+  if (load_weight(m, reg, "token_embd.weight", hp->dim, hp->n_vocab, 0, hp->tied_output, &m->tok_embd,
+                  err, errlen) ||
+      load_weight(m, reg, "output_norm.weight", hp->dim, 1, 1, 0, &m->output_norm, err, errlen))
     goto fail;
   if (hp->tied_output)
     m->output = m->tok_embd;
-  else if (load_weight(m, reg, "output.weight", hp->dim, hp->n_vocab, 0, &m->output, err, errlen))
+  else if (load_weight(m, reg, "output.weight", hp->dim, hp->n_vocab, 0, 1, &m->output, err, errlen))
     goto fail;
   m->layers = strata_calloc((size_t)hp->n_layers, sizeof *m->layers);
   if (!m->layers) {
@@ -281,7 +285,7 @@ int strata_model_load(const char *path, const struct strata_model_opts *opts,
     size_t n = hp->qkv_bias ? STRATA_ARRAY_LEN(ws) : STRATA_ARRAY_LEN(ws) - 3;
     for (size_t i = 0; i < n; i++) {
       snprintf(name, sizeof name, "blk.%d.%s", l, ws[i].suffix);
-      if (load_weight(m, reg, name, ws[i].ne0, ws[i].ne1, ws[i].vec, ws[i].dst, err, errlen))
+      if (load_weight(m, reg, name, ws[i].ne0, ws[i].ne1, ws[i].vec, 1, ws[i].dst, err, errlen))
         goto fail;
     }
     int64_t slots = (int64_t)m->opts.n_blocks * m->opts.block_size;

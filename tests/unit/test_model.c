@@ -46,17 +46,27 @@ static void load_refs(void) {
   while (getline(&line, &cap, f) > 0 && n_refs < 16) {
     json_error_t je;
     json_t *o = json_loads(line, 0, &je);
-    ck_assert_ptr_nonnull(o);
+    if (!o) {
+      fprintf(stderr, "%s: line %d: %s\n", path, n_refs + 1, je.text);
+      exit(1);
+    }
     struct ref *r = &refs[n_refs++];
     r->prompt = strdup(json_string_value(json_object_get(o, "prompt")));
     r->prompt_tokens = json_ints(json_object_get(o, "prompt_tokens"), &r->n_prompt);
     r->greedy = json_ints(json_object_get(o, "greedy_tokens"), &r->n_greedy);
     json_t *pl = json_object_get(o, "prompt_logits");
-    ck_assert_int_eq((int)json_array_size(pl), r->n_prompt);
+    if ((int)json_array_size(pl) != r->n_prompt) {
+      fprintf(stderr, "%s: line %d: %zu logits rows for %d prompt tokens\n", path, n_refs,
+              json_array_size(pl), r->n_prompt);
+      exit(1);
+    }
     r->logits = malloc(sizeof(float) * (size_t)r->n_prompt * n_vocab_ref);
     for (int i = 0; i < r->n_prompt; i++) {
       json_t *row = json_array_get(pl, (size_t)i);
-      ck_assert_int_eq((int)json_array_size(row), n_vocab_ref);
+      if ((int)json_array_size(row) != n_vocab_ref) {
+        fprintf(stderr, "%s: line %d: a logits row of %zu values\n", path, n_refs, json_array_size(row));
+        exit(1);
+      }
       for (int j = 0; j < n_vocab_ref; j++)
         r->logits[(size_t)i * n_vocab_ref + j] = (float)json_number_value(json_array_get(row, (size_t)j));
     }

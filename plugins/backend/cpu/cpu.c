@@ -1,0 +1,1176 @@
+/* backend plugin "cpu": the host's own cores, with OpenMP.
+ *
+ * Buffers are plain host memory (64-byte aligned); weights can be used in
+ * place from the mmapped GGUF (buf_wrap_host), so a model is never copied a
+ * second time into RAM. Ops run synchronously; each one checks its views and
+ * returns -1 with a reason in last_error() instead of touching memory it was
+ * not given.
+ *
+ * matmul is the hot path. Activations are quantized once per call into the
+ * weight's vec_dot_type (q8_0 for q8_0 and q4_0 weights) and then:
+ *   - q8_0 / q4_0 on AVX2 or AVX-512 VNNI: cpu_kern.h's direct kernel for 1..3
+ *     tokens (streams the rows: decode is memory-bound), its tile kernel for
+ *     more (repacks 4 rows so one int32 vector dots 8 blocks at once, then
+ *     reuses them across a tile of tokens that stays in L2);
+ *   - f32 / f16 / bf16 on AVX2: register-tiled FMA on f32 activations;
+ *   - anything else, or STRATA_CPU_FEATURES=scalar: the quant plugin's
+ *     vec_dot per (row, token), blocked so a row block stays in cache.
+ * Work is split over output rows, so every output element is computed by the
+ * same code whatever the thread count (results do not depend on it).
+ *
+ * State: the config (threads) read at init and the host API pointer; all
+ * else lives in the instance.
+ */
+#include "config.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <strata/backend.h>
+#include <strata/cpu.h>
+#include <strata/fp16.h>
+#include <strata/plugin.h>
+#include <strata/quant.h>
+
+#if defined(_OPENMP)
+#include <omp.h>
+#define CPU_OMP(x) _Pragma(#x)
+static int cpu_tid(void) { return omp_get_thread_num(); }
+static int cpu_nprocs(void) { return omp_get_num_procs(); }
+#else
+#define CPU_OMP(x)
+static int cpu_tid(void) { return 0; }
+static int cpu_nprocs(void) { return 1; }
+#endif
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+#define CPU_INLINE static inline __attribute__((always_inline))
+/* The microkernels' loops over rows and tokens must unroll so that their
+ * accumulator arrays live in registers; -O2 alone leaves them in memory. */
+#define CPU_UNROLL _Pragma("GCC unroll 8")
+
+/* ---- init config (the only file-scope state) ------------------------------- */
+
+static const struct strata_host_api *cpu_host;
+static int cpu_cfg_threads;
+static int64_t cpu_cfg_qact_min;
+
+static const struct strata_param cpu_params[] = {
+    {.name = "threads", .type = STRATA_PARAM_INT, .required = 0, .defval = "0", .min = 0,
+     .max = 1024, .help = "threads for each op; 0: all cores (the engine's --threads wins)"},
+    {.name = "q8_activations_min", .type = STRATA_PARAM_INT, .required = 0, .defval = "65536",
+     .min = 0, .max = 1e15,
+     .help = "q8_0/q4_0 matmuls quantize activations to 8 bits from this many weights up; "
+             "smaller matrices dequantize to f32 (0: always quantize)"},
+    {.name = NULL, .type = STRATA_PARAM_END},
+};
+
+/* ---- types ---------------------------------------------------------------------- */
+
+struct strata_buf {
+  uint8_t *data;
+  uint64_t size;
+  int owned; /* 0: wraps host memory (the mmapped model), read-only */
+};
+
+enum { CPU_SCALAR = 0, CPU_AVX2 = 1, CPU_VNNI = 2 };
+
+/* Quantized weight modes of cpu_kern.h (see there). */
+enum { CPU_QM_Q4 = 0, CPU_QM_Q8_XOR = 1, CPU_QM_Q8_SIGN = 2 };
+#define CPU_QR 4 /* weight rows per quantized microkernel */
+#define CPU_FR 4 /* weight rows per float microkernel */
+#define CPU_QDIRECT_MAX 3 /* up to this many tokens use the direct kernel */
+
+/* A matmul's activations, quantized to q8_0 and unpacked. Per token t:
+ * q[t * qstride ..] the int8 quants, in element order for the direct kernel or
+ * in the lane layout for the tile kernel; da[t * nbp + b] block scales and
+ * cf[t * nbp + b] = m * da * sum(quants of block b), both 0 in the padding up
+ * to nbp (nb rounded up to 8 blocks). */
+struct cpu_qact {
+  int64_t nb, nbp;
+  size_t qstride;
+  int8_t *q;
+  float *da, *cf;
+};
+
+/* What attention needs to find cached rows. */
+struct cpu_attn {
+  const uint8_t *k, *v; /* cache data at the tensors' offsets */
+  size_t krow, vrow;    /* bytes per cache row */
+  uint32_t ktype, vtype;
+  int head_dim;
+  int32_t block_size;
+  float scale;
+};
+
+struct cpu_kernels {
+  void (*q_direct_rows)(int mode, const uint8_t *wbase, size_t row_bytes, int64_t nb, size_t bbytes,
+                        int64_t r0, int64_t r1, const struct cpu_qact *A, int64_t T, float *out,
+                        int64_t ldo);
+  void (*q_tile_rows)(int mode, const uint8_t *wbase, size_t row_bytes, int64_t nb, size_t bbytes,
+                      int64_t r0, int64_t r1, const struct cpu_qact *A, int64_t t0, int64_t t1,
+                      float *out, int64_t ldo, uint8_t *scratch);
+  void (*f_rows)(uint32_t type, const uint8_t *wbase, size_t row_bytes, int64_t n, int64_t r0,
+                 int64_t r1, const float *x, int64_t ldx, int64_t t0, int64_t t1, float *out,
+                 int64_t ldo);
+  void (*attn_one)(const struct cpu_attn *c, const int32_t *bt, const float *q, int kvh,
+                   int32_t npos, float *sc, float *out);
+};
+
+struct strata_backend {
+  const struct strata_host_api *host;
+  int threads;
+  int tier;
+  struct cpu_kernels kern;
+  struct strata_batch batch; /* a copy of the struct; the arrays are the host's */
+  int have_batch;
+  int32_t max_ctx; /* longest seq_len of the batch */
+  void *ws;        /* grow-only scratch, used by one op at a time */
+  size_t ws_cap;
+  char err[512];
+};
+
+/* ---- small helpers -------------------------------------------------------------- */
+
+static inline int cpu_rd16(const uint8_t *p) {
+  uint16_t h;
+  memcpy(&h, p, sizeof h);
+  return h;
+}
+
+static inline float cpu_fload1(uint32_t type, const uint8_t *p) {
+  uint16_t h;
+  if (type == STRATA_TYPE_F32) {
+    float f;
+    memcpy(&f, p, sizeof f);
+    return f;
+  }
+  memcpy(&h, p, sizeof h);
+  return type == STRATA_TYPE_F16 ? strata_fp16_to_fp32(h) : strata_bf16_to_fp32(h);
+}
+
+__attribute__((format(printf, 2, 3))) static int cpu_fail(struct strata_backend *b,
+                                                          const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(b->err, sizeof b->err, fmt, ap);
+  va_end(ap);
+  return -1;
+}
+
+static const char *cpu_type_name(uint32_t t) {
+  switch (t) {
+  case STRATA_TYPE_F32: return "f32";
+  case STRATA_TYPE_F16: return "f16";
+  case STRATA_TYPE_BF16: return "bf16";
+  case STRATA_TYPE_Q8_0: return "q8_0";
+  case STRATA_TYPE_Q4_0: return "q4_0";
+  default: return "(other)";
+  }
+}
+
+static const struct strata_quant_vtable *cpu_quant(const struct strata_backend *b, uint32_t type) {
+  return b->host->quant_find ? b->host->quant_find(type) : NULL;
+}
+
+/* The scratch for one op: at least `bytes`, 64-byte aligned. */
+static void *cpu_ws(struct strata_backend *b, size_t bytes) {
+  if (bytes <= b->ws_cap) return b->ws;
+  b->host->free(b->ws);
+  size_t cap = bytes + bytes / 4 + 4096; /* headroom: shapes grow a little per step */
+  b->ws = b->host->alloc(cap);
+  b->ws_cap = b->ws ? cap : 0;
+  if (!b->ws) cpu_fail(b, "out of memory for %zu bytes of scratch", bytes);
+  return b->ws;
+}
+
+static size_t cpu_align64(size_t n) { return (n + 63) & ~(size_t)63; }
+
+/* Threads for an op of about `work` element operations: small ops stay on
+ * the calling thread, where waking the team would cost more than the op. */
+static int cpu_nt(const struct strata_backend *b, double work) {
+  return work < 32768.0 ? 1 : b->threads;
+}
+
+/* ---- views --------------------------------------------------------------------- */
+
+/* Bytes of one row of ne0 elements of `type`, or 0 (with the error set) when
+ * the type is unknown or ne0 is not whole blocks. */
+static size_t cpu_row_bytes(struct strata_backend *b, uint32_t type, int64_t ne0, const char *what) {
+  if (type == STRATA_TYPE_F32) return (size_t)ne0 * 4;
+  if (type == STRATA_TYPE_F16 || type == STRATA_TYPE_BF16) return (size_t)ne0 * 2;
+  const struct strata_quant_vtable *q = cpu_quant(b, type);
+  if (!q || q->block_size == 0) {
+    cpu_fail(b, "%s: tensor type %u has no quant plugin", what, type);
+    return 0;
+  }
+  if (ne0 % q->block_size != 0) {
+    cpu_fail(b, "%s: row of %lld elements is not whole %s blocks of %u", what, (long long)ne0,
+             cpu_type_name(type), q->block_size);
+    return 0;
+  }
+  return (size_t)(ne0 / q->block_size) * q->type_size;
+}
+
+/* Checks a view (buffer, shape, bounds, alignment, writability) and returns
+ * its first byte, or NULL with the error set. */
+static uint8_t *cpu_view(struct strata_backend *b, const struct strata_tensor *t, const char *what,
+                         int write, size_t *row_bytes) {
+  if (!t) {
+    cpu_fail(b, "%s: no tensor", what);
+    return NULL;
+  }
+  if (!t->buf) {
+    cpu_fail(b, "%s: no buffer", what);
+    return NULL;
+  }
+  if (t->ne[0] <= 0 || t->ne[1] < 0 || t->ne[0] > (INT64_C(1) << 40) ||
+      t->ne[1] > (INT64_C(1) << 40)) {
+    cpu_fail(b, "%s: bad shape [%lld, %lld]", what, (long long)t->ne[0], (long long)t->ne[1]);
+    return NULL;
+  }
+  size_t rb = cpu_row_bytes(b, t->type, t->ne[0], what);
+  if (!rb) return NULL;
+  const uint64_t bytes = (uint64_t)rb * (uint64_t)t->ne[1];
+  if (t->offset > t->buf->size || bytes > t->buf->size - t->offset) {
+    cpu_fail(b, "%s: view of %llu bytes at offset %llu is outside its buffer of %llu bytes", what,
+             (unsigned long long)bytes, (unsigned long long)t->offset,
+             (unsigned long long)t->buf->size);
+    return NULL;
+  }
+  if (write && !t->buf->owned) {
+    cpu_fail(b, "%s: the buffer wraps read-only host memory", what);
+    return NULL;
+  }
+  uint8_t *p = t->buf->data + t->offset;
+  const size_t align = t->type == STRATA_TYPE_F32 ? 4 : (t->type == STRATA_TYPE_F16 || t->type == STRATA_TYPE_BF16) ? 2 : 1;
+  if ((uintptr_t)p % align != 0) {
+    cpu_fail(b, "%s: %s data at offset %llu is not %zu-byte aligned", what, cpu_type_name(t->type),
+             (unsigned long long)t->offset, align);
+    return NULL;
+  }
+  if (row_bytes) *row_bytes = rb;
+  return p;
+}
+
+/* An f32 view of exactly [ne0, ne1] (-1: any). */
+static float *cpu_f32(struct strata_backend *b, const struct strata_tensor *t, const char *what,
+                      int write, int64_t ne0, int64_t ne1) {
+  uint8_t *p = cpu_view(b, t, what, write, NULL);
+  if (!p) return NULL;
+  if (t->type != STRATA_TYPE_F32) {
+    cpu_fail(b, "%s: type %s, expected f32", what, cpu_type_name(t->type));
+    return NULL;
+  }
+  if ((ne0 >= 0 && t->ne[0] != ne0) || (ne1 >= 0 && t->ne[1] != ne1)) {
+    cpu_fail(b, "%s: shape [%lld, %lld], expected [%lld, %lld]", what, (long long)t->ne[0],
+             (long long)t->ne[1], (long long)ne0, (long long)ne1);
+    return NULL;
+  }
+  return (float *)(void *)p;
+}
+
+static uint64_t cpu_view_bytes(const struct strata_tensor *t, size_t row_bytes) {
+  return (uint64_t)row_bytes * (uint64_t)t->ne[1];
+}
+
+/* Whether two checked views share any byte. */
+static int cpu_overlap(const struct strata_tensor *a, size_t arb, const struct strata_tensor *c,
+                       size_t crb) {
+  if (a->buf != c->buf) return 0;
+  const uint64_t a0 = a->offset, a1 = a0 + cpu_view_bytes(a, arb);
+  const uint64_t c0 = c->offset, c1 = c0 + cpu_view_bytes(c, crb);
+  return a0 < c1 && c0 < a1 && a1 > a0 && c1 > c0;
+}
+
+static int cpu_need_batch(struct strata_backend *b, const char *op) {
+  if (!b->have_batch) return cpu_fail(b, "%s: no batch (call set_batch first)", op);
+  return 0;
+}
+
+/* ---- SIMD tiers ------------------------------------------------------------------- */
+
+#if defined(__x86_64__)
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c")
+#define CPU_TIER 1
+#define K(x) x##_avx2
+#include "cpu_kern.h"
+#undef K
+#undef CPU_TIER
+#pragma GCC pop_options
+
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")
+#define CPU_TIER 2
+#define K(x) x##_vnni
+#include "cpu_kern.h"
+#undef K
+#undef CPU_TIER
+#pragma GCC pop_options
+#endif
+
+/* ---- portable kernels ------------------------------------------------------------- */
+
+static void cpu_attn_one_scalar(const struct cpu_attn *c, const int32_t *bt, const float *q,
+                                int kvh, int32_t npos, float *sc, float *out) {
+  const int hd = c->head_dim;
+  const size_t kes = c->ktype == STRATA_TYPE_F32 ? 4 : 2, ves = c->vtype == STRATA_TYPE_F32 ? 4 : 2;
+  float mx = -INFINITY;
+  for (int32_t p = 0; p < npos; p++) {
+    const int64_t slot = (int64_t)bt[p / c->block_size] * c->block_size + p % c->block_size;
+    const uint8_t *k = c->k + (size_t)slot * c->krow + (size_t)kvh * hd * kes;
+    float s = 0.0f;
+    for (int i = 0; i < hd; i++) s += q[i] * cpu_fload1(c->ktype, k + i * kes);
+    s *= c->scale;
+    sc[p] = s;
+    mx = s > mx ? s : mx;
+  }
+  float sum = 0.0f;
+  for (int32_t p = 0; p < npos; p++) {
+    sc[p] = expf(sc[p] - mx);
+    sum += sc[p];
+  }
+  for (int i = 0; i < hd; i++) out[i] = 0.0f;
+  for (int32_t p = 0; p < npos; p++) {
+    const int64_t slot = (int64_t)bt[p / c->block_size] * c->block_size + p % c->block_size;
+    const uint8_t *v = c->v + (size_t)slot * c->vrow + (size_t)kvh * hd * ves;
+    for (int i = 0; i < hd; i++) out[i] += sc[p] * cpu_fload1(c->vtype, v + i * ves);
+  }
+  const float inv = 1.0f / sum;
+  for (int i = 0; i < hd; i++) out[i] *= inv;
+}
+
+/* ---- registry -------------------------------------------------------------------- */
+
+static int cpu_n_devices(void) { return 1; }
+
+/* MemTotal and MemAvailable from /proc/meminfo, in bytes (0 when unknown). */
+static void cpu_meminfo(uint64_t *total, uint64_t *avail) {
+  *total = *avail = 0;
+  FILE *f = fopen("/proc/meminfo", "r");
+  if (!f) return;
+  char line[256];
+  while (fgets(line, sizeof line, f)) {
+    unsigned long long kib;
+    if (sscanf(line, "MemTotal: %llu kB", &kib) == 1) *total = (uint64_t)kib * 1024;
+    else if (sscanf(line, "MemAvailable: %llu kB", &kib) == 1) *avail = (uint64_t)kib * 1024;
+  }
+  fclose(f);
+}
+
+static const char *cpu_tier_name(int tier) {
+  return tier == CPU_VNNI ? "avx512-vnni" : tier == CPU_AVX2 ? "avx2" : "scalar";
+}
+
+static int cpu_detect_tier(void) {
+  const struct strata_cpu_features f = strata_cpu_detect();
+#if defined(__x86_64__)
+  if (f.avx512_vnni) return CPU_VNNI;
+  if (f.avx2) return CPU_AVX2;
+#endif
+  (void)f;
+  return CPU_SCALAR;
+}
+
+static int cpu_device_info(int index, struct strata_backend_device *out) {
+  if (!out || index != 0) return -1;
+  struct strata_backend_device d;
+  memset(&d, 0, sizeof d);
+  d.size = sizeof d;
+  snprintf(d.name, sizeof d.name, "cpu");
+  cpu_meminfo(&d.memory_total, &d.memory_free);
+  d.score = 10;
+  snprintf(d.why, sizeof d.why, "always available (%d cores, %s kernels)", cpu_nprocs(),
+           cpu_tier_name(cpu_detect_tier()));
+  /* the caller's struct may be older (smaller) than ours: fill what it has */
+  size_t n = out->size < sizeof d ? out->size : sizeof d;
+  if (n < offsetof(struct strata_backend_device, score) + sizeof d.score) return -1;
+  const uint32_t caller_size = out->size;
+  memcpy(out, &d, n);
+  out->size = caller_size;
+  return 0;
+}
+
+/* ---- instance -------------------------------------------------------------------- */
+
+static int cpu_open(int index, const struct strata_backend_params *params, strata_backend_t **out,
+                    char *err, size_t errlen) {
+  if (!out) return -1;
+  *out = NULL;
+  if (!cpu_host) {
+    snprintf(err, errlen, "cpu backend: init() was not called (no host API)");
+    return -1;
+  }
+  if (index != 0) {
+    snprintf(err, errlen, "cpu backend: no device %d (there is one, device 0)", index);
+    return -1;
+  }
+  struct strata_backend *b = calloc(1, sizeof *b);
+  if (!b) {
+    snprintf(err, errlen, "cpu backend: out of memory");
+    return -1;
+  }
+  b->host = cpu_host;
+  int threads = 0;
+  if (params && params->size >= offsetof(struct strata_backend_params, threads) + sizeof(int))
+    threads = params->threads;
+  if (threads <= 0) threads = cpu_cfg_threads;
+  if (threads <= 0) threads = cpu_nprocs();
+  if (threads > 1024) threads = 1024;
+  b->threads = threads;
+  b->tier = cpu_detect_tier();
+  b->kern.attn_one = cpu_attn_one_scalar;
+#if defined(__x86_64__)
+  if (b->tier == CPU_VNNI) {
+    b->kern = (struct cpu_kernels){q_direct_rows_vnni, q_tile_rows_vnni, f_rows_vnni, attn_one_vnni};
+  } else if (b->tier == CPU_AVX2) {
+    b->kern = (struct cpu_kernels){q_direct_rows_avx2, q_tile_rows_avx2, f_rows_avx2, attn_one_avx2};
+  }
+#endif
+  if (b->host->log)
+    b->host->log(STRATA_LOG_INFO, "cpu", "%d threads, %s kernels", b->threads,
+                 cpu_tier_name(b->tier));
+  *out = b;
+  return 0;
+}
+
+static void cpu_close(strata_backend_t *b) {
+  if (!b) return;
+  b->host->free(b->ws);
+  free(b);
+}
+
+static const char *cpu_last_error(strata_backend_t *b) { return b ? b->err : "no backend"; }
+
+static int cpu_supports_type(strata_backend_t *b, uint32_t type) {
+  if (!b) return 0;
+  if (type == STRATA_TYPE_F32) return 1;
+  const struct strata_quant_vtable *q = cpu_quant(b, type);
+  return q && q->block_size > 0 && q->dequantize_row != NULL;
+}
+
+/* ---- memory ---------------------------------------------------------------------- */
+
+static strata_buf_t *cpu_buf_alloc(strata_backend_t *b, uint64_t bytes) {
+  if (!b) return NULL;
+  if (bytes > SIZE_MAX - 64) {
+    cpu_fail(b, "buf_alloc: %llu bytes is too large", (unsigned long long)bytes);
+    return NULL;
+  }
+  strata_buf_t *buf = calloc(1, sizeof *buf);
+  if (!buf) return NULL;
+  buf->data = b->host->alloc(bytes ? (size_t)bytes : 1); /* 64-byte aligned */
+  if (!buf->data) {
+    free(buf);
+    cpu_fail(b, "buf_alloc: out of memory for %llu bytes", (unsigned long long)bytes);
+    return NULL;
+  }
+  buf->size = bytes;
+  buf->owned = 1;
+  return buf;
+}
+
+static strata_buf_t *cpu_buf_wrap_host(strata_backend_t *b, const void *host, uint64_t bytes) {
+  if (!b || !host) return NULL;
+  strata_buf_t *buf = calloc(1, sizeof *buf);
+  if (!buf) return NULL;
+  buf->data = (uint8_t *)(uintptr_t)host; /* never written: owned = 0 */
+  buf->size = bytes;
+  buf->owned = 0;
+  return buf;
+}
+
+static void cpu_buf_free(strata_backend_t *b, strata_buf_t *buf) {
+  if (!b || !buf) return;
+  if (buf->owned) b->host->free(buf->data);
+  free(buf);
+}
+
+static int cpu_upload(strata_backend_t *b, strata_buf_t *dst, uint64_t offset, const void *src,
+                      uint64_t bytes) {
+  if (!b) return -1;
+  if (!dst) return cpu_fail(b, "upload: no buffer");
+  if (!dst->owned) return cpu_fail(b, "upload: the buffer wraps read-only host memory");
+  if (offset > dst->size || bytes > dst->size - offset)
+    return cpu_fail(b, "upload: %llu bytes at offset %llu overrun the buffer of %llu bytes",
+                    (unsigned long long)bytes, (unsigned long long)offset,
+                    (unsigned long long)dst->size);
+  if (bytes && !src) return cpu_fail(b, "upload: no source");
+  if (bytes) memcpy(dst->data + offset, src, (size_t)bytes);
+  return 0;
+}
+
+static int cpu_download(strata_backend_t *b, const strata_buf_t *src, uint64_t offset, void *dst,
+                        uint64_t bytes) {
+  if (!b) return -1;
+  if (!src) return cpu_fail(b, "download: no buffer");
+  if (offset > src->size || bytes > src->size - offset)
+    return cpu_fail(b, "download: %llu bytes at offset %llu overrun the buffer of %llu bytes",
+                    (unsigned long long)bytes, (unsigned long long)offset,
+                    (unsigned long long)src->size);
+  if (bytes && !dst) return cpu_fail(b, "download: no destination");
+  if (bytes) memcpy(dst, src->data + offset, (size_t)bytes);
+  return 0;
+}
+
+static int cpu_synchronize(strata_backend_t *b) { return b ? 0 : -1; }
+
+/* ---- the step -------------------------------------------------------------------- */
+
+static int cpu_set_batch(strata_backend_t *b, const struct strata_batch *batch) {
+  if (!b) return -1;
+  b->have_batch = 0;
+  if (!batch) return cpu_fail(b, "set_batch: no batch");
+  const size_t need = offsetof(struct strata_batch, out_rows) + sizeof batch->out_rows;
+  if (batch->size < need)
+    return cpu_fail(b, "set_batch: batch struct of %u bytes is older than this backend (%zu)",
+                    batch->size, need);
+  memset(&b->batch, 0, sizeof b->batch);
+  memcpy(&b->batch, batch, batch->size < sizeof b->batch ? batch->size : sizeof b->batch);
+  const struct strata_batch *B = &b->batch;
+  if (B->n_tokens < 0 || B->n_seqs < 0 || B->n_out < 0)
+    return cpu_fail(b, "set_batch: negative count (n_tokens %d, n_seqs %d, n_out %d)", B->n_tokens,
+                    B->n_seqs, B->n_out);
+  if (B->positions)
+    for (int32_t i = 0; i < B->n_tokens; i++)
+      if (B->positions[i] < 0)
+        return cpu_fail(b, "set_batch: token %d has position %d", i, B->positions[i]);
+  b->max_ctx = 0;
+  if (B->n_seqs > 0) {
+    if (!B->seq_start || !B->seq_len || !B->block_tables)
+      return cpu_fail(b, "set_batch: %d sequences but no seq_start/seq_len/block_tables",
+                      B->n_seqs);
+    if (B->block_size <= 0 || B->max_blocks <= 0)
+      return cpu_fail(b, "set_batch: block_size %d, max_blocks %d", B->block_size,
+                      B->max_blocks);
+    if (B->seq_start[0] != 0 || B->seq_start[B->n_seqs] != B->n_tokens)
+      return cpu_fail(b, "set_batch: seq_start runs %d..%d, expected 0..%d", B->seq_start[0],
+                      B->seq_start[B->n_seqs], B->n_tokens);
+    for (int32_t s = 0; s < B->n_seqs; s++) {
+      if (B->seq_start[s + 1] < B->seq_start[s])
+        return cpu_fail(b, "set_batch: seq_start decreases at sequence %d", s);
+      if (B->seq_len[s] < 0 || (int64_t)B->seq_len[s] > (int64_t)B->max_blocks * B->block_size)
+        return cpu_fail(b, "set_batch: sequence %d has length %d (at most %lld)", s,
+                        B->seq_len[s], (long long)B->max_blocks * B->block_size);
+      if (B->seq_len[s] > b->max_ctx) b->max_ctx = B->seq_len[s];
+      if (B->positions)
+        for (int32_t i = B->seq_start[s]; i < B->seq_start[s + 1]; i++)
+          if (B->positions[i] >= B->seq_len[s])
+            return cpu_fail(b, "set_batch: token %d at position %d is past its sequence's "
+                               "length %d", i, B->positions[i], B->seq_len[s]);
+    }
+  }
+  if (B->n_out > 0) {
+    if (!B->out_rows) return cpu_fail(b, "set_batch: n_out %d but no out_rows", B->n_out);
+    for (int32_t j = 0; j < B->n_out; j++)
+      if (B->out_rows[j] < 0 || B->out_rows[j] >= B->n_tokens)
+        return cpu_fail(b, "set_batch: out_rows[%d] = %d is not a token of the batch (%d)", j,
+                        B->out_rows[j], B->n_tokens);
+  }
+  b->have_batch = 1;
+  return 0;
+}
+
+/* ---- ops ------------------------------------------------------------------------- */
+
+static int cpu_embed(strata_backend_t *b, const struct strata_tensor *table,
+                     struct strata_tensor *out) {
+  if (!b) return -1;
+  if (cpu_need_batch(b, "embed")) return -1;
+  const struct strata_batch *B = &b->batch;
+  size_t trb;
+  const uint8_t *tab = cpu_view(b, table, "embed table", 0, &trb);
+  if (!tab) return -1;
+  const int64_t dim = table->ne[0], vocab = table->ne[1];
+  float *o = cpu_f32(b, out, "embed out", 1, dim, B->n_tokens);
+  if (!o) return -1;
+  if (B->n_tokens > 0 && !B->tokens) return cpu_fail(b, "embed: the batch has no tokens");
+  for (int32_t t = 0; t < B->n_tokens; t++)
+    if (B->tokens[t] < 0 || B->tokens[t] >= vocab)
+      return cpu_fail(b, "embed: token %d is %d, outside the table's %lld rows", t, B->tokens[t],
+                      (long long)vocab);
+  const struct strata_quant_vtable *q = NULL;
+  if (table->type != STRATA_TYPE_F32) {
+    q = cpu_quant(b, table->type);
+    if (!q || !q->dequantize_row)
+      return cpu_fail(b, "embed: no dequantizer for %s", cpu_type_name(table->type));
+  }
+  const int nt = cpu_nt(b, (double)B->n_tokens * dim);
+  const int32_t n = B->n_tokens;
+  CPU_OMP(omp parallel for num_threads(nt) schedule(static))
+  for (int32_t t = 0; t < n; t++) {
+    const uint8_t *row = tab + (size_t)B->tokens[t] * trb;
+    if (q)
+      q->dequantize_row(row, o + (size_t)t * dim, dim);
+    else
+      memcpy(o + (size_t)t * dim, row, (size_t)dim * sizeof(float));
+  }
+  return 0;
+}
+
+static int cpu_rmsnorm(strata_backend_t *b, const struct strata_tensor *x,
+                       const struct strata_tensor *w, float eps, struct strata_tensor *out) {
+  if (!b) return -1;
+  const float *xd = cpu_f32(b, x, "rmsnorm x", 0, -1, -1);
+  if (!xd) return -1;
+  const int64_t dim = x->ne[0], T = x->ne[1];
+  const float *wd = cpu_f32(b, w, "rmsnorm weight", 0, dim, 1);
+  float *od = wd ? cpu_f32(b, out, "rmsnorm out", 1, dim, T) : NULL;
+  if (!od) return -1;
+  if (!(eps >= 0.0f)) return cpu_fail(b, "rmsnorm: eps %g", (double)eps);
+  const int nt = cpu_nt(b, (double)dim * T);
+  CPU_OMP(omp parallel for num_threads(nt) schedule(static))
+  for (int64_t t = 0; t < T; t++) {
+    const float *xr = xd + t * dim;
+    float *orow = od + t * dim;
+    double ss = 0.0; /* double: the sum of squares of a long row loses bits in float */
+    for (int64_t i = 0; i < dim; i++) ss += (double)xr[i] * xr[i];
+    const float scale = (float)(1.0 / sqrt(ss / (double)dim + (double)eps));
+    for (int64_t i = 0; i < dim; i++) orow[i] = xr[i] * scale * wd[i];
+  }
+  return 0;
+}
+
+static int cpu_add_bias(strata_backend_t *b, struct strata_tensor *x,
+                        const struct strata_tensor *bias) {
+  if (!b) return -1;
+  float *xd = cpu_f32(b, x, "add_bias x", 1, -1, -1);
+  if (!xd) return -1;
+  const int64_t n = x->ne[0], T = x->ne[1];
+  const float *bd = cpu_f32(b, bias, "add_bias bias", 0, n, 1);
+  if (!bd) return -1;
+  const int nt = cpu_nt(b, (double)n * T);
+  CPU_OMP(omp parallel for num_threads(nt) schedule(static))
+  for (int64_t t = 0; t < T; t++)
+    for (int64_t i = 0; i < n; i++) xd[t * n + i] += bd[i];
+  return 0;
+}
+
+static int cpu_add(strata_backend_t *b, const struct strata_tensor *a, const struct strata_tensor *c,
+                   struct strata_tensor *out) {
+  if (!b) return -1;
+  const float *ad = cpu_f32(b, a, "add a", 0, -1, -1);
+  if (!ad) return -1;
+  const float *cd = cpu_f32(b, c, "add c", 0, a->ne[0], a->ne[1]);
+  float *od = cd ? cpu_f32(b, out, "add out", 1, a->ne[0], a->ne[1]) : NULL;
+  if (!od) return -1;
+  const int64_t n = a->ne[0] * a->ne[1];
+  const int nt = cpu_nt(b, (double)n);
+  CPU_OMP(omp parallel for num_threads(nt) schedule(static))
+  for (int64_t i = 0; i < n; i++) od[i] = ad[i] + cd[i];
+  return 0;
+}
+
+static int cpu_swiglu(strata_backend_t *b, const struct strata_tensor *gate,
+                      const struct strata_tensor *up, struct strata_tensor *out) {
+  if (!b) return -1;
+  const float *gd = cpu_f32(b, gate, "swiglu gate", 0, -1, -1);
+  if (!gd) return -1;
+  const float *ud = cpu_f32(b, up, "swiglu up", 0, gate->ne[0], gate->ne[1]);
+  float *od = ud ? cpu_f32(b, out, "swiglu out", 1, gate->ne[0], gate->ne[1]) : NULL;
+  if (!od) return -1;
+  const int64_t n = gate->ne[0] * gate->ne[1];
+  const int nt = cpu_nt(b, (double)n * 8);
+  CPU_OMP(omp parallel for num_threads(nt) schedule(static))
+  for (int64_t i = 0; i < n; i++) {
+    const float g = gd[i];
+    od[i] = g / (1.0f + expf(-g)) * ud[i];
+  }
+  return 0;
+}
+
+static int cpu_get_rows(strata_backend_t *b, const struct strata_tensor *x,
+                        struct strata_tensor *out) {
+  if (!b) return -1;
+  if (cpu_need_batch(b, "get_rows")) return -1;
+  const struct strata_batch *B = &b->batch;
+  const float *xd = cpu_f32(b, x, "get_rows x", 0, -1, -1);
+  if (!xd) return -1;
+  const int64_t dim = x->ne[0];
+  float *od = cpu_f32(b, out, "get_rows out", 1, dim, B->n_out);
+  if (!od) return -1;
+  if (cpu_overlap(x, (size_t)dim * 4, out, (size_t)dim * 4))
+    return cpu_fail(b, "get_rows: out overlaps x");
+  for (int32_t j = 0; j < B->n_out; j++)
+    if (B->out_rows[j] >= x->ne[1])
+      return cpu_fail(b, "get_rows: out_rows[%d] = %d, x has %lld rows", j, B->out_rows[j],
+                      (long long)x->ne[1]);
+  for (int32_t j = 0; j < B->n_out; j++)
+    memcpy(od + (size_t)j * dim, xd + (size_t)B->out_rows[j] * dim, (size_t)dim * sizeof(float));
+  return 0;
+}
+
+static int cpu_rope(strata_backend_t *b, struct strata_tensor *x, int n_heads, int head_dim,
+                    const struct strata_rope *r) {
+  if (!b) return -1;
+  if (cpu_need_batch(b, "rope")) return -1;
+  const struct strata_batch *B = &b->batch;
+  if (!r) return cpu_fail(b, "rope: no parameters");
+  if (n_heads <= 0 || head_dim <= 0)
+    return cpu_fail(b, "rope: %d heads of %d", n_heads, head_dim);
+  if (r->n_dims <= 0 || r->n_dims > head_dim || r->n_dims % 2 != 0)
+    return cpu_fail(b, "rope: n_dims %d (must be even, 2..head_dim %d)", r->n_dims, head_dim);
+  if (!(r->theta > 0.0f) || !isfinite(r->freq_scale))
+    return cpu_fail(b, "rope: theta %g, freq_scale %g", (double)r->theta, (double)r->freq_scale);
+  float *xd = cpu_f32(b, x, "rope x", 1, (int64_t)n_heads * head_dim, B->n_tokens);
+  if (!xd) return -1;
+  if (B->n_tokens > 0 && !B->positions) return cpu_fail(b, "rope: the batch has no positions");
+  const int half = r->n_dims / 2;
+  const int64_t T = B->n_tokens, dim = (int64_t)n_heads * head_dim;
+  const int nt = cpu_nt(b, (double)T * dim * 4);
+  float *cs = cpu_ws(b, (size_t)nt * half * 2 * sizeof(float));
+  if (!cs) return -1;
+  CPU_OMP(omp parallel for num_threads(nt) schedule(static))
+  for (int64_t t = 0; t < T; t++) {
+    float *c = cs + (size_t)cpu_tid() * half * 2, *s = c + half;
+    /* angles in double: at position 10^4 a float angle is off by ~1e-3 rad */
+    for (int i = 0; i < half; i++) {
+      const double ang = (double)B->positions[t] * r->freq_scale *
+                         pow((double)r->theta, -2.0 * i / (double)r->n_dims);
+      c[i] = (float)cos(ang);
+      s[i] = (float)sin(ang);
+    }
+    for (int h = 0; h < n_heads; h++) {
+      float *v = xd + t * dim + (int64_t)h * head_dim;
+      const int stride = r->neox ? half : 1; /* neox pairs i with i + n_dims/2 */
+      for (int i = 0; i < half; i++) {
+        const int i0 = r->neox ? i : 2 * i, i1 = i0 + stride;
+        const float x0 = v[i0], x1 = v[i1];
+        v[i0] = x0 * c[i] - x1 * s[i];
+        v[i1] = x0 * s[i] + x1 * c[i];
+      }
+    }
+  }
+  return 0;
+}
+
+static int cpu_kv_store(strata_backend_t *b, const struct strata_tensor *k,
+                        const struct strata_tensor *v, struct strata_tensor *k_cache,
+                        struct strata_tensor *v_cache) {
+  if (!b) return -1;
+  if (cpu_need_batch(b, "kv_store")) return -1;
+  const struct strata_batch *B = &b->batch;
+  const float *kd = cpu_f32(b, k, "kv_store k", 0, -1, B->n_tokens);
+  if (!kd) return -1;
+  const int64_t kvd = k->ne[0];
+  const float *vd = cpu_f32(b, v, "kv_store v", 0, kvd, B->n_tokens);
+  if (!vd) return -1;
+  size_t krb, vrb;
+  uint8_t *kc = cpu_view(b, k_cache, "kv_store k_cache", 1, &krb);
+  uint8_t *vc = kc ? cpu_view(b, v_cache, "kv_store v_cache", 1, &vrb) : NULL;
+  if (!vc) return -1;
+  const struct strata_tensor *caches[2] = {k_cache, v_cache};
+  for (int i = 0; i < 2; i++) {
+    if (caches[i]->type != STRATA_TYPE_F32 && caches[i]->type != STRATA_TYPE_F16)
+      return cpu_fail(b, "kv_store: cache type %s (f32 or f16 only)",
+                      cpu_type_name(caches[i]->type));
+    if (caches[i]->ne[0] != kvd)
+      return cpu_fail(b, "kv_store: cache rows of %lld, k/v rows of %lld",
+                      (long long)caches[i]->ne[0], (long long)kvd);
+  }
+  if (B->n_tokens > 0 && !B->slots) return cpu_fail(b, "kv_store: the batch has no slots");
+  for (int32_t t = 0; t < B->n_tokens; t++)
+    if (B->slots[t] < 0 || B->slots[t] >= k_cache->ne[1] || B->slots[t] >= v_cache->ne[1])
+      return cpu_fail(b, "kv_store: token %d has slot %d, the cache has %lld rows", t,
+                      B->slots[t], (long long)k_cache->ne[1]);
+  const int32_t T = B->n_tokens;
+  const int nt = cpu_nt(b, (double)T * kvd * 2);
+  CPU_OMP(omp parallel for num_threads(nt) schedule(static))
+  for (int32_t t = 0; t < T; t++) {
+    for (int i = 0; i < 2; i++) {
+      const float *src = (i ? vd : kd) + (size_t)t * kvd;
+      uint8_t *dst = (i ? vc : kc) + (size_t)B->slots[t] * (i ? vrb : krb);
+      if (caches[i]->type == STRATA_TYPE_F32) {
+        memcpy(dst, src, (size_t)kvd * sizeof(float));
+      } else {
+        uint16_t *h = (uint16_t *)(void *)dst;
+        for (int64_t j = 0; j < kvd; j++) h[j] = strata_fp32_to_fp16(src[j]);
+      }
+    }
+  }
+  return 0;
+}
+
+static int cpu_attention(strata_backend_t *b, const struct strata_tensor *q,
+                         const struct strata_tensor *k_cache, const struct strata_tensor *v_cache,
+                         const struct strata_attention *a, struct strata_tensor *out) {
+  if (!b) return -1;
+  if (cpu_need_batch(b, "attention")) return -1;
+  const struct strata_batch *B = &b->batch;
+  if (!a) return cpu_fail(b, "attention: no parameters");
+  if (a->n_heads <= 0 || a->n_kv_heads <= 0 || a->head_dim <= 0 ||
+      a->n_heads % a->n_kv_heads != 0)
+    return cpu_fail(b, "attention: %d heads, %d kv heads of %d (heads must be a multiple of kv "
+                       "heads)", a->n_heads, a->n_kv_heads, a->head_dim);
+  if (!isfinite(a->scale)) return cpu_fail(b, "attention: scale %g", (double)a->scale);
+  const int64_t qd = (int64_t)a->n_heads * a->head_dim, kvd = (int64_t)a->n_kv_heads * a->head_dim;
+  const float *qp = cpu_f32(b, q, "attention q", 0, qd, B->n_tokens);
+  if (!qp) return -1;
+  float *op = cpu_f32(b, out, "attention out", 1, qd, B->n_tokens);
+  if (!op) return -1;
+  size_t krb, vrb;
+  const uint8_t *kc = cpu_view(b, k_cache, "attention k_cache", 0, &krb);
+  const uint8_t *vc = kc ? cpu_view(b, v_cache, "attention v_cache", 0, &vrb) : NULL;
+  if (!vc) return -1;
+  const struct strata_tensor *caches[2] = {k_cache, v_cache};
+  for (int i = 0; i < 2; i++) {
+    if (caches[i]->type != STRATA_TYPE_F32 && caches[i]->type != STRATA_TYPE_F16)
+      return cpu_fail(b, "attention: cache type %s (f32 or f16 only)",
+                      cpu_type_name(caches[i]->type));
+    if (caches[i]->ne[0] != kvd)
+      return cpu_fail(b, "attention: cache rows of %lld, expected %d kv heads x %d = %lld",
+                      (long long)caches[i]->ne[0], a->n_kv_heads, a->head_dim, (long long)kvd);
+  }
+  if (cpu_overlap(q, (size_t)qd * 4, out, (size_t)qd * 4))
+    return cpu_fail(b, "attention: out overlaps q");
+  if (B->n_tokens == 0) return 0;
+  if (B->n_seqs <= 0 || !B->positions)
+    return cpu_fail(b, "attention: the batch has no sequences or positions");
+  /* every block a query can reach must lie inside both caches */
+  const int64_t rows = k_cache->ne[1] < v_cache->ne[1] ? k_cache->ne[1] : v_cache->ne[1];
+  const int32_t bs = B->block_size;
+  for (int32_t s = 0; s < B->n_seqs; s++) {
+    const int32_t nblk = (B->seq_len[s] + bs - 1) / bs;
+    for (int32_t p = 0; p < nblk; p++) {
+      const int32_t blk = B->block_tables[(size_t)s * B->max_blocks + p];
+      if (blk < 0 || ((int64_t)blk + 1) * bs > rows)
+        return cpu_fail(b, "attention: sequence %d block %d is %d, the cache holds %lld blocks "
+                           "of %d", s, p, blk, (long long)(rows / bs), bs);
+    }
+  }
+  const int64_t T = B->n_tokens, H = a->n_heads;
+  const int group = a->n_heads / a->n_kv_heads;
+  const int nt = cpu_nt(b, (double)T * H * a->head_dim * (b->max_ctx > 0 ? b->max_ctx : 1));
+  const size_t sc_bytes = cpu_align64((size_t)(b->max_ctx > 0 ? b->max_ctx : 1) * sizeof(float));
+  uint8_t *ws = cpu_ws(b, (size_t)nt * sc_bytes + cpu_align64((size_t)T * sizeof(int32_t)));
+  if (!ws) return -1;
+  int32_t *tok_seq = (int32_t *)(void *)(ws + (size_t)nt * sc_bytes);
+  for (int32_t s = 0; s < B->n_seqs; s++)
+    for (int32_t i = B->seq_start[s]; i < B->seq_start[s + 1]; i++) tok_seq[i] = s;
+  const struct cpu_attn c = {.k = kc, .v = vc, .krow = krb, .vrow = vrb,
+                             .ktype = k_cache->type, .vtype = v_cache->type,
+                             .head_dim = a->head_dim, .block_size = bs, .scale = a->scale};
+  void (*one)(const struct cpu_attn *, const int32_t *, const float *, int, int32_t, float *,
+              float *) = b->kern.attn_one;
+  /* heads of one kv group are adjacent in the loop, so a cached K/V row is
+   * read from memory once and then from cache; causal rows differ in length,
+   * hence the dynamic schedule */
+  CPU_OMP(omp parallel for num_threads(nt) schedule(dynamic, 4))
+  for (int64_t it = 0; it < T * H; it++) {
+    const int64_t i = it / H;
+    const int h = (int)(it % H);
+    const int32_t s = tok_seq[i];
+    float *sc = (float *)(void *)(ws + (size_t)cpu_tid() * sc_bytes);
+    one(&c, B->block_tables + (size_t)s * B->max_blocks, qp + i * qd + (int64_t)h * a->head_dim,
+        h / group, B->positions[i] + 1, sc, op + i * qd + (int64_t)h * a->head_dim);
+  }
+  return 0;
+}
+
+/* ---- matmul ------------------------------------------------------------------------- */
+
+/* Tokens per tile: the tile's packed activations should take about 1 MiB, a
+ * half of a modern L2, so they stay there while every row block passes. */
+static int64_t cpu_token_tile(size_t bytes_per_token, int64_t T, int64_t step) {
+  int64_t tt = (int64_t)((size_t)1 << 20) / (int64_t)(bytes_per_token ? bytes_per_token : 1);
+  if (tt < 4 * step) tt = 4 * step;
+  tt -= tt % step;
+  return tt < T ? tt : T;
+}
+
+/* The general path: activations into the weight's vec_dot_type, then the
+ * quant plugin's vec_dot per (row, token); or, for a type without vec_dot,
+ * each row dequantized to f32. Row blocks of 16 stay in L1/L2 while the
+ * tokens pass. */
+static int cpu_matmul_generic(struct strata_backend *b, const struct strata_tensor *w,
+                              const uint8_t *wd, size_t wrb, const float *xd, int64_t T,
+                              float *od) {
+  const int64_t K = w->ne[0], N = w->ne[1];
+  const struct strata_quant_vtable *q = cpu_quant(b, w->type), *vq = NULL;
+  if (q && q->vec_dot) {
+    vq = cpu_quant(b, q->vec_dot_type);
+    if (vq && (!vq->quantize_row || vq->block_size == 0 || K % vq->block_size != 0)) vq = NULL;
+  }
+  const int nt = cpu_nt(b, (double)N * K * T);
+  enum { RB = 16 };
+  const int64_t nrb = (N + RB - 1) / RB;
+  if (vq) {
+    const size_t arb = (size_t)(K / vq->block_size) * vq->type_size;
+    uint8_t *act = cpu_ws(b, arb * (size_t)T);
+    if (!act) return -1;
+    CPU_OMP(omp parallel num_threads(nt))
+    {
+      CPU_OMP(omp for schedule(static))
+      for (int64_t t = 0; t < T; t++) vq->quantize_row(xd + t * K, act + (size_t)t * arb, K);
+      CPU_OMP(omp for schedule(static))
+      for (int64_t rb = 0; rb < nrb; rb++) {
+        const int64_t r1 = rb * RB + RB < N ? rb * RB + RB : N;
+        for (int64_t t = 0; t < T; t++)
+          for (int64_t r = rb * RB; r < r1; r++)
+            q->vec_dot(K, od + t * N + r, wd + (size_t)r * wrb, act + (size_t)t * arb);
+      }
+    }
+    return 0;
+  }
+  if (w->type != STRATA_TYPE_F32 && (!q || !q->dequantize_row))
+    return cpu_fail(b, "matmul: no kernel for %s weights", cpu_type_name(w->type));
+  const size_t rowf = cpu_align64((size_t)K * sizeof(float));
+  uint8_t *ws = cpu_ws(b, (size_t)nt * RB * rowf);
+  if (!ws) return -1;
+  CPU_OMP(omp parallel for num_threads(nt) schedule(static))
+  for (int64_t rb = 0; rb < nrb; rb++) {
+    const int64_t r0 = rb * RB, r1 = r0 + RB < N ? r0 + RB : N;
+    const float *rows[RB];
+    for (int64_t r = r0; r < r1; r++) {
+      if (w->type == STRATA_TYPE_F32) {
+        rows[r - r0] = (const float *)(const void *)(wd + (size_t)r * wrb);
+      } else {
+        float *f = (float *)(void *)(ws + ((size_t)cpu_tid() * RB + (size_t)(r - r0)) * rowf);
+        q->dequantize_row(wd + (size_t)r * wrb, f, K);
+        rows[r - r0] = f;
+      }
+    }
+    for (int64_t t = 0; t < T; t++) {
+      const float *xr = xd + t * K;
+      for (int64_t r = r0; r < r1; r++) {
+        float s = 0.0f;
+        for (int64_t i = 0; i < K; i++) s += rows[r - r0][i] * xr[i];
+        od[t * N + r] = s;
+      }
+    }
+  }
+  return 0;
+}
+
+/* Token t of x: quantized to q8_0 by the quant plugin (so the bits are the
+ * reference quantizer's, as with vec_dot), then unpacked for the kernels in
+ * element order or (lanes) the tile layout. */
+static void cpu_qpack(const struct strata_quant_vtable *q8, const float *x, int64_t K, uint8_t *tmp,
+                      const struct cpu_qact *A, int64_t t, float m, int lanes) {
+  q8->quantize_row(x, tmp, K);
+  int8_t *q = A->q + (size_t)t * A->qstride;
+  float *da = A->da + t * A->nbp, *cf = A->cf + t * A->nbp;
+  for (int64_t bi = 0; bi < A->nbp; bi++) {
+    int8_t qs[32];
+    float d = 0.0f;
+    int sum = 0;
+    if (bi < A->nb) {
+      const uint8_t *blk = tmp + (size_t)bi * 34;
+      d = strata_fp16_to_fp32((uint16_t)cpu_rd16(blk));
+      memcpy(qs, blk + 2, 32);
+      for (int j = 0; j < 32; j++) sum += qs[j];
+    } else {
+      memset(qs, 0, sizeof qs);
+    }
+    da[bi] = d;
+    cf[bi] = m * d * (float)sum;
+    if (lanes) {
+      /* lane bi % 8 of step s of the group holds quants 4s..4s+3 */
+      int8_t *grp = q + (size_t)(bi - bi % 8) * 32 + (size_t)(bi % 8) * 4;
+      for (int s = 0; s < 8; s++) memcpy(grp + s * 32, qs + 4 * s, 4);
+    } else {
+      memcpy(q + (size_t)bi * 32, qs, 32);
+    }
+  }
+}
+
+static int cpu_matmul_q(struct strata_backend *b, const struct strata_tensor *w, const uint8_t *wd,
+                        size_t wrb, const float *xd, int64_t T, float *od) {
+  const int64_t K = w->ne[0], N = w->ne[1];
+  const struct strata_quant_vtable *q8 = cpu_quant(b, STRATA_TYPE_Q8_0);
+  const int64_t nb = K / 32, nbp = (nb + 7) & ~(int64_t)7;
+  const size_t kp = (size_t)nbp * 32, bbytes = w->type == STRATA_TYPE_Q4_0 ? 18 : 34;
+  const int mode = w->type == STRATA_TYPE_Q4_0 ? CPU_QM_Q4
+                   : b->tier == CPU_VNNI     ? CPU_QM_Q8_XOR
+                                             : CPU_QM_Q8_SIGN;
+  const float m = mode == CPU_QM_Q4 ? 8.0f : mode == CPU_QM_Q8_XOR ? 128.0f : 0.0f;
+  const int tile = T > CPU_QDIRECT_MAX;
+  const int nt = cpu_nt(b, (double)N * K * T);
+  const size_t q_bytes = cpu_align64(kp * (size_t)T);
+  const size_t s_bytes = cpu_align64((size_t)nbp * (size_t)T * sizeof(float));
+  const size_t tmp_bytes = cpu_align64((size_t)nb * 34);
+  const size_t scr_bytes = tile ? cpu_align64(CPU_QR * kp + CPU_QR * (size_t)nbp * sizeof(float)) : 0;
+  uint8_t *ws = cpu_ws(b, q_bytes + 2 * s_bytes + (size_t)nt * (tmp_bytes + scr_bytes));
+  if (!ws) return -1;
+  const struct cpu_qact A = {.nb = nb, .nbp = nbp, .qstride = kp, .q = (int8_t *)ws,
+                             .da = (float *)(void *)(ws + q_bytes),
+                             .cf = (float *)(void *)(ws + q_bytes + s_bytes)};
+  uint8_t *tmp0 = ws + q_bytes + 2 * s_bytes, *scr0 = tmp0 + (size_t)nt * tmp_bytes;
+  const int64_t nrb = (N + CPU_QR - 1) / CPU_QR;
+  const int64_t TT = cpu_token_tile(kp + 2 * (size_t)nbp * sizeof(float), T, 3);
+  CPU_OMP(omp parallel num_threads(nt))
+  {
+    const int tid = cpu_tid();
+    CPU_OMP(omp for schedule(static))
+    for (int64_t t = 0; t < T; t++)
+      cpu_qpack(q8, xd + t * K, K, tmp0 + (size_t)tid * tmp_bytes, &A, t, m, tile);
+    if (!tile) {
+      CPU_OMP(omp for schedule(static))
+      for (int64_t rb = 0; rb < nrb; rb++) {
+        const int64_t r0 = rb * CPU_QR, r1 = r0 + CPU_QR < N ? r0 + CPU_QR : N;
+        b->kern.q_direct_rows(mode, wd, wrb, nb, bbytes, r0, r1, &A, T, od, N);
+      }
+    } else {
+      uint8_t *scr = scr0 + (size_t)tid * scr_bytes;
+      for (int64_t t0 = 0; t0 < T; t0 += TT) {
+        const int64_t t1 = t0 + TT < T ? t0 + TT : T;
+        CPU_OMP(omp for schedule(static) nowait)
+        for (int64_t rb = 0; rb < nrb; rb++) {
+          const int64_t r0 = rb * CPU_QR, r1 = r0 + CPU_QR < N ? r0 + CPU_QR : N;
+          b->kern.q_tile_rows(mode, wd, wrb, nb, bbytes, r0, r1, &A, t0, t1, od, N, scr);
+        }
+      }
+    }
+  }
+  return 0;
+}
+
+static int cpu_matmul_f(struct strata_backend *b, const struct strata_tensor *w, const uint8_t *wd,
+                        size_t wrb, const float *xd, int64_t T, float *od) {
+  const int64_t K = w->ne[0], N = w->ne[1];
+  const int nt = cpu_nt(b, (double)N * K * T);
+  const int64_t nrb = (N + CPU_FR - 1) / CPU_FR;
+  const int64_t TT = cpu_token_tile((size_t)K * sizeof(float), T, 4);
+  CPU_OMP(omp parallel num_threads(nt))
+  for (int64_t t0 = 0; t0 < T; t0 += TT) {
+    const int64_t t1 = t0 + TT < T ? t0 + TT : T;
+    CPU_OMP(omp for schedule(static) nowait)
+    for (int64_t rb = 0; rb < nrb; rb++) {
+      const int64_t r0 = rb * CPU_FR, r1 = r0 + CPU_FR < N ? r0 + CPU_FR : N;
+      b->kern.f_rows(w->type, wd, wrb, K, r0, r1, xd, K, t0, t1, od, N);
+    }
+  }
+  return 0;
+}
+
+/* A small q8_0/q4_0 matrix: the rows dequantized to f32 in the scratch, then
+ * the float kernels with f32 activations. Quantizing the activations to 8
+ * bits saves memory traffic, which only pays on matrices too large for the
+ * caches; on small ones its error is all cost (on stories260K, dim 64, it
+ * doubles the logits' error against f32). */
+static int cpu_matmul_deq(struct strata_backend *b, const struct strata_tensor *w,
+                          const uint8_t *wd, size_t wrb, const float *xd, int64_t T, float *od) {
+  const int64_t K = w->ne[0], N = w->ne[1];
+  const struct strata_quant_vtable *q = cpu_quant(b, w->type);
+  float *wf = cpu_ws(b, (size_t)N * (size_t)K * sizeof(float));
+  if (!wf) return -1;
+  const int nt = cpu_nt(b, (double)N * K);
+  CPU_OMP(omp parallel for num_threads(nt) schedule(static))
+  for (int64_t r = 0; r < N; r++) q->dequantize_row(wd + (size_t)r * wrb, wf + r * K, K);
+  struct strata_tensor wf32 = *w;
+  wf32.type = STRATA_TYPE_F32;
+  const size_t frb = (size_t)K * sizeof(float);
+  if (b->tier != CPU_SCALAR) return cpu_matmul_f(b, &wf32, (const uint8_t *)wf, frb, xd, T, od);
+  for (int64_t t = 0; t < T; t++)
+    for (int64_t r = 0; r < N; r++) {
+      float s = 0.0f;
+      for (int64_t i = 0; i < K; i++) s += wf[r * K + i] * xd[t * K + i];
+      od[t * N + r] = s;
+    }
+  return 0;
+}
+
+static int cpu_matmul(strata_backend_t *b, const struct strata_tensor *w,
+                      const struct strata_tensor *x, struct strata_tensor *out) {
+  if (!b) return -1;
+  size_t wrb;
+  const uint8_t *wd = cpu_view(b, w, "matmul weight", 0, &wrb);
+  if (!wd) return -1;
+  const int64_t K = w->ne[0], N = w->ne[1];
+  const float *xd = cpu_f32(b, x, "matmul x", 0, K, -1);
+  if (!xd) return -1;
+  const int64_t T = x->ne[1];
+  float *od = cpu_f32(b, out, "matmul out", 1, N, T);
+  if (!od) return -1;
+  if (cpu_overlap(out, (size_t)N * 4, x, (size_t)K * 4) || cpu_overlap(out, (size_t)N * 4, w, wrb))
+    return cpu_fail(b, "matmul: out overlaps an input");
+  if (T == 0 || N == 0) return 0;
+  if ((w->type == STRATA_TYPE_Q8_0 || w->type == STRATA_TYPE_Q4_0) && N * K < cpu_cfg_qact_min) {
+    const struct strata_quant_vtable *qw = cpu_quant(b, w->type);
+    if (qw && qw->dequantize_row) return cpu_matmul_deq(b, w, wd, wrb, xd, T, od);
+  }
+  if (b->tier != CPU_SCALAR) {
+    if (w->type == STRATA_TYPE_Q8_0 || w->type == STRATA_TYPE_Q4_0) {
+      const struct strata_quant_vtable *q8 = cpu_quant(b, STRATA_TYPE_Q8_0);
+      const struct strata_quant_vtable *qw = cpu_quant(b, w->type);
+      const uint32_t bytes = w->type == STRATA_TYPE_Q4_0 ? 18 : 34;
+      /* the kernels know llama.cpp's block layouts; anything else is generic */
+      if (q8 && q8->quantize_row && q8->block_size == 32 && q8->type_size == 34 && qw &&
+          qw->block_size == 32 && qw->type_size == bytes)
+        return cpu_matmul_q(b, w, wd, wrb, xd, T, od);
+    }
+    if (w->type == STRATA_TYPE_F32 || w->type == STRATA_TYPE_F16 || w->type == STRATA_TYPE_BF16)
+      return cpu_matmul_f(b, w, wd, wrb, xd, T, od);
+  }
+  return cpu_matmul_generic(b, w, wd, wrb, xd, T, od);
+}
+
+/* ---- the plugin ------------------------------------------------------------------ */
+
+static const struct strata_backend_vtable cpu_vtable = {
+    .size = sizeof(struct strata_backend_vtable),
+    .n_devices = cpu_n_devices,
+    .device_info = cpu_device_info,
+    .open = cpu_open,
+    .close = cpu_close,
+    .last_error = cpu_last_error,
+    .supports_type = cpu_supports_type,
+    .buf_alloc = cpu_buf_alloc,
+    .buf_wrap_host = cpu_buf_wrap_host,
+    .buf_free = cpu_buf_free,
+    .upload = cpu_upload,
+    .download = cpu_download,
+    .synchronize = cpu_synchronize,
+    .set_batch = cpu_set_batch,
+    .embed = cpu_embed,
+    .rmsnorm = cpu_rmsnorm,
+    .matmul = cpu_matmul,
+    .add_bias = cpu_add_bias,
+    .rope = cpu_rope,
+    .kv_store = cpu_kv_store,
+    .attention = cpu_attention,
+    .swiglu = cpu_swiglu,
+    .add = cpu_add,
+    .get_rows = cpu_get_rows,
+};
+
+static int cpu_init(const struct strata_host_api *host, const strata_config_node_t *cfg, char *err,
+                    size_t errlen) {
+  const size_t need = offsetof(struct strata_host_api, quant_find) + sizeof host->quant_find;
+  if (!host || host->size < need || !host->alloc || !host->free || !host->quant_find) {
+    snprintf(err, errlen, "the host API lacks alloc/free/quant_find (size %u, need %zu)",
+             host ? host->size : 0, need);
+    return -1;
+  }
+  cpu_host = host;
+  cpu_cfg_threads = cfg && host->config_int ? (int)host->config_int(cfg, "threads") : 0;
+  cpu_cfg_qact_min = cfg && host->config_int ? host->config_int(cfg, "q8_activations_min") : 65536;
+  return 0;
+}
+
+static const struct strata_plugin_desc cpu_desc = {
+    .size = sizeof(struct strata_plugin_desc),
+    .abi_version = STRATA_ABI_VERSION,
+    .fingerprint = STRATA_BUILD_FINGERPRINT,
+    .kind = STRATA_PLUGIN_BACKEND,
+    .name = "cpu",
+    .version = "1.0",
+    .license = "MIT",
+    .description = "host CPU with OpenMP; AVX2 / AVX-512 VNNI matmul kernels for q8_0, q4_0, "
+                   "f16, bf16, f32",
+    .params = cpu_params,
+    .init = cpu_init,
+    .fini = NULL,
+    .vt.backend = &cpu_vtable,
+};
+
+STRATA_PLUGIN_DEFINE(cpu_desc)

@@ -1,0 +1,475 @@
+/* SIMD kernels of the cpu backend, compiled once per tier.
+ *
+ * cpu.c includes this file twice, each time inside a `#pragma GCC target`
+ * region, with
+ *   CPU_TIER 1: AVX2 + FMA + F16C                    K(x) = x##_avx2
+ *   CPU_TIER 2: the same plus AVX-512 F/BW/VL/VNNI   K(x) = x##_vnni
+ * One source keeps the tiers identical except for the u8 x s8 dot step
+ * (vpdpbusd, or vpmaddubsw + vpmaddwd on plain AVX2) and the register tile
+ * sizes (AVX-512VL gives 32 ymm registers, AVX2 16). There is deliberately no
+ * include guard.
+ *
+ * Quantized matmul (q8_0 / q4_0 weights x q8_0 activations). Two kernels:
+ *
+ * - direct (1..3 tokens, decode): reads the weight rows as they lie in the
+ *   GGUF, four rows at a time; per block an exact int32 dot in 8 lanes,
+ *   converted and scaled by d_w * d_a. Memory-bound: the point is to stream
+ *   the rows once with few instructions per block.
+ *
+ * - tile (4+ tokens, prefill and batched decode): first repacks four weight
+ *   rows into a scratch "lane" layout in which 32-bit lane j of each vector
+ *   holds four quants of block j of a group of 8 blocks; activations are
+ *   packed the same way. Then one vector of int32 accumulates 8 different
+ *   blocks, so the float conversion and scaling happen once per 8 blocks
+ *   instead of once per block, and the integer dot is nearly all the work.
+ *   The repacked rows stay in L1 while every token of the tile streams past.
+ *
+ * The u8 x s8 multiply needs one unsigned operand. The weights are made
+ * unsigned: q4_0 nibbles are already (value + 8); q8_0 quants get +128 (xor
+ * 0x80) on the VNNI tier. The extra m * sum(a) per block (m = 8 or 128) is
+ * taken off in float as d_w * cf with cf = m * d_a * sum(a) precomputed per
+ * activation block. Plain AVX2 cannot do that for q8_0 (vpmaddubsw would
+ * saturate at 255 * 127 * 2), so it multiplies |w| by a with w's sign moved
+ * onto a instead (mode CPU_QM_Q8_SIGN, cf = 0).
+ */
+
+#if CPU_TIER == 2
+#define KF_C 4 /* tokens per float microkernel: 16 accumulators + 8 operands */
+#else
+#define KF_C 2 /* 8 accumulators + 6 operands fit AVX2's 16 registers */
+#endif
+
+CPU_INLINE float K(hsum)(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+/* acc + sum of 4 adjacent u8 * s8 products, per 32-bit lane. */
+CPU_INLINE __m256i K(dpbusd)(__m256i acc, __m256i u, __m256i s) {
+#if CPU_TIER == 2
+  return _mm256_dpbusd_epi32(acc, u, s);
+#else
+  /* pairs of products fit int16 for every operand this file passes in */
+  const __m256i p = _mm256_maddubs_epi16(u, s);
+  return _mm256_add_epi32(acc, _mm256_madd_epi16(p, _mm256_set1_epi16(1)));
+#endif
+}
+
+/* The 32 quants of one weight block, in element order, in the mode's form. */
+CPU_INLINE __m256i K(wload)(const int mode, const uint8_t *blk) {
+  if (mode == CPU_QM_Q4) {
+    /* element j < 16 is the low nibble of byte j, j + 16 the high one: put
+     * the 16 bytes in both halves and shift the upper half down by 4 */
+    const __m256i b = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(blk + 2)));
+    const __m256i sh = _mm256_srlv_epi64(b, _mm256_setr_epi64x(0, 0, 4, 4));
+    return _mm256_and_si256(sh, _mm256_set1_epi8(0x0f));
+  }
+  const __m256i v = _mm256_loadu_si256((const __m256i *)(blk + 2));
+  if (mode == CPU_QM_Q8_XOR) return _mm256_xor_si256(v, _mm256_set1_epi8((char)0x80));
+  return v;
+}
+
+/* The fp16 scales of n (1..8) consecutive blocks as floats, 0 past n. */
+CPU_INLINE __m256 K(scales8)(const uint8_t *blk, size_t bbytes, int n) {
+  if (n == 8) {
+    __m128i h = _mm_cvtsi32_si128(cpu_rd16(blk));
+    h = _mm_insert_epi16(h, cpu_rd16(blk + 1 * bbytes), 1);
+    h = _mm_insert_epi16(h, cpu_rd16(blk + 2 * bbytes), 2);
+    h = _mm_insert_epi16(h, cpu_rd16(blk + 3 * bbytes), 3);
+    h = _mm_insert_epi16(h, cpu_rd16(blk + 4 * bbytes), 4);
+    h = _mm_insert_epi16(h, cpu_rd16(blk + 5 * bbytes), 5);
+    h = _mm_insert_epi16(h, cpu_rd16(blk + 6 * bbytes), 6);
+    h = _mm_insert_epi16(h, cpu_rd16(blk + 7 * bbytes), 7);
+    return _mm256_cvtph_ps(h);
+  }
+  uint16_t h[8] = {0};
+  for (int j = 0; j < n; j++) h[j] = (uint16_t)cpu_rd16(blk + (size_t)j * bbytes);
+  return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)h));
+}
+
+/* ---- quantized: direct ---------------------------------------------------
+ * out[t0 + c][r] for CPU_QR rows (w[r], padded by repeating the last row;
+ * only nr are stored) and C tokens. `o` points at column row0 of out. */
+CPU_INLINE void K(qdirect)(const int mode, const int C, const uint8_t *const *w, int64_t nb,
+                           size_t bbytes, const struct cpu_qact *A, int64_t t0, float *o,
+                           int64_t ldo, int nr) {
+  __m256 acc[CPU_QR][3];
+  CPU_UNROLL
+  for (int r = 0; r < CPU_QR; r++)
+    CPU_UNROLL
+    for (int c = 0; c < C; c++) acc[r][c] = _mm256_setzero_ps();
+  const int8_t *aq[3];
+  const float *ada[3], *acf[3];
+  CPU_UNROLL
+  for (int c = 0; c < C; c++) {
+    aq[c] = A->q + (size_t)(t0 + c) * A->qstride;
+    ada[c] = A->da + (t0 + c) * A->nbp;
+    acf[c] = A->cf + (t0 + c) * A->nbp;
+  }
+  for (int64_t g = 0; g < nb; g += 8) {
+    const int n = nb - g < 8 ? (int)(nb - g) : 8;
+    /* d_w * d_a per (row, token, block), read back one lane at a time with
+     * broadcast loads (load ports are idle here; shuffle ports are not) */
+    float dd[CPU_QR][3][8] __attribute__((aligned(32)));
+    CPU_UNROLL
+    for (int r = 0; r < CPU_QR; r++) {
+      const __m256 dw = K(scales8)(w[r] + g * bbytes, bbytes, n);
+      CPU_UNROLL
+      for (int c = 0; c < C; c++) {
+        _mm256_store_ps(dd[r][c], _mm256_mul_ps(dw, _mm256_loadu_ps(ada[c] + g)));
+        acc[r][c] = _mm256_fnmadd_ps(dw, _mm256_loadu_ps(acf[c] + g), acc[r][c]);
+      }
+    }
+    for (int j = 0; j < n; j++) {
+      __m256i wv[CPU_QR], aw[CPU_QR];
+      CPU_UNROLL
+      for (int r = 0; r < CPU_QR; r++) {
+        wv[r] = K(wload)(mode, w[r] + (g + j) * bbytes);
+        aw[r] = mode == CPU_QM_Q8_SIGN ? _mm256_abs_epi8(wv[r]) : wv[r];
+      }
+      CPU_UNROLL
+      for (int c = 0; c < C; c++) {
+        const __m256i a = _mm256_loadu_si256((const __m256i *)(aq[c] + (g + j) * 32));
+        CPU_UNROLL
+        for (int r = 0; r < CPU_QR; r++) {
+          const __m256i s = mode == CPU_QM_Q8_SIGN ? _mm256_sign_epi8(a, wv[r]) : a;
+          const __m256i p = K(dpbusd)(_mm256_setzero_si256(), aw[r], s);
+          acc[r][c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_broadcast_ss(&dd[r][c][j]),
+                                      acc[r][c]);
+        }
+      }
+    }
+  }
+  CPU_UNROLL
+  for (int r = 0; r < nr; r++)
+    CPU_UNROLL
+    for (int c = 0; c < C; c++) o[(t0 + c) * ldo + r] = K(hsum)(acc[r][c]);
+}
+
+/* Rows [r0, r1) of out for all T (1..3) tokens of A. */
+static void K(q_direct_rows)(int mode, const uint8_t *wbase, size_t row_bytes, int64_t nb,
+                             size_t bbytes, int64_t r0, int64_t r1, const struct cpu_qact *A,
+                             int64_t T, float *out, int64_t ldo) {
+  for (int64_t r = r0; r < r1; r += CPU_QR) {
+    const int nr = r1 - r < CPU_QR ? (int)(r1 - r) : CPU_QR;
+    const uint8_t *w[CPU_QR];
+    CPU_UNROLL
+    for (int i = 0; i < CPU_QR; i++) w[i] = wbase + (size_t)(r + (i < nr ? i : nr - 1)) * row_bytes;
+    float *o = out + r;
+#define CPU_QD(M, C) K(qdirect)(M, C, w, nb, bbytes, A, 0, o, ldo, nr)
+    if (mode == CPU_QM_Q4) {
+      if (T == 1) CPU_QD(CPU_QM_Q4, 1);
+      else if (T == 2) CPU_QD(CPU_QM_Q4, 2);
+      else CPU_QD(CPU_QM_Q4, 3);
+    } else {
+#if CPU_TIER == 2
+      if (T == 1) CPU_QD(CPU_QM_Q8_XOR, 1);
+      else if (T == 2) CPU_QD(CPU_QM_Q8_XOR, 2);
+      else CPU_QD(CPU_QM_Q8_XOR, 3);
+#else
+      if (T == 1) CPU_QD(CPU_QM_Q8_SIGN, 1);
+      else if (T == 2) CPU_QD(CPU_QM_Q8_SIGN, 2);
+      else CPU_QD(CPU_QM_Q8_SIGN, 3);
+#endif
+    }
+#undef CPU_QD
+  }
+}
+
+/* ---- quantized: tile -------------------------------------------------------- */
+
+/* 8x8 transpose of 32-bit elements: out[s] lane j = in[j] lane s. */
+CPU_INLINE void K(transpose8)(__m256i v[8]) {
+  const __m256i t0 = _mm256_unpacklo_epi32(v[0], v[1]), t1 = _mm256_unpackhi_epi32(v[0], v[1]);
+  const __m256i t2 = _mm256_unpacklo_epi32(v[2], v[3]), t3 = _mm256_unpackhi_epi32(v[2], v[3]);
+  const __m256i t4 = _mm256_unpacklo_epi32(v[4], v[5]), t5 = _mm256_unpackhi_epi32(v[4], v[5]);
+  const __m256i t6 = _mm256_unpacklo_epi32(v[6], v[7]), t7 = _mm256_unpackhi_epi32(v[6], v[7]);
+  const __m256i u0 = _mm256_unpacklo_epi64(t0, t2), u1 = _mm256_unpackhi_epi64(t0, t2);
+  const __m256i u2 = _mm256_unpacklo_epi64(t1, t3), u3 = _mm256_unpackhi_epi64(t1, t3);
+  const __m256i u4 = _mm256_unpacklo_epi64(t4, t6), u5 = _mm256_unpackhi_epi64(t4, t6);
+  const __m256i u6 = _mm256_unpacklo_epi64(t5, t7), u7 = _mm256_unpackhi_epi64(t5, t7);
+  v[0] = _mm256_permute2x128_si256(u0, u4, 0x20);
+  v[1] = _mm256_permute2x128_si256(u1, u5, 0x20);
+  v[2] = _mm256_permute2x128_si256(u2, u6, 0x20);
+  v[3] = _mm256_permute2x128_si256(u3, u7, 0x20);
+  v[4] = _mm256_permute2x128_si256(u0, u4, 0x31);
+  v[5] = _mm256_permute2x128_si256(u1, u5, 0x31);
+  v[6] = _mm256_permute2x128_si256(u2, u6, 0x31);
+  v[7] = _mm256_permute2x128_si256(u3, u7, 0x31);
+}
+
+/* CPU_QR weight rows into the lane layout: wl[r][nbp * 32] quants, dw[r][nbp]
+ * scales (0 in the padding past nb blocks). */
+CPU_INLINE void K(qrepack)(const int mode, const uint8_t *const *w, int64_t nb, size_t bbytes,
+                           int64_t nbp, uint8_t *wl, float *dw) {
+  const size_t kp = (size_t)nbp * 32;
+  CPU_UNROLL
+  for (int r = 0; r < CPU_QR; r++) {
+    for (int64_t g = 0; g < nbp; g += 8) {
+      const int n = nb - g < 8 ? (int)(nb - g) : 8;
+      __m256i v[8];
+      CPU_UNROLL
+      for (int j = 0; j < 8; j++)
+        v[j] = j < n ? K(wload)(mode, w[r] + (g + j) * bbytes) : _mm256_setzero_si256();
+      K(transpose8)(v);
+      uint8_t *d = wl + r * kp + (size_t)g * 32;
+      CPU_UNROLL
+      for (int s = 0; s < 8; s++) _mm256_storeu_si256((__m256i *)(d + s * 32), v[s]);
+      _mm256_storeu_ps(dw + r * nbp + g, K(scales8)(w[r] + g * bbytes, bbytes, n));
+    }
+  }
+}
+
+/* out[t0 + c][r] for the CPU_QR repacked rows and C tokens (lane layout). */
+CPU_INLINE void K(qtile)(const int mode, const int C, const uint8_t *wl, const float *dw,
+                         int64_t nbp, const struct cpu_qact *A, int64_t t0, float *o, int64_t ldo,
+                         int nr) {
+  const size_t kp = (size_t)nbp * 32;
+  __m256 acc[CPU_QR][3];
+  CPU_UNROLL
+  for (int r = 0; r < CPU_QR; r++)
+    CPU_UNROLL
+    for (int c = 0; c < C; c++) acc[r][c] = _mm256_setzero_ps();
+  const int8_t *aq[3];
+  const float *ada[3], *acf[3];
+  CPU_UNROLL
+  for (int c = 0; c < C; c++) {
+    aq[c] = A->q + (size_t)(t0 + c) * A->qstride;
+    ada[c] = A->da + (t0 + c) * A->nbp;
+    acf[c] = A->cf + (t0 + c) * A->nbp;
+  }
+  for (int64_t g = 0; g < nbp; g += 8) {
+    __m256i ia[CPU_QR][3];
+    CPU_UNROLL
+    for (int r = 0; r < CPU_QR; r++)
+      CPU_UNROLL
+      for (int c = 0; c < C; c++) ia[r][c] = _mm256_setzero_si256();
+    const size_t off = (size_t)g * 32;
+    CPU_UNROLL
+    for (int s = 0; s < 8; s++) {
+      __m256i wv[CPU_QR], aw[CPU_QR];
+      CPU_UNROLL
+      for (int r = 0; r < CPU_QR; r++) {
+        wv[r] = _mm256_loadu_si256((const __m256i *)(wl + r * kp + off + s * 32));
+        aw[r] = mode == CPU_QM_Q8_SIGN ? _mm256_abs_epi8(wv[r]) : wv[r];
+      }
+      CPU_UNROLL
+      for (int c = 0; c < C; c++) {
+        const __m256i a = _mm256_loadu_si256((const __m256i *)(aq[c] + off + s * 32));
+        CPU_UNROLL
+        for (int r = 0; r < CPU_QR; r++) {
+          const __m256i sa = mode == CPU_QM_Q8_SIGN ? _mm256_sign_epi8(a, wv[r]) : a;
+          ia[r][c] = K(dpbusd)(ia[r][c], aw[r], sa);
+        }
+      }
+    }
+    /* lane j now holds block g + j's integer dot: scale all 8 at once */
+    CPU_UNROLL
+    for (int r = 0; r < CPU_QR; r++) {
+      const __m256 d = _mm256_loadu_ps(dw + r * nbp + g);
+      CPU_UNROLL
+      for (int c = 0; c < C; c++) {
+        const __m256 t = _mm256_fmsub_ps(_mm256_cvtepi32_ps(ia[r][c]), _mm256_loadu_ps(ada[c] + g),
+                                         _mm256_loadu_ps(acf[c] + g));
+        acc[r][c] = _mm256_fmadd_ps(t, d, acc[r][c]);
+      }
+    }
+  }
+  CPU_UNROLL
+  for (int r = 0; r < nr; r++)
+    CPU_UNROLL
+    for (int c = 0; c < C; c++) o[(t0 + c) * ldo + r] = K(hsum)(acc[r][c]);
+}
+
+/* Rows [r0, r1) of out for tokens [t0, t1) of A (lane layout). scratch holds
+ * CPU_QR rows of nbp * 32 quants and nbp floats each. */
+static void K(q_tile_rows)(int mode, const uint8_t *wbase, size_t row_bytes, int64_t nb,
+                           size_t bbytes, int64_t r0, int64_t r1, const struct cpu_qact *A,
+                           int64_t t0, int64_t t1, float *out, int64_t ldo, uint8_t *scratch) {
+  const int64_t nbp = A->nbp;
+  uint8_t *wl = scratch;
+  float *dw = (float *)(scratch + (size_t)CPU_QR * nbp * 32);
+  for (int64_t r = r0; r < r1; r += CPU_QR) {
+    const int nr = r1 - r < CPU_QR ? (int)(r1 - r) : CPU_QR;
+    const uint8_t *w[CPU_QR];
+    CPU_UNROLL
+    for (int i = 0; i < CPU_QR; i++) w[i] = wbase + (size_t)(r + (i < nr ? i : nr - 1)) * row_bytes;
+    float *o = out + r;
+#if CPU_TIER == 2
+    const int m8 = CPU_QM_Q8_XOR;
+#else
+    const int m8 = CPU_QM_Q8_SIGN;
+#endif
+    if (mode == CPU_QM_Q4)
+      K(qrepack)(CPU_QM_Q4, w, nb, bbytes, nbp, wl, dw);
+    else
+      K(qrepack)(m8, w, nb, bbytes, nbp, wl, dw);
+    for (int64_t t = t0; t < t1; t += 3) {
+      const int64_t left = t1 - t;
+#define CPU_QT(M, C) K(qtile)(M, C, wl, dw, nbp, A, t, o, ldo, nr)
+      if (mode == CPU_QM_Q4) {
+        if (left >= 3) CPU_QT(CPU_QM_Q4, 3);
+        else if (left == 2) CPU_QT(CPU_QM_Q4, 2);
+        else CPU_QT(CPU_QM_Q4, 1);
+      } else {
+        if (left >= 3) CPU_QT(m8, 3);
+        else if (left == 2) CPU_QT(m8, 2);
+        else CPU_QT(m8, 1);
+      }
+#undef CPU_QT
+    }
+  }
+}
+
+/* ---- float weights (f32, f16, bf16) x f32 activations ------------------------ */
+
+CPU_INLINE __m256 K(fload)(const uint32_t type, const uint8_t *p) {
+  if (type == STRATA_TYPE_F32) return _mm256_loadu_ps((const float *)(const void *)p);
+  const __m128i h = _mm_loadu_si128((const __m128i *)p);
+  if (type == STRATA_TYPE_F16) return _mm256_cvtph_ps(h);
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)); /* bf16 */
+}
+
+/* out[t0 + c][r] for CPU_FR rows and C tokens; the tail past a multiple of 8
+ * elements is done in scalar. */
+CPU_INLINE void K(fkern)(const uint32_t type, const int C, const uint8_t *const *w, int64_t n,
+                         const float *x, int64_t ldx, int64_t t0, float *o, int64_t ldo, int nr) {
+  const size_t es = type == STRATA_TYPE_F32 ? 4 : 2;
+  __m256 acc[CPU_FR][KF_C];
+  const float *xc[KF_C];
+  CPU_UNROLL
+  for (int c = 0; c < C; c++) {
+    xc[c] = x + (t0 + c) * ldx;
+    CPU_UNROLL
+    for (int r = 0; r < CPU_FR; r++) acc[r][c] = _mm256_setzero_ps();
+  }
+  int64_t k = 0;
+  for (; k + 8 <= n; k += 8) {
+    __m256 wv[CPU_FR];
+    CPU_UNROLL
+    for (int r = 0; r < CPU_FR; r++) wv[r] = K(fload)(type, w[r] + k * es);
+    CPU_UNROLL
+    for (int c = 0; c < C; c++) {
+      const __m256 xv = _mm256_loadu_ps(xc[c] + k);
+      CPU_UNROLL
+      for (int r = 0; r < CPU_FR; r++) acc[r][c] = _mm256_fmadd_ps(wv[r], xv, acc[r][c]);
+    }
+  }
+  CPU_UNROLL
+  for (int r = 0; r < nr; r++)
+    CPU_UNROLL
+    for (int c = 0; c < C; c++) {
+      float s = K(hsum)(acc[r][c]);
+      for (int64_t kk = k; kk < n; kk++) s += cpu_fload1(type, w[r] + kk * es) * xc[c][kk];
+      o[(t0 + c) * ldo + r] = s;
+    }
+}
+
+static void K(f_rows)(uint32_t type, const uint8_t *wbase, size_t row_bytes, int64_t n, int64_t r0,
+                      int64_t r1, const float *x, int64_t ldx, int64_t t0, int64_t t1, float *out,
+                      int64_t ldo) {
+  for (int64_t r = r0; r < r1; r += CPU_FR) {
+    const int nr = r1 - r < CPU_FR ? (int)(r1 - r) : CPU_FR;
+    const uint8_t *w[CPU_FR];
+    CPU_UNROLL
+    for (int i = 0; i < CPU_FR; i++) w[i] = wbase + (size_t)(r + (i < nr ? i : nr - 1)) * row_bytes;
+    float *o = out + r;
+    for (int64_t t = t0; t < t1; t += KF_C) {
+      const int64_t left = t1 - t;
+      const int C = left < KF_C ? (int)left : KF_C;
+#if CPU_TIER == 2
+#define CPU_FK(TY)                                                                                 \
+  do {                                                                                             \
+    if (C == 4) K(fkern)(TY, 4, w, n, x, ldx, t, o, ldo, nr);                                      \
+    else if (C == 3) K(fkern)(TY, 3, w, n, x, ldx, t, o, ldo, nr);                                 \
+    else if (C == 2) K(fkern)(TY, 2, w, n, x, ldx, t, o, ldo, nr);                                 \
+    else K(fkern)(TY, 1, w, n, x, ldx, t, o, ldo, nr);                                             \
+  } while (0)
+#else
+#define CPU_FK(TY)                                                                                 \
+  do {                                                                                             \
+    if (C == 2) K(fkern)(TY, 2, w, n, x, ldx, t, o, ldo, nr);                                      \
+    else K(fkern)(TY, 1, w, n, x, ldx, t, o, ldo, nr);                                             \
+  } while (0)
+#endif
+      if (type == STRATA_TYPE_F32) CPU_FK(STRATA_TYPE_F32);
+      else if (type == STRATA_TYPE_F16) CPU_FK(STRATA_TYPE_F16);
+      else CPU_FK(STRATA_TYPE_BF16);
+#undef CPU_FK
+    }
+  }
+}
+
+/* ---- attention: one query row, one head --------------------------------------- */
+
+CPU_INLINE __m256 K(kvload)(const uint32_t type, const uint8_t *p) {
+  if (type == STRATA_TYPE_F32) return _mm256_loadu_ps((const float *)(const void *)p);
+  return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+}
+
+CPU_INLINE float K(kvdot)(const uint32_t type, const float *q, const uint8_t *k, int n) {
+  const size_t es = type == STRATA_TYPE_F32 ? 4 : 2;
+  __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+  int i = 0;
+  for (; i + 16 <= n; i += 16) {
+    a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), K(kvload)(type, k + i * es), a0);
+    a1 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i + 8), K(kvload)(type, k + (i + 8) * es), a1);
+  }
+  for (; i + 8 <= n; i += 8)
+    a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), K(kvload)(type, k + i * es), a0);
+  float s = K(hsum)(_mm256_add_ps(a0, a1));
+  for (; i < n; i++) s += q[i] * cpu_fload1(type, k + i * es);
+  return s;
+}
+
+CPU_INLINE void K(kvaxpy)(const uint32_t type, float a, const uint8_t *v, float *y, int n) {
+  const size_t es = type == STRATA_TYPE_F32 ? 4 : 2;
+  const __m256 av = _mm256_set1_ps(a);
+  int i = 0;
+  for (; i + 8 <= n; i += 8)
+    _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, K(kvload)(type, v + i * es), _mm256_loadu_ps(y + i)));
+  for (; i < n; i++) y[i] += a * cpu_fload1(type, v + i * es);
+}
+
+CPU_INLINE void K(attn_t)(const uint32_t kt, const uint32_t vt, const struct cpu_attn *c,
+                          const int32_t *bt, const float *q, int kvh, int32_t npos, float *sc,
+                          float *out) {
+  const int hd = c->head_dim;
+  const size_t koff = (size_t)kvh * hd * (kt == STRATA_TYPE_F32 ? 4 : 2);
+  const size_t voff = (size_t)kvh * hd * (vt == STRATA_TYPE_F32 ? 4 : 2);
+  float mx = -INFINITY;
+  for (int32_t p = 0; p < npos; p++) {
+    const int64_t slot = (int64_t)bt[p / c->block_size] * c->block_size + p % c->block_size;
+    const float s = K(kvdot)(kt, q, c->k + (size_t)slot * c->krow + koff, hd) * c->scale;
+    sc[p] = s;
+    mx = s > mx ? s : mx;
+  }
+  float sum = 0.0f;
+  for (int32_t p = 0; p < npos; p++) {
+    sc[p] = expf(sc[p] - mx);
+    sum += sc[p];
+  }
+  for (int i = 0; i < hd; i++) out[i] = 0.0f;
+  for (int32_t p = 0; p < npos; p++) {
+    const int64_t slot = (int64_t)bt[p / c->block_size] * c->block_size + p % c->block_size;
+    K(kvaxpy)(vt, sc[p], c->v + (size_t)slot * c->vrow + voff, out, hd);
+  }
+  const float inv = 1.0f / sum;
+  for (int i = 0; i < hd; i++) out[i] *= inv;
+}
+
+static void K(attn_one)(const struct cpu_attn *c, const int32_t *bt, const float *q, int kvh,
+                        int32_t npos, float *sc, float *out) {
+  if (c->ktype == STRATA_TYPE_F32 && c->vtype == STRATA_TYPE_F32)
+    K(attn_t)(STRATA_TYPE_F32, STRATA_TYPE_F32, c, bt, q, kvh, npos, sc, out);
+  else if (c->ktype == STRATA_TYPE_F16 && c->vtype == STRATA_TYPE_F16)
+    K(attn_t)(STRATA_TYPE_F16, STRATA_TYPE_F16, c, bt, q, kvh, npos, sc, out);
+  else if (c->ktype == STRATA_TYPE_F32)
+    K(attn_t)(STRATA_TYPE_F32, STRATA_TYPE_F16, c, bt, q, kvh, npos, sc, out);
+  else
+    K(attn_t)(STRATA_TYPE_F16, STRATA_TYPE_F32, c, bt, q, kvh, npos, sc, out);
+}
+
+#undef KF_C

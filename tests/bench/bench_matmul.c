@@ -1,0 +1,272 @@
+/* bench_matmul: the cpu backend's matmul against this machine's memory.
+ *
+ * Prints, for 1 and 2 threads (or the counts given with -t):
+ *   - memory read bandwidth: the best of several passes summing 1 GiB, with a
+ *     plain C loop (as `strata bench` does) and with 256-bit loads; the
+ *     larger is the roofline;
+ *   - decode matvec (1 token) on TinyLlama's FFN shapes, 2048 -> 5632 and
+ *     5632 -> 2048, in q8_0 and q4_0: GB/s of weights read, cycling through
+ *     enough copies of the matrix (>= 1 GiB) that they come from DRAM and not
+ *     from the last-level cache, and the same as a fraction of the bandwidth;
+ *   - 16 tokens at once (16 sequences decoding together): tokens/s relative
+ *     to 16 single-token matvecs;
+ *   - prefill, 512 tokens through 2048 -> 5632: GFLOP/s (2 * K * N * T).
+ *
+ * Not built by `make check`. From a configured build tree:
+ *   ./libtool --mode=link gcc -O2 -I. -Icore/include -Icore \
+ *     -DSTRATA_BUILDDIR="\"$PWD\"" -DSTRATA_SRCDIR="\"$PWD\"" \
+ *     -DSTRATA_SHARED_DIR='"../shared"' -DSTRATA_PKGLIBDIR='"/nonexistent"' \
+ *     -o bench_matmul tests/bench/bench_matmul.c core/libstrata.la -lpthread
+ *   ./bench_matmul [-t 1,2] [-s seconds]
+ */
+#include "config.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <strata/backend.h>
+#include <strata/quant.h>
+
+#include "plugin_loader.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+static double now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* ---- memory read bandwidth --------------------------------------------------- */
+
+struct bw_arg {
+  const uint64_t *p;
+  size_t n;
+  uint64_t sum;
+};
+
+static void *bw_worker(void *a) {
+  struct bw_arg *w = a;
+  /* independent accumulators: vectorizable, many loads in flight */
+  uint64_t s[8] = {0};
+  for (size_t i = 0; i + 8 <= w->n; i += 8)
+    for (int k = 0; k < 8; k++) s[k] += w->p[i + k];
+  w->sum = s[0] + s[1] + s[2] + s[3] + s[4] + s[5] + s[6] + s[7];
+  return NULL;
+}
+
+#if defined(__x86_64__)
+/* The same with 256-bit loads, four cache lines per iteration: a core keeps
+ * more misses in flight this way, and a SIMD matvec reads like this too. */
+__attribute__((target("avx2"))) static void *bw_worker_avx2(void *a) {
+  struct bw_arg *w = a;
+  __m256i s0 = _mm256_setzero_si256(), s1 = s0, s2 = s0, s3 = s0;
+  size_t i = 0;
+  for (; i + 32 <= w->n; i += 32) {
+    s0 = _mm256_add_epi64(s0, _mm256_add_epi64(_mm256_load_si256((const __m256i *)(w->p + i)),
+                                               _mm256_load_si256((const __m256i *)(w->p + i + 4))));
+    s1 = _mm256_add_epi64(s1, _mm256_add_epi64(_mm256_load_si256((const __m256i *)(w->p + i + 8)),
+                                               _mm256_load_si256((const __m256i *)(w->p + i + 12))));
+    s2 = _mm256_add_epi64(s2, _mm256_add_epi64(_mm256_load_si256((const __m256i *)(w->p + i + 16)),
+                                               _mm256_load_si256((const __m256i *)(w->p + i + 20))));
+    s3 = _mm256_add_epi64(s3, _mm256_add_epi64(_mm256_load_si256((const __m256i *)(w->p + i + 24)),
+                                               _mm256_load_si256((const __m256i *)(w->p + i + 28))));
+  }
+  uint64_t v[4];
+  _mm256_storeu_si256((__m256i *)v, _mm256_add_epi64(_mm256_add_epi64(s0, s1), _mm256_add_epi64(s2, s3)));
+  w->sum = v[0] + v[1] + v[2] + v[3];
+  for (; i < w->n; i++) w->sum += w->p[i];
+  return NULL;
+}
+#endif
+
+static double read_bandwidth(const uint64_t *buf, size_t bytes, int threads, int simd) {
+  void *(*worker)(void *) = bw_worker;
+#if defined(__x86_64__)
+  if (simd && __builtin_cpu_supports("avx2")) worker = bw_worker_avx2;
+#endif
+  (void)simd;
+  pthread_t th[64];
+  struct bw_arg args[64];
+  const size_t n = bytes / sizeof *buf;
+  double best = 0;
+  for (int rep = 0; rep < 5; rep++) {
+    double t0 = now();
+    for (int t = 0; t < threads; t++) {
+      size_t lo = n / threads * t, hi = t == threads - 1 ? n : n / threads * (t + 1);
+      args[t] = (struct bw_arg){.p = buf + lo, .n = hi - lo};
+      pthread_create(&th[t], NULL, worker, &args[t]);
+    }
+    uint64_t sink = 0;
+    for (int t = 0; t < threads; t++) {
+      pthread_join(th[t], NULL);
+      sink += args[t].sum;
+    }
+    double dt = now() - t0;
+    if (sink == 42) fputc(' ', stderr);
+    if (bytes / dt > best) best = bytes / dt;
+  }
+  return best;
+}
+
+/* ---- setup ------------------------------------------------------------------ */
+
+static struct strata_registry reg;
+static const struct strata_backend_vtable *be;
+
+static void die(const char *what, const char *why) {
+  fprintf(stderr, "bench_matmul: %s: %s\n", what, why);
+  exit(1);
+}
+
+static const struct strata_quant_vtable *quant(uint32_t type) {
+  const struct strata_plugin *p = strata_registry_find_quant(&reg, type);
+  if (!p) die("quant plugin missing", "build the tree first");
+  return p->desc->vt.quant;
+}
+
+static uint64_t rng = 12345;
+static float frand(void) {
+  rng = rng * 6364136223846793005ull + 1442695040888963407ull;
+  return (float)((rng >> 40) * 0x1p-23 - 1.0);
+}
+
+struct mat {
+  uint32_t type;
+  int64_t K, N;
+  size_t bytes;   /* one copy */
+  int copies;     /* enough for >= 1 GiB */
+  uint8_t *host;  /* copies back to back */
+  strata_buf_t *buf;
+};
+
+static void make_mat(strata_backend_t *b, struct mat *m, uint32_t type, int64_t K, int64_t N,
+                     size_t total) {
+  const struct strata_quant_vtable *q = quant(type);
+  const size_t rb = (size_t)(K / q->block_size) * q->type_size;
+  m->type = type;
+  m->K = K;
+  m->N = N;
+  m->bytes = rb * N;
+  m->copies = (int)((total + m->bytes - 1) / m->bytes);
+  if (m->copies < 1) m->copies = 1;
+  m->host = aligned_alloc(64, (m->bytes * m->copies + 63) & ~(size_t)63);
+  float *row = malloc(K * sizeof *row);
+  for (int64_t r = 0; r < N; r++) {
+    for (int64_t i = 0; i < K; i++) row[i] = frand();
+    q->quantize_row(row, m->host + r * rb, K);
+  }
+  free(row);
+  for (int c = 1; c < m->copies; c++) memcpy(m->host + c * m->bytes, m->host, m->bytes);
+  m->buf = be->buf_wrap_host(b, m->host, m->bytes * m->copies);
+}
+
+/* Seconds per matmul of T tokens, cycling through the copies (cold) or on
+ * copy 0 only (hot). */
+static double time_matmul(strata_backend_t *b, struct mat *m, int64_t T, int cold, double secs) {
+  float *x = malloc(T * m->K * sizeof *x);
+  for (int64_t i = 0; i < T * m->K; i++) x[i] = frand();
+  strata_buf_t *xb = be->buf_alloc(b, T * m->K * 4), *ob = be->buf_alloc(b, T * m->N * 4);
+  be->upload(b, xb, 0, x, T * m->K * 4);
+  struct strata_tensor tx = {.buf = xb, .type = STRATA_TYPE_F32, .ne = {m->K, T}};
+  struct strata_tensor to = {.buf = ob, .type = STRATA_TYPE_F32, .ne = {m->N, T}};
+  struct strata_tensor tw = {.buf = m->buf, .type = m->type, .ne = {m->K, m->N}};
+  /* warm up (page faults, thread pool) */
+  for (int c = 0; c < m->copies; c++) {
+    tw.offset = (uint64_t)c * m->bytes;
+    if (be->matmul(b, &tw, &tx, &to) != 0) die("matmul", be->last_error(b));
+    if (!cold) break;
+  }
+  long n = 0;
+  int c = 0;
+  double t0 = now(), dt;
+  do {
+    tw.offset = cold ? (uint64_t)c * m->bytes : 0;
+    c = (c + 1) % m->copies;
+    be->matmul(b, &tw, &tx, &to);
+    n++;
+    dt = now() - t0;
+  } while (dt < secs || (cold && c != 0));
+  be->buf_free(b, xb);
+  be->buf_free(b, ob);
+  free(x);
+  return dt / n;
+}
+
+int main(int argc, char **argv) {
+  int threads[8] = {1, 2}, nthreads = 2;
+  double secs = 1.0;
+  int opt;
+  while ((opt = getopt(argc, argv, "t:s:")) != -1) {
+    if (opt == 't') {
+      nthreads = 0;
+      for (char *p = strtok(optarg, ","); p && nthreads < 8; p = strtok(NULL, ","))
+        threads[nthreads++] = atoi(p);
+    } else if (opt == 's') {
+      secs = atof(optarg);
+    } else {
+      fprintf(stderr, "usage: bench_matmul [-t 1,2] [-s seconds]\n");
+      return 2;
+    }
+  }
+  char dir[4096];
+  const char *bd = getenv("STRATA_BUILDDIR");
+  snprintf(dir, sizeof dir, "%s/plugins", bd && *bd ? bd : STRATA_BUILDDIR);
+  const char *dirs[] = {dir};
+  strata_registry_scan(&reg, dirs, 1);
+  strata_host_set_registry(&reg);
+  char err[1024];
+  for (size_t i = 0; i < reg.n_plugins; i++)
+    if (strata_plugin_init(&reg.plugins[i], NULL, err, sizeof err) != 0) die("init", err);
+  const struct strata_plugin *cpu = strata_registry_find(&reg, STRATA_PLUGIN_BACKEND, "cpu");
+  if (!cpu) die(dir, "no cpu backend plugin");
+  be = cpu->desc->vt.backend;
+
+  const size_t bw_bytes = (size_t)1 << 30;
+  uint64_t *bwbuf = aligned_alloc(64, bw_bytes);
+  for (size_t i = 0; i < bw_bytes / 8; i++) bwbuf[i] = i;
+
+  for (int ti = 0; ti < nthreads; ti++) {
+    const int nt = threads[ti];
+    struct strata_backend_params p = {.size = sizeof p, .threads = nt};
+    strata_backend_t *b;
+    if (be->open(0, &p, &b, err, sizeof err) != 0) die("open", err);
+    const double bw_plain = read_bandwidth(bwbuf, bw_bytes, nt, 0);
+    const double bw_simd = read_bandwidth(bwbuf, bw_bytes, nt, 1);
+    const double bw = bw_simd > bw_plain ? bw_simd : bw_plain;
+    printf("threads %d: memory read bandwidth %.1f GB/s (plain C loop %.1f GB/s, 256-bit loads "
+           "%.1f GB/s)\n", nt, bw / 1e9, bw_plain / 1e9, bw_simd / 1e9);
+    const uint32_t types[] = {STRATA_TYPE_Q8_0, STRATA_TYPE_Q4_0};
+    const int64_t shapes[][2] = {{2048, 5632}, {5632, 2048}};
+    for (int k = 0; k < 2; k++)
+      for (int s = 0; s < 2; s++) {
+        struct mat m;
+        make_mat(b, &m, types[k], shapes[s][0], shapes[s][1], (size_t)1 << 30);
+        const double cold = time_matmul(b, &m, 1, 1, secs), hot = time_matmul(b, &m, 1, 0, secs);
+        const double t16 = time_matmul(b, &m, 16, 1, secs);
+        printf("  %s %5lld -> %5lld  matvec: %6.1f GB/s from DRAM (%3.0f%% of bandwidth), "
+               "%6.1f GB/s from cache; 16 tokens: %.1fx the tokens/s of 1\n",
+               k ? "q4_0" : "q8_0", (long long)m.K, (long long)m.N, m.bytes / cold / 1e9,
+               100.0 * m.bytes / cold / bw, m.bytes / hot / 1e9, 16.0 * cold / t16);
+        if (s == 0) {
+          const double tp = time_matmul(b, &m, 512, 0, secs);
+          printf("  %s %5lld -> %5lld  prefill 512 tokens: %6.1f GFLOP/s, %.1fx the tokens/s "
+                 "of decode\n",
+                 k ? "q4_0" : "q8_0", (long long)m.K, (long long)m.N,
+                 2.0 * m.K * m.N * 512 / tp / 1e9, 512.0 * cold / tp);
+        }
+        be->buf_free(b, m.buf);
+        free(m.host);
+      }
+    be->close(b);
+  }
+  free(bwbuf);
+  strata_registry_free(&reg);
+  return 0;
+}
