@@ -255,15 +255,21 @@ void strata_registry_scan(struct strata_registry *reg, const char *const *dirs,
   }
 }
 
-/* The build tree counts when the running executable lives in it. */
+/* The build tree counts when the running executable lives in it, unless it
+ * is the installed strata of a prefix inside the build directory. */
 static int running_from_build_tree(void) {
-  char exe[PATH_MAX], bt[PATH_MAX];
+  char exe[PATH_MAX], bt[PATH_MAX], bin[PATH_MAX];
   ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
   if (n <= 0) return 0;
   exe[n] = '\0';
   if (!realpath(STRATA_BUILDDIR, bt)) return 0;
   size_t bl = strlen(bt);
-  return strncmp(exe, bt, bl) == 0 && exe[bl] == '/';
+  if (strncmp(exe, bt, bl) != 0 || exe[bl] != '/') return 0;
+  if (realpath(STRATA_BINDIR, bin)) {
+    size_t il = strlen(bin);
+    if (strncmp(exe, bin, il) == 0 && exe[il] == '/' && !strchr(exe + il + 1, '/')) return 0;
+  }
+  return 1;
 }
 
 char **strata_plugin_default_dirs(const char *const *extra, size_t n_extra, size_t *n_out) {
