@@ -9,6 +9,9 @@ scripts/install-deps.sh
 make -j"$(nproc 2>/dev/null || echo 2)" >/dev/null
 ./strata check-config conf/strata.conf
 ./strata plugins
-./strata inspect ../shared/models/stories260K.gguf | sed -n 1,30p
+./strata inspect ../shared/models/stories260K.gguf | sed -n 1,12p
 echo "tokens of \"Once upon a time\":"
 ./strata tokenize --model ../shared/models/stories260K.gguf "Once upon a time"
+echo "== strata generate (greedy, the config's model on the best backend)"
+./strata generate --config conf/strata.conf --prompt "Once upon a time" -n 64 --temperature 0
+echo
