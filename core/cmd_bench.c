@@ -17,59 +17,10 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "membw.h"
 #include "runtime.h"
 #include "sampler.h"
 #include "util.h"
-
-/* ---- memory read bandwidth ---------------------------------------------------- */
-
-struct bw_arg {
-  const uint64_t *p;
-  size_t n;
-  uint64_t sum;
-};
-
-static void *bw_worker(void *a) {
-  struct bw_arg *w = a;
-  /* Eight independent accumulators let the compiler vectorize the loop and
-   * keep enough loads in flight to saturate memory, as a matvec does. */
-  uint64_t s[8] = {0};
-  for (size_t i = 0; i + 8 <= w->n; i += 8)
-    for (int k = 0; k < 8; k++) s[k] += w->p[i + k];
-  w->sum = s[0] + s[1] + s[2] + s[3] + s[4] + s[5] + s[6] + s[7];
-  return NULL;
-}
-
-/* Best of several passes over `bytes` of memory with n threads, in B/s. */
-static double measure_read_bandwidth(size_t bytes, int threads) {
-  uint64_t *buf = NULL;
-  if (posix_memalign((void **)&buf, 64, bytes) != 0) return 0;
-  size_t n = bytes / sizeof *buf;
-  for (size_t i = 0; i < n; i++) buf[i] = i; /* touch every page */
-  if (threads < 1) threads = 1;
-  if (threads > 256) threads = 256;
-  pthread_t th[256];
-  struct bw_arg args[256];
-  double best = 0;
-  for (int rep = 0; rep < 5; rep++) {
-    double t0 = strata_now();
-    for (int t = 0; t < threads; t++) {
-      size_t lo = n / threads * t, hi = t == threads - 1 ? n : n / threads * (t + 1);
-      args[t] = (struct bw_arg){.p = buf + lo, .n = hi - lo};
-      pthread_create(&th[t], NULL, bw_worker, &args[t]);
-    }
-    uint64_t sink = 0;
-    for (int t = 0; t < threads; t++) {
-      pthread_join(th[t], NULL);
-      sink += args[t].sum;
-    }
-    double dt = strata_now() - t0;
-    if (sink == 42) fprintf(stderr, " "); /* keeps the sums alive */
-    if (dt > 0 && bytes / dt > best) best = bytes / dt;
-  }
-  free(buf);
-  return best;
-}
 
 static long rss_kib(void) {
   FILE *f = fopen("/proc/self/status", "r");
@@ -256,7 +207,7 @@ int strata_cmd_bench(int argc, char **argv) {
            n_gen, tdb, dB, dB / d1);
   }
   int threads = ro.threads > 0 ? ro.threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
-  double bw = measure_read_bandwidth((size_t)1 << 30, threads);
+  double bw = strata_read_bandwidth((size_t)1 << 30, threads);
   double bytes_step = (double)m->weight_bytes;
   double roof = bw / bytes_step;
   printf("roofline: %.1f MB of weights per decode step, read bandwidth %.2f GB/s (%d threads): %.2f tokens/s max\n",

@@ -31,11 +31,9 @@
 #include <strata/backend.h>
 #include <strata/quant.h>
 
+#include "membw.h"
 #include "plugin_loader.h"
 
-#if defined(__x86_64__)
-#include <immintrin.h>
-#endif
 
 static double now(void) {
   struct timespec ts;
@@ -44,76 +42,6 @@ static double now(void) {
 }
 
 /* ---- memory read bandwidth --------------------------------------------------- */
-
-struct bw_arg {
-  const uint64_t *p;
-  size_t n;
-  uint64_t sum;
-};
-
-static void *bw_worker(void *a) {
-  struct bw_arg *w = a;
-  /* independent accumulators: vectorizable, many loads in flight */
-  uint64_t s[8] = {0};
-  for (size_t i = 0; i + 8 <= w->n; i += 8)
-    for (int k = 0; k < 8; k++) s[k] += w->p[i + k];
-  w->sum = s[0] + s[1] + s[2] + s[3] + s[4] + s[5] + s[6] + s[7];
-  return NULL;
-}
-
-#if defined(__x86_64__)
-/* The same with 256-bit loads, four cache lines per iteration: a core keeps
- * more misses in flight this way, and a SIMD matvec reads like this too. */
-__attribute__((target("avx2"))) static void *bw_worker_avx2(void *a) {
-  struct bw_arg *w = a;
-  __m256i s0 = _mm256_setzero_si256(), s1 = s0, s2 = s0, s3 = s0;
-  size_t i = 0;
-  for (; i + 32 <= w->n; i += 32) {
-    s0 = _mm256_add_epi64(s0, _mm256_add_epi64(_mm256_load_si256((const __m256i *)(w->p + i)),
-                                               _mm256_load_si256((const __m256i *)(w->p + i + 4))));
-    s1 = _mm256_add_epi64(s1, _mm256_add_epi64(_mm256_load_si256((const __m256i *)(w->p + i + 8)),
-                                               _mm256_load_si256((const __m256i *)(w->p + i + 12))));
-    s2 = _mm256_add_epi64(s2, _mm256_add_epi64(_mm256_load_si256((const __m256i *)(w->p + i + 16)),
-                                               _mm256_load_si256((const __m256i *)(w->p + i + 20))));
-    s3 = _mm256_add_epi64(s3, _mm256_add_epi64(_mm256_load_si256((const __m256i *)(w->p + i + 24)),
-                                               _mm256_load_si256((const __m256i *)(w->p + i + 28))));
-  }
-  uint64_t v[4];
-  _mm256_storeu_si256((__m256i *)v, _mm256_add_epi64(_mm256_add_epi64(s0, s1), _mm256_add_epi64(s2, s3)));
-  w->sum = v[0] + v[1] + v[2] + v[3];
-  for (; i < w->n; i++) w->sum += w->p[i];
-  return NULL;
-}
-#endif
-
-static double read_bandwidth(const uint64_t *buf, size_t bytes, int threads, int simd) {
-  void *(*worker)(void *) = bw_worker;
-#if defined(__x86_64__)
-  if (simd && __builtin_cpu_supports("avx2")) worker = bw_worker_avx2;
-#endif
-  (void)simd;
-  pthread_t th[64];
-  struct bw_arg args[64];
-  const size_t n = bytes / sizeof *buf;
-  double best = 0;
-  for (int rep = 0; rep < 5; rep++) {
-    double t0 = now();
-    for (int t = 0; t < threads; t++) {
-      size_t lo = n / threads * t, hi = t == threads - 1 ? n : n / threads * (t + 1);
-      args[t] = (struct bw_arg){.p = buf + lo, .n = hi - lo};
-      pthread_create(&th[t], NULL, worker, &args[t]);
-    }
-    uint64_t sink = 0;
-    for (int t = 0; t < threads; t++) {
-      pthread_join(th[t], NULL);
-      sink += args[t].sum;
-    }
-    double dt = now() - t0;
-    if (sink == 42) fputc(' ', stderr);
-    if (bytes / dt > best) best = bytes / dt;
-  }
-  return best;
-}
 
 /* ---- setup ------------------------------------------------------------------ */
 
@@ -237,8 +165,8 @@ int main(int argc, char **argv) {
     struct strata_backend_params p = {.size = sizeof p, .threads = nt};
     strata_backend_t *b;
     if (be->open(0, &p, &b, err, sizeof err) != 0) die("open", err);
-    const double bw_plain = read_bandwidth(bwbuf, bw_bytes, nt, 0);
-    const double bw_simd = read_bandwidth(bwbuf, bw_bytes, nt, 1);
+    const double bw_plain = strata_read_bandwidth_of(bwbuf, bw_bytes, nt, 0);
+    const double bw_simd = strata_read_bandwidth_of(bwbuf, bw_bytes, nt, 1);
     const double bw = bw_simd > bw_plain ? bw_simd : bw_plain;
     printf("threads %d: memory read bandwidth %.1f GB/s (plain C loop %.1f GB/s, 256-bit loads "
            "%.1f GB/s)\n", nt, bw / 1e9, bw_plain / 1e9, bw_simd / 1e9);

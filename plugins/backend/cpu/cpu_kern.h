@@ -94,7 +94,7 @@ CPU_INLINE __m256 K(scales8)(const uint8_t *blk, size_t bbytes, int n) {
  * only nr are stored) and C tokens. `o` points at column row0 of out. */
 CPU_INLINE void K(qdirect)(const int mode, const int C, const uint8_t *const *w, int64_t nb,
                            size_t bbytes, const struct cpu_qact *A, int64_t t0, float *o,
-                           int64_t ldo, int nr) {
+                           int64_t ldo, int nr, size_t pf) {
   __m256 acc[CPU_QR][3];
   CPU_UNROLL
   for (int r = 0; r < CPU_QR; r++)
@@ -110,6 +110,14 @@ CPU_INLINE void K(qdirect)(const int mode, const int C, const uint8_t *const *w,
   }
   for (int64_t g = 0; g < nb; g += 8) {
     const int n = nb - g < 8 ? (int)(nb - g) : 8;
+    /* Each row is a short stream (a few KiB), too short for the hardware
+     * prefetcher to ramp up before it ends, so a matvec from DRAM ran at 40%
+     * of the read bandwidth. Software prefetch of the same blocks of the
+     * next group of rows, pf bytes on, keeps the loads in flight. */
+    CPU_UNROLL
+    for (int r = 0; r < CPU_QR; r++)
+      for (size_t off = 0; off < 8 * bbytes; off += 64)
+        _mm_prefetch((const char *)(w[r] + pf + g * bbytes + off), _MM_HINT_T0);
     /* d_w * d_a per (row, token, block), read back one lane at a time with
      * broadcast loads (load ports are idle here; shuffle ports are not) */
     float dd[CPU_QR][3][8] __attribute__((aligned(32)));
@@ -158,7 +166,7 @@ static void K(q_direct_rows)(int mode, const uint8_t *wbase, size_t row_bytes, i
     CPU_UNROLL
     for (int i = 0; i < CPU_QR; i++) w[i] = wbase + (size_t)(r + (i < nr ? i : nr - 1)) * row_bytes;
     float *o = out + r;
-#define CPU_QD(M, C) K(qdirect)(M, C, w, nb, bbytes, A, 0, o, ldo, nr)
+#define CPU_QD(M, C) K(qdirect)(M, C, w, nb, bbytes, A, 0, o, ldo, nr, CPU_QR * row_bytes)
     if (mode == CPU_QM_Q4) {
       if (T == 1) CPU_QD(CPU_QM_Q4, 1);
       else if (T == 2) CPU_QD(CPU_QM_Q4, 2);
