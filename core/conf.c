@@ -56,6 +56,25 @@ static const struct strata_param engine_params[] = {
      "requantize weights at load to this quant plugin's format"},
     {"context_length", STRATA_PARAM_INT, 0, "0", 0, 16777216,
      "context length in tokens; 0 takes the model's"},
+    {"scheduler", STRATA_PARAM_STRING, 0, "fcfs", NO_RANGE,
+     "scheduler plugin name (strata serve)"},
+    {"max_batch_tokens", STRATA_PARAM_INT, 0, "2048", 1, 1048576,
+     "tokens per engine step: prefill chunks plus one per decoding sequence"},
+    {"max_running", STRATA_PARAM_INT, 0, "64", 1, 65536,
+     "requests holding KV cache blocks at once"},
+    {"max_waiting", STRATA_PARAM_INT, 0, "1024", 0, 1048576,
+     "queued requests; beyond this a request gets HTTP 429"},
+    {NULL, STRATA_PARAM_END, 0, NULL, 0, 0, NULL},
+};
+
+static const struct strata_param kv_cache_params[] = {
+    {"block_size", STRATA_PARAM_INT, 0, "16", 1, 1024, "tokens per KV cache block"},
+    {"memory", STRATA_PARAM_SIZE, 0, "0", 0, 1e18,
+     "KV cache size in bytes (\"2GiB\"); 0: `tokens` decides"},
+    {"tokens", STRATA_PARAM_INT, 0, "0", 0, 1073741824,
+     "KV cache size in tokens when memory is 0; 0: max_running full contexts, at most 1 GiB"},
+    {"prefix_caching", STRATA_PARAM_BOOL, 0, "true", NO_RANGE,
+     "reuse the KV blocks of a prompt prefix computed before"},
     {NULL, STRATA_PARAM_END, 0, NULL, 0, 0, NULL},
 };
 
@@ -66,6 +85,15 @@ static const struct strata_param server_params[] = {
      "require Authorization: Bearer <key> (or STRATA_API_KEY)"},
     {"served_model_name", STRATA_PARAM_STRING, 0, NULL, NO_RANGE,
      "model id in the API; default: the model file name without extension"},
+    {"max_body_bytes", STRATA_PARAM_SIZE, 0, "4MiB", 1024, 1073741824,
+     "largest request body; larger gets HTTP 413"},
+    {"max_metadata_bytes", STRATA_PARAM_SIZE, 0, "16KiB", 0, 16777216,
+     "largest `metadata` object of a request (as JSON text)"},
+    {"chat_template", STRATA_PARAM_STRING, 0, NULL, NO_RANGE,
+     "override the model's chat template: a family name (llama2, llama3, chatml, mistral, "
+     "zephyr, gemma, plain) or a template file"},
+    {"request_log", STRATA_PARAM_BOOL, 0, "true", NO_RANGE,
+     "log one line per finished request (with its metadata) to stderr"},
     {NULL, STRATA_PARAM_END, 0, NULL, 0, 0, NULL},
 };
 
@@ -82,6 +110,7 @@ static const struct {
   const struct strata_param *params;
 } core_groups[] = {
     {"engine", engine_params},
+    {"engine.kv_cache", kv_cache_params},
     {"server", server_params},
     {"router", router_params},
 };
@@ -435,6 +464,13 @@ static void check_range(const struct strata_config *cfg, const config_setting_t 
                        p->min, p->max);
 }
 
+/* Whether where.name is a core group of its own (engine.kv_cache). */
+static int is_core_subgroup(const char *where, const char *name) {
+  char full[128];
+  snprintf(full, sizeof full, "%s.%s", where, name);
+  return strata_config_core_params(full) != NULL;
+}
+
 /* Validates the members of group s against params. */
 static int validate_params(const struct strata_config *cfg, const config_setting_t *s,
                            const char *where, const struct strata_param *params,
@@ -445,6 +481,7 @@ static int validate_params(const struct strata_config *cfg, const config_setting
     config_setting_t *m = config_setting_get_elem(s, (unsigned)i);
     const char *name = config_setting_name(m);
     const struct strata_param *p = name ? find_param(params, name) : NULL;
+    if (!p && name && is_core_subgroup(where, name)) continue; /* validated on its own */
     if (!p) {
       const char *hint = name ? closest_param(params, name) : NULL;
       if (hint)
@@ -648,8 +685,14 @@ int strata_config_validate(strata_config_t *cfg, const struct strata_registry *r
                          lc_type_name(config_setting_type(m)));
   }
   for (size_t g = 0; g < STRATA_ARRAY_LEN(core_groups); g++) {
-    config_setting_t *s = config_setting_get_member(root, core_groups[g].name);
-    if (s && config_setting_type(s) != CONFIG_TYPE_GROUP) continue;
+    config_setting_t *s = config_lookup(&cfg->lc, core_groups[g].name);
+    if (s && config_setting_type(s) != CONFIG_TYPE_GROUP) {
+      if (strchr(core_groups[g].name, '.'))
+        strata_errlist_add(errs, setting_file(cfg, s), setting_line(s),
+                           "'%s' must be a group { ... }, not %s", core_groups[g].name,
+                           lc_type_name(config_setting_type(s)));
+      continue;
+    }
     if (validate_params(cfg, s, core_groups[g].name, core_groups[g].params, errs) == 0)
       new_node(cfg, core_groups[g].params, s, core_groups[g].name);
   }
@@ -657,6 +700,7 @@ int strata_config_validate(strata_config_t *cfg, const struct strata_registry *r
   if (engine && config_setting_type(engine) == CONFIG_TYPE_GROUP) {
     check_plugin_ref(cfg, engine, "backend", STRATA_PLUGIN_BACKEND, "auto", reg, errs);
     check_plugin_ref(cfg, engine, "quant", STRATA_PLUGIN_QUANT, NULL, reg, errs);
+    check_plugin_ref(cfg, engine, "scheduler", STRATA_PLUGIN_SCHEDULER, NULL, reg, errs);
   }
   /* The model file is checked for readability, not loaded. */
   config_setting_t *model = engine && config_setting_type(engine) == CONFIG_TYPE_GROUP

@@ -124,6 +124,53 @@ START_TEST(valid_config_ok) {
 }
 END_TEST
 
+/* engine.kv_cache is a group of its own inside engine: validated against its
+ * table, with defaults when absent, and errors point into it. */
+START_TEST(nested_engine_kv_cache) {
+  char *path = put("kv.conf",
+                   "engine: {\n  max_batch_tokens = 512;\n"
+                   "  kv_cache: { block_size = 32; memory = \"64MiB\"; prefix_caching = false; };\n};\n");
+  struct strata_errlist e = check(path);
+  for (size_t i = 0; i < e.n; i++) fprintf(stderr, "%s\n", e.lines[i]);
+  ck_assert_uint_eq(e.n, 0);
+  struct strata_errlist e2 = {0};
+  strata_config_t *cfg = strata_config_load(path, &e2);
+  ck_assert_int_eq(strata_config_validate(cfg, &reg, &e2), 0);
+  const strata_config_node_t *eng = strata_config_group(cfg, "engine");
+  ck_assert_int_eq(strata_config_int(eng, "max_batch_tokens"), 512);
+  ck_assert_int_eq(strata_config_int(eng, "max_running"), 64); /* default */
+  ck_assert_str_eq(strata_config_string(eng, "scheduler"), "fcfs");
+  const strata_config_node_t *kv = strata_config_group(cfg, "engine.kv_cache");
+  ck_assert_ptr_nonnull(kv);
+  ck_assert_int_eq(strata_config_int(kv, "block_size"), 32);
+  ck_assert_int_eq(strata_config_int(kv, "memory"), 64 << 20);
+  ck_assert_int_eq(strata_config_bool(kv, "prefix_caching"), 0);
+  ck_assert_int_eq(strata_config_int(kv, "tokens"), 0);
+  strata_config_free(cfg);
+  free(path);
+  /* absent: every default */
+  char *p2 = put("kv2.conf", "engine: { };\n");
+  cfg = strata_config_load(p2, &e2);
+  ck_assert_int_eq(strata_config_validate(cfg, &reg, &e2), 0);
+  kv = strata_config_group(cfg, "engine.kv_cache");
+  ck_assert_int_eq(strata_config_int(kv, "block_size"), 16);
+  ck_assert_int_eq(strata_config_bool(kv, "prefix_caching"), 1);
+  strata_config_free(cfg);
+  free(p2);
+  strata_errlist_free(&e2);
+  expect_one("kv3.conf", "engine: {\n  kv_cache: {\n    blok_size = 8;\n  };\n};\n", NULL, 3,
+             "unknown key 'blok_size' in engine.kv_cache (did you mean 'block_size'?)");
+  expect_one("kv4.conf", "engine: {\n  kv_cache = 5;\n};\n", NULL, 2,
+             "'engine.kv_cache' must be a group");
+  expect_one("kv5.conf", "engine: {\n  kv_cache: { block_size = 0; };\n};\n", NULL, 2,
+             "engine.kv_cache.block_size = 0 is out of range");
+  expect_one("kv6.conf", "engine: {\n  scheduler = \"fifo\";\n};\n", NULL, 2,
+             "engine.scheduler: unknown scheduler plugin 'fifo'");
+  expect_one("kv7.conf", "server: {\n  max_body_bytes = \"lots\";\n};\n", NULL, 2,
+             "server.max_body_bytes");
+}
+END_TEST
+
 START_TEST(syntax_error) {
   expect_one("syn.conf", "engine: {\n  model = \"x\"\n  backend = ;\n};\n", NULL, 3, "syntax error");
 }
@@ -351,6 +398,7 @@ static Suite *config_suite(void) {
   TCase *tc = tcase_create("core");
   tcase_add_checked_fixture(tc, setup, teardown);
   tcase_add_test(tc, valid_config_ok);
+  tcase_add_test(tc, nested_engine_kv_cache);
   tcase_add_test(tc, syntax_error);
   tcase_add_test(tc, wrong_type);
   tcase_add_test(tc, out_of_range);
