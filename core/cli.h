@@ -10,5 +10,6 @@ int strata_cmd_tokenize(int argc, char **argv);
 int strata_cmd_generate(int argc, char **argv);
 int strata_cmd_bench(int argc, char **argv);
 int strata_cmd_mkmodel(int argc, char **argv);
+int strata_cmd_serve(int argc, char **argv);
 
 #endif

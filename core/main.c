@@ -20,6 +20,7 @@ static const struct {
     {"generate", strata_cmd_generate, "generate text from a prompt on one sequence"},
     {"mkmodel", strata_cmd_mkmodel, "write a synthetic GGUF model (random weights, real shape and vocabulary)"},
     {"bench", strata_cmd_bench, "measure prefill and decode speed against the memory roofline"},
+    {"serve", strata_cmd_serve, "serve the OpenAI-compatible HTTP API (completions, chat, metrics)"},
 };
 
 static void usage(FILE *f) {

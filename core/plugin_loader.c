@@ -14,6 +14,7 @@
 
 #include <strata/backend.h>
 #include <strata/quant.h>
+#include <strata/scheduler.h>
 
 #include "conf.h"
 #include "log.h"
@@ -79,11 +80,22 @@ static int check_backend(const struct strata_plugin_desc *d, char *why, size_t c
   return 0;
 }
 
+static int check_scheduler(const struct strata_plugin_desc *d, char *why, size_t cap) {
+  const struct strata_scheduler_vtable *v = d->vt.scheduler;
+  if (!v) return strata_errf(why, cap, "scheduler plugin without a vtable");
+  if (v->size < offsetof(struct strata_scheduler_vtable, schedule) + sizeof v->schedule)
+    return strata_errf(why, cap, "scheduler vtable too small (%u bytes)", v->size);
+  /* on_finish is optional. */
+  if (!v->create || !v->destroy || !v->schedule)
+    return strata_errf(why, cap, "scheduler vtable lacks create, destroy or schedule");
+  return 0;
+}
+
 static int check_vtable(const struct strata_plugin_desc *d, char *why, size_t cap) {
   switch (d->kind) {
   case STRATA_PLUGIN_QUANT: return check_quant(d, why, cap);
   case STRATA_PLUGIN_BACKEND: return check_backend(d, why, cap);
-  case STRATA_PLUGIN_SCHEDULER:
+  case STRATA_PLUGIN_SCHEDULER: return check_scheduler(d, why, cap);
   case STRATA_PLUGIN_LOGITS:
   case STRATA_PLUGIN_ROUTER:
     return strata_errf(why, cap, "plugin kind '%s' is not supported by this host yet",

@@ -4,11 +4,16 @@
 set -euo pipefail
 pkgs=(build-essential autoconf automake libtool pkg-config
       libconfig-dev check libsubunit-dev libevent-dev libjansson-dev
-      libpcre2-dev libxxhash-dev)
+      libpcre2-dev libxxhash-dev
+      curl jq nodejs)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+# The server tests drive strata serve with curl (+ jq) and with the official
+# `openai` npm package. A nodejs from NodeSource bundles npm (and conflicts
+# with Debian's npm package), so npm is only added when no npm is present.
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 [ ${#missing[@]} -eq 0 ] && exit 0
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"

@@ -1,0 +1,1412 @@
+/* The serving engine: one thread running continuous batching over the
+ * paged KV cache. See engine.h for the contract and docs/architecture.md
+ * for the step loop.
+ *
+ * Ownership: the engine thread owns every request it has accepted (its
+ * lists, sequences, samplers, detokenizers); submitters only touch the
+ * incoming queue, the metrics and the cancel/release flags, under e->mu. A
+ * request is freed by whoever drops the last of its two references (the
+ * caller's handle and the engine's). */
+#include "config.h"
+
+#include "engine.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <strata/quant.h>
+#include <strata/scheduler.h>
+
+#include "conf.h"
+#include "gguf.h"
+#include "log.h"
+#include "model.h"
+#include "plugin_loader.h"
+#include "runtime.h"
+#include "tokenizer.h"
+#include "util.h"
+
+/* ---- config
+ * ------------------------------------------------------------------ */
+
+void strata_engine_config_defaults(struct strata_engine_config *c) {
+  *c = (struct strata_engine_config){.max_batch_tokens = 2048,
+                                     .max_running = 64,
+                                     .max_waiting = 1024,
+                                     .block_size = 16,
+                                     .kv_memory = 0,
+                                     .kv_tokens = 0,
+                                     .prefix_caching = 1,
+                                     .scheduler = "fcfs"};
+}
+
+int strata_engine_config_from(struct strata_config *cfg,
+                              struct strata_engine_config *out) {
+  strata_engine_config_defaults(out);
+  const strata_config_node_t *eng = cfg ? strata_config_group(cfg, "engine")
+                                        : strata_config_defaults("engine");
+  const strata_config_node_t *kvc =
+      cfg ? strata_config_group(cfg, "engine.kv_cache")
+          : strata_config_defaults("engine.kv_cache");
+  if (eng) {
+    const char *s = strata_config_string(eng, "scheduler");
+    if (s) out->scheduler = s;
+    out->max_batch_tokens = (int32_t)strata_config_int(eng, "max_batch_tokens");
+    out->max_running = (int32_t)strata_config_int(eng, "max_running");
+    out->max_waiting = (int32_t)strata_config_int(eng, "max_waiting");
+  }
+  if (kvc) {
+    out->block_size = (int32_t)strata_config_int(kvc, "block_size");
+    out->kv_memory = (uint64_t)strata_config_int(kvc, "memory");
+    out->kv_tokens = strata_config_int(kvc, "tokens");
+    out->prefix_caching = strata_config_bool(kvc, "prefix_caching");
+  }
+  return 0;
+}
+
+int strata_engine_model_opts(const struct strata_engine_config *c,
+                             const char *model_path, int32_t context_length,
+                             struct strata_model_opts *mo, char *err,
+                             size_t errlen) {
+  if (c->max_batch_tokens < 1 || c->block_size < 1)
+    return strata_errf(err, errlen,
+                       "max_batch_tokens and block_size must be positive");
+  strata_gguf_t *g = NULL;
+  char gerr[512];
+  if (strata_gguf_open(model_path, &g, gerr, sizeof gerr) != 0)
+    return strata_errf(err, errlen, "%s", gerr);
+  struct strata_hparams hp;
+  memset(&hp, 0, sizeof hp);
+  int rc = strata_model_read_hparams(g, &hp, gerr, sizeof gerr);
+  strata_gguf_close(g);
+  if (rc != 0) return strata_errf(err, errlen, "%s: %s", model_path, gerr);
+  int32_t ctx = context_length > 0 ? context_length : hp.ctx_len;
+  uint64_t bpt = strata_kv_bytes_per_token(hp.n_layers, hp.n_kv_heads,
+                                           hp.head_dim, mo->kv_f16 ? 2 : 4);
+  if (!bpt)
+    return strata_errf(err, errlen, "%s: cannot size the KV cache", model_path);
+  int32_t bs = c->block_size, nb;
+  int32_t one_ctx = strata_kv_blocks_for_tokens(ctx, bs);
+  if (c->kv_memory) {
+    nb = strata_kv_blocks_for_bytes(c->kv_memory, bpt, bs);
+    if (nb <= 0)
+      return strata_errf(
+          err, errlen,
+          "engine.kv_cache.memory: %llu bytes hold no block of %d tokens "
+          "(%llu bytes per token)",
+          (unsigned long long)c->kv_memory, bs, (unsigned long long)bpt);
+  } else if (c->kv_tokens > 0) {
+    nb = strata_kv_blocks_for_tokens(c->kv_tokens, bs);
+  } else {
+    int64_t want = (int64_t)(c->max_running > 0 ? c->max_running : 1) * one_ctx;
+    int32_t cap = strata_kv_blocks_for_bytes((uint64_t)1 << 30, bpt, bs);
+    if (cap < one_ctx) cap = one_ctx;
+    nb = want > cap ? cap : (int32_t)want;
+  }
+  if (nb <= 0)
+    return strata_errf(err, errlen, "the KV cache would have no block");
+  mo->max_tokens = c->max_batch_tokens;
+  mo->max_out = c->max_batch_tokens;
+  mo->block_size = bs;
+  mo->n_blocks = nb;
+  return 0;
+}
+
+const char *strata_finish_name(enum strata_finish f) {
+  switch (f) {
+  case STRATA_FINISH_STOP:
+    return "stop";
+  case STRATA_FINISH_LENGTH:
+    return "length";
+  case STRATA_FINISH_ABORT:
+    return "abort";
+  case STRATA_FINISH_ERROR:
+    return "error";
+  default:
+    return "none";
+  }
+}
+
+/* ---- histograms (vLLM's bucket bounds)
+ * --------------------------------------- */
+
+static const double ttft_bounds[] = {
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1,  0.25,  0.5,   0.75,
+    1.0,   2.5,   5.0,  7.5,  10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0};
+static const double itl_bounds[] = {0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2,
+                                    0.3,  0.4,   0.5,  0.75,  1.0, 2.5,  5.0,
+                                    7.5,  10.0,  20.0, 40.0,  80.0};
+static const double latency_bounds[] = {
+    0.3,  0.5,  0.8,  1.0,  1.5,   2.0,   2.5,   5.0,   10.0,   15.0,  20.0,
+    30.0, 40.0, 50.0, 60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0};
+
+static void hist_init(struct strata_histogram *h, const double *b, int n) {
+  memset(h, 0, sizeof *h);
+  h->bounds = b;
+  h->n_bounds = n;
+}
+
+static void hist_observe(struct strata_histogram *h, double v) {
+  int i = 0;
+  while (i < h->n_bounds && v > h->bounds[i])
+    i++;
+  h->counts[i]++;
+  h->count++;
+  h->sum += v;
+}
+
+/* ---- requests
+ * ----------------------------------------------------------------- */
+
+enum choice_state { CH_PENDING, CH_ACTIVE, CH_DONE };
+
+struct choice {
+  int32_t index;
+  enum choice_state state; /* PENDING: n > 1, waits for the prompt's fork */
+  enum strata_finish finish;
+  struct strata_kv_seq seq;
+  int32_t *toks;   /* [n_prompt + max_tokens]: prompt, then generated */
+  int32_t n_known; /* prompt + generated */
+  int32_t n_gen;
+  struct strata_sampler smp;
+  struct strata_detok_stream ds;
+  char *hold; /* decoded text not yet emitted (could start a stop string) */
+  size_t n_hold, cap_hold;
+  /* this step */
+  int32_t k;       /* tokens computed */
+  int32_t out_row; /* logits row to sample from, -1: none */
+  int started_now;
+  /* this step's event */
+  int has_ev;
+  char *ev; /* text */
+  size_t n_ev, cap_ev;
+  int32_t ev_n_tokens;
+};
+
+struct strata_engine_req {
+  strata_engine_t *e;
+  uint64_t id;
+  atomic_int refs; /* the caller's handle + the engine's */
+  atomic_int cancel, released, finished;
+  strata_engine_cb cb;
+  void *ud;
+  /* parameters */
+  int32_t *prompt, n_prompt, max_tokens, n;
+  struct strata_sampling sampling;
+  char **stop;
+  size_t *stop_len, n_stop, max_stop_len;
+  int32_t *stop_ids;
+  size_t n_stop_ids;
+  int ignore_eos;
+  int32_t priority;
+  char *salt;
+  uint64_t group;
+  /* engine thread state */
+  struct choice *ch;
+  int32_t n_live; /* choices not done */
+  int running;    /* holds blocks */
+  int forked;
+  int started_once;
+  int gone; /* finished; to be dropped from the lists */
+  int error;
+  int32_t cached_tokens, completion_tokens;
+  double t_arrival, t_last_token;
+  int got_first;
+  /* this step */
+  int decided, scheduled;
+  int32_t view_cached;
+};
+
+struct strata_engine {
+  struct strata_runtime *rt;
+  struct strata_model *m;
+  const strata_tokenizer_t *tok;
+  struct strata_engine_config cfg;
+  int32_t ctx_len, n_vocab, bs, n_blocks;
+  int32_t tok_eos, tok_bos;
+  strata_kv_t *kv;
+  const struct strata_scheduler_vtable *sv;
+  void *sstate;
+  pthread_t th;
+  pthread_mutex_t mu, cb_mu;
+  pthread_cond_t cv;
+  /* under mu */
+  struct strata_engine_req **incoming;
+  size_t n_incoming, cap_incoming;
+  int stopping;
+  uint64_t next_id;
+  int32_t n_queued; /* waiting in the engine, as of the last step */
+  struct strata_engine_metrics met;
+  /* engine thread */
+  struct strata_engine_req **running, **waiting, **started;
+  size_t n_running, n_waiting, n_started, cap_lists;
+  struct strata_sched_req *vreqs;
+  struct strata_engine_req **vmap;
+  struct strata_sched_decision *dec;
+  struct strata_engine_req **sched;
+  size_t n_sched, cap_view;
+  int32_t *b_tok, *b_pos, *b_slot, *b_out;
+  size_t cap_tok;
+  int32_t *b_start, *b_len;
+  size_t cap_seq;
+  int32_t *b_bt;
+  size_t cap_bt;
+  float *logits;
+  size_t cap_logits;
+  void *rowbuf;
+  size_t cap_rowbuf;
+};
+
+static void choice_free(struct choice *c) {
+  strata_kv_seq_clear(&c->seq);
+  free(c->toks);
+  strata_sampler_free(&c->smp);
+  free(c->hold);
+  free(c->ev);
+}
+
+static void req_free(struct strata_engine_req *r) {
+  if (!r) return;
+  for (int32_t i = 0; r->ch && i < r->n; i++)
+    choice_free(&r->ch[i]);
+  free(r->ch);
+  free(r->prompt);
+  for (size_t i = 0; i < r->n_stop; i++)
+    free(r->stop[i]);
+  free(r->stop);
+  free(r->stop_len);
+  free(r->stop_ids);
+  free(r->salt);
+  free(r);
+}
+
+static void req_unref(struct strata_engine_req *r) {
+  if (atomic_fetch_sub(&r->refs, 1) == 1) req_free(r);
+}
+
+/* Grows a buffer of elements to hold n (doubling). */
+static int grow(void **p, size_t *cap, size_t n, size_t elem) {
+  if (n <= *cap) return 0;
+  size_t c = *cap ? *cap : 16;
+  while (c < n)
+    c *= 2;
+  void *q = strata_reallocarray(*p, c, elem);
+  if (!q) return -1;
+  *p = q;
+  *cap = c;
+  return 0;
+}
+
+/* Grows n parallel arrays sharing one capacity to hold need elements. */
+static int grow_all(void **ptrs[], const size_t *elems, int n, size_t *cap,
+                    size_t need) {
+  if (need <= *cap) return 0;
+  size_t c = *cap ? *cap : 16;
+  while (c < need)
+    c *= 2;
+  for (int i = 0; i < n; i++) {
+    void *q = strata_reallocarray(*ptrs[i], c, elems[i]);
+    if (!q) return -1; /* the ones grown so far stay valid, just larger */
+    *ptrs[i] = q;
+  }
+  *cap = c;
+  return 0;
+}
+
+static int text_append(char **buf, size_t *n, size_t *cap, const char *s,
+                       size_t len) {
+  if (grow((void **)buf, cap, *n + len + 1, 1) != 0) return -1;
+  memcpy(*buf + *n, s, len);
+  *n += len;
+  (*buf)[*n] = 0;
+  return 0;
+}
+
+/* ---- submit / cancel / release
+ * ----------------------------------------------- */
+
+static uint64_t mix64(uint64_t z) {
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+static int submit_fail(struct strata_engine_req *r, int code) {
+  req_free(r);
+  return code;
+}
+
+int strata_engine_submit(strata_engine_t *e,
+                         const struct strata_request_params *p,
+                         strata_engine_cb cb, void *ud,
+                         strata_engine_req_t **out, char *err, size_t errlen) {
+  *out = NULL;
+  if (!p || !cb) {
+    strata_errf(err, errlen, "no parameters or callback");
+    return STRATA_ENGINE_EINVAL;
+  }
+  if (p->n_prompt < 1 || !p->prompt) {
+    strata_errf(err, errlen, "the prompt is empty");
+    return STRATA_ENGINE_EINVAL;
+  }
+  for (int32_t i = 0; i < p->n_prompt; i++)
+    if (p->prompt[i] < 0 || p->prompt[i] >= e->n_vocab) {
+      strata_errf(
+          err, errlen,
+          "prompt token %d at position %d is outside the vocabulary [0, %d)",
+          p->prompt[i], i, e->n_vocab);
+      return STRATA_ENGINE_EINVAL;
+    }
+  if (p->max_tokens < 1) {
+    strata_errf(err, errlen, "max_tokens must be at least 1, got %d",
+                p->max_tokens);
+    return STRATA_ENGINE_EINVAL;
+  }
+  if ((int64_t)p->n_prompt + p->max_tokens > e->ctx_len) {
+    strata_errf(err, errlen,
+                "the prompt (%d tokens) plus max_tokens (%d) is %lld tokens, "
+                "more than the "
+                "context length %d",
+                p->n_prompt, p->max_tokens,
+                (long long)p->n_prompt + p->max_tokens, e->ctx_len);
+    return STRATA_ENGINE_EINVAL;
+  }
+  if (p->n < 1 || p->n > 128) {
+    strata_errf(err, errlen, "n must be in [1, 128], got %d", p->n);
+    return STRATA_ENGINE_EINVAL;
+  }
+  if (strata_sampling_check(&p->sampling, err, errlen) != 0)
+    return STRATA_ENGINE_EINVAL;
+  int64_t need =
+      (int64_t)p->n *
+      strata_kv_blocks_for_tokens((int64_t)p->n_prompt + p->max_tokens, e->bs);
+  if (need > e->n_blocks) {
+    strata_errf(err, errlen,
+                "the request needs %lld KV cache blocks (n %d x (prompt %d + "
+                "max_tokens %d) "
+                "tokens), the cache has %d",
+                (long long)need, p->n, p->n_prompt, p->max_tokens, e->n_blocks);
+    return STRATA_ENGINE_EINVAL;
+  }
+  if (p->n_stop && !p->stop) {
+    strata_errf(err, errlen, "stop: no strings");
+    return STRATA_ENGINE_EINVAL;
+  }
+  for (size_t i = 0; i < p->n_stop; i++)
+    if (!p->stop[i] || !p->stop[i][0] ||
+        ((unsigned char)p->stop[i][0] & 0xC0) == 0x80) {
+      strata_errf(err, errlen, "stop[%zu]: must be a non-empty UTF-8 string",
+                  i);
+      return STRATA_ENGINE_EINVAL;
+    }
+  if (p->n_stop_token_ids && !p->stop_token_ids) {
+    strata_errf(err, errlen, "stop_token_ids: no ids");
+    return STRATA_ENGINE_EINVAL;
+  }
+  for (size_t i = 0; i < p->n_stop_token_ids; i++)
+    if (p->stop_token_ids[i] < 0 || p->stop_token_ids[i] >= e->n_vocab) {
+      strata_errf(err, errlen,
+                  "stop_token_ids[%zu] = %d is outside the vocabulary [0, %d)",
+                  i, p->stop_token_ids[i], e->n_vocab);
+      return STRATA_ENGINE_EINVAL;
+    }
+
+  struct strata_engine_req *r = strata_calloc(1, sizeof *r);
+  if (!r) {
+    strata_errf(err, errlen, "out of memory");
+    return STRATA_ENGINE_ESTOP;
+  }
+  r->e = e;
+  atomic_init(&r->refs, 2);
+  atomic_init(&r->cancel, 0);
+  atomic_init(&r->released, 0);
+  atomic_init(&r->finished, 0);
+  r->cb = cb;
+  r->ud = ud;
+  r->n_prompt = p->n_prompt;
+  r->max_tokens = p->max_tokens;
+  r->n = p->n;
+  r->sampling = p->sampling;
+  r->ignore_eos = p->ignore_eos;
+  r->priority = p->priority;
+  r->group = p->group;
+  r->prompt = strata_calloc((size_t)p->n_prompt, sizeof *r->prompt);
+  r->ch = strata_calloc((size_t)p->n, sizeof *r->ch);
+  int oom = !r->prompt || !r->ch;
+  if (!oom)
+    memcpy(r->prompt, p->prompt, sizeof *r->prompt * (size_t)p->n_prompt);
+  if (!oom && p->n_stop) {
+    r->stop = strata_calloc(p->n_stop, sizeof *r->stop);
+    r->stop_len = strata_calloc(p->n_stop, sizeof *r->stop_len);
+    oom = !r->stop || !r->stop_len;
+    for (size_t i = 0; !oom && i < p->n_stop; i++) {
+      r->stop[i] = strata_strdup(p->stop[i]);
+      oom = !r->stop[i];
+      r->n_stop = i + 1;
+      if (!oom) {
+        r->stop_len[i] = strlen(r->stop[i]);
+        if (r->stop_len[i] > r->max_stop_len) r->max_stop_len = r->stop_len[i];
+      }
+    }
+  }
+  if (!oom && p->n_stop_token_ids) {
+    r->stop_ids = strata_calloc(p->n_stop_token_ids, sizeof *r->stop_ids);
+    oom = !r->stop_ids;
+    if (!oom) {
+      memcpy(r->stop_ids, p->stop_token_ids,
+             sizeof *r->stop_ids * p->n_stop_token_ids);
+      r->n_stop_ids = p->n_stop_token_ids;
+    }
+  }
+  if (!oom && p->cache_salt && p->cache_salt[0])
+    oom = !(r->salt = strata_strdup(p->cache_salt));
+  uint64_t seed = p->sampling.seed;
+  if (!p->has_seed) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    seed = mix64((uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 30) ^
+                 (uint64_t)(uintptr_t)r);
+  }
+  for (int32_t i = 0; !oom && i < p->n; i++) {
+    struct choice *c = &r->ch[i];
+    c->index = i;
+    c->state = i == 0 ? CH_ACTIVE : CH_PENDING;
+    strata_kv_seq_init(&c->seq);
+    c->toks = strata_calloc((size_t)p->n_prompt + (size_t)p->max_tokens,
+                            sizeof *c->toks);
+    struct strata_sampling sp = p->sampling;
+    sp.seed = seed + (uint64_t)i;
+    if (!c->toks || strata_sampler_init(&c->smp, &sp, e->n_vocab) != 0) {
+      oom = 1;
+      break;
+    }
+    memcpy(c->toks, p->prompt, sizeof *c->toks * (size_t)p->n_prompt);
+    c->n_known = p->n_prompt;
+    strata_detok_stream_init(&c->ds, e->tok, 0, 0);
+  }
+  if (oom) {
+    strata_errf(err, errlen, "out of memory");
+    return submit_fail(r, STRATA_ENGINE_ESTOP);
+  }
+  r->n_live = p->n;
+  r->forked = p->n == 1;
+  r->t_arrival = strata_now();
+
+  pthread_mutex_lock(&e->mu);
+  if (e->stopping) {
+    pthread_mutex_unlock(&e->mu);
+    strata_errf(err, errlen, "the engine is stopping");
+    return submit_fail(r, STRATA_ENGINE_ESTOP);
+  }
+  if ((int64_t)e->n_incoming + e->n_queued >= e->cfg.max_waiting) {
+    int32_t q = (int32_t)e->n_incoming + e->n_queued;
+    pthread_mutex_unlock(&e->mu);
+    strata_errf(
+        err, errlen,
+        "the queue is full (%d requests waiting, engine.max_waiting %d)", q,
+        e->cfg.max_waiting);
+    return submit_fail(r, STRATA_ENGINE_EFULL);
+  }
+  if (grow((void **)&e->incoming, &e->cap_incoming, e->n_incoming + 1,
+           sizeof *e->incoming) != 0) {
+    pthread_mutex_unlock(&e->mu);
+    strata_errf(err, errlen, "out of memory");
+    return submit_fail(r, STRATA_ENGINE_ESTOP);
+  }
+  r->id = ++e->next_id;
+  e->incoming[e->n_incoming++] = r;
+  pthread_cond_signal(&e->cv);
+  pthread_mutex_unlock(&e->mu);
+  *out = r;
+  return 0;
+}
+
+void strata_engine_cancel(strata_engine_req_t *r) {
+  if (!r || atomic_load(&r->finished)) return;
+  atomic_store(&r->cancel, 1);
+  strata_engine_t *e = r->e;
+  pthread_mutex_lock(&e->mu);
+  pthread_cond_signal(&e->cv);
+  pthread_mutex_unlock(&e->mu);
+}
+
+void strata_engine_release(strata_engine_req_t *r) {
+  if (!r) return;
+  atomic_store(&r->released, 1);
+  if (!atomic_load(&r->finished)) {
+    strata_engine_t *e = r->e;
+    strata_engine_cancel(r);
+    /* Wait out a callback in flight (unless we are inside one). */
+    if (!pthread_equal(pthread_self(), e->th)) {
+      pthread_mutex_lock(&e->cb_mu);
+      pthread_mutex_unlock(&e->cb_mu);
+    }
+  }
+  req_unref(r);
+}
+
+int32_t strata_engine_context_length(const strata_engine_t *e) {
+  return e->ctx_len;
+}
+
+void strata_engine_get_metrics(strata_engine_t *e,
+                               struct strata_engine_metrics *out) {
+  pthread_mutex_lock(&e->mu);
+  *out = e->met;
+  pthread_mutex_unlock(&e->mu);
+  strata_kv_get_stats(e->kv, &out->kv);
+}
+
+/* ---- the engine thread
+ * --------------------------------------------------------- */
+
+static void deliver(strata_engine_t *e, struct strata_engine_req *r,
+                    const struct strata_engine_event *ev) {
+  pthread_mutex_lock(&e->cb_mu);
+  if (!atomic_load(&r->released)) r->cb(r->ud, ev);
+  pthread_mutex_unlock(&e->cb_mu);
+}
+
+static void free_seqs(strata_engine_t *e, struct strata_engine_req *r) {
+  for (int32_t i = 0; i < r->n; i++)
+    strata_kv_free_seq(e->kv, &r->ch[i].seq);
+}
+
+static enum strata_finish req_finish(const struct strata_engine_req *r) {
+  enum strata_finish f = STRATA_FINISH_STOP;
+  for (int32_t i = 0; i < r->n; i++) {
+    enum strata_finish c = r->ch[i].finish;
+    if (c == STRATA_FINISH_ERROR) return c;
+    if (c == STRATA_FINISH_ABORT)
+      f = c;
+    else if (c == STRATA_FINISH_LENGTH && f == STRATA_FINISH_STOP)
+      f = c;
+  }
+  return f;
+}
+
+/* Sends this step's events of r (the last one carries done when every
+ * choice is finished) and retires a finished request. */
+static void flush_events(strata_engine_t *e, struct strata_engine_req *r) {
+  int32_t last = -1;
+  for (int32_t i = 0; i < r->n; i++)
+    if (r->ch[i].has_ev) last = i;
+  int done = r->n_live == 0;
+  for (int32_t i = 0; i < r->n; i++) {
+    struct choice *c = &r->ch[i];
+    if (!c->has_ev) continue;
+    struct strata_engine_event ev = {
+        .index = c->index,
+        .text = c->ev ? c->ev : "",
+        .text_len = c->n_ev,
+        .tokens = c->ev_n_tokens ? c->toks + c->n_known - c->ev_n_tokens : NULL,
+        .n_tokens = c->ev_n_tokens,
+        .finish = c->state == CH_DONE ? c->finish : STRATA_FINISH_NONE,
+        .done = done && i == last,
+    };
+    if (ev.done) {
+      ev.prompt_tokens = r->n_prompt;
+      ev.completion_tokens = r->completion_tokens;
+      ev.cached_tokens = r->cached_tokens;
+    }
+    deliver(e, r, &ev);
+    c->has_ev = 0;
+    c->n_ev = 0;
+    c->ev_n_tokens = 0;
+  }
+  if (!done) return;
+  free_seqs(e, r);
+  r->gone = 1;
+  double now = strata_now();
+  pthread_mutex_lock(&e->mu);
+  e->met.requests_finished[req_finish(r)]++;
+  hist_observe(&e->met.e2e, now - r->t_arrival);
+  pthread_mutex_unlock(&e->mu);
+  if (e->sv->on_finish &&
+      e->sv->size >= offsetof(struct strata_scheduler_vtable, on_finish) +
+                         sizeof e->sv->on_finish)
+    e->sv->on_finish(e->sstate, r->id);
+  atomic_store(&r->finished, 1); /* the engine's reference goes in compact() */
+}
+
+static void finish_choice(strata_engine_t *e, struct choice *c,
+                          struct strata_engine_req *r, enum strata_finish f) {
+  c->state = CH_DONE;
+  c->finish = f;
+  c->has_ev = 1;
+  strata_kv_free_seq(e->kv, &c->seq);
+  r->n_live--;
+}
+
+/* Finishes every unfinished choice with f (text: msg) and sends the events. */
+static void end_request(strata_engine_t *e, struct strata_engine_req *r,
+                        enum strata_finish f, const char *msg) {
+  for (int32_t i = 0; i < r->n; i++) {
+    struct choice *c = &r->ch[i];
+    if (c->state == CH_DONE) continue;
+    if (msg) text_append(&c->ev, &c->n_ev, &c->cap_ev, msg, strlen(msg));
+    finish_choice(e, c, r, f);
+  }
+  r->running = 0;
+  flush_events(e, r);
+}
+
+static int is_end_token(const strata_engine_t *e, int32_t id) {
+  return id == e->tok_eos || id == e->tok_bos ||
+         strata_tokenizer_token_attr(e->tok, id) == STRATA_TOKEN_CONTROL;
+}
+
+/* Length of the longest suffix of the held text that is a proper prefix of
+ * some stop string (it must wait for the next token). */
+static size_t stop_prefix_len(const struct strata_engine_req *r, const char *s,
+                              size_t n) {
+  size_t max = r->max_stop_len ? r->max_stop_len - 1 : 0;
+  if (max > n) max = n;
+  for (size_t l = max; l > 0; l--)
+    for (size_t i = 0; i < r->n_stop; i++)
+      if (r->stop_len[i] > l && memcmp(s + n - l, r->stop[i], l) == 0) return l;
+  return 0;
+}
+
+static void emit_text(struct choice *c, size_t n) {
+  text_append(&c->ev, &c->n_ev, &c->cap_ev, c->hold, n);
+  memmove(c->hold, c->hold + n, c->n_hold - n);
+  c->n_hold -= n;
+}
+
+static void flush_detok(struct choice *c) {
+  char buf[64];
+  size_t w = strata_detok_stream_flush(&c->ds, buf, sizeof buf);
+  if (w <= sizeof buf) text_append(&c->hold, &c->n_hold, &c->cap_hold, buf, w);
+}
+
+/* A new token for choice c: text, stop conditions, event. */
+static void handle_token(strata_engine_t *e, struct strata_engine_req *r,
+                         struct choice *c, int32_t tok) {
+  c->toks[c->n_known++] = tok;
+  c->n_gen++;
+  c->has_ev = 1;
+  c->ev_n_tokens = 1;
+  r->completion_tokens++;
+  int stop_tok = !r->ignore_eos && is_end_token(e, tok);
+  for (size_t i = 0; !stop_tok && i < r->n_stop_ids; i++)
+    stop_tok = tok == r->stop_ids[i];
+  if (stop_tok) {
+    flush_detok(c);
+    emit_text(c, c->n_hold);
+    finish_choice(e, c, r, STRATA_FINISH_STOP);
+    return;
+  }
+  char buf[4096];
+  size_t w = strata_detok_stream_push(&c->ds, tok, buf, sizeof buf);
+  if (w <= sizeof buf) text_append(&c->hold, &c->n_hold, &c->cap_hold, buf, w);
+  if (r->n_stop && c->n_hold) {
+    const char *best = NULL;
+    for (size_t i = 0; i < r->n_stop; i++) {
+      const char *p = memmem(c->hold, c->n_hold, r->stop[i], r->stop_len[i]);
+      if (p && (!best || p < best)) best = p;
+    }
+    if (best) {
+      size_t n = (size_t)(best - c->hold);
+      emit_text(c, n);
+      c->n_hold = 0;
+      finish_choice(e, c, r, STRATA_FINISH_STOP);
+      return;
+    }
+  }
+  if (c->n_gen >= r->max_tokens || c->n_known >= e->ctx_len) {
+    flush_detok(c);
+    emit_text(c, c->n_hold);
+    finish_choice(e, c, r, STRATA_FINISH_LENGTH);
+    return;
+  }
+  emit_text(c, c->n_hold - stop_prefix_len(r, c->hold, c->n_hold));
+}
+
+/* Copies rows [0, n_rows) of block src into block dst in every layer's K
+ * and V (the partial block of an n > 1 fork). */
+static int copy_kv_rows(strata_engine_t *e, const struct strata_kv_copy *cp,
+                        char *err, size_t errlen) {
+  struct strata_model *m = e->m;
+  for (int32_t l = 0; l < m->hp.n_layers; l++) {
+    struct strata_tensor *ts[2] = {&m->layers[l].k_cache,
+                                   &m->layers[l].v_cache};
+    for (int t = 0; t < 2; t++) {
+      const struct strata_tensor *T = ts[t];
+      uint64_t es = T->type == STRATA_TYPE_F16 ? 2 : 4;
+      uint64_t row = (uint64_t)T->ne[0] * es,
+               bytes = row * (uint64_t)cp->n_rows;
+      if (grow(&e->rowbuf, &e->cap_rowbuf, bytes, 1) != 0)
+        return strata_errf(err, errlen, "out of memory");
+      uint64_t src = T->offset + (uint64_t)cp->src * (uint64_t)e->bs * row;
+      uint64_t dst = T->offset + (uint64_t)cp->dst * (uint64_t)e->bs * row;
+      if (e->m->be->download(m->bk, T->buf, src, e->rowbuf, bytes) != 0 ||
+          e->m->be->upload(m->bk, T->buf, dst, e->rowbuf, bytes) != 0)
+        return strata_errf(err, errlen, "KV copy: %s",
+                           e->m->be->last_error(m->bk));
+    }
+  }
+  return 0;
+}
+
+/* Forks choice 0's prompt into the pending choices. A child that gets no
+ * block keeps an empty sequence and is recomputed (prefix cache helps). */
+static int fork_choices(strata_engine_t *e, struct strata_engine_req *r,
+                        char *err, size_t errlen) {
+  struct choice *p = &r->ch[0];
+  for (int32_t i = 1; i < r->n; i++) {
+    struct choice *c = &r->ch[i];
+    if (c->state != CH_PENDING) continue;
+    struct strata_kv_copy cp = {0};
+    if (strata_kv_fork(e->kv, &p->seq, &c->seq, &cp) == 0 && cp.n_rows > 0 &&
+        copy_kv_rows(e, &cp, err, errlen) != 0)
+      return -1;
+    c->state = CH_ACTIVE;
+    c->out_row = p->out_row;
+  }
+  r->forked = 1;
+  return 0;
+}
+
+/* ---- one step
+ * ---------------------------------------------------------------------- */
+
+/* Inserts into the waiting list by id (arrival order). */
+static void waiting_insert(strata_engine_t *e, struct strata_engine_req *r) {
+  size_t i = e->n_waiting;
+  while (i > 0 && e->waiting[i - 1]->id > r->id) {
+    e->waiting[i] = e->waiting[i - 1];
+    i--;
+  }
+  e->waiting[i] = r;
+  e->n_waiting++;
+}
+
+/* Drops finished requests from a list, with the engine's reference. */
+static void compact(struct strata_engine_req **l, size_t *n) {
+  size_t j = 0;
+  for (size_t i = 0; i < *n; i++)
+    if (!l[i]->gone)
+      l[j++] = l[i];
+    else
+      req_unref(l[i]);
+  *n = j;
+}
+
+/* The request's numbers as the scheduler sees them. */
+static void req_view(strata_engine_t *e, struct strata_engine_req *r,
+                     struct strata_sched_req *v) {
+  int32_t maxk = 0, minc = INT32_MAX, n_act = 0, blocks = 0, gen = 0,
+          mink = INT32_MAX;
+  int any_unstarted = 0;
+  const struct choice *shortest = NULL;
+  for (int32_t i = 0; i < r->n; i++) {
+    const struct choice *c = &r->ch[i];
+    gen += c->n_gen;
+    if (c->state != CH_ACTIVE) continue;
+    n_act++;
+    if (c->n_known > maxk) maxk = c->n_known;
+    if (c->n_known < mink) {
+      mink = c->n_known;
+      shortest = c;
+    }
+    int32_t comp = c->seq.started ? c->seq.n_computed : 0;
+    if (comp < minc) minc = comp;
+    blocks += c->seq.n_blocks;
+    any_unstarted |= !c->seq.started;
+  }
+  r->view_cached = 0;
+  if (any_unstarted && shortest) {
+    int32_t cached = strata_kv_cached_tokens(e->kv, shortest->toks,
+                                             shortest->n_known, r->salt);
+    int32_t cap = (shortest->n_known - 1) / e->bs * e->bs;
+    r->view_cached = cached < cap ? cached : cap;
+  }
+  *v = (struct strata_sched_req){
+      .id = r->id,
+      .state = r->running ? STRATA_SCHED_RUNNING : STRATA_SCHED_WAITING,
+      .priority = r->priority,
+      .arrival = r->t_arrival,
+      .group = r->group,
+      .n_prompt = maxk,
+      .n_computed = r->running ? minc : 0,
+      .n_cached = r->running ? 0 : r->view_cached,
+      .n_generated = gen,
+      .max_tokens = r->max_tokens,
+      .n_choices = n_act,
+      .blocks_held = blocks,
+  };
+}
+
+static int32_t view_blocks_for(const struct strata_sched_view *v, uint32_t i,
+                               int32_t n_total) {
+  strata_engine_t *e = v->host_ud;
+  if (i >= v->n_running + v->n_waiting) return INT32_MAX;
+  const struct strata_engine_req *r = e->vmap[i];
+  int64_t need = 0;
+  for (int32_t j = 0; j < r->n; j++) {
+    const struct choice *c = &r->ch[j];
+    if (c->state != CH_ACTIVE) continue;
+    int32_t target = n_total < c->n_known ? n_total : c->n_known;
+    int32_t want = strata_kv_blocks_for_tokens(target, e->bs);
+    int32_t have = c->seq.started ? c->seq.n_blocks : r->view_cached / e->bs;
+    if (want > have) need += want - have;
+  }
+  if (!r->forked && r->n > 1 && n_total >= r->ch[0].n_known &&
+      r->n_prompt % e->bs)
+    need += r->n - 1;
+  return need > INT32_MAX ? INT32_MAX : (int32_t)need;
+}
+
+/* Applies one RUN decision; 1 if it ran, 0 if its blocks could not be
+ * allocated or it broke a rule (refused: *refused set). */
+static int apply_run(strata_engine_t *e, struct strata_engine_req *r,
+                     const struct strata_sched_req *v, int32_t k,
+                     int32_t *budget, int32_t *n_run, int *refused) {
+  int waiting = !r->running;
+  int32_t lim =
+      waiting ? v->n_prompt - v->n_cached : v->n_prompt - v->n_computed;
+  if (k < 1 || k > lim || (waiting && *n_run >= e->cfg.max_running)) {
+    *refused = 1;
+    return 0;
+  }
+  int32_t cost = 0;
+  int ok = 1;
+  for (int32_t j = 0; j < r->n; j++) {
+    struct choice *c = &r->ch[j];
+    c->k = 0;
+    c->started_now = 0;
+    c->out_row = -1;
+  }
+  for (int32_t j = 0; ok && j < r->n; j++) {
+    struct choice *c = &r->ch[j];
+    if (c->state != CH_ACTIVE) continue;
+    if (!c->seq.started) {
+      int32_t got = strata_kv_alloc_prefix(e->kv, &c->seq, c->toks, c->n_known,
+                                           r->salt, k);
+      if (got < 0) {
+        ok = 0;
+        break;
+      }
+      c->started_now = 1;
+      c->k = c->seq.n_slots - c->seq.n_computed;
+    } else {
+      int32_t kc = c->n_known - c->seq.n_computed;
+      if (kc > k) kc = k;
+      if (kc <= 0) continue;
+      int32_t want = c->seq.n_computed + kc;
+      if (c->seq.n_slots < want &&
+          strata_kv_append_slots(e->kv, &c->seq, want - c->seq.n_slots) != 0) {
+        ok = 0;
+        break;
+      }
+      c->k = kc;
+    }
+    cost += c->k;
+  }
+  if (ok && cost > *budget) {
+    ok = 0;
+    *refused = 1;
+  }
+  if (!ok) {
+    for (int32_t j = 0; j < r->n; j++) {
+      struct choice *c = &r->ch[j];
+      if (c->started_now) strata_kv_free_seq(e->kv, &c->seq);
+      c->k = 0;
+      c->started_now = 0;
+    }
+    return 0;
+  }
+  *budget -= cost;
+  if (waiting) {
+    r->running = 1;
+    (*n_run)++;
+    e->started[e->n_started++] = r;
+    if (!r->started_once) {
+      r->started_once = 1;
+      r->cached_tokens = r->ch[0].seq.n_cached;
+      double now = strata_now();
+      pthread_mutex_lock(&e->mu);
+      hist_observe(&e->met.queue, now - r->t_arrival);
+      e->met.prompt_tokens_total += (uint64_t)r->n_prompt;
+      pthread_mutex_unlock(&e->mu);
+    }
+  }
+  return 1;
+}
+
+static int ensure_caps(strata_engine_t *e, size_t n_reqs) {
+  void **vp[] = {(void **)&e->vreqs, (void **)&e->vmap, (void **)&e->dec,
+                 (void **)&e->sched, (void **)&e->started};
+  const size_t ve[] = {sizeof *e->vreqs, sizeof *e->vmap, sizeof *e->dec,
+                       sizeof *e->sched, sizeof *e->started};
+  void **lp[] = {(void **)&e->running, (void **)&e->waiting};
+  const size_t le[] = {sizeof *e->running, sizeof *e->waiting};
+  return grow_all(vp, ve, 5, &e->cap_view, n_reqs) ||
+         grow_all(lp, le, 2, &e->cap_lists, n_reqs);
+}
+
+/* Runs the step's forward pass over every scheduled sequence, then samples.
+ * Returns the number of tokens computed. */
+static int32_t run_batch(strata_engine_t *e) {
+  int32_t T = 0, n_seqs = 0, max_blocks = 1, n_out = 0;
+  for (size_t s = 0; s < e->n_sched; s++) {
+    struct strata_engine_req *r = e->sched[s];
+    for (int32_t j = 0; j < r->n; j++) {
+      struct choice *c = &r->ch[j];
+      if (c->state != CH_ACTIVE || c->k <= 0) continue;
+      T += c->k;
+      n_seqs++;
+      if (c->seq.n_blocks > max_blocks) max_blocks = c->seq.n_blocks;
+    }
+  }
+  if (T == 0) return 0;
+  char err[512];
+  {
+    void **tp[] = {(void **)&e->b_tok, (void **)&e->b_pos, (void **)&e->b_slot,
+                   (void **)&e->b_out};
+    const size_t te[] = {sizeof(int32_t), sizeof(int32_t), sizeof(int32_t),
+                         sizeof(int32_t)};
+    void **sp[] = {(void **)&e->b_start, (void **)&e->b_len};
+    const size_t se[] = {sizeof(int32_t), sizeof(int32_t)};
+    if (grow_all(tp, te, 4, &e->cap_tok, (size_t)T) != 0 ||
+        grow_all(sp, se, 2, &e->cap_seq, (size_t)n_seqs + 1) != 0 ||
+        grow((void **)&e->b_bt, &e->cap_bt, (size_t)n_seqs * (size_t)max_blocks,
+             sizeof(int32_t)) != 0)
+      goto oom;
+  }
+  int32_t t = 0, s = 0;
+  for (size_t q = 0; q < e->n_sched; q++) {
+    struct strata_engine_req *r = e->sched[q];
+    for (int32_t j = 0; j < r->n; j++) {
+      struct choice *c = &r->ch[j];
+      if (c->state != CH_ACTIVE || c->k <= 0) continue;
+      e->b_start[s] = t;
+      for (int32_t i = 0; i < c->k; i++) {
+        int32_t p = c->seq.n_computed + i;
+        e->b_tok[t] = c->toks[p];
+        e->b_pos[t] = p;
+        e->b_slot[t] = strata_kv_slot(&c->seq, e->bs, p);
+        t++;
+      }
+      e->b_len[s] = c->seq.n_computed + c->k;
+      int32_t *bt = e->b_bt + (size_t)s * max_blocks;
+      for (int32_t b = 0; b < max_blocks; b++)
+        bt[b] = b < c->seq.n_blocks ? c->seq.blocks[b] : 0;
+      if (c->seq.n_computed + c->k == c->n_known) {
+        e->b_out[n_out] = t - 1;
+        c->out_row = n_out++;
+      }
+      s++;
+    }
+  }
+  e->b_start[s] = t;
+  if (grow((void **)&e->logits, &e->cap_logits,
+           (size_t)(n_out ? n_out : 1) * (size_t)e->n_vocab,
+           sizeof(float)) != 0)
+    goto oom;
+  struct strata_batch b = {.size = sizeof b,
+                           .n_tokens = T,
+                           .tokens = e->b_tok,
+                           .positions = e->b_pos,
+                           .slots = e->b_slot,
+                           .n_seqs = n_seqs,
+                           .seq_start = e->b_start,
+                           .seq_len = e->b_len,
+                           .block_tables = e->b_bt,
+                           .max_blocks = max_blocks,
+                           .block_size = e->bs,
+                           .n_out = n_out,
+                           .out_rows = e->b_out};
+  if (strata_model_forward(e->m, &b, e->logits, err, sizeof err) != 0)
+    goto fail;
+
+  /* commit, fork, sample */
+  for (size_t q = 0; q < e->n_sched; q++) {
+    struct strata_engine_req *r = e->sched[q];
+    int bad = 0;
+    for (int32_t j = 0; j < r->n; j++) {
+      struct choice *c = &r->ch[j];
+      if (c->state != CH_ACTIVE || c->k <= 0) continue;
+      if (strata_kv_commit(e->kv, &c->seq, c->toks, c->seq.n_computed + c->k) !=
+          0)
+        bad = 1;
+    }
+    char ferr[256];
+    if (bad) {
+      end_request(e, r, STRATA_FINISH_ERROR, "KV cache commit failed");
+      continue;
+    }
+    if (!r->forked && r->ch[0].out_row >= 0 &&
+        fork_choices(e, r, ferr, sizeof ferr) != 0) {
+      end_request(e, r, STRATA_FINISH_ERROR, ferr);
+      continue;
+    }
+    int produced = 0;
+    for (int32_t j = 0; j < r->n; j++) {
+      struct choice *c = &r->ch[j];
+      if (c->state != CH_ACTIVE || c->out_row < 0) continue;
+      int32_t tok = strata_sampler_sample(
+          &c->smp, e->logits + (size_t)c->out_row * e->n_vocab);
+      c->out_row = -1;
+      handle_token(e, r, c, tok);
+      produced++;
+    }
+    if (produced) {
+      double now = strata_now();
+      pthread_mutex_lock(&e->mu);
+      e->met.generation_tokens_total += (uint64_t)produced;
+      if (!r->got_first)
+        hist_observe(&e->met.ttft, now - r->t_arrival);
+      else
+        hist_observe(&e->met.itl, now - r->t_last_token);
+      pthread_mutex_unlock(&e->mu);
+      r->got_first = 1;
+      r->t_last_token = now;
+    }
+    if (r->n_live == 0) r->running = 0;
+    flush_events(e, r);
+  }
+  return T;
+
+oom:
+  snprintf(err, sizeof err, "out of memory building the batch");
+fail:
+  strata_log(STRATA_LOG_ERROR, "engine", "step failed: %s", err);
+  for (size_t q = 0; q < e->n_sched; q++)
+    end_request(e, e->sched[q], STRATA_FINISH_ERROR, err);
+  return T;
+}
+
+/* One engine step. Returns nonzero when anything happened. */
+static int engine_step(strata_engine_t *e) {
+  int progress = 0;
+  /* intake */
+  pthread_mutex_lock(&e->mu);
+  size_t total = e->n_running + e->n_waiting + e->n_incoming;
+  if (ensure_caps(e, total ? total : 1) != 0) {
+    pthread_mutex_unlock(&e->mu);
+    strata_log(STRATA_LOG_ERROR, "engine", "out of memory");
+    return 0;
+  }
+  for (size_t i = 0; i < e->n_incoming; i++)
+    waiting_insert(e, e->incoming[i]);
+  progress |= e->n_incoming > 0;
+  e->n_incoming = 0;
+  pthread_mutex_unlock(&e->mu);
+
+  /* cancellations */
+  for (size_t i = 0; i < e->n_running + e->n_waiting; i++) {
+    struct strata_engine_req *r =
+        i < e->n_running ? e->running[i] : e->waiting[i - e->n_running];
+    if (!r->gone && atomic_load(&r->cancel)) {
+      end_request(e, r, STRATA_FINISH_ABORT, NULL);
+      progress = 1;
+    }
+  }
+  compact(e->running, &e->n_running);
+  compact(e->waiting, &e->n_waiting);
+  if (e->n_running + e->n_waiting == 0) goto out;
+
+  /* the scheduler's view */
+  uint32_t nr = (uint32_t)e->n_running, nw = (uint32_t)e->n_waiting,
+           n = nr + nw;
+  for (uint32_t i = 0; i < n; i++) {
+    struct strata_engine_req *r = i < nr ? e->running[i] : e->waiting[i - nr];
+    e->vmap[i] = r;
+    r->decided = 0;
+    r->scheduled = 0;
+    req_view(e, r, &e->vreqs[i]);
+  }
+  struct strata_kv_stats st;
+  strata_kv_get_stats(e->kv, &st);
+  struct strata_sched_view view = {.size = sizeof view,
+                                   .now = strata_now(),
+                                   .max_batch_tokens = e->cfg.max_batch_tokens,
+                                   .max_running = e->cfg.max_running,
+                                   .block_size = e->bs,
+                                   .free_blocks = st.n_free + st.n_evictable,
+                                   .total_blocks = st.n_blocks,
+                                   .reqs = e->vreqs,
+                                   .n_running = nr,
+                                   .n_waiting = nw,
+                                   .blocks_for = view_blocks_for,
+                                   .host_ud = e};
+  char err[512] = "";
+  int nd = e->sv->schedule(e->sstate, &view, e->dec, n, err, sizeof err);
+  if (nd < 0) {
+    strata_log(STRATA_LOG_WARN, "engine", "scheduler '%s' failed: %s",
+               e->cfg.scheduler, err[0] ? err : "(no reason given)");
+    nd = 0;
+  }
+  if ((uint32_t)nd > n) nd = (int)n;
+
+  /* apply the decisions, enforcing the core's invariants */
+  int32_t budget = e->cfg.max_batch_tokens, n_run = (int32_t)nr;
+  uint64_t refusals = 0, preemptions = 0;
+  e->n_sched = 0;
+  e->n_started = 0;
+  for (int d = 0; d < nd; d++) {
+    const struct strata_sched_decision *dc = &e->dec[d];
+    if (dc->index >= n) {
+      refusals++;
+      continue;
+    }
+    struct strata_engine_req *r = e->vmap[dc->index];
+    if (r->decided) {
+      refusals++;
+      continue;
+    }
+    if (dc->action == STRATA_SCHED_PREEMPT) {
+      if (!r->running) {
+        refusals++;
+        continue;
+      }
+      r->decided = 1;
+      free_seqs(e, r);
+      r->running = 0;
+      n_run--;
+      preemptions++;
+      progress = 1;
+      continue;
+    }
+    if (dc->action != STRATA_SCHED_RUN) {
+      refusals++;
+      continue;
+    }
+    int refused = 0;
+    if (apply_run(e, r, &e->vreqs[dc->index], dc->n_tokens, &budget, &n_run,
+                  &refused)) {
+      r->decided = 1;
+      r->scheduled = 1;
+      e->sched[e->n_sched++] = r;
+    } else if (refused) {
+      refusals++;
+    }
+  }
+  /* new lists: running in start order, waiting in arrival order */
+  {
+    size_t j = 0;
+    for (size_t i = 0; i < e->n_running; i++) {
+      struct strata_engine_req *r = e->running[i];
+      if (r->running)
+        e->running[j++] = r;
+      else
+        waiting_insert(e, r); /* preempted */
+    }
+    e->n_running = j;
+    size_t w = 0;
+    for (size_t i = 0; i < e->n_waiting; i++)
+      if (!e->waiting[i]->running) e->waiting[w++] = e->waiting[i];
+    e->n_waiting = w;
+    for (size_t i = 0; i < e->n_started; i++)
+      e->running[e->n_running++] = e->started[i];
+  }
+
+  /* the forward pass, sampling, events */
+  int32_t T = run_batch(e);
+  progress |= T > 0;
+  compact(e->running, &e->n_running);
+  compact(e->waiting, &e->n_waiting);
+  pthread_mutex_lock(&e->mu);
+  e->met.steps_total += T > 0;
+  e->met.scheduler_refusals_total += refusals;
+  e->met.preemptions_total += preemptions;
+  pthread_mutex_unlock(&e->mu);
+  if (refusals)
+    strata_log(STRATA_LOG_DEBUG, "engine", "refused %llu scheduler decisions",
+               (unsigned long long)refusals);
+out:
+  pthread_mutex_lock(&e->mu);
+  e->met.num_running = (int32_t)e->n_running;
+  e->met.num_waiting = (int32_t)e->n_waiting;
+  e->n_queued = (int32_t)e->n_waiting;
+  pthread_mutex_unlock(&e->mu);
+  return progress;
+}
+
+static void *engine_main(void *arg) {
+  strata_engine_t *e = arg;
+  pthread_mutex_lock(&e->mu);
+  for (;;) {
+    while (!e->stopping && e->n_incoming == 0 && e->n_running == 0 &&
+           e->n_waiting == 0)
+      pthread_cond_wait(&e->cv, &e->mu);
+    if (e->stopping) break;
+    pthread_mutex_unlock(&e->mu);
+    int progress = engine_step(e);
+    pthread_mutex_lock(&e->mu);
+    if (!progress && !e->stopping && e->n_incoming == 0) {
+      /* Nothing could run (blocks or a stuck scheduler): wait for a change
+       * instead of spinning. */
+      struct timespec ts;
+      clock_gettime(CLOCK_REALTIME, &ts);
+      ts.tv_nsec += 2000000;
+      if (ts.tv_nsec >= 1000000000) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000;
+      }
+      pthread_cond_timedwait(&e->cv, &e->mu, &ts);
+    }
+  }
+  /* stopping: abort everything still here (no submit gets in any more) */
+  size_t n_in = e->n_incoming;
+  e->n_incoming = 0;
+  pthread_mutex_unlock(&e->mu);
+  for (size_t i = 0; i < n_in; i++) {
+    end_request(e, e->incoming[i], STRATA_FINISH_ABORT, NULL);
+    req_unref(e->incoming[i]);
+  }
+  for (size_t i = 0; i < e->n_running; i++)
+    end_request(e, e->running[i], STRATA_FINISH_ABORT, NULL);
+  for (size_t i = 0; i < e->n_waiting; i++)
+    end_request(e, e->waiting[i], STRATA_FINISH_ABORT, NULL);
+  compact(e->running, &e->n_running);
+  compact(e->waiting, &e->n_waiting);
+  pthread_mutex_lock(&e->mu);
+  e->met.num_running = e->met.num_waiting = 0;
+  e->n_queued = 0;
+  pthread_mutex_unlock(&e->mu);
+  return NULL;
+}
+
+/* ---- start / stop
+ * ------------------------------------------------------------------ */
+
+static void engine_free(strata_engine_t *e) {
+  if (e->sv && e->sstate) e->sv->destroy(e->sstate);
+  strata_kv_destroy(e->kv);
+  pthread_mutex_destroy(&e->mu);
+  pthread_mutex_destroy(&e->cb_mu);
+  pthread_cond_destroy(&e->cv);
+  free(e->incoming);
+  free(e->running);
+  free(e->waiting);
+  free(e->started);
+  free(e->vreqs);
+  free(e->vmap);
+  free(e->dec);
+  free(e->sched);
+  free(e->b_tok);
+  free(e->b_pos);
+  free(e->b_slot);
+  free(e->b_out);
+  free(e->b_start);
+  free(e->b_len);
+  free(e->b_bt);
+  free(e->logits);
+  free(e->rowbuf);
+  free(e);
+}
+
+int strata_engine_start(struct strata_runtime *rt,
+                        const struct strata_engine_config *cfg,
+                        strata_engine_t **out, char *err, size_t errlen) {
+  *out = NULL;
+  if (!rt || !rt->model || !rt->tok)
+    return strata_errf(err, errlen, "engine: no model loaded");
+  struct strata_engine_config c;
+  if (cfg)
+    c = *cfg;
+  else
+    strata_engine_config_defaults(&c);
+  if (!c.scheduler) c.scheduler = "fcfs";
+  if (c.max_batch_tokens < 1 || c.max_running < 1 || c.max_waiting < 0)
+    return strata_errf(
+        err, errlen,
+        "engine: max_batch_tokens and max_running must be positive and "
+        "max_waiting not negative");
+  struct strata_model *m = rt->model;
+  int32_t ws = m->opts.max_tokens < m->opts.max_out ? m->opts.max_tokens
+                                                    : m->opts.max_out;
+  if (c.max_batch_tokens > ws) {
+    strata_log(STRATA_LOG_INFO, "engine",
+               "max_batch_tokens %d exceeds the model's workspace; using %d "
+               "(open the runtime "
+               "with strata_engine_model_opts)",
+               c.max_batch_tokens, ws);
+    c.max_batch_tokens = ws;
+  }
+  if (c.block_size != m->opts.block_size) c.block_size = m->opts.block_size;
+
+  struct strata_plugin *sp = NULL;
+  for (size_t i = 0; i < rt->reg.n_plugins; i++)
+    if (rt->reg.plugins[i].desc->kind == STRATA_PLUGIN_SCHEDULER &&
+        strcmp(rt->reg.plugins[i].desc->name, c.scheduler) == 0)
+      sp = &rt->reg.plugins[i];
+  if (!sp)
+    return strata_errf(err, errlen,
+                       "unknown scheduler '%s' (see `strata plugins`)",
+                       c.scheduler);
+  char ierr[512];
+  if (strata_plugin_init(sp, rt->cfg, ierr, sizeof ierr) != 0)
+    return strata_errf(err, errlen, "%s", ierr);
+
+  strata_engine_t *e = strata_calloc(1, sizeof *e);
+  if (!e) return strata_errf(err, errlen, "out of memory");
+  e->rt = rt;
+  e->m = m;
+  e->tok = rt->tok;
+  e->cfg = c;
+  e->ctx_len = m->ctx_len;
+  e->n_vocab = m->hp.n_vocab;
+  e->bs = m->opts.block_size;
+  e->n_blocks = strata_model_kv_blocks(m);
+  e->tok_eos = strata_tokenizer_eos(rt->tok);
+  e->tok_bos = strata_tokenizer_bos(rt->tok);
+  e->sv = sp->desc->vt.scheduler;
+  pthread_mutex_init(&e->mu, NULL);
+  pthread_mutex_init(&e->cb_mu, NULL);
+  pthread_cond_init(&e->cv, NULL);
+  hist_init(&e->met.ttft, ttft_bounds, (int)STRATA_ARRAY_LEN(ttft_bounds));
+  hist_init(&e->met.itl, itl_bounds, (int)STRATA_ARRAY_LEN(itl_bounds));
+  hist_init(&e->met.e2e, latency_bounds, (int)STRATA_ARRAY_LEN(latency_bounds));
+  hist_init(&e->met.queue, latency_bounds,
+            (int)STRATA_ARRAY_LEN(latency_bounds));
+
+  struct strata_kv_config kc = STRATA_KV_CONFIG_DEFAULTS;
+  kc.block_size = e->bs;
+  kc.n_blocks = e->n_blocks;
+  kc.prefix_caching = c.prefix_caching;
+  char kerr[256];
+  if (strata_kv_create(&kc, &e->kv, kerr, sizeof kerr) != 0) {
+    engine_free(e);
+    return strata_errf(err, errlen, "KV cache: %s", kerr);
+  }
+  const strata_config_node_t *node = strata_config_plugin_node(rt->cfg, sp);
+  char cerr[512] = "";
+  if (e->sv->create(node, &e->sstate, cerr, sizeof cerr) != 0) {
+    e->sstate = NULL;
+    engine_free(e);
+    return strata_errf(err, errlen, "scheduler '%s': %s", c.scheduler,
+                       cerr[0] ? cerr : "create failed");
+  }
+  int rc = pthread_create(&e->th, NULL, engine_main, e);
+  if (rc != 0) {
+    engine_free(e);
+    return strata_errf(err, errlen, "engine thread: %s", strerror(rc));
+  }
+  strata_log(STRATA_LOG_INFO, "engine",
+             "started: scheduler %s, %d KV blocks of %d tokens, %d tokens per "
+             "step, %d running, "
+             "prefix caching %s",
+             c.scheduler, e->n_blocks, e->bs, c.max_batch_tokens, c.max_running,
+             c.prefix_caching ? "on" : "off");
+  *out = e;
+  return 0;
+}
+
+void strata_engine_stop(strata_engine_t *e) {
+  if (!e) return;
+  pthread_mutex_lock(&e->mu);
+  e->stopping = 1;
+  pthread_cond_signal(&e->cv);
+  pthread_mutex_unlock(&e->mu);
+  pthread_join(e->th, NULL);
+  engine_free(e);
+}

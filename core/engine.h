@@ -1,0 +1,174 @@
+/* The serving engine: continuous batching of many requests over one model,
+ * on its own thread.
+ *
+ * Requests join and leave between steps. Each step the scheduler plugin
+ * (strata/scheduler.h) picks which running sequences decode and which
+ * waiting requests prefill (chunked: a long prompt is split over steps
+ * within max_batch_tokens, so running decodes never stall), the engine runs
+ * ONE batched forward pass over all of them on the paged KV cache
+ * (kv_cache.h, with automatic prefix caching), samples, detokenizes, checks
+ * stop strings and EOS, and reports new text through each request's
+ * callback.
+ *
+ * A request with n > 1 choices prefills its prompt once; the choices then
+ * fork from it and share the prompt's blocks.
+ *
+ * Threads: strata_engine_submit, _cancel, _release and _get_metrics may be
+ * called from any thread. Callbacks run on the engine thread and must not
+ * block or call back into the engine except strata_engine_cancel. */
+#ifndef STRATA_ENGINE_H
+#define STRATA_ENGINE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kv_cache.h"
+#include "sampler.h"
+
+struct strata_runtime;
+struct strata_config;
+struct strata_model_opts;
+
+typedef struct strata_engine strata_engine_t;
+typedef struct strata_engine_req strata_engine_req_t;
+
+struct strata_engine_config {
+  int32_t max_batch_tokens; /* tokens per step (prefill chunks + decodes) */
+  int32_t max_running;      /* requests holding KV blocks at once */
+  int32_t max_waiting;      /* queued requests; beyond: STRATA_ENGINE_EFULL */
+  int32_t block_size;       /* KV block size in tokens */
+  uint64_t kv_memory;       /* KV cache bytes; 0: kv_tokens decides */
+  int64_t kv_tokens;        /* KV cache size in tokens when kv_memory is 0;
+                               0: max_running full contexts, capped */
+  int prefix_caching;       /* automatic prefix caching on/off */
+  const char *scheduler;    /* scheduler plugin name ("fcfs") */
+};
+
+/* Defaults: 2048 tokens per step, 64 running, 1024 waiting, blocks of 16,
+ * prefix caching on, fcfs. */
+void strata_engine_config_defaults(struct strata_engine_config *c);
+
+/* Reads engine.{scheduler, max_batch_tokens, max_running, max_waiting} and
+ * engine.kv_cache.{block_size, memory, tokens, prefix_caching} from a
+ * validated config (NULL: the defaults). Strings point into the config. */
+int strata_engine_config_from(struct strata_config *cfg, struct strata_engine_config *out);
+
+/* The model options the runtime must be opened with for this engine config
+ * (the model's workspace and KV cache are allocated at load): max_tokens and
+ * max_out = max_batch_tokens, block_size, and n_blocks sized from kv_memory,
+ * else kv_tokens, else max_running full contexts capped at 1 GiB (but at
+ * least one full context). Reads the model's hyperparameters from the GGUF
+ * file; context_length as given to the runtime (0: the model's). Other
+ * fields of *mo are kept (kv_f16 sets the element size). 0 or -1 with err. */
+int strata_engine_model_opts(const struct strata_engine_config *c, const char *model_path,
+                             int32_t context_length, struct strata_model_opts *mo, char *err,
+                             size_t errlen);
+
+/* Return codes of submit. */
+#define STRATA_ENGINE_EINVAL (-1) /* bad parameters (message in err): HTTP 400 */
+#define STRATA_ENGINE_EFULL (-2)  /* queue full: HTTP 429 */
+#define STRATA_ENGINE_ESTOP (-3)  /* engine stopping or failed: HTTP 503 */
+
+enum strata_finish {
+  STRATA_FINISH_NONE = 0,
+  STRATA_FINISH_STOP,   /* EOS or a stop string/token ("stop") */
+  STRATA_FINISH_LENGTH, /* max_tokens or the context is full ("length") */
+  STRATA_FINISH_ABORT,  /* cancelled */
+  STRATA_FINISH_ERROR,  /* the model step failed (message in text) */
+};
+const char *strata_finish_name(enum strata_finish f); /* "stop", "length", ... */
+
+struct strata_request_params {
+  const int32_t *prompt; /* copied by submit */
+  int32_t n_prompt;      /* >= 1 */
+  int32_t max_tokens;    /* >= 1; prompt + max_tokens <= context, else EINVAL */
+  int32_t n;             /* choices, 1..128; n * ceil((prompt + max_tokens) /
+                            block_size) must fit in the KV cache, else EINVAL */
+  struct strata_sampling sampling; /* per choice i the seed is seed + i */
+  int has_seed;          /* 0: a random seed per request */
+  const char *const *stop; /* stop strings (copied), not included in the text */
+  size_t n_stop;
+  const int32_t *stop_token_ids; /* extra stop tokens (copied) */
+  size_t n_stop_token_ids;
+  int ignore_eos;        /* 0: stop at EOS, BOS or any control token (as
+                            `strata generate`); stop_token_ids always stop */
+  int32_t priority;      /* lower first */
+  const char *cache_salt; /* NULL: none */
+  uint64_t group;        /* affinity key for the scheduler; 0: none */
+};
+
+/* One event of a request, delivered on the engine thread. */
+struct strata_engine_event {
+  int32_t index;        /* choice index */
+  const char *text;     /* new text of that choice since its last event */
+  size_t text_len;      /* (may be 0; never splits a UTF-8 character) */
+  const int32_t *tokens; /* the tokens that produced it (a stop token is
+                            included here but gives no text) */
+  int32_t n_tokens;
+  enum strata_finish finish; /* != NONE: this choice is finished */
+  /* Set on the request's last event (every choice finished): after it the
+   * callback is never called again. */
+  int done;
+  int32_t prompt_tokens;      /* usage, valid when done */
+  int32_t completion_tokens;  /* all choices */
+  int32_t cached_tokens;      /* prompt tokens from the prefix cache */
+};
+typedef void (*strata_engine_cb)(void *ud, const struct strata_engine_event *ev);
+
+/* Starts the engine thread over an open runtime (model, tokenizer,
+ * registry with the scheduler plugin); the runtime must outlive the engine.
+ * Open the runtime with strata_engine_model_opts(): the KV block manager
+ * takes the model's block size and block count, and max_batch_tokens is
+ * clamped to the model's workspace (max_tokens, max_out). */
+int strata_engine_start(struct strata_runtime *rt, const struct strata_engine_config *cfg,
+                        strata_engine_t **out, char *err, size_t errlen);
+/* Stops the thread: every pending request finishes with ABORT first, then
+ * the engine is freed. Handles not yet released stay valid for
+ * strata_engine_release (and a no-op strata_engine_cancel); neither may run
+ * concurrently with stop. */
+void strata_engine_stop(strata_engine_t *e);
+
+/* Queues a request. On success *out is a handle owned by the caller (free it
+ * with strata_engine_release, after the done event or at any time: releasing
+ * early cancels). Returns 0 or a STRATA_ENGINE_E* code with err set. */
+int strata_engine_submit(strata_engine_t *e, const struct strata_request_params *p,
+                         strata_engine_cb cb, void *ud, strata_engine_req_t **out, char *err,
+                         size_t errlen);
+/* Asks the engine to drop the request at its next step (its blocks come
+ * back; the done event carries ABORT). Idempotent; any thread. */
+void strata_engine_cancel(strata_engine_req_t *r);
+/* Drops the caller's handle; cancels the request if it is not done. After
+ * this the callback is not called again (even if it had not been done). */
+void strata_engine_release(strata_engine_req_t *r);
+
+/* Context length, vocabulary and such for validation by the server. */
+int32_t strata_engine_context_length(const strata_engine_t *e);
+
+/* Prometheus histogram with fixed upper bounds (seconds). */
+#define STRATA_HIST_MAX_BUCKETS 32
+struct strata_histogram {
+  const double *bounds; /* n_bounds upper bounds, ascending; +Inf implied */
+  int n_bounds;
+  uint64_t counts[STRATA_HIST_MAX_BUCKETS + 1]; /* per bucket, NOT cumulative */
+  uint64_t count;
+  double sum;
+};
+
+struct strata_engine_metrics {
+  int32_t num_running;  /* requests holding blocks */
+  int32_t num_waiting;  /* queued (including preempted) */
+  struct strata_kv_stats kv;
+  uint64_t prompt_tokens_total;     /* prompt tokens of finished + running requests */
+  uint64_t generation_tokens_total; /* generated tokens */
+  uint64_t requests_finished[5];    /* by enum strata_finish (index 0 unused) */
+  uint64_t preemptions_total;
+  uint64_t steps_total;
+  uint64_t scheduler_refusals_total; /* decisions the core refused */
+  struct strata_histogram ttft;    /* vllm:time_to_first_token_seconds */
+  struct strata_histogram itl;     /* vllm:inter_token_latency_seconds */
+  struct strata_histogram e2e;     /* vllm:e2e_request_latency_seconds */
+  struct strata_histogram queue;   /* vllm:request_queue_time_seconds */
+};
+void strata_engine_get_metrics(strata_engine_t *e, struct strata_engine_metrics *out);
+
+#endif

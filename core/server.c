@@ -1,0 +1,1130 @@
+/* The OpenAI-compatible HTTP server; see server.h for the threading. */
+#include "config.h"
+
+#include "server.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+#include <event2/thread.h>
+#include <jansson.h>
+
+#include "chat_template.h"
+#include "http_api.h"
+#include "log.h"
+#include "runtime.h"
+#include "tokenizer.h"
+#include "util.h"
+
+/* How long a stopping server lets running requests finish before it
+ * cancels them, and how often running requests' sockets are checked. */
+#define GRACE_SECONDS 10
+#define PEEK_MS 250
+
+struct server;
+
+/* One engine event, copied on the engine thread. */
+struct qev {
+  struct qev *next;
+  int32_t index;
+  enum strata_finish finish;
+  size_t len;
+  char text[];
+};
+
+struct textbuf {
+  char *p;
+  size_t len, cap;
+};
+
+/* One completion or chat request held by the server. */
+struct sreq {
+  struct server *srv;
+  struct sreq *prev, *next;    /* the server's in-flight list */
+  struct evhttp_request *http; /* NULL once the client is gone */
+  struct evhttp_connection *evcon;
+  struct strata_api_request req;
+  char id[64];
+  int64_t created;
+  double t0;
+  strata_engine_req_t *h;
+  struct event *wake;
+  /* shared with the engine thread, under mu */
+  pthread_mutex_t mu;
+  struct qev *head, *tail;
+  int eng_done, lost, detached;
+  struct strata_api_usage usage;
+  /* libevent thread only */
+  struct textbuf *text;       /* per choice (non-streaming) */
+  enum strata_finish *finish; /* per choice */
+  char *error;                /* text of an ERROR finish */
+  char *echo;
+  size_t echo_len;
+};
+
+struct server {
+  struct strata_runtime *rt;
+  strata_engine_t *eng;
+  const struct strata_server_opts *o;
+  struct event_base *base;
+  struct evhttp *http;
+  struct evhttp_bound_socket *bound;
+  struct event *sig_int, *sig_term, *grace, *peek;
+  char *model_name;
+  char *api_key_header; /* "Bearer KEY" or NULL */
+  struct strata_chat_template tmpl;
+  int have_tmpl;
+  const char *bos_text, *eos_text;
+  int32_t ctx_len, n_vocab;
+  int64_t started;
+  int stopping;
+  struct sreq *inflight;
+  uint64_t next_id;
+  struct strata_server_stats stats;
+};
+
+/* ---- replies ----------------------------------------------------------------
+ */
+
+static void count_status(struct server *srv, int status) {
+  int c = status / 100;
+  if (c >= 0 && c < 6) srv->stats.http_requests[c]++;
+}
+
+static void reply_body(struct server *srv, struct evhttp_request *req,
+                       int status, const char *ctype, const char *body,
+                       size_t len) {
+  struct evbuffer *b = evbuffer_new();
+  if (!b) {
+    evhttp_send_error(req, 500, NULL);
+    return;
+  }
+  evbuffer_add(b, body, len);
+  struct evkeyvalq *h = evhttp_request_get_output_headers(req);
+  evhttp_add_header(h, "Content-Type", ctype);
+  count_status(srv, status);
+  evhttp_send_reply(req, status, strata_api_status_reason(status), b);
+  evbuffer_free(b);
+}
+
+static void reply_json(struct server *srv, struct evhttp_request *req,
+                       int status, char *json) {
+  if (!json) {
+    static const char oom[] =
+        "{\"error\":{\"message\":\"out of "
+        "memory\",\"type\":\"server_error\",\"param\":null,\"code\":null}}";
+    reply_body(srv, req, 500, "application/json", oom, sizeof oom - 1);
+    return;
+  }
+  reply_body(srv, req, status, "application/json", json, strlen(json));
+  free(json);
+}
+
+static void reply_error(struct server *srv, struct evhttp_request *req,
+                        const struct strata_api_error *e) {
+  struct evkeyvalq *h = evhttp_request_get_output_headers(req);
+  if (e->status == 429) evhttp_add_header(h, "Retry-After", "1");
+  if (e->status == 401) evhttp_add_header(h, "WWW-Authenticate", "Bearer");
+  reply_json(srv, req, e->status, strata_api_error_json(e));
+}
+
+static void reply_errorf(struct server *srv, struct evhttp_request *req,
+                         int status, const char *code, const char *param,
+                         const char *fmt, ...)
+    __attribute__((format(printf, 6, 7)));
+static void reply_errorf(struct server *srv, struct evhttp_request *req,
+                         int status, const char *code, const char *param,
+                         const char *fmt, ...) {
+  struct strata_api_error e;
+  char msg[sizeof e.message];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  strata_api_errorf(&e, status, NULL, code, param, "%s", msg);
+  reply_error(srv, req, &e);
+}
+
+/* ---- request bodies
+ * ---------------------------------------------------------- */
+
+static const char *body_of(struct evhttp_request *req, size_t *len) {
+  struct evbuffer *in = evhttp_request_get_input_buffer(req);
+  *len = evbuffer_get_length(in);
+  if (*len == 0) return "";
+  return (const char *)evbuffer_pullup(in, -1);
+}
+
+static int check_model(struct server *srv, const char *model,
+                       struct strata_api_error *e) {
+  if (!model || strcmp(model, srv->model_name) == 0) return 0;
+  return strata_api_errorf(
+      e, 400, NULL, "model_not_found", "model",
+      "The model '%.200s' does not exist; this server serves '%.200s'", model,
+      srv->model_name);
+}
+
+/* The prompt tokens of a chat conversation. */
+static int chat_tokens(struct server *srv, json_t *messages,
+                       int add_generation_prompt, int32_t **toks, size_t *n,
+                       struct strata_api_error *e) {
+  struct strata_chat_msg *msgs = NULL;
+  size_t n_msgs = 0;
+  char err[512];
+  int rc =
+      strata_chat_msgs_from_json(messages, &msgs, &n_msgs, err, sizeof err);
+  if (rc != 0)
+    return strata_api_errorf(e, rc == STRATA_CHAT_ENOMEM ? 500 : 400, NULL,
+                             NULL, "messages", "%s", err);
+  char *text = NULL;
+  size_t len = 0;
+  int adds_bos = 0;
+  rc = strata_chat_apply(&srv->tmpl, msgs, n_msgs, srv->bos_text, srv->eos_text,
+                         add_generation_prompt, &text, &len, &adds_bos, err,
+                         sizeof err);
+  free(msgs);
+  if (rc != 0)
+    return strata_api_errorf(e, rc == STRATA_CHAT_ENOMEM ? 500 : 400, NULL,
+                             NULL, "messages", "%s", err);
+  rc = strata_tokenize(srv->rt->tok, text, len, !adds_bos, 1, toks, n, err,
+                       sizeof err);
+  free(text);
+  if (rc != 0)
+    return strata_api_errorf(e, 400, NULL, NULL, "messages", "%s", err);
+  return 0;
+}
+
+/* ---- engine events
+ * ----------------------------------------------------------- */
+
+/* Engine thread: copy the event, wake the libevent thread. */
+static void on_engine_event(void *ud, const struct strata_engine_event *ev) {
+  struct sreq *s = ud;
+  struct qev *q = NULL;
+  if (ev->text_len || ev->finish != STRATA_FINISH_NONE) {
+    q = malloc(sizeof *q + ev->text_len + 1);
+    if (q) {
+      q->next = NULL;
+      q->index = ev->index;
+      q->finish = ev->finish;
+      q->len = ev->text_len;
+      if (ev->text_len) memcpy(q->text, ev->text, ev->text_len);
+      q->text[ev->text_len] = 0;
+    }
+  }
+  pthread_mutex_lock(&s->mu);
+  if (!s->detached) {
+    if (q) {
+      if (s->tail)
+        s->tail->next = q;
+      else
+        s->head = q;
+      s->tail = q;
+      q = NULL;
+    } else if (ev->text_len || ev->finish != STRATA_FINISH_NONE) {
+      s->lost = 1;
+    }
+    if (ev->done) {
+      s->eng_done = 1;
+      s->usage.prompt_tokens = ev->prompt_tokens;
+      s->usage.completion_tokens = ev->completion_tokens;
+      s->usage.cached_tokens = ev->cached_tokens;
+    }
+    event_active(s->wake, EV_READ, 0);
+  }
+  pthread_mutex_unlock(&s->mu);
+  free(q);
+}
+
+static void sse_send(struct sreq *s, const char *data) {
+  if (!s->http) return;
+  struct evbuffer *b = evbuffer_new();
+  if (!b) return;
+  evbuffer_add(b, "data: ", 6);
+  evbuffer_add(b, data, strlen(data));
+  evbuffer_add(b, "\n\n", 2);
+  evhttp_send_reply_chunk(s->http, b);
+  evbuffer_free(b);
+}
+
+static void sse_send_json(struct sreq *s, char *json) {
+  if (json) sse_send(s, json);
+  free(json);
+}
+
+/* Frees a request: the engine handle first (after which its callback never
+ * runs again), then our state. */
+static void sreq_free(struct sreq *s) {
+  struct server *srv = s->srv;
+  pthread_mutex_lock(&s->mu);
+  s->detached = 1;
+  pthread_mutex_unlock(&s->mu);
+  if (s->h) {
+    strata_engine_release(s->h);
+    s->h = NULL;
+    srv->stats.open_requests--;
+  }
+  if (s->evcon) evhttp_connection_set_closecb(s->evcon, NULL, NULL);
+  if (s->wake) event_free(s->wake);
+  for (struct qev *q = s->head, *nx; q; q = nx) {
+    nx = q->next;
+    free(q);
+  }
+  if (s->prev)
+    s->prev->next = s->next;
+  else if (srv->inflight == s)
+    srv->inflight = s->next;
+  if (s->next) s->next->prev = s->prev;
+  if (s->text)
+    for (int32_t i = 0; i < s->req.n; i++)
+      free(s->text[i].p);
+  free(s->text);
+  free(s->finish);
+  free(s->error);
+  free(s->echo);
+  strata_api_request_free(&s->req);
+  pthread_mutex_destroy(&s->mu);
+  free(s);
+  if (srv->stopping && !srv->inflight) {
+    struct timeval tv = {0, 200000}; /* let the last replies flush */
+    event_base_loopexit(srv->base, &tv);
+  }
+}
+
+static int textbuf_add(struct textbuf *b, const char *p, size_t n) {
+  if (b->len + n + 1 > b->cap) {
+    size_t cap = b->cap ? b->cap * 2 : 256;
+    while (cap < b->len + n + 1)
+      cap *= 2;
+    char *np = realloc(b->p, cap);
+    if (!np) return -1;
+    b->p = np;
+    b->cap = cap;
+  }
+  memcpy(b->p + b->len, p, n);
+  b->len += n;
+  b->p[b->len] = 0;
+  return 0;
+}
+
+static void request_log(struct sreq *s, int status) {
+  struct server *srv = s->srv;
+  if (!srv->o->request_log) return;
+  /* user as a JSON string: no newline can forge a log line */
+  json_t *uj = s->req.user ? json_string(s->req.user) : NULL;
+  char *user = uj ? json_dumps(uj, JSON_ENCODE_ANY) : NULL;
+  json_decref(uj);
+  char fin[128] = "";
+  size_t off = 0;
+  for (int32_t i = 0; i < s->req.n && off + 10 < sizeof fin; i++)
+    off += (size_t)snprintf(fin + off, sizeof fin - off, "%s%s", i ? "," : "",
+                            s->finish[i] ? strata_finish_name(s->finish[i])
+                                         : "none");
+  fprintf(stderr,
+          "strata: serve: %s %s status=%d prompt_tokens=%d "
+          "completion_tokens=%d cached_tokens=%d "
+          "finish=%s time=%.3fs%s%s%s%s\n",
+          s->id, s->req.kind == STRATA_API_CHAT ? "chat" : "completion", status,
+          s->usage.prompt_tokens, s->usage.completion_tokens,
+          s->usage.cached_tokens, fin, strata_now() - s->t0,
+          user ? " user=" : "", user ? user : "",
+          s->req.metadata_text ? " metadata=" : "",
+          s->req.metadata_text ? s->req.metadata_text : "");
+  free(user);
+}
+
+static void finish_request(struct sreq *s) {
+  struct server *srv = s->srv;
+  int status = 200;
+  /* The answer is complete: a close from now on is the client's business. */
+  if (s->evcon) evhttp_connection_set_closecb(s->evcon, NULL, NULL);
+  s->evcon = NULL;
+  if (s->http && s->req.stream) {
+    if (s->lost) {
+      struct strata_api_error e;
+      strata_api_errorf(&e, 500, NULL, NULL, NULL,
+                        "out of memory: part of the answer was lost");
+      sse_send_json(s, strata_api_error_json(&e));
+      status = 500;
+    } else if (s->req.include_usage) {
+      sse_send_json(s,
+                    strata_api_usage_chunk_json(s->req.kind, s->id, s->created,
+                                                srv->model_name, &s->usage));
+    }
+    sse_send(s, "[DONE]");
+    evhttp_send_reply_end(s->http);
+  } else if (s->http) {
+    if (s->error || s->lost) {
+      status = 500;
+      reply_errorf(srv, s->http, 500, NULL, NULL, "%s",
+                   s->error ? s->error
+                            : "out of memory: part of the answer was lost");
+    } else {
+      struct strata_api_choice *ch = calloc((size_t)s->req.n, sizeof *ch);
+      if (ch) {
+        for (int32_t i = 0; i < s->req.n; i++) {
+          ch[i].text = s->text[i].p;
+          ch[i].text_len = s->text[i].len;
+          ch[i].finish = strata_finish_name(s->finish[i] ? s->finish[i]
+                                                         : STRATA_FINISH_ABORT);
+        }
+      }
+      char *json = ch ? strata_api_response_json(
+                            s->req.kind, s->id, s->created, srv->model_name, ch,
+                            (size_t)s->req.n, &s->usage, s->req.metadata)
+                      : NULL;
+      free(ch);
+      reply_json(srv, s->http, 200, json);
+    }
+  }
+  request_log(s, s->http ? status : 499);
+  sreq_free(s);
+}
+
+static void handle_qev(struct sreq *s, const struct qev *q) {
+  if (q->index < 0 || q->index >= s->req.n) return;
+  const char *finish =
+      q->finish != STRATA_FINISH_NONE ? strata_finish_name(q->finish) : NULL;
+  if (q->finish != STRATA_FINISH_NONE) s->finish[q->index] = q->finish;
+  if (q->finish == STRATA_FINISH_ERROR) {
+    if (!s->error)
+      s->error = q->len ? strata_strndup(q->text, q->len)
+                        : strata_strdup("the model step failed");
+    if (s->req.stream) {
+      struct strata_api_error e;
+      strata_api_errorf(&e, 500, NULL, NULL, NULL, "%.400s",
+                        q->len ? q->text : "the model step failed");
+      sse_send_json(s, strata_api_error_json(&e));
+    }
+    return;
+  }
+  if (s->req.stream) {
+    sse_send_json(s, strata_api_chunk_json(s->req.kind, s->id, s->created,
+                                           s->srv->model_name, q->index, 0,
+                                           q->text, q->len, finish,
+                                           s->req.include_usage));
+  } else if (q->len && textbuf_add(&s->text[q->index], q->text, q->len) != 0) {
+    s->lost = 1;
+  }
+}
+
+static void on_wake(evutil_socket_t fd, short what, void *arg) {
+  (void)fd;
+  (void)what;
+  struct sreq *s = arg;
+  pthread_mutex_lock(&s->mu);
+  struct qev *q = s->head;
+  s->head = s->tail = NULL;
+  int done = s->eng_done;
+  pthread_mutex_unlock(&s->mu);
+  while (q) {
+    struct qev *nx = q->next;
+    handle_qev(s, q);
+    free(q);
+    q = nx;
+  }
+  if (done) finish_request(s);
+}
+
+/* The client went away: cancel the engine request (its blocks come back at
+ * the engine's next step) and forget the connection. */
+static void client_gone(struct sreq *s) {
+  struct server *srv = s->srv;
+  srv->stats.client_disconnects++;
+  s->http = NULL;
+  s->evcon = NULL;
+  if (srv->o->request_log)
+    fprintf(stderr,
+            "strata: serve: %s client disconnected; request cancelled\n",
+            s->id);
+  sreq_free(s);
+}
+
+static void on_conn_close(struct evhttp_connection *evcon, void *arg) {
+  (void)evcon;
+  struct sreq *s = arg;
+  /* On EOF evhttp detaches a request the user has not finished from the
+   * dying connection and leaves it to the user to free. */
+  if (s->http && !evhttp_request_get_connection(s->http))
+    evhttp_request_free(s->http);
+  client_gone(s);
+}
+
+/* A running request's socket is checked with MSG_PEEK: evhttp does not read
+ * while a request is being answered, so it would only notice a vanished
+ * non-streaming client when writing the answer. */
+static void on_peek(evutil_socket_t fd, short what, void *arg) {
+  (void)fd;
+  (void)what;
+  struct server *srv = arg;
+  for (struct sreq *s = srv->inflight, *nx; s; s = nx) {
+    nx = s->next;
+    if (!s->evcon) continue;
+    struct bufferevent *bev = evhttp_connection_get_bufferevent(s->evcon);
+    evutil_socket_t sock = bev ? bufferevent_getfd(bev) : -1;
+    if (sock < 0) continue;
+    char c;
+    ssize_t n = recv(sock, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (n == 0 ||
+        (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
+      struct evhttp_connection *evcon = s->evcon;
+      evhttp_connection_set_closecb(evcon, NULL, NULL);
+      client_gone(s);
+      evhttp_connection_free(evcon); /* and the request still attached to it */
+    }
+  }
+}
+
+/* ---- completion endpoints
+ * ------------------------------------------------------ */
+
+static uint64_t fnv1a(const char *s) {
+  uint64_t h = 0xcbf29ce484222325ull;
+  for (; *s; s++)
+    h = (h ^ (unsigned char)*s) * 0x100000001b3ull;
+  return h ? h : 1;
+}
+
+static void handle_generate(struct server *srv, struct evhttp_request *http,
+                            enum strata_api_kind kind) {
+  struct strata_api_error e;
+  size_t len;
+  const char *body = body_of(http, &len);
+  struct sreq *s = calloc(1, sizeof *s);
+  if (!s) {
+    reply_errorf(srv, http, 500, NULL, NULL, "out of memory");
+    return;
+  }
+  struct strata_api_limits lim = {.max_metadata_bytes =
+                                      srv->o->max_metadata_bytes,
+                                  .n_vocab = srv->n_vocab};
+  if (strata_api_parse_request(kind, body, len, &lim, &s->req, &e) != 0) {
+    free(s);
+    reply_error(srv, http, &e);
+    return;
+  }
+  pthread_mutex_init(&s->mu, NULL);
+  s->srv = srv;
+  s->t0 = strata_now();
+  s->created = (int64_t)time(NULL);
+  snprintf(s->id, sizeof s->id, "%s-%016" PRIx64,
+           kind == STRATA_API_CHAT ? "chatcmpl" : "cmpl", srv->next_id++);
+  struct strata_api_request *r = &s->req;
+  int32_t *toks = NULL;
+  size_t n_toks = 0;
+  char err[512];
+  if (check_model(srv, r->model, &e) != 0) goto fail;
+  const char *prompt_param = kind == STRATA_API_CHAT ? "messages" : "prompt";
+  if (kind == STRATA_API_CHAT) {
+    if (chat_tokens(srv, r->messages, r->add_generation_prompt, &toks, &n_toks,
+                    &e) != 0)
+      goto fail;
+  } else if (r->prompt_ids) {
+    toks = r->prompt_ids;
+    n_toks = r->n_prompt_ids;
+    r->prompt_ids = NULL;
+  } else if (strata_tokenize(srv->rt->tok, r->prompt, r->prompt_len,
+                             r->add_special_tokens, 0, &toks, &n_toks, err,
+                             sizeof err) != 0) {
+    strata_api_errorf(&e, 400, NULL, NULL, "prompt", "%s", err);
+    goto fail;
+  }
+  if (n_toks == 0) {
+    strata_api_errorf(&e, 400, NULL, NULL, prompt_param,
+                      "the prompt is empty (and no BOS token is added)");
+    goto fail;
+  }
+  int64_t ctx = srv->ctx_len;
+  if ((int64_t)n_toks >= ctx) {
+    strata_api_errorf(&e, 400, NULL, "context_length_exceeded", prompt_param,
+                      "This model's maximum context length is %" PRId64
+                      " tokens. However, your prompt has "
+                      "%zu tokens, leaving no room for the completion.",
+                      ctx, n_toks);
+    goto fail;
+  }
+  int32_t max_tokens = r->max_tokens ? r->max_tokens
+                       : kind == STRATA_API_CHAT
+                           ? (int32_t)(ctx - (int64_t)n_toks)
+                           : 16;
+  if (!r->max_tokens && max_tokens > ctx - (int64_t)n_toks)
+    max_tokens = (int32_t)(ctx - (int64_t)n_toks);
+  if ((int64_t)n_toks + max_tokens > ctx) {
+    strata_api_errorf(&e, 400, NULL, "context_length_exceeded",
+                      kind == STRATA_API_CHAT &&
+                              !json_object_get(r->root, "max_tokens")
+                          ? "max_completion_tokens"
+                          : "max_tokens",
+                      "This model's maximum context length is %" PRId64
+                      " tokens. However, you requested %" PRId64
+                      " tokens (%zu in the %s, %d for the completion). Please "
+                      "reduce the length of the %s or "
+                      "the completion.",
+                      ctx, (int64_t)n_toks + max_tokens, n_toks, prompt_param,
+                      max_tokens, prompt_param);
+    goto fail;
+  }
+  if (r->echo) {
+    if (r->prompt) {
+      s->echo = strata_strndup(r->prompt, r->prompt_len);
+      s->echo_len = r->prompt_len;
+    } else {
+      s->echo =
+          strata_detokenize_len(srv->rt->tok, toks, n_toks, 0, 1, &s->echo_len);
+    }
+    if (!s->echo) {
+      strata_api_errorf(&e, 500, NULL, NULL, NULL, "out of memory");
+      goto fail;
+    }
+  }
+  s->text = calloc((size_t)r->n, sizeof *s->text);
+  s->finish = calloc((size_t)r->n, sizeof *s->finish);
+  s->wake = event_new(srv->base, -1, 0, on_wake, s);
+  if (!s->text || !s->finish || !s->wake) {
+    strata_api_errorf(&e, 500, NULL, NULL, NULL, "out of memory");
+    goto fail;
+  }
+  if (s->echo && !r->stream)
+    for (int32_t i = 0; i < r->n; i++)
+      if (textbuf_add(&s->text[i], s->echo, s->echo_len) != 0) {
+        strata_api_errorf(&e, 500, NULL, NULL, NULL, "out of memory");
+        goto fail;
+      }
+  uint64_t group = 0;
+  if (r->metadata) {
+    json_t *g = json_object_get(r->metadata, "group");
+    if (!g) g = json_object_get(r->metadata, "affinity");
+    if (json_is_string(g)) group = fnv1a(json_string_value(g));
+  }
+  struct strata_request_params p = {
+      .prompt = toks,
+      .n_prompt = (int32_t)n_toks,
+      .max_tokens = max_tokens,
+      .n = r->n,
+      .sampling = r->sampling,
+      .has_seed = r->has_seed,
+      .stop = r->stop,
+      .n_stop = r->n_stop,
+      .stop_token_ids = r->stop_token_ids,
+      .n_stop_token_ids = r->n_stop_token_ids,
+      .ignore_eos = r->ignore_eos,
+      .priority = r->priority,
+      .cache_salt = r->cache_salt,
+      .group = group,
+  };
+  /* Linked in before submit: the engine may call back at once (the wake
+   * event then runs once this handler has returned). */
+  s->next = srv->inflight;
+  if (srv->inflight) srv->inflight->prev = s;
+  srv->inflight = s;
+  int rc = strata_engine_submit(srv->eng, &p, on_engine_event, s, &s->h, err,
+                                sizeof err);
+  free(toks);
+  toks = NULL;
+  if (rc != 0) {
+    if (rc == STRATA_ENGINE_EFULL) {
+      srv->stats.rejected_full++;
+      strata_api_errorf(&e, 429, NULL, "queue_full", NULL,
+                        "the server is busy (%s); retry later", err);
+    } else if (rc == STRATA_ENGINE_ESTOP) {
+      strata_api_errorf(&e, 503, NULL, NULL, NULL,
+                        "the engine is stopping (%s)", err);
+    } else {
+      strata_api_errorf(&e, 400, NULL, NULL, NULL, "%s", err);
+    }
+    s->h = NULL;
+    reply_error(srv, http, &e);
+    sreq_free(s);
+    return;
+  }
+  srv->stats.open_requests++;
+  s->http = http;
+  s->evcon = evhttp_request_get_connection(http);
+  if (s->evcon) evhttp_connection_set_closecb(s->evcon, on_conn_close, s);
+  if (r->stream) {
+    struct evkeyvalq *h = evhttp_request_get_output_headers(http);
+    evhttp_add_header(h, "Content-Type", "text/event-stream");
+    evhttp_add_header(h, "Cache-Control", "no-cache");
+    evhttp_add_header(h, "X-Request-Id", s->id);
+    count_status(srv, 200);
+    evhttp_send_reply_start(http, 200, "OK");
+    for (int32_t i = 0; i < r->n; i++) {
+      if (kind == STRATA_API_CHAT)
+        sse_send_json(s, strata_api_chunk_json(kind, s->id, s->created,
+                                               srv->model_name, i, 1, NULL, 0,
+                                               NULL, r->include_usage));
+      if (s->echo)
+        sse_send_json(s, strata_api_chunk_json(
+                             kind, s->id, s->created, srv->model_name, i, 0,
+                             s->echo, s->echo_len, NULL, r->include_usage));
+    }
+  } else {
+    evhttp_add_header(evhttp_request_get_output_headers(http), "X-Request-Id",
+                      s->id);
+  }
+  return;
+fail:
+  free(toks);
+  reply_error(srv, http, &e);
+  strata_api_request_free(&s->req);
+  free(s->text);
+  free(s->finish);
+  free(s->echo);
+  if (s->wake) event_free(s->wake);
+  pthread_mutex_destroy(&s->mu);
+  free(s);
+}
+
+/* ---- other endpoints
+ * --------------------------------------------------------------- */
+
+static void handle_tokenize(struct server *srv, struct evhttp_request *http) {
+  struct strata_api_error e;
+  struct strata_api_tokenize t;
+  size_t len;
+  const char *body = body_of(http, &len);
+  if (strata_api_parse_tokenize(body, len, &t, &e) != 0) {
+    reply_error(srv, http, &e);
+    return;
+  }
+  int32_t *toks = NULL;
+  size_t n = 0;
+  char err[512];
+  if (check_model(srv, t.model, &e) != 0) goto fail;
+  if (t.messages) {
+    if (chat_tokens(srv, t.messages, t.add_generation_prompt, &toks, &n, &e) !=
+        0)
+      goto fail;
+  } else if (strata_tokenize(srv->rt->tok, t.prompt, t.prompt_len,
+                             t.add_special_tokens, 0, &toks, &n, err,
+                             sizeof err) != 0) {
+    strata_api_errorf(&e, 400, NULL, NULL, "prompt", "%s", err);
+    goto fail;
+  }
+  json_t *arr = json_array();
+  for (size_t i = 0; arr && i < n; i++)
+    json_array_append_new(arr, json_integer(toks[i]));
+  json_t *o = arr ? json_pack("{s:I,s:i,s:o}", "count", (json_int_t)n,
+                              "max_model_len", (int)srv->ctx_len, "tokens", arr)
+                  : NULL;
+  reply_json(srv, http, 200,
+             o ? json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL);
+  json_decref(o);
+  free(toks);
+  strata_api_tokenize_free(&t);
+  return;
+fail:
+  free(toks);
+  strata_api_tokenize_free(&t);
+  reply_error(srv, http, &e);
+}
+
+static void handle_detokenize(struct server *srv, struct evhttp_request *http) {
+  struct strata_api_error e;
+  struct strata_api_detokenize d;
+  size_t len;
+  const char *body = body_of(http, &len);
+  if (strata_api_parse_detokenize(body, len, srv->n_vocab, &d, &e) != 0) {
+    reply_error(srv, http, &e);
+    return;
+  }
+  if (check_model(srv, d.model, &e) != 0) {
+    strata_api_detokenize_free(&d);
+    reply_error(srv, http, &e);
+    return;
+  }
+  size_t tlen = 0;
+  char *text =
+      strata_detokenize_len(srv->rt->tok, d.tokens, d.n_tokens, 0, 1, &tlen);
+  json_t *o =
+      text ? json_pack("{s:o}", "prompt", strata_api_string(text, tlen)) : NULL;
+  reply_json(srv, http, 200, o ? json_dumps(o, JSON_COMPACT) : NULL);
+  json_decref(o);
+  free(text);
+  strata_api_detokenize_free(&d);
+}
+
+static json_t *model_card(struct server *srv) {
+  return json_pack("{s:s,s:s,s:I,s:s,s:s,s:n,s:i}", "id", srv->model_name,
+                   "object", "model", "created", (json_int_t)srv->started,
+                   "owned_by", "strata", "root", srv->rt->model_path, "parent",
+                   "max_model_len", (int)srv->ctx_len);
+}
+
+static void handle_models(struct server *srv, struct evhttp_request *http) {
+  json_t *o =
+      json_pack("{s:s,s:[o]}", "object", "list", "data", model_card(srv));
+  reply_json(srv, http, 200,
+             o ? json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL);
+  json_decref(o);
+}
+
+static void handle_model(struct server *srv, struct evhttp_request *http,
+                         const char *id) {
+  if (strcmp(id, srv->model_name) != 0) {
+    reply_errorf(srv, http, 404, "model_not_found", "model",
+                 "The model '%.200s' does not exist", id);
+    return;
+  }
+  json_t *o = model_card(srv);
+  reply_json(srv, http, 200,
+             o ? json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL);
+  json_decref(o);
+}
+
+static void handle_metrics(struct server *srv, struct evhttp_request *http) {
+  struct strata_engine_metrics m;
+  memset(&m, 0, sizeof m);
+  strata_engine_get_metrics(srv->eng, &m);
+  char *text = strata_api_metrics_text(&m, srv->model_name, &srv->stats);
+  if (!text) {
+    reply_errorf(srv, http, 500, NULL, NULL, "out of memory");
+    return;
+  }
+  reply_body(srv, http, 200, "text/plain; version=0.0.4; charset=utf-8", text,
+             strlen(text));
+  free(text);
+}
+
+static void handle_health(struct server *srv, struct evhttp_request *http) {
+  if (srv->stopping) {
+    reply_errorf(srv, http, 503, NULL, NULL, "the server is stopping");
+    return;
+  }
+  reply_body(srv, http, 200, "application/json", "{}", 2);
+}
+
+static void handle_version(struct server *srv, struct evhttp_request *http) {
+  char buf[128];
+  snprintf(buf, sizeof buf, "{\"version\":\"%s\"}", PACKAGE_VERSION);
+  reply_body(srv, http, 200, "application/json", buf, strlen(buf));
+}
+
+/* ---- routing
+ * ----------------------------------------------------------------------- */
+
+enum route {
+  R_HEALTH,
+  R_METRICS,
+  R_VERSION,
+  R_MODELS,
+  R_MODEL,
+  R_COMPLETIONS,
+  R_CHAT,
+  R_TOKENIZE,
+  R_DETOKENIZE,
+};
+
+static const struct {
+  const char *path;
+  enum evhttp_cmd_type method;
+  enum route route;
+  int auth; /* needs the API key */
+} routes[] = {
+    {"/health", EVHTTP_REQ_GET, R_HEALTH, 0},
+    {"/metrics", EVHTTP_REQ_GET, R_METRICS, 0},
+    {"/version", EVHTTP_REQ_GET, R_VERSION, 0},
+    {"/v1/models", EVHTTP_REQ_GET, R_MODELS, 1},
+    {"/v1/completions", EVHTTP_REQ_POST, R_COMPLETIONS, 1},
+    {"/v1/chat/completions", EVHTTP_REQ_POST, R_CHAT, 1},
+    {"/tokenize", EVHTTP_REQ_POST, R_TOKENIZE, 1},
+    {"/detokenize", EVHTTP_REQ_POST, R_DETOKENIZE, 1},
+};
+
+static int auth_ok(struct server *srv, struct evhttp_request *http) {
+  if (!srv->api_key_header) return 1;
+  const char *h = evhttp_find_header(evhttp_request_get_input_headers(http),
+                                     "Authorization");
+  if (!h) return 0;
+  size_t a = strlen(h), b = strlen(srv->api_key_header);
+  unsigned diff = a != b;
+  /* constant time over the expected length */
+  for (size_t i = 0; i < b; i++)
+    diff |= (unsigned)(unsigned char)(i < a ? h[i] : 0) ^
+            (unsigned char)srv->api_key_header[i];
+  return diff == 0;
+}
+
+static void on_request(struct evhttp_request *http, void *arg) {
+  struct server *srv = arg;
+  const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(http);
+  const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
+  if (!path || !*path) path = "/";
+  enum evhttp_cmd_type method = evhttp_request_get_command(http);
+  int found = -1, path_known = 0;
+  const char *model_id = NULL;
+  for (size_t i = 0; i < STRATA_ARRAY_LEN(routes); i++)
+    if (strcmp(path, routes[i].path) == 0) {
+      path_known = 1;
+      if (method == routes[i].method) found = (int)i;
+    }
+  if (strncmp(path, "/v1/models/", 11) == 0 && path[11]) {
+    path_known = 1;
+    if (method == EVHTTP_REQ_GET) {
+      found = -2;
+      model_id = path + 11;
+    }
+  }
+  if (found == -1) {
+    if (path_known) {
+      int post = 0;
+      for (size_t i = 0; i < STRATA_ARRAY_LEN(routes); i++)
+        if (strcmp(path, routes[i].path) == 0)
+          post = routes[i].method == EVHTTP_REQ_POST;
+      evhttp_add_header(evhttp_request_get_output_headers(http), "Allow",
+                        post ? "POST" : "GET");
+      reply_errorf(srv, http, 405, "method_not_allowed", NULL,
+                   "method not allowed for %.200s", path);
+    } else {
+      reply_errorf(srv, http, 404, "not_found", NULL,
+                   "no such endpoint: %.200s", path);
+    }
+    return;
+  }
+  enum route route = found == -2 ? R_MODEL : routes[found].route;
+  int needs_auth = found == -2 ? 1 : routes[found].auth;
+  if (needs_auth && !auth_ok(srv, http)) {
+    reply_errorf(srv, http, 401, "invalid_api_key", NULL,
+                 "missing or wrong API key: send the header 'Authorization: "
+                 "Bearer <key>'");
+    return;
+  }
+  if (srv->stopping && (route == R_COMPLETIONS || route == R_CHAT)) {
+    reply_errorf(srv, http, 503, NULL, NULL, "the server is stopping");
+    return;
+  }
+  switch (route) {
+  case R_HEALTH:
+    handle_health(srv, http);
+    break;
+  case R_METRICS:
+    handle_metrics(srv, http);
+    break;
+  case R_VERSION:
+    handle_version(srv, http);
+    break;
+  case R_MODELS:
+    handle_models(srv, http);
+    break;
+  case R_MODEL:
+    handle_model(srv, http, model_id);
+    break;
+  case R_COMPLETIONS:
+    handle_generate(srv, http, STRATA_API_COMPLETIONS);
+    break;
+  case R_CHAT:
+    handle_generate(srv, http, STRATA_API_CHAT);
+    break;
+  case R_TOKENIZE:
+    handle_tokenize(srv, http);
+    break;
+  case R_DETOKENIZE:
+    handle_detokenize(srv, http);
+    break;
+  }
+}
+
+/* ---- start and stop
+ * ------------------------------------------------------------------- */
+
+static void cancel_all(struct server *srv) {
+  for (struct sreq *s = srv->inflight; s; s = s->next)
+    if (s->h) strata_engine_cancel(s->h);
+}
+
+static void on_grace(evutil_socket_t fd, short what, void *arg) {
+  (void)fd;
+  (void)what;
+  struct server *srv = arg;
+  fprintf(
+      stderr,
+      "strata: serve: grace period over; cancelling the running requests\n");
+  cancel_all(srv);
+}
+
+static void on_signal(evutil_socket_t sig, short what, void *arg) {
+  (void)what;
+  struct server *srv = arg;
+  if (srv->stopping) {
+    fprintf(stderr,
+            "strata: serve: second signal; cancelling the running requests\n");
+    cancel_all(srv);
+    return;
+  }
+  srv->stopping = 1;
+  fprintf(stderr, "strata: serve: %s: stopping (no new requests)\n",
+          sig == SIGINT ? "SIGINT" : "SIGTERM");
+  if (srv->bound) {
+    evhttp_del_accept_socket(srv->http, srv->bound);
+    srv->bound = NULL;
+  }
+  if (!srv->inflight) {
+    struct timeval tv = {0, 50000};
+    event_base_loopexit(srv->base, &tv);
+    return;
+  }
+  struct timeval tv = {GRACE_SECONDS, 0};
+  evtimer_add(srv->grace, &tv);
+}
+
+static char *default_model_name(const char *path) {
+  const char *b = strrchr(path, '/');
+  b = b ? b + 1 : path;
+  const char *dot = strrchr(b, '.');
+  size_t n = dot && dot != b ? (size_t)(dot - b) : strlen(b);
+  return strata_strndup(b, n);
+}
+
+static int listen_on(struct server *srv, const char *host, int port) {
+  errno = 0;
+  srv->bound =
+      evhttp_bind_socket_with_handle(srv->http, host, (ev_uint16_t)port);
+  if (!srv->bound) {
+    fprintf(stderr, "strata: serve: cannot listen on %s port %d: %s\n", host,
+            port, errno ? strerror(errno) : "not a usable address");
+    return -1;
+  }
+  struct sockaddr_storage ss;
+  socklen_t sl = sizeof ss;
+  evutil_socket_t fd = evhttp_bound_socket_get_fd(srv->bound);
+  int real = port;
+  if (getsockname(fd, (struct sockaddr *)&ss, &sl) == 0) {
+    if (ss.ss_family == AF_INET)
+      real = ntohs(((struct sockaddr_in *)&ss)->sin_port);
+    else if (ss.ss_family == AF_INET6)
+      real = ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+  }
+  int v6 = strchr(host, ':') != NULL;
+  fprintf(stderr, "listening on http://%s%s%s:%d\n", v6 ? "[" : "", host,
+          v6 ? "]" : "", real);
+  fflush(stderr);
+  return 0;
+}
+
+int strata_server_run(struct strata_runtime *rt, strata_engine_t *eng,
+                      const struct strata_server_opts *o) {
+  struct server srv;
+  memset(&srv, 0, sizeof srv);
+  srv.rt = rt;
+  srv.eng = eng;
+  srv.o = o;
+  srv.started = (int64_t)time(NULL);
+  srv.ctx_len = strata_engine_context_length(eng);
+  srv.n_vocab = strata_tokenizer_n_vocab(rt->tok);
+  {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    srv.next_id = ((uint64_t)ts.tv_sec << 20) ^
+                  (uint64_t)ts.tv_nsec; /* ids unique across restarts */
+  }
+  int rc = 1;
+  srv.model_name = o->served_model_name && *o->served_model_name
+                       ? strata_strdup(o->served_model_name)
+                       : default_model_name(rt->model_path);
+  if (o->api_key && *o->api_key) {
+    size_t n = strlen(o->api_key) + 8;
+    srv.api_key_header = malloc(n);
+    if (srv.api_key_header)
+      snprintf(srv.api_key_header, n, "Bearer %s", o->api_key);
+  }
+  if (!srv.model_name || (o->api_key && *o->api_key && !srv.api_key_header)) {
+    fprintf(stderr, "strata: serve: out of memory\n");
+    goto out;
+  }
+  const char *tmpl_text = NULL;
+  size_t tmpl_len = 0;
+  if (strata_gguf_get_string(rt->model->gguf, "tokenizer.chat_template",
+                             &tmpl_text, &tmpl_len) != 0) {
+    tmpl_text = NULL;
+    tmpl_len = 0;
+  }
+  char err[512];
+  if (strata_chat_template_resolve(o->chat_template, tmpl_text, tmpl_len,
+                                   &srv.tmpl, err, sizeof err) != 0) {
+    fprintf(stderr, "strata: serve: server.chat_template: %s\n", err);
+    goto out;
+  }
+  srv.have_tmpl = 1;
+  if (srv.tmpl.fallback)
+    strata_log(STRATA_LOG_WARN, "serve",
+               "the model has no chat template of a known family; chat uses "
+               "the plain format");
+  else
+    strata_log(STRATA_LOG_INFO, "serve", "chat template: %s%s",
+               strata_chat_template_name(&srv.tmpl),
+               srv.tmpl.approximate ? " (approximate)" : "");
+  int32_t bos = strata_tokenizer_bos(rt->tok),
+          eos = strata_tokenizer_eos(rt->tok);
+  srv.bos_text = bos >= 0 ? strata_tokenizer_token_text(rt->tok, bos) : NULL;
+  srv.eos_text = eos >= 0 ? strata_tokenizer_token_text(rt->tok, eos) : NULL;
+
+  if (evthread_use_pthreads() != 0) {
+    fprintf(stderr, "strata: serve: libevent has no pthreads support\n");
+    goto out;
+  }
+  srv.base = event_base_new();
+  srv.http = srv.base ? evhttp_new(srv.base) : NULL;
+  if (!srv.http) {
+    fprintf(stderr, "strata: serve: cannot create the event loop\n");
+    goto out;
+  }
+  evhttp_set_max_body_size(srv.http, (ev_ssize_t)o->max_body_bytes);
+  evhttp_set_max_headers_size(srv.http, 64 * 1024);
+  evhttp_set_timeout(srv.http, 60);
+  evhttp_set_allowed_methods(
+      srv.http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD |
+                    EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE | EVHTTP_REQ_OPTIONS |
+                    EVHTTP_REQ_PATCH);
+  evhttp_set_gencb(srv.http, on_request, &srv);
+  srv.sig_int = evsignal_new(srv.base, SIGINT, on_signal, &srv);
+  srv.sig_term = evsignal_new(srv.base, SIGTERM, on_signal, &srv);
+  srv.grace = evtimer_new(srv.base, on_grace, &srv);
+  srv.peek = event_new(srv.base, -1, EV_PERSIST, on_peek, &srv);
+  if (!srv.sig_int || !srv.sig_term || !srv.grace || !srv.peek) {
+    fprintf(stderr, "strata: serve: cannot create events\n");
+    goto out;
+  }
+  event_add(srv.sig_int, NULL);
+  event_add(srv.sig_term, NULL);
+  struct timeval pt = {0, PEEK_MS * 1000};
+  event_add(srv.peek, &pt);
+  signal(SIGPIPE, SIG_IGN);
+  if (listen_on(&srv, o->host, o->port) != 0) goto out;
+  event_base_dispatch(srv.base);
+  rc = 0;
+out:
+  /* Requests still held (a second signal during the grace period) are
+   * released: release cancels, and the engine frees their blocks. */
+  while (srv.inflight) {
+    struct sreq *s = srv.inflight;
+    srv.stopping = 0; /* no loopexit from sreq_free */
+    s->http = NULL;
+    if (s->evcon) evhttp_connection_set_closecb(s->evcon, NULL, NULL);
+    s->evcon = NULL;
+    sreq_free(s);
+  }
+  if (srv.sig_int) event_free(srv.sig_int);
+  if (srv.sig_term) event_free(srv.sig_term);
+  if (srv.grace) event_free(srv.grace);
+  if (srv.peek) event_free(srv.peek);
+  if (srv.http) evhttp_free(srv.http);
+  if (srv.base) event_base_free(srv.base);
+  if (srv.have_tmpl) strata_chat_template_free(&srv.tmpl);
+  free(srv.model_name);
+  free(srv.api_key_header);
+  return rc;
+}

@@ -1,0 +1,149 @@
+#!/usr/bin/env node
+// Load generator for `strata serve` (or any OpenAI-compatible server).
+//
+// Streams completions from N concurrent clients and prints requests/s,
+// output tokens/s, and percentiles of time to first token (TTFT),
+// inter-token latency (ITL) and end-to-end latency. With --prefix-test it
+// measures instead how much a shared prompt prefix cuts TTFT: one request
+// with a fresh prefix of P tokens, then one sharing that prefix.
+//
+// Node 18+ (global fetch), no packages. Usage:
+//   node tests/bench/loadgen.mjs --url http://127.0.0.1:8000 [--clients 16]
+//        [--requests 64] [--prompt-tokens 64] [--max-tokens 64] [--model NAME]
+//   node tests/bench/loadgen.mjs --url ... --prefix-test [--prefix-tokens 1024]
+//
+// Each client sends its requests one after another; --requests is the total.
+// Output tokens are counted from the server's usage (stream_options.
+// include_usage), not from chunks. ignore_eos keeps every answer at
+// max_tokens, so runs are comparable.
+
+const args = { url: 'http://127.0.0.1:8000', clients: 1, requests: 0, promptTokens: 64,
+               maxTokens: 64, model: '', prefixTest: false, prefixTokens: 1024, seed: 1 };
+for (let i = 2; i < process.argv.length; i++) {
+  const a = process.argv[i], v = process.argv[i + 1];
+  const num = () => { i++; const n = Number(v); if (!Number.isFinite(n) || n < 0) die(`${a}: not a number: ${v}`); return n; };
+  switch (a) {
+    case '--url': args.url = v; i++; break;
+    case '--clients': args.clients = num(); break;
+    case '--requests': args.requests = num(); break;
+    case '--prompt-tokens': args.promptTokens = num(); break;
+    case '--max-tokens': args.maxTokens = num(); break;
+    case '--model': args.model = v; i++; break;
+    case '--prefix-test': args.prefixTest = true; break;
+    case '--prefix-tokens': args.prefixTokens = num(); break;
+    case '--seed': args.seed = num(); break;
+    default: die(`unknown option ${a}`);
+  }
+}
+if (!args.requests) args.requests = args.clients * 4;
+
+function die(msg) { console.error(`loadgen: ${msg}`); process.exit(2); }
+
+// Deterministic pseudo-random words, so prompts differ per request but runs
+// repeat.
+let rng = args.seed >>> 0 || 1;
+function rand() { rng ^= rng << 13; rng >>>= 0; rng ^= rng >>> 17; rng ^= rng << 5; rng >>>= 0; return rng; }
+const WORDS = ('the a little girl boy dog cat sun tree park ball happy sad big small red blue ' +
+               'played ran saw found wanted said went looked friend mom dad day night house ' +
+               'garden bird fish toy box car water sky flower').split(' ');
+function words(n) { const w = []; for (let i = 0; i < n; i++) w.push(WORDS[rand() % WORDS.length]); return w.join(' '); }
+
+async function post(path, body) {
+  const r = await fetch(args.url + path, { method: 'POST', headers: { 'content-type': 'application/json' },
+                                          body: JSON.stringify(body) });
+  if (!r.ok) throw new Error(`${path}: HTTP ${r.status}: ${await r.text()}`);
+  return r;
+}
+
+async function countTokens(text) {
+  const r = await post('/tokenize', { model: args.model || undefined, prompt: text });
+  return (await r.json()).count;
+}
+
+// A text of about n tokens (checked with /tokenize, never fewer).
+async function textOfTokens(n) {
+  let w = Math.max(1, Math.floor(n / 1.3)), text = words(w);
+  for (let k = 0; k < 20; k++) {
+    const c = await countTokens(text);
+    if (c >= n) return text;
+    text += ' ' + words(Math.max(1, Math.ceil((n - c) / 1.3)));
+  }
+  return text;
+}
+
+// One streamed completion: returns { ttft, itls[], e2e, outTokens }.
+async function streamOne(prompt) {
+  const t0 = performance.now();
+  const r = await post('/v1/completions', {
+    model: args.model || undefined, prompt, max_tokens: args.maxTokens, temperature: 0,
+    ignore_eos: true, stream: true, stream_options: { include_usage: true } });
+  const dec = new TextDecoder();
+  let buf = '', ttft = -1, last = 0, outTokens = 0;
+  const itls = [];
+  for await (const chunk of r.body) {
+    buf += dec.decode(chunk, { stream: true });
+    let k;
+    while ((k = buf.indexOf('\n\n')) >= 0) {
+      const ev = buf.slice(0, k); buf = buf.slice(k + 2);
+      if (!ev.startsWith('data: ')) continue;
+      const data = ev.slice(6);
+      if (data === '[DONE]') continue;
+      const j = JSON.parse(data);
+      if (j.usage) outTokens = j.usage.completion_tokens;
+      if (j.choices && j.choices.length && j.choices[0].text) {
+        const t = performance.now();
+        if (ttft < 0) ttft = t - t0; else itls.push(t - last);
+        last = t;
+      }
+    }
+  }
+  return { ttft: ttft / 1e3, itls: itls.map(x => x / 1e3), e2e: (performance.now() - t0) / 1e3, outTokens };
+}
+
+function pct(v, p) {
+  if (!v.length) return NaN;
+  const s = [...v].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.floor(p / 100 * s.length))];
+}
+const ms = x => `${(x * 1e3).toFixed(1)} ms`;
+function summary(name, v) {
+  console.log(`${name.padEnd(6)} p50 ${ms(pct(v, 50))}  p90 ${ms(pct(v, 90))}  p99 ${ms(pct(v, 99))}  (${v.length} samples)`);
+}
+
+async function prefixTest() {
+  const prefix = await textOfTokens(args.prefixTokens);
+  const n = await countTokens(prefix);
+  // Warm the server's code paths on an unrelated prompt first.
+  await streamOne(words(16));
+  const a = await streamOne(prefix + ' ' + words(8));
+  const b = await streamOne(prefix + ' ' + words(8));
+  console.log(`prefix: ${n} tokens shared`);
+  console.log(`first request  TTFT ${ms(a.ttft)}`);
+  console.log(`second request TTFT ${ms(b.ttft)} (${(100 * b.ttft / a.ttft).toFixed(1)}% of the first)`);
+}
+
+async function load() {
+  const prompts = [];
+  for (let i = 0; i < Math.min(args.requests, 64); i++) prompts.push(await textOfTokens(args.promptTokens));
+  let next = 0;
+  const res = [];
+  const t0 = performance.now();
+  async function client() {
+    for (;;) {
+      const i = next++;
+      if (i >= args.requests) return;
+      res.push(await streamOne(prompts[i % prompts.length]));
+    }
+  }
+  await Promise.all(Array.from({ length: args.clients }, client));
+  const dt = (performance.now() - t0) / 1e3;
+  const out = res.reduce((s, r) => s + r.outTokens, 0);
+  console.log(`clients ${args.clients}, requests ${res.length}, prompt ~${args.promptTokens} tokens, ` +
+              `max_tokens ${args.maxTokens}, ${dt.toFixed(2)} s`);
+  console.log(`throughput: ${(res.length / dt).toFixed(2)} requests/s, ${(out / dt).toFixed(1)} output tokens/s`);
+  summary('TTFT', res.map(r => r.ttft));
+  summary('ITL', res.flatMap(r => r.itls));
+  summary('E2E', res.map(r => r.e2e));
+}
+
+(args.prefixTest ? prefixTest() : load()).catch(e => die(e.message));

@@ -1,0 +1,397 @@
+#!/usr/bin/env bash
+# strata serve end to end: starts the real server on a free loopback port
+# with the stories260K model from ../shared and drives it with curl (jq reads
+# the JSON): both endpoints streamed and not, greedy equality with `strata
+# generate`, 32 concurrent requests equal to their solo answers, a client
+# disconnecting mid-stream (its KV blocks come back), malformed and hostile
+# requests, auth, queue limits, /tokenize, /metrics, and a graceful SIGTERM.
+set -u
+B=${STRATA_BUILDDIR:?}
+SH=${STRATA_SHARED:-}
+STRATA="$B/strata"
+MODEL="$SH/models/stories260K.gguf"
+if [ -z "$SH" ] || [ ! -f "$MODEL" ]; then
+  echo "shared dir missing (no $MODEL): skipping the server tests"
+  exit 77
+fi
+for t in curl jq; do
+  if ! command -v "$t" >/dev/null 2>&1; then
+    echo "$t is missing (scripts/install-deps.sh installs it): skipping the server tests"
+    exit 77
+  fi
+done
+T=$(mktemp -d)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
+  wait 2>/dev/null
+  rm -rf "$T"
+}
+trap cleanup EXIT
+pass=0
+fail=0
+ok() { pass=$((pass + 1)); }
+bad() {
+  fail=$((fail + 1))
+  echo "FAIL: $*"
+}
+jqe() { jq -e "$@" >/dev/null 2>&1; }
+check() { # check NAME COND...
+  local name=$1
+  shift
+  if "$@"; then ok; else bad "$name"; fi
+}
+
+# start_server NAME CONFIG [ENV=VAL...]: sets URL_<NAME> and PID_<NAME>
+start_server() {
+  local name=$1 conf=$2
+  shift 2
+  env "$@" "$STRATA" serve --config "$conf" --port 0 --threads 1 >"$T/$name.out" 2>"$T/$name.err" &
+  local pid=$!
+  PIDS+=("$pid")
+  local i
+  for i in $(seq 1 600); do
+    grep -q '^listening on http://' "$T/$name.err" && break
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  local url
+  url=$(sed -n 's/^listening on \(http:[^ ]*\)$/\1/p' "$T/$name.err" | head -1)
+  if [ -z "$url" ]; then
+    echo "FAIL: server $name did not start:"
+    cat "$T/$name.err"
+    exit 1
+  fi
+  eval "URL_$name=\$url; PID_$name=\$pid"
+}
+
+cat >"$T/main.conf" <<EOF
+engine: { model = "$MODEL"; };
+server: { host = "127.0.0.1"; port = 8000; max_metadata_bytes = 256; };
+EOF
+start_server main "$T/main.conf"
+U=$URL_main
+
+# post PATH BODY: prints the body, status in $T/status
+post() {
+  curl -s -o "$T/body" -w '%{http_code}' -H 'Content-Type: application/json' --data-binary "$2" "$U$1" >"$T/status"
+  cat "$T/body"
+}
+status() { cat "$T/status"; }
+# expect_error NAME STATUS PATH BODY [PARAM]: the status and the OpenAI error shape
+expect_error() {
+  local name=$1 want=$2 path=$3 body=$4 param=${5:-}
+  post "$path" "$body" >/dev/null
+  if [ "$(status)" != "$want" ]; then
+    bad "$name: status $(status), want $want: $(head -c 300 "$T/body")"
+    return
+  fi
+  if ! jq -e '(.error | type == "object") and (.error.message | type == "string") and (.error.type | type == "string")
+              and (.error | has("param")) and (.error | has("code"))' "$T/body" >/dev/null 2>&1; then
+    bad "$name: not an OpenAI error body: $(head -c 300 "$T/body")"
+    return
+  fi
+  if [ -n "$param" ] && [ "$(jq -r .error.param "$T/body")" != "$param" ]; then
+    bad "$name: param $(jq -r .error.param "$T/body"), want $param"
+    return
+  fi
+  ok
+}
+
+# ---- basics ---------------------------------------------------------------------
+"$STRATA" serve --config "$T/main.conf" --port "${U##*:}" >/dev/null 2>"$T/inuse.err"
+check "port in use exits 1" test $? -eq 1
+check "port in use message" grep -q "cannot listen on 127.0.0.1 port ${U##*:}: Address already in use" "$T/inuse.err"
+"$STRATA" serve --port 70000 >/dev/null 2>"$T/usage.err"
+check "bad --port exits 2" test $? -eq 2
+check "bad --port one line" test "$(wc -l <"$T/usage.err")" -eq 1
+check "health" test "$(curl -s -o /dev/null -w '%{http_code}' "$U/health")" = 200
+curl -s "$U/v1/models" >"$T/models"
+check "models id" test "$(jq -r '.data[0].id' "$T/models")" = stories260K
+check "models max_model_len" test "$(jq -r '.data[0].max_model_len' "$T/models")" = 512
+check "model card" test "$(curl -s "$U/v1/models/stories260K" | jq -r .id)" = stories260K
+
+# ---- greedy completions equal strata generate ------------------------------------
+for p in "Once upon a time" "Lily and Ben" "The sun"; do
+  for n in 1 20 60; do
+    want=$("$STRATA" generate --model "$MODEL" --prompt "$p" -n "$n" --temperature 0 2>/dev/null)
+    got=$(post /v1/completions "$(jq -nc --arg p "$p" --argjson n "$n" '{prompt: $p, max_tokens: $n, temperature: 0}')" | jq -r '.choices[0].text')
+    if [ "$got" = "$want" ]; then ok; else bad "greedy '$p' -n $n: server '$got', generate '$want'"; fi
+  done
+done
+
+# ---- non-streaming shapes ---------------------------------------------------------
+post /v1/completions '{"prompt":"Once upon a time","max_tokens":20,"temperature":0,"metadata":{"team":"qa","run":"7"}}' >"$T/c1"
+check "completion 200" test "$(status)" = 200
+check "completion object" test "$(jq -r .object "$T/c1")" = text_completion
+check "completion finish length" test "$(jq -r '.choices[0].finish_reason' "$T/c1")" = length
+check "completion usage" test "$(jq -c '[.usage.prompt_tokens, .usage.completion_tokens, .usage.total_tokens]' "$T/c1")" = "[5,20,25]"
+check "completion metadata echoed" test "$(jq -r .metadata.team "$T/c1")" = qa
+check "request log has metadata" grep -q 'metadata={"team":"qa","run":"7"}' "$T/main.err"
+GREEDY20=$(jq -r '.choices[0].text' "$T/c1")
+
+post /v1/completions '{"prompt":[1,403,407,261,378],"max_tokens":20,"temperature":0}' >"$T/c2"
+check "token-id prompt" test "$(jq -r '.choices[0].text' "$T/c2")" = "$GREEDY20"
+
+post /v1/completions '{"prompt":"Once upon a time","max_tokens":20,"temperature":0,"stop":["Lily"]}' >"$T/c3"
+check "stop string cut" test "$(jq -r '.choices[0].text' "$T/c3")" = "${GREEDY20%%Lily*}"
+check "stop finish" test "$(jq -r '.choices[0].finish_reason' "$T/c3")" = stop
+
+post /v1/completions '{"prompt":"Once upon a time","max_tokens":5,"temperature":0,"echo":true}' >"$T/c4"
+check "echo" test "$(jq -r '.choices[0].text' "$T/c4")" = "Once upon a time${GREEDY20:0:5}" -o "$(jq -r '.choices[0].text' "$T/c4" | head -c 16)" = "Once upon a time"
+
+post /v1/completions '{"prompt":"Lily","max_tokens":16,"n":3,"temperature":1,"seed":11}' >"$T/c5"
+check "n=3 choices" test "$(jq '.choices | length' "$T/c5")" = 3
+check "n=3 indexes" test "$(jq -c '[.choices[].index]' "$T/c5")" = "[0,1,2]"
+post /v1/completions '{"prompt":"Lily","max_tokens":16,"n":3,"temperature":1,"seed":11}' >"$T/c5b"
+check "seeded n=3 reproducible" test "$(jq -c '[.choices[].text]' "$T/c5")" = "$(jq -c '[.choices[].text]' "$T/c5b")"
+
+post /v1/chat/completions '{"messages":[{"role":"system","content":"You tell stories."},{"role":"user","content":"Tell me about Lily."}],"max_tokens":24,"temperature":0}' >"$T/chat1"
+check "chat 200" test "$(status)" = 200
+check "chat object" test "$(jq -r .object "$T/chat1")" = chat.completion
+check "chat role" test "$(jq -r '.choices[0].message.role' "$T/chat1")" = assistant
+check "chat content" test -n "$(jq -r '.choices[0].message.content' "$T/chat1")"
+check "chat usage" test "$(jq -r '.usage.completion_tokens' "$T/chat1")" -ge 1
+post /v1/chat/completions '{"messages":[{"role":"user","content":"Hi"}],"max_completion_tokens":4}' >"$T/chat2"
+check "chat max_completion_tokens" test "$(jq -r '.usage.completion_tokens' "$T/chat2")" -le 4
+
+# ---- streaming --------------------------------------------------------------------
+# stream_text FILE KIND: the concatenated text of an SSE stream
+stream_text() {
+  if [ "$2" = chat ]; then
+    sed -n 's/^data: \({.*\)$/\1/p' "$1" | jq -j 'select(.choices | length > 0) | .choices[0].delta.content // ""'
+  else
+    sed -n 's/^data: \({.*\)$/\1/p' "$1" | jq -j 'select(.choices | length > 0) | .choices[0].text'
+  fi
+}
+curl -sN -H 'Content-Type: application/json' -D "$T/s1.h" \
+  -d '{"prompt":"Once upon a time","max_tokens":20,"temperature":0,"stream":true}' "$U/v1/completions" >"$T/s1"
+check "stream content-type" grep -qi '^content-type: text/event-stream' "$T/s1.h"
+check "stream ends with DONE" test "$(grep -v '^$' "$T/s1" | tail -1)" = "data: [DONE]"
+check "stream events are data lines" test -z "$(grep -v '^$' "$T/s1" | grep -v '^data: ')"
+check "stream text = non-stream text" test "$(stream_text "$T/s1" cmpl)" = "$GREEDY20"
+check "stream last finish" test "$(sed -n 's/^data: \({.*\)$/\1/p' "$T/s1" | jq -r '.choices[0].finish_reason // empty' | tail -1)" = length
+check "stream no usage by default" test -z "$(sed -n 's/^data: \({.*\)$/\1/p' "$T/s1" | jq -r '.usage // empty')"
+
+curl -sN -H 'Content-Type: application/json' \
+  -d '{"prompt":"Once upon a time","max_tokens":20,"temperature":0,"stream":true,"stream_options":{"include_usage":true}}' \
+  "$U/v1/completions" >"$T/s2"
+check "stream usage chunk" test "$(sed -n 's/^data: \({.*\)$/\1/p' "$T/s2" | tail -1 | jq -c '[(.choices|length), .usage.completion_tokens]')" = "[0,20]"
+
+CHAT='{"messages":[{"role":"user","content":"Tell me about Lily."}],"max_tokens":24,"temperature":0}'
+post /v1/chat/completions "$CHAT" >"$T/chat3"
+curl -sN -H 'Content-Type: application/json' -d "$(jq -c '. + {stream: true, stream_options: {include_usage: true}}' <<<"$CHAT")" \
+  "$U/v1/chat/completions" >"$T/s3"
+check "chat stream DONE" test "$(grep -v '^$' "$T/s3" | tail -1)" = "data: [DONE]"
+check "chat stream first delta role" test "$(sed -n 's/^data: \({.*\)$/\1/p' "$T/s3" | head -1 | jq -r '.choices[0].delta.role')" = assistant
+check "chat stream object" test "$(sed -n 's/^data: \({.*\)$/\1/p' "$T/s3" | head -1 | jq -r .object)" = chat.completion.chunk
+check "chat stream text = non-stream" test "$(stream_text "$T/s3" chat)" = "$(jq -r '.choices[0].message.content' "$T/chat3")"
+check "chat stream usage" test "$(sed -n 's/^data: \({.*\)$/\1/p' "$T/s3" | tail -1 | jq -r .usage.completion_tokens)" = "$(jq -r .usage.completion_tokens "$T/chat3")"
+
+# ---- 32 concurrent requests equal their solo answers --------------------------------
+PROMPTS=("Once upon a time" "Lily" "Ben went to the park" "The cat" "One day" "Tom had a big red ball" "Sue" "The dog barked")
+body_i() {
+  local i=$1 p=${PROMPTS[$((i % 8))]}
+  if [ $((i % 2)) -eq 0 ]; then
+    jq -nc --arg p "$p" --argjson n $((8 + i)) '{prompt: $p, max_tokens: $n, temperature: 0}'
+  else
+    jq -nc --arg p "$p" --argjson n $((8 + i)) --argjson s "$i" '{prompt: $p, max_tokens: $n, temperature: 0.9, top_p: 0.95, seed: $s}'
+  fi
+}
+for i in $(seq 0 31); do
+  curl -s -H 'Content-Type: application/json' -d "$(body_i "$i")" "$U/v1/completions" | jq -r '.choices[0].text' >"$T/solo.$i"
+done
+for i in $(seq 0 31); do
+  (curl -s -H 'Content-Type: application/json' -d "$(body_i "$i")" "$U/v1/completions" | jq -r '.choices[0].text' >"$T/conc.$i") &
+done
+wait_jobs() { local j; for j in $(jobs -p); do case " ${PIDS[*]} " in *" $j "*) ;; *) wait "$j" ;; esac; done; }
+wait_jobs
+same=0
+for i in $(seq 0 31); do
+  if [ -s "$T/solo.$i" ] && cmp -s "$T/solo.$i" "$T/conc.$i"; then same=$((same + 1)); else bad "concurrent $i: '$(cat "$T/conc.$i")' != solo '$(cat "$T/solo.$i")'"; fi
+done
+[ "$same" -eq 32 ] && ok
+
+# ---- a client disconnecting mid-stream --------------------------------------------------
+metric() { curl -s "$U/metrics" | sed -n "s/^$1{[^}]*} \([0-9.e+]*\)$/\1/p" | head -1; }
+disc0=$(metric 'strata:client_disconnects_total')
+abort0=$(curl -s "$U/metrics" | sed -n 's/^vllm:request_success_total{.*finished_reason="abort"} \([0-9]*\)$/\1/p')
+# n=16 long choices: seconds of work, so the disconnect lands mid-answer.
+curl -sN -H 'Content-Type: application/json' \
+  -d '{"prompt":"Once upon a time","max_tokens":480,"n":16,"ignore_eos":true,"temperature":1,"seed":3,"stream":true}' \
+  "$U/v1/completions" 2>/dev/null | head -c 2000 >"$T/cut"
+check "cut stream got data" grep -q '^data: {' "$T/cut"
+blocks=""
+for i in $(seq 1 100); do
+  blocks=$(metric 'strata:kv_blocks_used')
+  running=$(metric 'vllm:num_requests_running')
+  [ "$blocks" = 0 ] && [ "$running" = 0 ] && break
+  sleep 0.1
+done
+check "blocks back after disconnect (used=$blocks)" test "$blocks" = 0
+check "disconnect counted" test "$(metric 'strata:client_disconnects_total')" -gt "$disc0"
+abort1=$(curl -s "$U/metrics" | sed -n 's/^vllm:request_success_total{.*finished_reason="abort"} \([0-9]*\)$/\1/p')
+check "disconnect aborted the request" test "$abort1" -gt "$abort0"
+check "disconnect logged" grep -q 'client disconnected; request cancelled' "$T/main.err"
+# A non-streaming client that goes away is noticed too.
+curl -s -m 0.3 -H 'Content-Type: application/json' \
+  -d '{"prompt":"Once upon a time","max_tokens":480,"n":16,"ignore_eos":true,"seed":4}' "$U/v1/completions" >/dev/null 2>&1
+for i in $(seq 1 100); do
+  blocks=$(metric 'strata:kv_blocks_used')
+  [ "$blocks" = 0 ] && [ "$(metric 'vllm:num_requests_running')" = 0 ] && break
+  sleep 0.1
+done
+check "blocks back after non-stream disconnect (used=$blocks)" test "$blocks" = 0
+check "health after disconnects" test "$(curl -s -o /dev/null -w '%{http_code}' "$U/health")" = 200
+
+# ---- bad requests -------------------------------------------------------------------------
+expect_error "malformed json" 400 /v1/completions '{"prompt": "x",'
+expect_error "not an object" 400 /v1/completions '["prompt"]'
+expect_error "empty body" 400 /v1/completions ''
+expect_error "wrong type max_tokens" 400 /v1/completions '{"prompt":"x","max_tokens":"5"}' max_tokens
+expect_error "wrong type prompt" 400 /v1/completions '{"prompt":{"text":"x"}}' prompt
+expect_error "wrong type stream" 400 /v1/completions '{"prompt":"x","stream":"yes"}' stream
+expect_error "wrong type messages" 400 /v1/chat/completions '{"messages":"hi"}' messages
+expect_error "bad message role" 400 /v1/chat/completions '{"messages":[{"role":"wizard","content":"x"}]}' messages
+expect_error "temperature range" 400 /v1/completions '{"prompt":"x","temperature":5}' temperature
+expect_error "top_p range" 400 /v1/completions '{"prompt":"x","top_p":0}' top_p
+expect_error "n range" 400 /v1/completions '{"prompt":"x","n":0}' n
+expect_error "max_tokens range" 400 /v1/completions '{"prompt":"x","max_tokens":-1}' max_tokens
+expect_error "token id range" 400 /v1/completions '{"prompt":[1,999999]}' prompt
+expect_error "unknown model" 400 /v1/completions '{"prompt":"x","model":"gpt-4"}' model
+expect_error "context exceeded" 400 /v1/completions '{"prompt":"Once upon a time","max_tokens":600}' max_tokens
+check "context message names both numbers" grep -q '512 tokens.*605 tokens (5 in the prompt, 600 for the completion)' "$T/body"
+expect_error "metadata not strings" 400 /v1/completions '{"prompt":"x","metadata":{"a":1}}' metadata
+expect_error "metadata too big" 400 /v1/completions "{\"prompt\":\"x\",\"metadata\":{\"a\":\"$(head -c 400 /dev/zero | tr '\0' a)\"}}" metadata
+expect_error "unsupported logprobs" 400 /v1/completions '{"prompt":"x","logprobs":2}' logprobs
+expect_error "stream_options without stream" 400 /v1/completions '{"prompt":"x","stream_options":{"include_usage":true}}' stream_options
+printf '{"prompt":"bad \xff\xfe bytes"}' >"$T/badutf8"
+expect_error "invalid utf-8" 400 /v1/completions "$(cat "$T/badutf8")"
+check "invalid utf-8 code" test "$(jq -r .error.code "$T/body")" = invalid_utf8
+printf '{"messages":[{"role":"user","content":"\xc0\xaf"}]}' >"$T/badutf8c"
+expect_error "invalid utf-8 chat" 400 /v1/chat/completions "$(cat "$T/badutf8c")"
+expect_error "unknown path" 404 /v2/everything '{}'
+code=$(curl -s -o "$T/body" -w '%{http_code}' "$U/v1/completions")
+check "GET on POST endpoint is 405" test "$code" = 405
+check "405 body" jqe .error.message "$T/body"
+code=$(curl -s -o /dev/null -w '%{http_code}' -X DELETE "$U/v1/models")
+check "DELETE is 405" test "$code" = 405
+# Unknown fields are ignored, as OpenAI and vLLM do.
+post /v1/completions '{"prompt":"Once upon a time","max_tokens":20,"temperature":0,"frobnicate":{"x":[1,2]},"guided_json":null}' >"$T/unk"
+check "unknown fields ignored" test "$(status)" = 200 -a "$(jq -r '.choices[0].text' "$T/unk")" = "$GREEDY20"
+# Bodies above server.max_body_bytes (4 MiB by default): 413.
+head -c 5000000 /dev/zero | tr '\0' ' ' | sed 's/^/{"prompt":"x","pad":"/; s/$/"}/' >"$T/huge"
+code=$(curl -s -o /dev/null -w '%{http_code}' -H 'Content-Type: application/json' --data-binary @"$T/huge" "$U/v1/completions")
+check "huge body is 413 (got $code)" test "$code" = 413
+check "server alive after hostile input" test "$(curl -s -o /dev/null -w '%{http_code}' "$U/health")" = 200
+# Raw hostile HTTP: garbage, bad lengths, truncated and bad chunked bodies,
+# huge headers, a client vanishing mid-body.
+HP=${U#http://}
+raw() { # in a subshell ignoring SIGPIPE: the server may close first
+  (
+    trap '' PIPE
+    exec 3<>"/dev/tcp/${HP%:*}/${HP##*:}" || exit 0
+    printf '%b' "$1" >&3 2>/dev/null
+    timeout 2 cat <&3 >/dev/null 2>&1
+  )
+}
+raw 'NOT HTTP\r\n\r\n'
+raw '\x00\x01\xff\xfe\r\n\r\n'
+raw 'GET /\r\n'
+raw 'POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n'
+raw 'POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999999999\r\n\r\n{}'
+raw 'POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{"prompt":'
+raw 'POST /v1/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n'
+raw 'POST /v1/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{"pro\r\n'
+raw "GET /health HTTP/1.1\r\nHost: x\r\nX-Big: $(head -c 100000 /dev/zero | tr '\0' a)\r\n\r\n"
+raw 'GET /v1/models/%00%ff HTTP/1.1\r\nHost: x\r\n\r\n'
+raw 'GET /../../etc/passwd HTTP/1.1\r\nHost: x\r\n\r\n'
+code=$(curl -s -o "$T/body" -w '%{http_code}' -H 'Content-Type: application/json' -H 'Transfer-Encoding: chunked' \
+  --data-binary '{"prompt":"Once upon a time","max_tokens":3,"temperature":0}' "$U/v1/completions")
+check "chunked request body works" test "$code" = 200
+check "server alive after raw garbage" test "$(curl -s -o /dev/null -w '%{http_code}' "$U/health")" = 200
+
+# ---- /tokenize and /detokenize -------------------------------------------------------------
+post /tokenize '{"prompt":"Once upon a time"}' >"$T/tok"
+check "tokenize ids" test "$(jq -c .tokens "$T/tok")" = "$("$STRATA" tokenize --model "$MODEL" "Once upon a time" | jq -sc .)"
+check "tokenize count" test "$(jq -r .count "$T/tok")" = "$(jq '.tokens | length' "$T/tok")"
+check "tokenize max_model_len" test "$(jq -r .max_model_len "$T/tok")" = 512
+post /detokenize "$(jq -c '{tokens: .tokens}' "$T/tok")" >"$T/detok"
+check "detokenize round trip" test "$(jq -r .prompt "$T/detok")" = "Once upon a time"
+post /tokenize '{"messages":[{"role":"user","content":"Hi"}]}' >"$T/tokc"
+check "tokenize chat" test "$(jq -r .count "$T/tokc")" -gt 2
+expect_error "detokenize bad id" 400 /detokenize '{"tokens":[-4]}' tokens
+
+# ---- /metrics --------------------------------------------------------------------------------
+curl -s "$U/metrics" >"$T/metrics"
+for m in vllm:num_requests_running vllm:num_requests_waiting vllm:gpu_cache_usage_perc vllm:kv_cache_usage_perc \
+  vllm:prefix_cache_queries_total vllm:prefix_cache_hits_total vllm:prompt_tokens_total vllm:generation_tokens_total \
+  strata:kv_blocks_used strata:kv_blocks_free; do
+  check "metric $m" grep -q "^$m{model_name=\"stories260K\"} " "$T/metrics"
+done
+for h in vllm:time_to_first_token_seconds vllm:inter_token_latency_seconds vllm:e2e_request_latency_seconds; do
+  check "histogram $h" grep -q "^# TYPE $h histogram" "$T/metrics"
+  check "histogram $h +Inf" grep -q "^${h}_bucket{model_name=\"stories260K\",le=\"+Inf\"} " "$T/metrics"
+  check "histogram $h count" test "$(sed -n "s/^${h}_count{[^}]*} //p" "$T/metrics")" -gt 0
+  # cumulative buckets never decrease and end at _count
+  check "histogram $h cumulative" awk -v h="${h}_bucket" 'index($0, h "{") == 1 { v = $NF + 0; if (v < last) exit 1; last = v } END { exit 0 }' "$T/metrics"
+done
+check "generation tokens counted" test "$(sed -n 's/^vllm:generation_tokens_total{[^}]*} //p' "$T/metrics")" -gt 100
+
+# ---- API key, queue limit (429) ---------------------------------------------------------------
+cat >"$T/limited.conf" <<EOF
+engine: { model = "$MODEL"; max_running = 1; max_waiting = 1; };
+server: { api_key = "from-config"; served_model_name = "tiny"; };
+EOF
+start_server limited "$T/limited.conf" STRATA_API_KEY=s3cret
+L=$URL_limited
+code=$(curl -s -o "$T/body" -w '%{http_code}' -d '{"prompt":"x","max_tokens":2}' "$L/v1/completions")
+check "no key is 401" test "$code" = 401
+check "401 body" test "$(jq -r .error.code "$T/body")" = invalid_api_key
+code=$(curl -s -o /dev/null -w '%{http_code}' -H 'Authorization: Bearer from-config' -d '{"prompt":"x","max_tokens":2}' "$L/v1/completions")
+check "env key wins over config" test "$code" = 401
+code=$(curl -s -o /dev/null -w '%{http_code}' -H 'Authorization: Bearer s3cretX' "$L/v1/models")
+check "wrong key is 401" test "$code" = 401
+code=$(curl -s -o "$T/body" -w '%{http_code}' -H 'Authorization: Bearer s3cret' -d '{"prompt":"x","max_tokens":2,"model":"tiny"}' "$L/v1/completions")
+check "right key is 200" test "$code" = 200
+check "served model name" test "$(jq -r .model "$T/body")" = tiny
+check "health needs no key" test "$(curl -s -o /dev/null -w '%{http_code}' "$L/health")" = 200
+for i in $(seq 1 8); do
+  curl -s -D "$T/q$i.h" -o "$T/q$i" -H 'Authorization: Bearer s3cret' \
+    -d '{"prompt":"Once","max_tokens":400,"ignore_eos":true}' "$L/v1/completions" &
+done
+wait_jobs
+n429=$(grep -l '^HTTP/1.1 429' "$T"/q*.h 2>/dev/null | wc -l)
+check "queue full gives 429 ($n429 of 8)" test "$n429" -ge 1
+f=$(grep -l '^HTTP/1.1 429' "$T"/q*.h 2>/dev/null | head -1)
+if [ -n "$f" ]; then
+  check "429 Retry-After" grep -qi '^retry-after: ' "$f"
+  check "429 body" jqe '.error.type' "${f%.h}"
+fi
+
+# ---- graceful stop -------------------------------------------------------------------------------
+kill -TERM "$PID_limited"
+rc=0
+for i in $(seq 1 150); do kill -0 "$PID_limited" 2>/dev/null || break; sleep 0.1; done
+wait "$PID_limited"
+rc=$?
+check "SIGTERM exits 0 (rc=$rc)" test "$rc" -eq 0
+check "SIGTERM logged" grep -q 'SIGTERM: stopping' "$T/limited.err"
+# the main server: a request in flight finishes before the server exits
+curl -sN -H 'Content-Type: application/json' \
+  -d '{"prompt":"Once upon a time","max_tokens":200,"ignore_eos":true,"n":4,"stream":true}' \
+  "$U/v1/completions" >"$T/last" &
+cj=$!
+for i in $(seq 1 100); do grep -q '^data: {' "$T/last" && break; sleep 0.05; done
+kill -TERM "$PID_main"
+wait "$cj"
+for i in $(seq 1 150); do kill -0 "$PID_main" 2>/dev/null || break; sleep 0.1; done
+wait "$PID_main"
+rc=$?
+check "main server exits 0 (rc=$rc)" test "$rc" -eq 0
+check "in-flight stream finished at stop" test "$(grep -v '^$' "$T/last" | tail -1)" = "data: [DONE]"
+check "in-flight choices all finished" test "$(sed -n 's/^data: \({.*\)$/\1/p' "$T/last" | jq -r '.choices[0].finish_reason // empty' | grep -c length)" = 4
+PIDS=()
+
+echo "server tests: $pass passed, $fail failed"
+[ "$fail" -eq 0 ]

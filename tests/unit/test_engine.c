@@ -1,0 +1,831 @@
+/* The serving engine on stories260K: greedy answers equal the independent
+ * reference, batching/chunking/preemption/forking never change an answer,
+ * stop strings and limits finish choices correctly, cancel and release
+ * return every KV block, prefix caching reports cached tokens, and submit
+ * refuses what it must (EFULL, EINVAL). */
+#include "config.h"
+
+#include <jansson.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "engine.h"
+#include "runtime.h"
+#include "testutil.h"
+#include "tokenizer.h"
+#include "util.h"
+
+struct ref {
+  char *prompt;
+  int32_t *prompt_tokens;
+  int n_prompt;
+  int32_t *greedy;
+  int n_greedy;
+  char *greedy_text;
+};
+
+static struct ref refs[16];
+static int n_refs;
+
+static int32_t *json_ints(json_t *a, int *n) {
+  *n = (int)json_array_size(a);
+  int32_t *v = malloc(sizeof *v * (size_t)(*n + 1));
+  for (int i = 0; i < *n; i++)
+    v[i] = (int32_t)json_integer_value(json_array_get(a, (size_t)i));
+  return v;
+}
+
+static void load_refs(void) {
+  char *path = test_shared_path("reference/stories260K.jsonl");
+  char *model = test_shared_path("models/stories260K.gguf");
+  FILE *f = fopen(path, "r");
+  FILE *mf = fopen(model, "rb");
+  if (!f || !mf) {
+    fprintf(stderr, "%s or %s missing: skipping\n", path, model);
+    exit(77);
+  }
+  fclose(mf);
+  char *line = NULL;
+  size_t cap = 0;
+  while (getline(&line, &cap, f) > 0 && n_refs < 16) {
+    json_error_t je;
+    json_t *o = json_loads(line, 0, &je);
+    if (!o) {
+      fprintf(stderr, "%s: line %d: %s\n", path, n_refs + 1, je.text);
+      exit(1);
+    }
+    struct ref *r = &refs[n_refs++];
+    r->prompt = strdup(json_string_value(json_object_get(o, "prompt")));
+    r->prompt_tokens =
+        json_ints(json_object_get(o, "prompt_tokens"), &r->n_prompt);
+    r->greedy = json_ints(json_object_get(o, "greedy_tokens"), &r->n_greedy);
+    r->greedy_text =
+        strdup(json_string_value(json_object_get(o, "greedy_text")));
+    json_decref(o);
+  }
+  free(line);
+  fclose(f);
+  free(path);
+  free(model);
+}
+
+/* ---- engine setup
+ * ------------------------------------------------------------------ */
+
+static struct strata_runtime rt;
+static strata_engine_t *eng;
+
+static void start(const struct strata_engine_config *c) {
+  char *model = test_shared_path("models/stories260K.gguf");
+  struct strata_runtime_opts o = {
+      .model_path = model, .backend = "cpu", .threads = 2};
+  char err[512];
+  ck_assert_msg(
+      strata_engine_model_opts(c, model, 0, &o.model, err, sizeof err) == 0,
+      "%s", err);
+  ck_assert_int_eq(strata_runtime_open(&rt, &o), 0);
+  ck_assert_msg(strata_engine_start(&rt, c, &eng, err, sizeof err) == 0, "%s",
+                err);
+  free(model);
+}
+
+static void stop(void) {
+  strata_engine_stop(eng);
+  eng = NULL;
+  strata_runtime_close(&rt);
+}
+
+static struct strata_engine_config defaults(void) {
+  struct strata_engine_config c;
+  strata_engine_config_from(NULL, &c);
+  return c;
+}
+
+/* ---- collecting events
+ * --------------------------------------------------------------- */
+
+#define MAXC 4
+struct coll {
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  int32_t toks[MAXC][1024];
+  int n_toks[MAXC];
+  char text[MAXC][16384];
+  size_t n_text[MAXC];
+  enum strata_finish fin[MAXC];
+  int done, after_done;
+  int32_t prompt_tokens, completion_tokens, cached_tokens;
+  strata_engine_req_t *req;
+  int cancel_after; /* cancel from the callback once choice 0 has this many */
+};
+
+static void coll_init(struct coll *c) {
+  memset(c, 0, sizeof *c);
+  pthread_mutex_init(&c->mu, NULL);
+  pthread_cond_init(&c->cv, NULL);
+}
+
+static void on_event(void *ud, const struct strata_engine_event *ev) {
+  struct coll *c = ud;
+  pthread_mutex_lock(&c->mu);
+  if (c->done) c->after_done++;
+  int i = ev->index;
+  if (i >= 0 && i < MAXC) {
+    for (int32_t t = 0; t < ev->n_tokens && c->n_toks[i] < 1024; t++)
+      c->toks[i][c->n_toks[i]++] = ev->tokens[t];
+    if (c->n_text[i] + ev->text_len < sizeof c->text[i]) {
+      memcpy(c->text[i] + c->n_text[i], ev->text, ev->text_len);
+      c->n_text[i] += ev->text_len;
+      c->text[i][c->n_text[i]] = 0;
+    }
+    if (ev->finish != STRATA_FINISH_NONE) c->fin[i] = ev->finish;
+  }
+  if (ev->done) {
+    c->done = 1;
+    c->prompt_tokens = ev->prompt_tokens;
+    c->completion_tokens = ev->completion_tokens;
+    c->cached_tokens = ev->cached_tokens;
+    pthread_cond_broadcast(&c->cv);
+  }
+  if (c->cancel_after && c->req && c->n_toks[0] >= c->cancel_after)
+    strata_engine_cancel(c->req);
+  pthread_mutex_unlock(&c->mu);
+}
+
+static void wait_done(struct coll *c) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  ts.tv_sec += 100;
+  pthread_mutex_lock(&c->mu);
+  while (!c->done)
+    ck_assert_msg(pthread_cond_timedwait(&c->cv, &c->mu, &ts) == 0,
+                  "request timed out");
+  pthread_mutex_unlock(&c->mu);
+}
+
+static struct strata_request_params
+greedy_params(const int32_t *prompt, int n_prompt, int max_tokens) {
+  struct strata_request_params p = {.prompt = prompt,
+                                    .n_prompt = n_prompt,
+                                    .max_tokens = max_tokens,
+                                    .n = 1,
+                                    .sampling = STRATA_SAMPLING_DEFAULTS,
+                                    .has_seed = 1};
+  p.sampling.temperature = 0;
+  return p;
+}
+
+static void submit(const struct strata_request_params *p, struct coll *c) {
+  char err[512];
+  strata_engine_req_t *r;
+  int rc = strata_engine_submit(eng, p, on_event, c, &r, err, sizeof err);
+  ck_assert_msg(rc == 0, "submit: %d %s", rc, err);
+  pthread_mutex_lock(&c->mu);
+  c->req = r;
+  pthread_mutex_unlock(&c->mu);
+}
+
+static void finish(struct coll *c) {
+  wait_done(c);
+  strata_engine_release(c->req);
+  c->req = NULL;
+  ck_assert_int_eq(c->after_done, 0);
+}
+
+/* Every block back once nothing runs. */
+static void check_no_leak(void) {
+  struct strata_engine_metrics m;
+  for (int i = 0; i < 2000; i++) {
+    strata_engine_get_metrics(eng, &m);
+    if (m.num_running == 0 && m.num_waiting == 0 && m.kv.n_used == 0) break;
+    struct timespec ts = {0, 5000000};
+    nanosleep(&ts, NULL);
+  }
+  ck_assert_int_eq(m.num_running, 0);
+  ck_assert_int_eq(m.num_waiting, 0);
+  ck_assert_int_eq(m.kv.n_used, 0);
+}
+
+static void expect_ref(const struct coll *c, const struct ref *r) {
+  ck_assert_int_eq(c->n_toks[0], r->n_greedy);
+  for (int i = 0; i < r->n_greedy; i++)
+    ck_assert_msg(c->toks[0][i] == r->greedy[i],
+                  "prompt '%s': token %d is %d, want %d", r->prompt, i,
+                  c->toks[0][i], r->greedy[i]);
+  ck_assert_msg(strcmp(c->text[0], r->greedy_text) == 0,
+                "prompt '%s':\n got: %s\nwant: %s", r->prompt, c->text[0],
+                r->greedy_text);
+}
+
+/* ---- tests
+ * ---------------------------------------------------------------------------
+ */
+
+START_TEST(greedy_equals_reference) {
+  struct strata_engine_config cfg = defaults();
+  start(&cfg);
+  static struct coll c[16];
+  for (int i = 0; i < n_refs; i++) {
+    coll_init(&c[i]);
+    struct strata_request_params p = greedy_params(
+        refs[i].prompt_tokens, refs[i].n_prompt, refs[i].n_greedy);
+    submit(&p, &c[i]);
+    finish(&c[i]);
+    expect_ref(&c[i], &refs[i]);
+    /* the reference stops at an end token (finish "stop") or at its length */
+    int ended =
+        refs[i].greedy[refs[i].n_greedy - 1] == strata_tokenizer_bos(rt.tok) ||
+        refs[i].greedy[refs[i].n_greedy - 1] == strata_tokenizer_eos(rt.tok);
+    ck_assert_int_eq(c[i].fin[0],
+                     ended ? STRATA_FINISH_STOP : STRATA_FINISH_LENGTH);
+    ck_assert_int_eq(c[i].prompt_tokens, refs[i].n_prompt);
+    ck_assert_int_eq(c[i].completion_tokens, refs[i].n_greedy);
+  }
+  /* all together */
+  for (int i = 0; i < n_refs; i++) {
+    coll_init(&c[i]);
+    struct strata_request_params p = greedy_params(
+        refs[i].prompt_tokens, refs[i].n_prompt, refs[i].n_greedy);
+    submit(&p, &c[i]);
+  }
+  for (int i = 0; i < n_refs; i++) {
+    finish(&c[i]);
+    expect_ref(&c[i], &refs[i]);
+  }
+  check_no_leak();
+  struct strata_engine_metrics m;
+  strata_engine_get_metrics(eng, &m);
+  ck_assert_uint_eq(m.requests_finished[STRATA_FINISH_STOP] +
+                        m.requests_finished[STRATA_FINISH_LENGTH],
+                    2 * (uint64_t)n_refs);
+  ck_assert_uint_eq(m.ttft.count, 2 * (uint64_t)n_refs);
+  ck_assert_uint_eq(m.e2e.count, 2 * (uint64_t)n_refs);
+  ck_assert_uint_eq(m.queue.count, 2 * (uint64_t)n_refs);
+  ck_assert_uint_gt(m.itl.count, 0);
+  ck_assert_uint_eq(m.scheduler_refusals_total, 0);
+  uint64_t gen = 0;
+  for (int i = 0; i < n_refs; i++)
+    gen += 2 * (uint64_t)refs[i].n_greedy;
+  ck_assert_uint_eq(m.generation_tokens_total, gen);
+  stop();
+}
+END_TEST
+
+/* 32 prompts: reference prompts extended by k of their greedy tokens, with
+ * different lengths and a few sampled with a seed. */
+#define NCONC 32
+static int32_t conc_prompt[NCONC][300];
+static int conc_n[NCONC], conc_max[NCONC];
+
+static struct strata_request_params conc_params(int j) {
+  const struct ref *r = &refs[j % n_refs];
+  int k = (j * 7) % 40;
+  memcpy(conc_prompt[j], r->prompt_tokens,
+         sizeof(int32_t) * (size_t)r->n_prompt);
+  memcpy(conc_prompt[j] + r->n_prompt, r->greedy, sizeof(int32_t) * (size_t)k);
+  conc_n[j] = r->n_prompt + k;
+  conc_max[j] = 8 + (j * 13) % 60;
+  struct strata_request_params p =
+      greedy_params(conc_prompt[j], conc_n[j], conc_max[j]);
+  if (j % 5 == 0) {
+    p.sampling.temperature = 0.7f;
+    p.sampling.seed = 1000 + (uint64_t)j;
+  }
+  return p;
+}
+
+static void run_concurrent(const struct strata_engine_config *cfg,
+                           int check_preempt) {
+  start(cfg);
+  static struct coll solo[NCONC], all[NCONC];
+  for (int j = 0; j < NCONC; j++) {
+    coll_init(&solo[j]);
+    struct strata_request_params p = conc_params(j);
+    submit(&p, &solo[j]);
+    finish(&solo[j]);
+    ck_assert_int_ge(solo[j].n_toks[0], 1);
+  }
+  check_no_leak();
+  for (int j = 0; j < NCONC; j++) {
+    coll_init(&all[j]);
+    struct strata_request_params p = conc_params(j);
+    submit(&p, &all[j]);
+  }
+  for (int j = 0; j < NCONC; j++) {
+    finish(&all[j]);
+    ck_assert_int_eq(all[j].n_toks[0], solo[j].n_toks[0]);
+    for (int t = 0; t < solo[j].n_toks[0]; t++)
+      ck_assert_msg(all[j].toks[0][t] == solo[j].toks[0][t],
+                    "request %d token %d: %d, solo %d", j, t, all[j].toks[0][t],
+                    solo[j].toks[0][t]);
+    ck_assert_str_eq(all[j].text[0], solo[j].text[0]);
+    ck_assert_int_eq(all[j].fin[0], solo[j].fin[0]);
+  }
+  check_no_leak();
+  struct strata_engine_metrics m;
+  strata_engine_get_metrics(eng, &m);
+  if (check_preempt) ck_assert_uint_gt(m.preemptions_total, 0);
+  fprintf(stderr, "concurrent: %llu steps, %llu preemptions, %llu refusals\n",
+          (unsigned long long)m.steps_total,
+          (unsigned long long)m.preemptions_total,
+          (unsigned long long)m.scheduler_refusals_total);
+  stop();
+}
+
+START_TEST(concurrent_equal_solo) {
+  struct strata_engine_config cfg = defaults();
+  run_concurrent(&cfg, 0);
+}
+END_TEST
+
+START_TEST(concurrent_without_prefix_caching) {
+  struct strata_engine_config cfg = defaults();
+  cfg.prefix_caching = 0;
+  run_concurrent(&cfg, 0);
+}
+END_TEST
+
+START_TEST(tiny_cache_preempts_same_answers) {
+  struct strata_engine_config cfg = defaults();
+  cfg.block_size = 4;
+  cfg.kv_tokens = 4 * 40; /* 40 blocks: a few requests at a time */
+  run_concurrent(&cfg, 1);
+}
+END_TEST
+
+START_TEST(chunked_prefill_same_tokens) {
+  struct strata_engine_config cfg = defaults();
+  cfg.max_batch_tokens = 7;
+  cfg.block_size = 4;
+  start(&cfg);
+  static struct coll c[16];
+  /* long prompts: reference prompt + 30 greedy tokens, answer checked
+   * against the rest of the reference */
+  for (int i = 0; i < n_refs; i++) {
+    coll_init(&c[i]);
+    static int32_t pr[16][300];
+    int k = 30;
+    memcpy(pr[i], refs[i].prompt_tokens,
+           sizeof(int32_t) * (size_t)refs[i].n_prompt);
+    memcpy(pr[i] + refs[i].n_prompt, refs[i].greedy,
+           sizeof(int32_t) * (size_t)k);
+    struct strata_request_params p =
+        greedy_params(pr[i], refs[i].n_prompt + k, refs[i].n_greedy - k);
+    p.ignore_eos = 1;
+    submit(&p, &c[i]);
+  }
+  for (int i = 0; i < n_refs; i++) {
+    finish(&c[i]);
+    ck_assert_int_eq(c[i].n_toks[0], refs[i].n_greedy - 30);
+    for (int t = 0; t < c[i].n_toks[0]; t++)
+      ck_assert_int_eq(c[i].toks[0][t], refs[i].greedy[30 + t]);
+    ck_assert_int_eq(c[i].fin[0], STRATA_FINISH_LENGTH);
+  }
+  check_no_leak();
+  stop();
+}
+END_TEST
+
+START_TEST(n_choices_equal_seeded_solo) {
+  struct strata_engine_config cfg = defaults();
+  cfg.block_size = 4; /* a prompt of 5 leaves a partial block to copy */
+  start(&cfg);
+  const struct ref *r = &refs[0];
+  static struct coll multi, solo[3];
+  coll_init(&multi);
+  struct strata_request_params p =
+      greedy_params(r->prompt_tokens, r->n_prompt, 40);
+  p.sampling.temperature = 1.0f;
+  p.sampling.seed = 42;
+  p.n = 3;
+  p.ignore_eos = 1;
+  submit(&p, &multi);
+  finish(&multi);
+  ck_assert_int_eq(multi.completion_tokens, 120);
+  int differ = 0;
+  for (int i = 0; i < 3; i++) {
+    coll_init(&solo[i]);
+    struct strata_request_params q = p;
+    q.n = 1;
+    q.sampling.seed = 42 + (uint64_t)i;
+    submit(&q, &solo[i]);
+    finish(&solo[i]);
+    ck_assert_int_eq(multi.n_toks[i], 40);
+    ck_assert_int_eq(solo[i].n_toks[0], 40);
+    for (int t = 0; t < 40; t++)
+      ck_assert_msg(multi.toks[i][t] == solo[i].toks[0][t],
+                    "choice %d token %d: %d, solo %d", i, t, multi.toks[i][t],
+                    solo[i].toks[0][t]);
+    ck_assert_str_eq(multi.text[i], solo[i].text[0]);
+    ck_assert_int_eq(multi.fin[i], STRATA_FINISH_LENGTH);
+    if (i && memcmp(multi.toks[i], multi.toks[0], sizeof(int32_t) * 40) != 0)
+      differ = 1;
+  }
+  ck_assert_msg(differ, "three sampled choices came out identical");
+  check_no_leak();
+  stop();
+}
+END_TEST
+
+/* n = 2 requests competing for a tiny cache: forks fail or get preempted
+ * and recomputed, and every choice still equals its seeded solo run. */
+START_TEST(n_choices_under_preemption) {
+  struct strata_engine_config cfg = defaults();
+  cfg.block_size = 4;
+  cfg.kv_tokens = 4 * 30;
+  start(&cfg);
+  enum { NR = 4 };
+  static struct coll multi[NR], solo[NR][2];
+  struct strata_request_params p[NR];
+  for (int j = 0; j < NR; j++) {
+    const struct ref *r = &refs[j % n_refs];
+    p[j] = greedy_params(r->prompt_tokens, r->n_prompt, 30 + 5 * j);
+    p[j].sampling.temperature = 1.0f;
+    p[j].sampling.seed = 7 + 100 * (uint64_t)j;
+    p[j].n = 2;
+    p[j].ignore_eos = 1;
+    coll_init(&multi[j]);
+    submit(&p[j], &multi[j]);
+  }
+  for (int j = 0; j < NR; j++)
+    finish(&multi[j]);
+  check_no_leak();
+  struct strata_engine_metrics m;
+  strata_engine_get_metrics(eng, &m);
+  ck_assert_uint_gt(m.preemptions_total, 0);
+  for (int j = 0; j < NR; j++)
+    for (int i = 0; i < 2; i++) {
+      coll_init(&solo[j][i]);
+      struct strata_request_params q = p[j];
+      q.n = 1;
+      q.sampling.seed = p[j].sampling.seed + (uint64_t)i;
+      submit(&q, &solo[j][i]);
+      finish(&solo[j][i]);
+      ck_assert_int_eq(multi[j].n_toks[i], p[j].max_tokens);
+      ck_assert_int_eq(solo[j][i].n_toks[0], p[j].max_tokens);
+      for (int t = 0; t < p[j].max_tokens; t++)
+        ck_assert_msg(multi[j].toks[i][t] == solo[j][i].toks[0][t],
+                      "request %d choice %d token %d: %d, solo %d", j, i, t,
+                      multi[j].toks[i][t], solo[j][i].toks[0][t]);
+      ck_assert_str_eq(multi[j].text[i], solo[j][i].text[0]);
+    }
+  check_no_leak();
+  stop();
+}
+END_TEST
+
+/* The text of the reference's greedy tokens up to the first occurrence of
+ * stop (which must occur). */
+static void check_stop(const struct ref *r, const char *stop_str) {
+  const char *hit = strstr(r->greedy_text, stop_str);
+  ck_assert_ptr_nonnull(hit);
+  size_t want = (size_t)(hit - r->greedy_text);
+  struct coll c;
+  coll_init(&c);
+  struct strata_request_params p =
+      greedy_params(r->prompt_tokens, r->n_prompt, r->n_greedy);
+  const char *stops[2] = {"@@never@@", stop_str};
+  p.stop = stops;
+  p.n_stop = 2;
+  submit(&p, &c);
+  finish(&c);
+  ck_assert_int_eq(c.fin[0], STRATA_FINISH_STOP);
+  ck_assert_msg(c.n_text[0] == want &&
+                    memcmp(c.text[0], r->greedy_text, want) == 0,
+                "stop '%s': got '%s', want '%.*s'", stop_str, c.text[0],
+                (int)want, r->greedy_text);
+  /* the tokens are a prefix of the reference */
+  ck_assert_int_le(c.n_toks[0], r->n_greedy);
+  for (int t = 0; t < c.n_toks[0]; t++)
+    ck_assert_int_eq(c.toks[0][t], r->greedy[t]);
+}
+
+START_TEST(stop_strings) {
+  struct strata_engine_config cfg = defaults();
+  start(&cfg);
+  const struct ref *r = &refs[0];
+  /* a stop string spanning a token boundary: the end of one token's piece
+   * and the start of the next */
+  char a[256], b[256], stop_str[16];
+  int found = 0;
+  for (int j = 3; j + 1 < r->n_greedy && !found; j++) {
+    size_t na = strata_token_to_piece(rt.tok, r->greedy[j], 0, a, sizeof a);
+    size_t nb = strata_token_to_piece(rt.tok, r->greedy[j + 1], 0, b, sizeof b);
+    if (na >= 3 && nb >= 3 && na < sizeof a && nb < sizeof b &&
+        a[na - 2] != ' ' && b[0] != ' ' && (unsigned char)a[na - 2] < 0x80 &&
+        (unsigned char)b[1] < 0x80) {
+      snprintf(stop_str, sizeof stop_str, "%c%c%c%c", a[na - 2], a[na - 1],
+               b[0], b[1]);
+      found = strstr(r->greedy_text, stop_str) != NULL;
+    }
+  }
+  ck_assert(found);
+  check_stop(r, stop_str);
+  check_stop(r, ".");
+  check_stop(&refs[1], " box");
+  /* a stop token id */
+  struct coll c;
+  coll_init(&c);
+  struct strata_request_params p =
+      greedy_params(r->prompt_tokens, r->n_prompt, r->n_greedy);
+  int32_t sid = r->greedy[10];
+  p.stop_token_ids = &sid;
+  p.n_stop_token_ids = 1;
+  submit(&p, &c);
+  finish(&c);
+  int first = 0;
+  while (r->greedy[first] != sid)
+    first++;
+  ck_assert_int_eq(c.fin[0], STRATA_FINISH_STOP);
+  ck_assert_int_eq(c.n_toks[0], first + 1);
+  check_no_leak();
+  stop();
+}
+END_TEST
+
+START_TEST(max_tokens_length) {
+  struct strata_engine_config cfg = defaults();
+  start(&cfg);
+  struct coll c;
+  coll_init(&c);
+  struct strata_request_params p =
+      greedy_params(refs[0].prompt_tokens, refs[0].n_prompt, 5);
+  submit(&p, &c);
+  finish(&c);
+  ck_assert_int_eq(c.fin[0], STRATA_FINISH_LENGTH);
+  ck_assert_int_eq(c.n_toks[0], 5);
+  ck_assert_int_eq(c.completion_tokens, 5);
+  for (int t = 0; t < 5; t++)
+    ck_assert_int_eq(c.toks[0][t], refs[0].greedy[t]);
+  check_no_leak();
+  stop();
+}
+END_TEST
+
+START_TEST(cancel_returns_blocks) {
+  struct strata_engine_config cfg = defaults();
+  start(&cfg);
+  struct coll c;
+  coll_init(&c);
+  struct strata_request_params p =
+      greedy_params(refs[0].prompt_tokens, refs[0].n_prompt, 400);
+  p.ignore_eos = 1;
+  c.cancel_after = 10;
+  submit(&p, &c);
+  finish(&c);
+  ck_assert_int_eq(c.fin[0], STRATA_FINISH_ABORT);
+  ck_assert_int_ge(c.n_toks[0], 10);
+  ck_assert_int_lt(c.n_toks[0], 400);
+  check_no_leak();
+  struct strata_engine_metrics m;
+  strata_engine_get_metrics(eng, &m);
+  ck_assert_uint_eq(m.requests_finished[STRATA_FINISH_ABORT], 1);
+
+  /* cancel from another thread, and releasing early (no callback after) */
+  struct coll d, e2;
+  coll_init(&d);
+  coll_init(&e2);
+  submit(&p, &d);
+  submit(&p, &e2);
+  for (;;) {
+    pthread_mutex_lock(&d.mu);
+    int n = d.n_toks[0];
+    pthread_mutex_unlock(&d.mu);
+    if (n >= 3) break;
+    struct timespec ts = {0, 1000000};
+    nanosleep(&ts, NULL);
+  }
+  strata_engine_cancel(d.req);
+  strata_engine_cancel(d.req); /* idempotent */
+  strata_engine_release(e2.req);
+  finish(&d);
+  ck_assert_int_eq(d.fin[0], STRATA_FINISH_ABORT);
+  check_no_leak();
+  /* n > 1 cancelled while waiting or running: every choice aborts */
+  struct coll f;
+  coll_init(&f);
+  struct strata_request_params q = p;
+  q.n = 3;
+  q.has_seed = 0;
+  q.sampling.temperature = 1.0f;
+  f.cancel_after = 2;
+  submit(&q, &f);
+  finish(&f);
+  for (int i = 0; i < 3; i++)
+    ck_assert_int_eq(f.fin[i], STRATA_FINISH_ABORT);
+  check_no_leak();
+  stop();
+}
+END_TEST
+
+START_TEST(prefix_cache_hit) {
+  struct strata_engine_config cfg = defaults();
+  start(&cfg);
+  static int32_t pr[300];
+  const struct ref *r = &refs[3];
+  memcpy(pr, r->prompt_tokens, sizeof(int32_t) * (size_t)r->n_prompt);
+  memcpy(pr + r->n_prompt, r->greedy, sizeof(int32_t) * 100);
+  int n = r->n_prompt + 100;
+  struct coll a, b;
+  coll_init(&a);
+  coll_init(&b);
+  struct strata_request_params p = greedy_params(pr, n, 20);
+  p.ignore_eos = 1;
+  submit(&p, &a);
+  finish(&a);
+  ck_assert_int_eq(a.cached_tokens, 0);
+  submit(&p, &b);
+  finish(&b);
+  ck_assert_int_eq(b.cached_tokens, (n - 1) / 16 * 16);
+  ck_assert_int_gt(b.cached_tokens, 0);
+  ck_assert_int_eq(b.n_toks[0], 20);
+  for (int t = 0; t < 20; t++) {
+    ck_assert_int_eq(b.toks[0][t], a.toks[0][t]);
+    ck_assert_int_eq(b.toks[0][t], r->greedy[100 + t]);
+  }
+  /* a different salt shares nothing */
+  struct coll s;
+  coll_init(&s);
+  p.cache_salt = "tenant-b";
+  submit(&p, &s);
+  finish(&s);
+  ck_assert_int_eq(s.cached_tokens, 0);
+  check_no_leak();
+  struct strata_engine_metrics m;
+  strata_engine_get_metrics(eng, &m);
+  ck_assert_uint_gt(m.kv.hits, 0);
+  stop();
+}
+END_TEST
+
+START_TEST(queue_full) {
+  struct strata_engine_config cfg = defaults();
+  cfg.max_waiting = 0;
+  start(&cfg);
+  char err[256];
+  strata_engine_req_t *r = NULL;
+  struct coll c;
+  coll_init(&c);
+  struct strata_request_params p =
+      greedy_params(refs[0].prompt_tokens, refs[0].n_prompt, 5);
+  ck_assert_int_eq(
+      strata_engine_submit(eng, &p, on_event, &c, &r, err, sizeof err),
+      STRATA_ENGINE_EFULL);
+  ck_assert_ptr_null(r);
+  ck_assert_ptr_nonnull(strstr(err, "full"));
+  stop();
+}
+END_TEST
+
+START_TEST(invalid_params) {
+  struct strata_engine_config cfg = defaults();
+  start(&cfg);
+  char err[256];
+  strata_engine_req_t *r = NULL;
+  struct coll c;
+  coll_init(&c);
+  int32_t ctx = strata_engine_context_length(eng);
+  struct strata_request_params p =
+      greedy_params(refs[0].prompt_tokens, refs[0].n_prompt, ctx);
+  ck_assert_int_eq(
+      strata_engine_submit(eng, &p, on_event, &c, &r, err, sizeof err),
+      STRATA_ENGINE_EINVAL);
+  char num[32];
+  snprintf(num, sizeof num, "%d", refs[0].n_prompt);
+  ck_assert_msg(strstr(err, num), "%s", err);
+  snprintf(num, sizeof num, "%d", ctx);
+  ck_assert_msg(strstr(err, num), "%s", err);
+  p.max_tokens = 0;
+  ck_assert_int_eq(
+      strata_engine_submit(eng, &p, on_event, &c, &r, err, sizeof err),
+      STRATA_ENGINE_EINVAL);
+  p.max_tokens = 5;
+  p.n = 0;
+  ck_assert_int_eq(
+      strata_engine_submit(eng, &p, on_event, &c, &r, err, sizeof err),
+      STRATA_ENGINE_EINVAL);
+  p.n = 129;
+  ck_assert_int_eq(
+      strata_engine_submit(eng, &p, on_event, &c, &r, err, sizeof err),
+      STRATA_ENGINE_EINVAL);
+  p.n = 1;
+  p.sampling.temperature = -1;
+  ck_assert_int_eq(
+      strata_engine_submit(eng, &p, on_event, &c, &r, err, sizeof err),
+      STRATA_ENGINE_EINVAL);
+  ck_assert_ptr_nonnull(strstr(err, "temperature"));
+  p.sampling.temperature = 0;
+  p.n_prompt = 0;
+  ck_assert_int_eq(
+      strata_engine_submit(eng, &p, on_event, &c, &r, err, sizeof err),
+      STRATA_ENGINE_EINVAL);
+  int32_t bad = 100000;
+  p.prompt = &bad;
+  p.n_prompt = 1;
+  ck_assert_int_eq(
+      strata_engine_submit(eng, &p, on_event, &c, &r, err, sizeof err),
+      STRATA_ENGINE_EINVAL);
+  p = greedy_params(refs[0].prompt_tokens, refs[0].n_prompt, 5);
+  const char *stops[1] = {""};
+  p.stop = stops;
+  p.n_stop = 1;
+  ck_assert_int_eq(
+      strata_engine_submit(eng, &p, on_event, &c, &r, err, sizeof err),
+      STRATA_ENGINE_EINVAL);
+  p.n_stop = 0;
+  p.n_stop_token_ids = 1;
+  p.stop_token_ids = &bad;
+  ck_assert_int_eq(
+      strata_engine_submit(eng, &p, on_event, &c, &r, err, sizeof err),
+      STRATA_ENGINE_EINVAL);
+  ck_assert_ptr_null(r);
+  /* a valid request still works afterwards */
+  p.n_stop_token_ids = 0;
+  submit(&p, &c);
+  finish(&c);
+  ck_assert_int_eq(c.n_toks[0], 5);
+  stop();
+  /* stopped: the engine is gone; a fresh one refuses nothing valid */
+}
+END_TEST
+
+START_TEST(stop_aborts_pending) {
+  struct strata_engine_config cfg = defaults();
+  cfg.max_running = 1;
+  start(&cfg);
+  static struct coll c[3];
+  struct strata_request_params p =
+      greedy_params(refs[0].prompt_tokens, refs[0].n_prompt, 400);
+  p.ignore_eos = 1;
+  for (int i = 0; i < 3; i++) {
+    coll_init(&c[i]);
+    submit(&p, &c[i]);
+  }
+  strata_engine_stop(eng);
+  eng = NULL;
+  for (int i = 0; i < 3; i++) {
+    ck_assert(c[i].done);
+    ck_assert_int_eq(c[i].fin[0], STRATA_FINISH_ABORT);
+    strata_engine_cancel(c[i].req); /* a no-op after stop */
+    strata_engine_release(c[i].req);
+  }
+  strata_runtime_close(&rt);
+}
+END_TEST
+
+START_TEST(config_and_sizing) {
+  struct strata_engine_config c;
+  strata_engine_config_from(NULL, &c);
+  ck_assert_int_eq(c.max_batch_tokens, 2048);
+  ck_assert_int_eq(c.max_running, 64);
+  ck_assert_int_eq(c.max_waiting, 1024);
+  ck_assert_int_eq(c.block_size, 16);
+  ck_assert_int_eq(c.prefix_caching, 1);
+  ck_assert_str_eq(c.scheduler, "fcfs");
+  char *model = test_shared_path("models/stories260K.gguf");
+  struct strata_model_opts mo = {0};
+  char err[256];
+  ck_assert_int_eq(strata_engine_model_opts(&c, model, 0, &mo, err, sizeof err),
+                   0);
+  ck_assert_int_eq(mo.max_tokens, 2048);
+  ck_assert_int_eq(mo.block_size, 16);
+  ck_assert_int_eq(mo.n_blocks,
+                   64 * 512 / 16); /* 64 full contexts, well under 1 GiB */
+  c.kv_tokens = 1000;
+  ck_assert_int_eq(strata_engine_model_opts(&c, model, 0, &mo, err, sizeof err),
+                   0);
+  ck_assert_int_eq(mo.n_blocks, 63);
+  c.kv_memory = 1; /* not even one block */
+  ck_assert_int_eq(strata_engine_model_opts(&c, model, 0, &mo, err, sizeof err),
+                   -1);
+  ck_assert_ptr_nonnull(strstr(err, "memory"));
+  free(model);
+}
+END_TEST
+
+int main(void) {
+  load_refs();
+  Suite *s = suite_create("engine");
+  TCase *tc = tcase_create("stories260K");
+  tcase_set_timeout(tc, 300);
+  tcase_add_test(tc, config_and_sizing);
+  tcase_add_test(tc, greedy_equals_reference);
+  tcase_add_test(tc, concurrent_equal_solo);
+  tcase_add_test(tc, concurrent_without_prefix_caching);
+  tcase_add_test(tc, tiny_cache_preempts_same_answers);
+  tcase_add_test(tc, chunked_prefill_same_tokens);
+  tcase_add_test(tc, n_choices_equal_seeded_solo);
+  tcase_add_test(tc, n_choices_under_preemption);
+  tcase_add_test(tc, stop_strings);
+  tcase_add_test(tc, max_tokens_length);
+  tcase_add_test(tc, cancel_returns_blocks);
+  tcase_add_test(tc, prefix_cache_hit);
+  tcase_add_test(tc, queue_full);
+  tcase_add_test(tc, invalid_params);
+  tcase_add_test(tc, stop_aborts_pending);
+  suite_add_tcase(s, tc);
+  return test_run_suite(s);
+}
