@@ -436,6 +436,81 @@ START_TEST(matmul_all_types_and_token_counts) {
 }
 END_TEST
 
+/* The kernels quantize activations themselves (SIMD) where they can; the
+ * quants must be the quant plugin's, bit for bit. With q8_0 weights that
+ * select one element each (row r: the block of element r has scale 1.0 and
+ * quant 1 at r, all else 0), every kernel's output is quant * d_a of element
+ * r up to the float rounding of its offset correction (m * d_a * sum of the
+ * block's quants, m <= 128: below d_a / 16), so a bound of d_a / 4 catches
+ * any quant that differs from the plugin's by one or more. The activations
+ * include ties (x.5 after scaling, both signs), zeros, tiny blocks (subnormal
+ * fp16 scales) and one NaN block (the reference's own handling); T = 1..3
+ * take the direct kernel, 4+ the tile kernel. */
+START_TEST(matmul_activation_quants_exact) {
+  const char *tier = tiers[_i];
+  strata_backend_t *b = open_backend(tier, 2);
+  const struct strata_quant_vtable *q8 = quant(STRATA_TYPE_Q8_0);
+  enum { NB = 9, K = NB * 32, NAN_BLOCK = 7 };
+  const size_t wrb = row_bytes(STRATA_TYPE_Q8_0, K);
+  uint8_t *wq = calloc(K, wrb);
+  for (int r = 0; r < K; r++)
+    for (int bi = 0; bi < NB; bi++) {
+      uint8_t *blk = wq + (size_t)r * wrb + (size_t)bi * 34;
+      if (bi != r / 32) continue; /* scale 0: contributes exactly 0 */
+      const uint16_t one = strata_fp32_to_fp16(1.0f);
+      memcpy(blk, &one, 2);
+      blk[2 + r % 32] = 1;
+    }
+  const int64_t Ts[] = {1, 2, 3, 4, 16};
+  uint64_t s = 4242;
+  for (size_t ti = 0; ti < sizeof Ts / sizeof *Ts; ti++) {
+    const int64_t T = Ts[ti];
+    float *x = rand_floats(&s, (size_t)T * K, 3.0f);
+    for (int64_t t = 0; t < T; t++) {
+      float *xt = x + t * K;
+      /* amax 127 (d = 1): halves are exact ties */
+      for (int j = 0; j < 32; j++) xt[j] = (float)((j % 2 ? -1 : 1) * (j * 4 % 127)) + (j % 3 ? 0.5f : 0.0f);
+      xt[5] = 127.0f;
+      for (int j = 32; j < 64; j++) xt[j] = 0.0f;                   /* all-zero block */
+      for (int j = 64; j < 96; j++) xt[j] *= 1e-6f;                  /* subnormal fp16 d */
+      for (int j = 96; j < 128; j++) xt[j] = (float)(j - 112) * 0.25f; /* more ties */
+      if (t == 1) xt[NAN_BLOCK * 32 + 3] = NAN;
+    }
+    const size_t arb = row_bytes(STRATA_TYPE_Q8_0, K);
+    uint8_t *xq = malloc(arb);
+    strata_buf_t *wb = mkbuf(b, wq, wrb * K), *xb = mkbuf(b, x, (size_t)T * K * sizeof(float));
+    strata_buf_t *ob = nan_buf(b, (size_t)T * K);
+    struct strata_tensor tw = tensor(wb, STRATA_TYPE_Q8_0, K, K),
+                         tx = tensor(xb, STRATA_TYPE_F32, K, T), to = tensor(ob, STRATA_TYPE_F32, K, T);
+    ck_assert_msg(be->matmul(b, &tw, &tx, &to) == 0, "%s", be->last_error(b));
+    float *o = fetch(b, ob, (size_t)T * K);
+    for (int64_t t = 0; t < T; t++) {
+      q8->quantize_row(x + t * K, xq, K);
+      for (int r = 0; r < K; r++) {
+        const uint8_t *blk = xq + (size_t)(r / 32) * 34;
+        uint16_t h;
+        memcpy(&h, blk, 2);
+        const float da = strata_fp16_to_fp32(h);
+        const float want = (float)(int8_t)blk[2 + r % 32] * da;
+        const float got = o[t * K + r];
+        if (t == 1 && r / 32 == NAN_BLOCK) continue; /* NaN poisons the block's dot */
+        ck_assert_msg(fabsf(got - want) <= 0.25f * da,
+                      "tier %s T=%lld token %lld element %d: %.9g, the plugin's quants give %.9g",
+                      tier_name(tier), (long long)T, (long long)t, r, (double)got, (double)want);
+      }
+    }
+    be->buf_free(b, wb);
+    be->buf_free(b, xb);
+    be->buf_free(b, ob);
+    free(o);
+    free(xq);
+    free(x);
+  }
+  free(wq);
+  be->close(b);
+}
+END_TEST
+
 /* Long rows and more tokens than one L2 tile holds. */
 START_TEST(matmul_large) {
   const char *tier = tiers[_i];
@@ -1086,6 +1161,7 @@ static Suite *backend_cpu_suite(void) {
   tcase_add_test(tc, buffers);
   tcase_add_loop_test(tc, matmul_all_types_and_token_counts, 0, N_TIERS);
   tcase_add_loop_test(tc, matmul_large, 0, N_TIERS);
+  tcase_add_loop_test(tc, matmul_activation_quants_exact, 0, N_TIERS);
   tcase_add_test(tc, matmul_activation_policy);
   tcase_add_test(tc, matmul_threads_agree);
   tcase_add_test(tc, matmul_offsets_and_wrapped_in_place);

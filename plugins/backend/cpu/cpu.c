@@ -10,8 +10,8 @@
  * weight's vec_dot_type (q8_0 for q8_0 and q4_0 weights) and then:
  *   - q8_0 / q4_0 on AVX2 or AVX-512 VNNI: cpu_kern.h's direct kernel for 1..3
  *     tokens (streams the rows: decode is memory-bound), its tile kernel for
- *     more (repacks 4 rows so one int32 vector dots 8 blocks at once, then
- *     reuses them across a tile of tokens that stays in L2);
+ *     more (repacks 4 rows so one int32 vector dots 8 blocks at once, 16 with
+ *     AVX-512, then reuses them across a tile of tokens that stays in L2);
  *   - f32 / f16 / bf16 on AVX2: register-tiled FMA on f32 activations;
  *   - anything else, or STRATA_CPU_FEATURES=scalar: the quant plugin's
  *     vec_dot per (row, token), blocked so a row block stays in cache.
@@ -90,16 +90,23 @@ enum { CPU_QM_Q4 = 0, CPU_QM_Q8_XOR = 1, CPU_QM_Q8_SIGN = 2 };
 #define CPU_QDIRECT_MAX 3 /* up to this many tokens use the direct kernel */
 
 /* A matmul's activations, quantized to q8_0 and unpacked. Per token t:
- * q[t * qstride ..] the int8 quants, in element order for the direct kernel or
- * in the lane layout for the tile kernel; da[t * nbp + b] block scales and
- * cf[t * nbp + b] = m * da * sum(quants of block b), both 0 in the padding up
- * to nbp (nb rounded up to 8 blocks). */
+ * q[t * qstride ..] the int8 quants, laid out for the kernel (CPU_QL_*); da[t *
+ * nbp + b] block scales and cf[t * nbp + b] = m * da * sum(quants of block b),
+ * both 0 in the padding up to nbp (nb rounded up to lane_group, 8 or 16
+ * blocks, the tile kernel's group); for the 512-bit q4_0 direct kernel also
+ * corr[t * nbp * 4 ..], per int32 lane of its dot, -8 * (sum of the quants
+ * that lane multiplies). */
 struct cpu_qact {
-  int64_t nb, nbp;
+  int64_t nb, nbp, lane_group;
   size_t qstride;
   int8_t *q;
   float *da, *cf;
+  int32_t *corr;
 };
+
+/* Activation layouts: element order (ymm direct kernel), the tile kernel's
+ * lanes, and the 512-bit q4_0 direct kernel's (see cpu_kern.h). */
+enum { CPU_QL_ELEM = 0, CPU_QL_LANES = 1, CPU_QL_Z4 = 2 };
 
 /* What attention needs to find cached rows. */
 struct cpu_attn {
@@ -123,6 +130,8 @@ struct cpu_kernels {
                  int64_t ldo);
   void (*attn_one)(const struct cpu_attn *c, const int32_t *bt, const float *q, int kvh,
                    int32_t npos, float *sc, float *out);
+  /* one q8_0 block, bit for bit the reference quantizer; NULL: use the plugin */
+  int (*q8_block)(const float *x, int8_t *qs, uint16_t *h, int *sum);
 };
 
 struct strata_backend {
@@ -431,9 +440,11 @@ static int cpu_open(int index, const struct strata_backend_params *params, strat
   b->kern.attn_one = cpu_attn_one_scalar;
 #if defined(__x86_64__)
   if (b->tier == CPU_VNNI) {
-    b->kern = (struct cpu_kernels){q_direct_rows_vnni, q_tile_rows_vnni, f_rows_vnni, attn_one_vnni};
+    b->kern = (struct cpu_kernels){q_direct_rows_vnni, q_tile_rows_vnni, f_rows_vnni, attn_one_vnni,
+                                   q8_block_vnni};
   } else if (b->tier == CPU_AVX2) {
-    b->kern = (struct cpu_kernels){q_direct_rows_avx2, q_tile_rows_avx2, f_rows_avx2, attn_one_avx2};
+    b->kern = (struct cpu_kernels){q_direct_rows_avx2, q_tile_rows_avx2, f_rows_avx2, attn_one_avx2,
+                                   q8_block_avx2};
   }
 #endif
   if (b->host->log)
@@ -951,20 +962,32 @@ static int cpu_matmul_generic(struct strata_backend *b, const struct strata_tens
   return 0;
 }
 
-/* Token t of x: quantized to q8_0 by the quant plugin (so the bits are the
- * reference quantizer's, as with vec_dot), then unpacked for the kernels in
- * element order or (lanes) the tile layout. */
-static void cpu_qpack(const struct strata_quant_vtable *q8, const float *x, int64_t K, uint8_t *tmp,
-                      const struct cpu_qact *A, int64_t t, float m, int lanes) {
-  q8->quantize_row(x, tmp, K);
+/* Blocks [b0, b1) of token t of x (a row of nb blocks): quantized to q8_0
+ * with the quant plugin's reference bits (as vec_dot sees them), by the
+ * tier's q8_block where there is one, else by the plugin itself; q8_0 blocks
+ * are quantized independently, so any block range gives the same bits. Then
+ * unpacked for the kernels in `layout`. Blocks from nb to nbp are padding
+ * (zeros). */
+static void cpu_qpack(const struct strata_backend *b, const struct strata_quant_vtable *q8,
+                      const float *x, uint8_t *tmp, const struct cpu_qact *A, int64_t t, float m,
+                      int layout, int64_t b0, int64_t b1) {
+  /* the SIMD quantizer when there is one (the reference quantizer was the
+   * larger part of prefill's packing time), else the plugin's */
+  int (*qb)(const float *, int8_t *, uint16_t *, int *) = b->kern.q8_block;
+  if (!qb && b0 < A->nb) q8->quantize_row(x + b0 * 32, tmp, ((b1 < A->nb ? b1 : A->nb) - b0) * 32);
   int8_t *q = A->q + (size_t)t * A->qstride;
   float *da = A->da + t * A->nbp, *cf = A->cf + t * A->nbp;
-  for (int64_t bi = 0; bi < A->nbp; bi++) {
+  int32_t *corr = A->corr ? A->corr + t * A->nbp * 4 : NULL;
+  for (int64_t bi = b0; bi < b1; bi++) {
     int8_t qs[32];
     float d = 0.0f;
     int sum = 0;
-    if (bi < A->nb) {
-      const uint8_t *blk = tmp + (size_t)bi * 34;
+    uint16_t h;
+    if (bi < A->nb && qb && qb(x + bi * 32, qs, &h, &sum)) {
+      d = strata_fp16_to_fp32(h);
+    } else if (bi < A->nb) {
+      uint8_t *blk = tmp + (size_t)(bi - b0) * 34;
+      if (qb) q8->quantize_row(x + bi * 32, blk, 32); /* a NaN or inf: the reference's way */
       d = strata_fp16_to_fp32((uint16_t)cpu_rd16(blk));
       memcpy(qs, blk + 2, 32);
       for (int j = 0; j < 32; j++) sum += qs[j];
@@ -973,10 +996,25 @@ static void cpu_qpack(const struct strata_quant_vtable *q8, const float *x, int6
     }
     da[bi] = d;
     cf[bi] = m * d * (float)sum;
-    if (lanes) {
-      /* lane bi % 8 of step s of the group holds quants 4s..4s+3 */
-      int8_t *grp = q + (size_t)(bi - bi % 8) * 32 + (size_t)(bi % 8) * 4;
-      for (int s = 0; s < 8; s++) memcpy(grp + s * 32, qs + 4 * s, 4);
+    if (layout == CPU_QL_LANES) {
+      /* lane bi % G of step s of the group of G blocks holds quants
+       * 4s..4s+3 (G = 16 on the VNNI tier, else 8; see qtile) */
+      const int64_t G = A->lane_group;
+      int8_t *grp = q + (size_t)(bi - bi % G) * 32 + (size_t)(bi % G) * 4;
+      for (int s = 0; s < 8; s++) memcpy(grp + s * G * 4, qs + 4 * s, 4);
+    } else if (layout == CPU_QL_Z4) {
+      /* a quad of blocks: their elements 0..15 (the low nibbles), then
+       * 16..31; lane 4k + i of the dot takes elements 4i.. and 16 + 4i.. of
+       * block k */
+      const int64_t k = bi % 4;
+      int8_t *quad = q + (size_t)(bi - k) * 32;
+      memcpy(quad + k * 16, qs, 16);
+      memcpy(quad + 64 + k * 16, qs + 16, 16);
+      for (int i = 0; i < 4; i++) {
+        int ls = 0;
+        for (int j = 0; j < 4; j++) ls += qs[4 * i + j] + qs[16 + 4 * i + j];
+        corr[(bi - k) * 4 + k * 4 + i] = -(int32_t)m * ls;
+      }
     } else {
       memcpy(q + (size_t)bi * 32, qs, 32);
     }
@@ -987,7 +1025,8 @@ static int cpu_matmul_q(struct strata_backend *b, const struct strata_tensor *w,
                         size_t wrb, const float *xd, int64_t T, float *od) {
   const int64_t K = w->ne[0], N = w->ne[1];
   const struct strata_quant_vtable *q8 = cpu_quant(b, STRATA_TYPE_Q8_0);
-  const int64_t nb = K / 32, nbp = (nb + 7) & ~(int64_t)7;
+  const int64_t lg = b->tier == CPU_VNNI ? 16 : 8;
+  const int64_t nb = K / 32, nbp = (nb + lg - 1) / lg * lg;
   const size_t kp = (size_t)nbp * 32, bbytes = w->type == STRATA_TYPE_Q4_0 ? 18 : 34;
   const int mode = w->type == STRATA_TYPE_Q4_0 ? CPU_QM_Q4
                    : b->tier == CPU_VNNI     ? CPU_QM_Q8_XOR
@@ -999,20 +1038,32 @@ static int cpu_matmul_q(struct strata_backend *b, const struct strata_tensor *w,
   const size_t s_bytes = cpu_align64((size_t)nbp * (size_t)T * sizeof(float));
   const size_t tmp_bytes = cpu_align64((size_t)nb * 34);
   const size_t scr_bytes = tile ? cpu_align64(CPU_QR * kp + CPU_QR * (size_t)nbp * sizeof(float)) : 0;
-  uint8_t *ws = cpu_ws(b, q_bytes + 2 * s_bytes + (size_t)nt * (tmp_bytes + scr_bytes));
+  const int layout = tile                                      ? CPU_QL_LANES
+                     : b->tier == CPU_VNNI && mode == CPU_QM_Q4 ? CPU_QL_Z4
+                                                                : CPU_QL_ELEM;
+  const size_t c_bytes = layout == CPU_QL_Z4 ? cpu_align64((size_t)nbp * 4 * sizeof(int32_t) * (size_t)T) : 0;
+  uint8_t *ws = cpu_ws(b, q_bytes + 2 * s_bytes + c_bytes + (size_t)nt * (tmp_bytes + scr_bytes));
   if (!ws) return -1;
-  const struct cpu_qact A = {.nb = nb, .nbp = nbp, .qstride = kp, .q = (int8_t *)ws,
+  const struct cpu_qact A = {.nb = nb, .nbp = nbp, .lane_group = lg, .qstride = kp, .q = (int8_t *)ws,
                              .da = (float *)(void *)(ws + q_bytes),
-                             .cf = (float *)(void *)(ws + q_bytes + s_bytes)};
-  uint8_t *tmp0 = ws + q_bytes + 2 * s_bytes, *scr0 = tmp0 + (size_t)nt * tmp_bytes;
+                             .cf = (float *)(void *)(ws + q_bytes + s_bytes),
+                             .corr = c_bytes ? (int32_t *)(void *)(ws + q_bytes + 2 * s_bytes) : NULL};
+  uint8_t *tmp0 = ws + q_bytes + 2 * s_bytes + c_bytes, *scr0 = tmp0 + (size_t)nt * tmp_bytes;
   const int64_t nrb = (N + CPU_QR - 1) / CPU_QR;
   const int64_t TT = cpu_token_tile(kp + 2 * (size_t)nbp * sizeof(float), T, 3);
+  /* With fewer tokens than threads (decode), each token's blocks are split
+   * between the threads, in whole lane groups, instead of leaving all but
+   * one waiting at the barrier. */
+  const int64_t nch = T < nt ? nt : 1, chb = (nbp / lg + nch - 1) / nch * lg;
   CPU_OMP(omp parallel num_threads(nt))
   {
     const int tid = cpu_tid();
     CPU_OMP(omp for schedule(static))
-    for (int64_t t = 0; t < T; t++)
-      cpu_qpack(q8, xd + t * K, K, tmp0 + (size_t)tid * tmp_bytes, &A, t, m, tile);
+    for (int64_t it = 0; it < T * nch; it++) {
+      const int64_t t = it / nch, b0 = it % nch * chb, b1 = b0 + chb < nbp ? b0 + chb : nbp;
+      if (b0 < b1)
+        cpu_qpack(b, q8, xd + t * K, tmp0 + (size_t)tid * tmp_bytes, &A, t, m, layout, b0, b1);
+    }
     if (!tile) {
       CPU_OMP(omp for schedule(static))
       for (int64_t rb = 0; rb < nrb; rb++) {

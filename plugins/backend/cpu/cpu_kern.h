@@ -14,7 +14,9 @@
  * - direct (1..3 tokens, decode): reads the weight rows as they lie in the
  *   GGUF, four rows at a time; per block an exact int32 dot in 8 lanes,
  *   converted and scaled by d_w * d_a. Memory-bound: the point is to stream
- *   the rows once with few instructions per block.
+ *   the rows once with few instructions per block. For q4_0 the VNNI tier
+ *   has a 512-bit version (qdirect_z) that permutes 64-byte windows of the
+ *   rows.
  *
  * - tile (4+ tokens, prefill and batched decode): first repacks four weight
  *   rows into a scratch "lane" layout in which 32-bit lane j of each vector
@@ -23,6 +25,7 @@
  *   blocks, so the float conversion and scaling happen once per 8 blocks
  *   instead of once per block, and the integer dot is nearly all the work.
  *   The repacked rows stay in L1 while every token of the tile streams past.
+ *   On the VNNI tier a group is 16 blocks (one zmm lane each).
  *
  * The u8 x s8 multiply needs one unsigned operand. The weights are made
  * unsigned: q4_0 nibbles are already (value + 8); q8_0 quants get +128 (xor
@@ -87,6 +90,58 @@ CPU_INLINE __m256 K(scales8)(const uint8_t *blk, size_t bbytes, int n) {
   uint16_t h[8] = {0};
   for (int j = 0; j < n; j++) h[j] = (uint16_t)cpu_rd16(blk + (size_t)j * bbytes);
   return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)h));
+}
+
+/* ---- activations: q8_0 quantization ---------------------------------------
+ * One block of 32 floats, bit for bit the quant plugin's reference quantizer
+ * (llama.cpp's: amax by MAX-style comparisons, d = amax / 127, id = 1 / d,
+ * q = x * id rounded half away from zero as v - trunc(v) >= 0.5, fp16 d by
+ * round to nearest even): the same IEEE operations, 8 lanes at a time. For
+ * finite x, max is order-independent and |x * id| < 127.5, so the saturating
+ * packs never saturate. A block holding a NaN or an infinity returns 0 and
+ * the caller uses the reference itself. *sum: the sum of the quants. */
+static int K(q8_block)(const float *x, int8_t *qs, uint16_t *h, int *sum) {
+  const __m256 absm = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  const __m256 inf = _mm256_set1_ps(INFINITY);
+  __m256 v[4], mx = _mm256_setzero_ps(), bad = _mm256_setzero_ps();
+  CPU_UNROLL
+  for (int i = 0; i < 4; i++) {
+    v[i] = _mm256_loadu_ps(x + 8 * i);
+    const __m256 a = _mm256_and_ps(v[i], absm);
+    bad = _mm256_or_ps(bad, _mm256_cmp_ps(a, inf, _CMP_NLT_UQ)); /* NaN or inf */
+    mx = _mm256_max_ps(mx, a);
+  }
+  if (_mm256_movemask_ps(bad)) return 0;
+  __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
+  m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+  m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+  const float amax = _mm_cvtss_f32(m4);
+  const float d = amax / 127;
+  const float id = d ? 1.0f / d : 0.0f;
+  *h = (uint16_t)_cvtss_sh(d, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m256 vid = _mm256_set1_ps(id), half = _mm256_set1_ps(0.5f), nhalf = _mm256_set1_ps(-0.5f);
+  __m256i qi[4], s = _mm256_setzero_si256();
+  CPU_UNROLL
+  for (int i = 0; i < 4; i++) {
+    const __m256 p = _mm256_mul_ps(v[i], vid);
+    __m256i t = _mm256_cvttps_epi32(p);
+    const __m256 f = _mm256_sub_ps(p, _mm256_cvtepi32_ps(t));
+    t = _mm256_sub_epi32(t, _mm256_castps_si256(_mm256_cmp_ps(f, half, _CMP_GE_OQ)));
+    t = _mm256_add_epi32(t, _mm256_castps_si256(_mm256_cmp_ps(f, nhalf, _CMP_LE_OQ)));
+    qi[i] = t;
+    s = _mm256_add_epi32(s, t);
+  }
+  /* packs interleave the 128-bit lanes: dword j of the result holds quants
+   * of vector j % 4 (low half for j < 4); put them back in element order */
+  const __m256i b8 = _mm256_packs_epi16(_mm256_packs_epi32(qi[0], qi[1]),
+                                        _mm256_packs_epi32(qi[2], qi[3]));
+  _mm256_storeu_si256((__m256i *)qs,
+                      _mm256_permutevar8x32_epi32(b8, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+  __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+  s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4e));
+  s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xb1));
+  *sum = _mm_cvtsi128_si32(s4);
+  return 1;
 }
 
 /* ---- quantized: direct ---------------------------------------------------
@@ -156,6 +211,126 @@ CPU_INLINE void K(qdirect)(const int mode, const int C, const uint8_t *const *w,
     for (int c = 0; c < C; c++) o[(t0 + c) * ldo + r] = K(hsum)(acc[r][c]);
 }
 
+#if CPU_TIER == 2
+/* ---- quantized: direct, 512-bit, q4_0 (VNNI tier) -----------------------------
+ * qdirect spends ~10 instructions per (row, q4_0 block) of 18 bytes: the
+ * nibble unpacking, the int32 dot, its float conversion, the scale load and
+ * the FMA all happen once per block, and the 8 fp16 scales of a group are
+ * gathered with scalar loads. That made q4_0 decode compute-bound (~15 GB/s
+ * per thread even from L2). This kernel works on 64-byte windows of the row
+ * as it lies in the GGUF: one vpermt2w per two windows picks four blocks'
+ * quants into one zmm, another picks the group's 8 scales (block offsets are
+ * multiples of 18 bytes, even, so word permutes of AVX-512BW suffice); one
+ * and/shift/and unpacks the four blocks' nibbles and two vpdpbusd dot them.
+ * (For q8_0 the same scheme, two blocks per zmm, measured no faster than
+ * qdirect: 34-byte blocks leave qdirect less per-block overhead per byte.)
+ *
+ * The activations are packed to match (cpu_qpack, CPU_QL_Z4): per quad of
+ * blocks, [the 4 blocks' elements 0..15][their elements 16..31], so that the
+ * low and high nibbles meet their activations. The weights' +8 offset times
+ * the activations is taken off in int32, exactly: the dpbusd accumulator
+ * starts at corr = -8 * (sum of the 8 activations feeding that lane). A
+ * group is 8 blocks; its 8 values d_w * d_a are spread to the 4 lanes of each
+ * block with one vpermps per quad. */
+
+/* vpermt2w word indices, windows being 64 bytes from the group's first byte:
+ * quad 0 (blocks 0-3) from windows 0, 1; quad 1 from windows 1, 2; the
+ * group's 8 scales from windows 0, 1. */
+static const uint16_t K(zi_q4)[2][32] __attribute__((aligned(64))) = {
+    {1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 12, 13, 14, 15, 16, 17,
+     19, 20, 21, 22, 23, 24, 25, 26, 28, 29, 30, 31, 32, 33, 34, 35},
+    {5, 6, 7, 8, 9, 10, 11, 12, 14, 15, 16, 17, 18, 19, 20, 21,
+     23, 24, 25, 26, 27, 28, 29, 30, 32, 33, 34, 35, 36, 37, 38, 39}};
+static const uint16_t K(zi_s4)[32] __attribute__((aligned(64))) = {0, 9, 18, 27, 36, 45, 54, 63};
+/* vpermps indices spreading the 8 scales to 4 lanes per block of quad q */
+static const int32_t K(zi_e4)[2][16] __attribute__((aligned(64))) = {
+    {0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3},
+    {4, 4, 4, 4, 5, 5, 5, 5, 6, 6, 6, 6, 7, 7, 7, 7}};
+
+#define CPU_ZI(t) _mm512_load_si512((const void *)(t))
+
+/* 64 bytes at p; with `masked`, only the first `avail` (may be <= 0) are
+ * read, the rest are 0: a masked load does not fault past the buffer. */
+CPU_INLINE __m512i K(zload)(const int masked, const uint8_t *p, int64_t avail) {
+  if (!masked || avail >= 64) return _mm512_loadu_si512((const void *)p);
+  if (avail <= 0) return _mm512_setzero_si512();
+  return _mm512_maskz_loadu_epi8(~(__mmask64)0 >> (64 - avail), p);
+}
+
+/* One group of 8 blocks (from block g) of CPU_QR rows and C tokens into acc.
+ * avail: bytes of each row from the group's first byte on. */
+CPU_INLINE void K(qdz_group)(const int C, const int masked, const uint8_t *const *w, int64_t g,
+                             int64_t avail, size_t pf, const int8_t *const *aq,
+                             const int32_t *const *ac, const float *const *ada,
+                             __m512 acc[CPU_QR][3]) {
+  CPU_UNROLL
+  for (int r = 0; r < CPU_QR; r++) {
+    const uint8_t *base = w[r] + g * 18;
+    /* see qdirect: the rows are short streams; keep the next rows' loads in
+     * flight */
+    CPU_UNROLL
+    for (int i = 0; i < 3; i++) _mm_prefetch((const char *)(base + pf + 64 * i), _MM_HINT_T0);
+    __m512i z[3];
+    CPU_UNROLL
+    for (int i = 0; i < 3; i++) z[i] = K(zload)(masked, base + 64 * i, avail - 64 * i);
+    const __m256 dw = _mm256_cvtph_ps(
+        _mm512_castsi512_si128(_mm512_permutex2var_epi16(z[0], CPU_ZI(K(zi_s4)), z[1])));
+    __m512 dd[3];
+    CPU_UNROLL
+    for (int c = 0; c < C; c++)
+      dd[c] = _mm512_castps256_ps512(_mm256_mul_ps(dw, _mm256_loadu_ps(ada[c] + g)));
+    CPU_UNROLL
+    for (int q = 0; q < 2; q++) {
+      const __m512i v = _mm512_permutex2var_epi16(z[q], CPU_ZI(K(zi_q4)[q]), z[q + 1]);
+      const __m512i m = _mm512_set1_epi8(0x0f);
+      const __m512i lo = _mm512_and_si512(v, m);
+      const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m);
+      const int64_t b0 = g + 4 * q;
+      CPU_UNROLL
+      for (int c = 0; c < C; c++) {
+        __m512i p = _mm512_loadu_si512((const void *)(ac[c] + b0 * 4));
+        p = _mm512_dpbusd_epi32(p, lo, _mm512_loadu_si512((const void *)(aq[c] + b0 * 32)));
+        p = _mm512_dpbusd_epi32(p, hi, _mm512_loadu_si512((const void *)(aq[c] + b0 * 32 + 64)));
+        acc[r][c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p),
+                                    _mm512_permutexvar_ps(CPU_ZI(K(zi_e4)[q]), dd[c]), acc[r][c]);
+      }
+    }
+  }
+}
+
+/* out[c][r] for CPU_QR q4_0 rows and C tokens, as qdirect, for activations
+ * packed as CPU_QL_Z4. */
+CPU_INLINE void K(qdirect_z)(const int C, const uint8_t *const *w, int64_t nb, size_t row_bytes,
+                             const struct cpu_qact *A, float *o, int64_t ldo, int nr, size_t pf) {
+  __m512 acc[CPU_QR][3];
+  CPU_UNROLL
+  for (int r = 0; r < CPU_QR; r++)
+    CPU_UNROLL
+    for (int c = 0; c < C; c++) acc[r][c] = _mm512_setzero_ps();
+  const int8_t *aq[3];
+  const int32_t *ac[3];
+  const float *ada[3];
+  CPU_UNROLL
+  for (int c = 0; c < C; c++) {
+    aq[c] = A->q + (size_t)c * A->qstride;
+    ac[c] = A->corr + c * A->nbp * 4;
+    ada[c] = A->da + c * A->nbp;
+  }
+  int64_t g = 0;
+  /* the 3 windows reach 48 bytes past the group's 144; only the last groups
+   * of a row, whose windows would leave it, need masked loads */
+  for (; g < nb && (int64_t)row_bytes - g * 18 >= 3 * 64; g += 8)
+    K(qdz_group)(C, 0, w, g, 0, pf, aq, ac, ada, acc);
+  for (; g < nb; g += 8)
+    K(qdz_group)(C, 1, w, g, (int64_t)row_bytes - g * 18, pf, aq, ac, ada, acc);
+  CPU_UNROLL
+  for (int r = 0; r < nr; r++)
+    CPU_UNROLL
+    for (int c = 0; c < C; c++) o[c * ldo + r] = _mm512_reduce_add_ps(acc[r][c]);
+}
+#undef CPU_ZI
+#endif
+
 /* Rows [r0, r1) of out for all T (1..3) tokens of A. */
 static void K(q_direct_rows)(int mode, const uint8_t *wbase, size_t row_bytes, int64_t nb,
                              size_t bbytes, int64_t r0, int64_t r1, const struct cpu_qact *A,
@@ -167,21 +342,29 @@ static void K(q_direct_rows)(int mode, const uint8_t *wbase, size_t row_bytes, i
     for (int i = 0; i < CPU_QR; i++) w[i] = wbase + (size_t)(r + (i < nr ? i : nr - 1)) * row_bytes;
     float *o = out + r;
 #define CPU_QD(M, C) K(qdirect)(M, C, w, nb, bbytes, A, 0, o, ldo, nr, CPU_QR * row_bytes)
+#if CPU_TIER == 2
+#define CPU_QZ(C) K(qdirect_z)(C, w, nb, row_bytes, A, o, ldo, nr, CPU_QR * row_bytes)
+    if (mode == CPU_QM_Q4) {
+      if (T == 1) CPU_QZ(1);
+      else if (T == 2) CPU_QZ(2);
+      else CPU_QZ(3);
+    } else {
+      if (T == 1) CPU_QD(CPU_QM_Q8_XOR, 1);
+      else if (T == 2) CPU_QD(CPU_QM_Q8_XOR, 2);
+      else CPU_QD(CPU_QM_Q8_XOR, 3);
+    }
+#undef CPU_QZ
+#else
     if (mode == CPU_QM_Q4) {
       if (T == 1) CPU_QD(CPU_QM_Q4, 1);
       else if (T == 2) CPU_QD(CPU_QM_Q4, 2);
       else CPU_QD(CPU_QM_Q4, 3);
     } else {
-#if CPU_TIER == 2
-      if (T == 1) CPU_QD(CPU_QM_Q8_XOR, 1);
-      else if (T == 2) CPU_QD(CPU_QM_Q8_XOR, 2);
-      else CPU_QD(CPU_QM_Q8_XOR, 3);
-#else
       if (T == 1) CPU_QD(CPU_QM_Q8_SIGN, 1);
       else if (T == 2) CPU_QD(CPU_QM_Q8_SIGN, 2);
       else CPU_QD(CPU_QM_Q8_SIGN, 3);
-#endif
     }
+#endif
 #undef CPU_QD
   }
 }
@@ -222,15 +405,82 @@ CPU_INLINE void K(qrepack)(const int mode, const uint8_t *const *w, int64_t nb, 
       for (int j = 0; j < 8; j++)
         v[j] = j < n ? K(wload)(mode, w[r] + (g + j) * bbytes) : _mm256_setzero_si256();
       K(transpose8)(v);
+#if CPU_TIER == 2
+      /* 16-block groups: step s of the group is 64 bytes, these 8 blocks'
+       * lanes in its first or second half (see qtile) */
+      uint8_t *d = wl + r * kp + (size_t)(g - g % 16) * 32 + (size_t)(g % 16) * 4;
+      CPU_UNROLL
+      for (int s = 0; s < 8; s++) _mm256_storeu_si256((__m256i *)(d + s * 64), v[s]);
+#else
       uint8_t *d = wl + r * kp + (size_t)g * 32;
       CPU_UNROLL
       for (int s = 0; s < 8; s++) _mm256_storeu_si256((__m256i *)(d + s * 32), v[s]);
+#endif
       _mm256_storeu_ps(dw + r * nbp + g, K(scales8)(w[r] + g * bbytes, bbytes, n));
     }
   }
 }
 
 /* out[t0 + c][r] for the CPU_QR repacked rows and C tokens (lane layout). */
+#if CPU_TIER == 2
+/* With 512-bit vectors a group is 16 blocks: one int32 lane per block, so
+ * the float conversion and scaling happen once per 16 blocks and no lanes
+ * need folding (nbp is a multiple of 16 on this tier). */
+CPU_INLINE void K(qtile)(const int mode, const int C, const uint8_t *wl, const float *dw,
+                         int64_t nbp, const struct cpu_qact *A, int64_t t0, float *o, int64_t ldo,
+                         int nr) {
+  (void)mode;
+  const size_t kp = (size_t)nbp * 32;
+  __m512 acc[CPU_QR][3];
+  CPU_UNROLL
+  for (int r = 0; r < CPU_QR; r++)
+    CPU_UNROLL
+    for (int c = 0; c < C; c++) acc[r][c] = _mm512_setzero_ps();
+  const int8_t *aq[3];
+  const float *ada[3], *acf[3];
+  CPU_UNROLL
+  for (int c = 0; c < C; c++) {
+    aq[c] = A->q + (size_t)(t0 + c) * A->qstride;
+    ada[c] = A->da + (t0 + c) * A->nbp;
+    acf[c] = A->cf + (t0 + c) * A->nbp;
+  }
+  for (int64_t g = 0; g < nbp; g += 16) {
+    __m512i ia[CPU_QR][3];
+    CPU_UNROLL
+    for (int r = 0; r < CPU_QR; r++)
+      CPU_UNROLL
+      for (int c = 0; c < C; c++) ia[r][c] = _mm512_setzero_si512();
+    const size_t off = (size_t)g * 32;
+    CPU_UNROLL
+    for (int s = 0; s < 8; s++) {
+      __m512i wv[CPU_QR];
+      CPU_UNROLL
+      for (int r = 0; r < CPU_QR; r++)
+        wv[r] = _mm512_loadu_si512((const void *)(wl + r * kp + off + s * 64));
+      CPU_UNROLL
+      for (int c = 0; c < C; c++) {
+        const __m512i a = _mm512_loadu_si512((const void *)(aq[c] + off + s * 64));
+        CPU_UNROLL
+        for (int r = 0; r < CPU_QR; r++) ia[r][c] = _mm512_dpbusd_epi32(ia[r][c], wv[r], a);
+      }
+    }
+    CPU_UNROLL
+    for (int r = 0; r < CPU_QR; r++) {
+      const __m512 d = _mm512_loadu_ps(dw + r * nbp + g);
+      CPU_UNROLL
+      for (int c = 0; c < C; c++) {
+        const __m512 t = _mm512_fmsub_ps(_mm512_cvtepi32_ps(ia[r][c]), _mm512_loadu_ps(ada[c] + g),
+                                         _mm512_loadu_ps(acf[c] + g));
+        acc[r][c] = _mm512_fmadd_ps(t, d, acc[r][c]);
+      }
+    }
+  }
+  CPU_UNROLL
+  for (int r = 0; r < nr; r++)
+    CPU_UNROLL
+    for (int c = 0; c < C; c++) o[(t0 + c) * ldo + r] = _mm512_reduce_add_ps(acc[r][c]);
+}
+#else
 CPU_INLINE void K(qtile)(const int mode, const int C, const uint8_t *wl, const float *dw,
                          int64_t nbp, const struct cpu_qact *A, int64_t t0, float *o, int64_t ldo,
                          int nr) {
@@ -290,6 +540,7 @@ CPU_INLINE void K(qtile)(const int mode, const int C, const uint8_t *wl, const f
     CPU_UNROLL
     for (int c = 0; c < C; c++) o[(t0 + c) * ldo + r] = K(hsum)(acc[r][c]);
 }
+#endif
 
 /* Rows [r0, r1) of out for tokens [t0, t1) of A (lane layout). scratch holds
  * CPU_QR rows of nbp * 32 quants and nbp floats each. */
@@ -314,16 +565,19 @@ static void K(q_tile_rows)(int mode, const uint8_t *wbase, size_t row_bytes, int
       K(qrepack)(CPU_QM_Q4, w, nb, bbytes, nbp, wl, dw);
     else
       K(qrepack)(m8, w, nb, bbytes, nbp, wl, dw);
-    for (int64_t t = t0; t < t1; t += 3) {
+    /* tiles of 3 tokens; 4 left go as 2 + 2, not 3 + 1: a 1-token tile
+     * loads as many weights as a 3-token one (16 sequences: 3,3,3,3,2,2) */
+    for (int64_t t = t0, C; t < t1; t += C) {
       const int64_t left = t1 - t;
+      C = left == 4 ? 2 : left < 3 ? left : 3;
 #define CPU_QT(M, C) K(qtile)(M, C, wl, dw, nbp, A, t, o, ldo, nr)
       if (mode == CPU_QM_Q4) {
-        if (left >= 3) CPU_QT(CPU_QM_Q4, 3);
-        else if (left == 2) CPU_QT(CPU_QM_Q4, 2);
+        if (C == 3) CPU_QT(CPU_QM_Q4, 3);
+        else if (C == 2) CPU_QT(CPU_QM_Q4, 2);
         else CPU_QT(CPU_QM_Q4, 1);
       } else {
-        if (left >= 3) CPU_QT(m8, 3);
-        else if (left == 2) CPU_QT(m8, 2);
+        if (C == 3) CPU_QT(m8, 3);
+        else if (C == 2) CPU_QT(m8, 2);
         else CPU_QT(m8, 1);
       }
 #undef CPU_QT
