@@ -62,7 +62,7 @@ static const struct strata_param engine_params[] = {
      "tokens per engine step: prefill chunks plus one per decoding sequence"},
     {"max_running", STRATA_PARAM_INT, 0, "64", 1, 65536,
      "requests holding KV cache blocks at once"},
-    {"max_waiting", STRATA_PARAM_INT, 0, "1024", 0, 1048576,
+    {"max_waiting", STRATA_PARAM_INT, 0, "1024", 1, 1048576,
      "queued requests; beyond this a request gets HTTP 429"},
     {NULL, STRATA_PARAM_END, 0, NULL, 0, 0, NULL},
 };

@@ -380,6 +380,13 @@ int strata_engine_submit(strata_engine_t *e,
     strata_errf(err, errlen, "n must be in [1, 128], got %d", p->n);
     return STRATA_ENGINE_EINVAL;
   }
+  /* every choice decodes in the same step: n tokens a step must fit the
+   * step's budget, or the request could never be scheduled again */
+  if (p->n > e->cfg.max_batch_tokens) {
+    strata_errf(err, errlen, "n (%d) is more than the engine's max_batch_tokens (%d)", p->n,
+                e->cfg.max_batch_tokens);
+    return STRATA_ENGINE_EINVAL;
+  }
   if (strata_sampling_check(&p->sampling, err, errlen) != 0)
     return STRATA_ENGINE_EINVAL;
   int64_t need =

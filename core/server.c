@@ -162,11 +162,14 @@ static void reply_errorf(struct server *srv, struct evhttp_request *req,
 /* ---- request bodies
  * ---------------------------------------------------------- */
 
-static const char *body_of(struct evhttp_request *req, size_t *len) {
+/* The body as one contiguous block, or NULL (out of memory: 500 sent). */
+static const char *body_of(struct server *srv, struct evhttp_request *req, size_t *len) {
   struct evbuffer *in = evhttp_request_get_input_buffer(req);
   *len = evbuffer_get_length(in);
   if (*len == 0) return "";
-  return (const char *)evbuffer_pullup(in, -1);
+  const char *b = (const char *)evbuffer_pullup(in, -1);
+  if (!b) reply_errorf(srv, req, 500, NULL, NULL, "out of memory");
+  return b;
 }
 
 static int check_model(struct server *srv, const char *model,
@@ -503,7 +506,8 @@ static void handle_generate(struct server *srv, struct evhttp_request *http,
                             enum strata_api_kind kind) {
   struct strata_api_error e;
   size_t len;
-  const char *body = body_of(http, &len);
+  const char *body = body_of(srv, http, &len);
+  if (!body) return;
   struct sreq *s = calloc(1, sizeof *s);
   if (!s) {
     reply_errorf(srv, http, 500, NULL, NULL, "out of memory");
@@ -696,7 +700,8 @@ static void handle_tokenize(struct server *srv, struct evhttp_request *http) {
   struct strata_api_error e;
   struct strata_api_tokenize t;
   size_t len;
-  const char *body = body_of(http, &len);
+  const char *body = body_of(srv, http, &len);
+  if (!body) return;
   if (strata_api_parse_tokenize(body, len, &t, &e) != 0) {
     reply_error(srv, http, &e);
     return;
@@ -737,7 +742,8 @@ static void handle_detokenize(struct server *srv, struct evhttp_request *http) {
   struct strata_api_error e;
   struct strata_api_detokenize d;
   size_t len;
-  const char *body = body_of(http, &len);
+  const char *body = body_of(srv, http, &len);
+  if (!body) return;
   if (strata_api_parse_detokenize(body, len, srv->n_vocab, &d, &e) != 0) {
     reply_error(srv, http, &e);
     return;

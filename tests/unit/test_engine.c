@@ -749,6 +749,24 @@ START_TEST(invalid_params) {
   ck_assert_int_eq(c.n_toks[0], 5);
   stop();
   /* stopped: the engine is gone; a fresh one refuses nothing valid */
+
+  /* more choices than tokens in a step could never decode: refused, not
+   * left hanging */
+  cfg.max_batch_tokens = 4;
+  start(&cfg);
+  p = greedy_params(refs[0].prompt_tokens, refs[0].n_prompt, 5);
+  p.n = 5;
+  ck_assert_int_eq(strata_engine_submit(eng, &p, on_event, &c, &r, err, sizeof err),
+                   STRATA_ENGINE_EINVAL);
+  ck_assert_msg(strstr(err, "max_batch_tokens (4)"), "%s", err);
+  ck_assert_ptr_null(r);
+  p.n = 4;
+  struct coll c4;
+  coll_init(&c4);
+  submit(&p, &c4);
+  finish(&c4);
+  for (int i = 0; i < 4; i++) ck_assert_int_eq(c4.n_toks[i], 5);
+  stop();
 }
 END_TEST
 
