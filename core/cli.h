@@ -12,4 +12,10 @@ int strata_cmd_bench(int argc, char **argv);
 int strata_cmd_mkmodel(int argc, char **argv);
 int strata_cmd_serve(int argc, char **argv);
 
+/* Parses option opt's value s as an integer in [lo, hi] into *out; else
+ * prints "strata: CMD: OPT must be an integer in [LO, HI], got 'S'" and
+ * returns -1. */
+int strata_cli_parse_long(const char *cmd, const char *opt, const char *s, long lo, long hi,
+                          long *out);
+
 #endif

@@ -35,18 +35,6 @@ static long rss_kib(void) {
 
 /* ---- the benchmark ---------------------------------------------------------------- */
 
-static int parse_pos(const char *opt, const char *s, long hi, long *out) {
-  char *end;
-  errno = 0;
-  long v = strtol(s, &end, 10);
-  if (errno || end == s || *end || v < 1 || v > hi) {
-    fprintf(stderr, "strata: bench: %s must be an integer in [1, %ld], got '%s'\n", opt, hi, s);
-    return -1;
-  }
-  *out = v;
-  return 0;
-}
-
 /* Decodes `steps` tokens for n_seqs sequences that already hold `ctx`
  * tokens each; returns seconds. */
 static double decode_steps(struct strata_model *m, int n_seqs, int ctx, int steps, int32_t *bt, int per,
@@ -131,17 +119,17 @@ int strata_cmd_bench(int argc, char **argv) {
     switch (c) {
     case 'm': ro.model_path = optarg; break;
     case 'p':
-      if (parse_pos("--prompt-tokens", optarg, 1 << 20, &n_prompt)) return 2;
+      if (strata_cli_parse_long("bench", "--prompt-tokens", optarg, 1, 1 << 20, &n_prompt)) return 2;
       break;
     case 'g':
-      if (parse_pos("--gen-tokens", optarg, 1 << 20, &n_gen)) return 2;
+      if (strata_cli_parse_long("bench", "--gen-tokens", optarg, 1, 1 << 20, &n_gen)) return 2;
       break;
     case 't':
-      if (parse_pos("--threads", optarg, 1024, &v)) return 2;
+      if (strata_cli_parse_long("bench", "--threads", optarg, 1, 1024, &v)) return 2;
       ro.threads = (int)v;
       break;
     case 'B':
-      if (parse_pos("--batch", optarg, 4096, &batch)) return 2;
+      if (strata_cli_parse_long("bench", "--batch", optarg, 1, 4096, &batch)) return 2;
       break;
     case 'q': ro.quant = optarg; break;
     case 'b': ro.backend = optarg; break;

@@ -26,18 +26,6 @@ static void generate_usage(FILE *f) {
           "--dump-logits writes one line of logits per position (prompt and generated).\n");
 }
 
-static int parse_long(const char *opt, const char *s, long lo, long hi, long *out) {
-  char *end;
-  errno = 0;
-  long v = strtol(s, &end, 10);
-  if (errno || end == s || *end || v < lo || v > hi) {
-    fprintf(stderr, "strata: generate: %s must be an integer in [%ld, %ld], got '%s'\n", opt, lo, hi, s);
-    return -1;
-  }
-  *out = v;
-  return 0;
-}
-
 static int parse_float(const char *opt, const char *s, double lo, double hi, float *out) {
   char *end;
   errno = 0;
@@ -57,11 +45,6 @@ static int dump_rows(FILE *f, const float *logits, int32_t rows, int32_t n_vocab
     fputc('\n', f);
   }
   return ferror(f) ? -1 : 0;
-}
-
-static int is_end_token(const strata_tokenizer_t *tok, int32_t id) {
-  return id == strata_tokenizer_eos(tok) || id == strata_tokenizer_bos(tok) ||
-         strata_tokenizer_token_attr(tok, id) == STRATA_TOKEN_CONTROL;
 }
 
 int strata_cmd_generate(int argc, char **argv) {
@@ -87,13 +70,13 @@ int strata_cmd_generate(int argc, char **argv) {
     case 'm': ro.model_path = optarg; break;
     case 'p': prompt = optarg; break;
     case 'n':
-      if (parse_long("-n", optarg, 1, INT_MAX, &n_gen)) return 2;
+      if (strata_cli_parse_long("generate", "-n", optarg, 1, INT_MAX, &n_gen)) return 2;
       break;
     case 't':
       if (parse_float("--temperature", optarg, 0, 100, &sp.temperature)) return 2;
       break;
     case 'k':
-      if (parse_long("--top-k", optarg, 0, INT_MAX, &v)) return 2;
+      if (strata_cli_parse_long("generate", "--top-k", optarg, 0, INT_MAX, &v)) return 2;
       sp.top_k = (int32_t)v;
       break;
     case 'P':
@@ -115,17 +98,17 @@ int strata_cmd_generate(int argc, char **argv) {
     }
     case 'q': ro.quant = optarg; break;
     case 'T':
-      if (parse_long("--threads", optarg, 1, 1024, &v)) return 2;
+      if (strata_cli_parse_long("generate", "--threads", optarg, 1, 1024, &v)) return 2;
       ro.threads = (int)v;
       break;
     case 'b': ro.backend = optarg; break;
     case 'c': ro.config_path = optarg; break;
     case 'C':
-      if (parse_long("--context-length", optarg, 1, 1 << 24, &v)) return 2;
+      if (strata_cli_parse_long("generate", "--context-length", optarg, 1, 1 << 24, &v)) return 2;
       ro.context_length = (int32_t)v;
       break;
     case 'B':
-      if (parse_long("--block-size", optarg, 1, 1024, &v)) return 2;
+      if (strata_cli_parse_long("generate", "--block-size", optarg, 1, 1024, &v)) return 2;
       ro.model.block_size = (int32_t)v;
       break;
     case 'F': ro.model.kv_f16 = 1; break;
@@ -237,7 +220,7 @@ int strata_cmd_generate(int argc, char **argv) {
   char piece[256];
   while (n_done < n_gen) {
     n_done++;
-    if (is_end_token(rt.tok, next)) break;
+    if (strata_tokenizer_is_end(rt.tok, next)) break;
     size_t w = strata_detok_stream_push(&ds, next, piece, sizeof piece - 1);
     if (w && w < sizeof piece) {
       fwrite(piece, 1, w, stdout);

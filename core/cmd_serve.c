@@ -29,21 +29,6 @@ static void serve_usage(FILE *f) {
           "\"listening on http://HOST:PORT\" to stderr once ready.\n");
 }
 
-static int parse_long(const char *opt, const char *s, long lo, long hi,
-                      long *out) {
-  char *end;
-  errno = 0;
-  long v = strtol(s, &end, 10);
-  if (errno || end == s || *end || v < lo || v > hi) {
-    fprintf(stderr,
-            "strata: serve: %s must be an integer in [%ld, %ld], got '%s'\n",
-            opt, lo, hi, s);
-    return -1;
-  }
-  *out = v;
-  return 0;
-}
-
 /* The default config: conf/strata.conf of the source tree when strata runs
  * from its build tree (or was built there), else none. */
 static char *default_config(void) {
@@ -123,7 +108,7 @@ int strata_cmd_serve(int argc, char **argv) {
       host = optarg;
       break;
     case 'p':
-      if (parse_long("--port", optarg, 0, 65535, &port)) return 2;
+      if (strata_cli_parse_long("serve", "--port", optarg, 0, 65535, &port)) return 2;
       break;
     case 'b':
       ro.backend = optarg;
@@ -137,7 +122,7 @@ int strata_cmd_serve(int argc, char **argv) {
       served = optarg;
       break;
     case 'T':
-      if (parse_long("--threads", optarg, 1, 1024, &v)) return 2;
+      if (strata_cli_parse_long("serve", "--threads", optarg, 1, 1024, &v)) return 2;
       ro.threads = (int)v;
       break;
     case 'h':

@@ -228,7 +228,7 @@ struct strata_engine {
   const strata_tokenizer_t *tok;
   struct strata_engine_config cfg;
   int32_t ctx_len, n_vocab, bs, n_blocks;
-  int32_t tok_eos, tok_bos;
+
   strata_kv_t *kv;
   const struct strata_scheduler_vtable *sv;
   void *sstate;
@@ -663,11 +663,6 @@ static void end_request(strata_engine_t *e, struct strata_engine_req *r,
   flush_events(e, r);
 }
 
-static int is_end_token(const strata_engine_t *e, int32_t id) {
-  return id == e->tok_eos || id == e->tok_bos ||
-         strata_tokenizer_token_attr(e->tok, id) == STRATA_TOKEN_CONTROL;
-}
-
 /* Length of the longest suffix of the held text that is a proper prefix of
  * some stop string (it must wait for the next token). */
 static size_t stop_prefix_len(const struct strata_engine_req *r, const char *s,
@@ -700,7 +695,7 @@ static void handle_token(strata_engine_t *e, struct strata_engine_req *r,
   c->has_ev = 1;
   c->ev_n_tokens = 1;
   r->completion_tokens++;
-  int stop_tok = !r->ignore_eos && is_end_token(e, tok);
+  int stop_tok = !r->ignore_eos && strata_tokenizer_is_end(e->tok, tok);
   for (size_t i = 0; !stop_tok && i < r->n_stop_ids; i++)
     stop_tok = tok == r->stop_ids[i];
   if (stop_tok) {
@@ -1364,8 +1359,6 @@ int strata_engine_start(struct strata_runtime *rt,
   e->n_vocab = m->hp.n_vocab;
   e->bs = m->opts.block_size;
   e->n_blocks = strata_model_kv_blocks(m);
-  e->tok_eos = strata_tokenizer_eos(rt->tok);
-  e->tok_bos = strata_tokenizer_bos(rt->tok);
   e->sv = sp->desc->vt.scheduler;
   pthread_mutex_init(&e->mu, NULL);
   pthread_mutex_init(&e->cb_mu, NULL);

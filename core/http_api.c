@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "engine.h"
+#include "tokenizer.h"
 #include "util.h"
 
 /* ---- errors ------------------------------------------------------------- */
@@ -69,57 +70,15 @@ int strata_api_errorf(struct strata_api_error *e, int status, const char *type,
   return -1;
 }
 
-/* Replaces every byte that does not start a valid UTF-8 sequence (RFC 3629:
- * no overlongs, no surrogates, at most U+10FFFF) by U+FFFD. */
-static char *utf8_sanitize(const char *s, size_t len, size_t *out_len) {
-  char *o = malloc(len * 3 + 1);
-  if (!o) return NULL;
-  size_t j = 0;
-  const unsigned char *p = (const unsigned char *)s;
-  for (size_t i = 0; i < len;) {
-    unsigned c = p[i];
-    size_t n = 0;
-    if (c < 0x80)
-      n = 1;
-    else if (c >= 0xC2 && c <= 0xDF)
-      n = 2;
-    else if (c >= 0xE0 && c <= 0xEF)
-      n = 3;
-    else if (c >= 0xF0 && c <= 0xF4)
-      n = 4;
-    int ok = n > 0 && i + n <= len;
-    for (size_t k = 1; ok && k < n; k++)
-      if ((p[i + k] & 0xC0) != 0x80) ok = 0;
-    if (ok && n == 3) {
-      if (c == 0xE0 && p[i + 1] < 0xA0) ok = 0;
-      if (c == 0xED && p[i + 1] >= 0xA0) ok = 0;
-    }
-    if (ok && n == 4) {
-      if (c == 0xF0 && p[i + 1] < 0x90) ok = 0;
-      if (c == 0xF4 && p[i + 1] >= 0x90) ok = 0;
-    }
-    if (ok) {
-      memcpy(o + j, p + i, n);
-      j += n;
-      i += n;
-    } else {
-      memcpy(o + j, "\xEF\xBF\xBD", 3);
-      j += 3;
-      i++;
-    }
-  }
-  o[j] = 0;
-  *out_len = j;
-  return o;
-}
-
 json_t *strata_api_string(const char *text, size_t len) {
   if (!text) return json_string("");
   json_t *s = json_stringn(text, len);
   if (s) return s;
-  size_t n;
-  char *clean = utf8_sanitize(text, len, &n);
+  const unsigned char *u = (const unsigned char *)text;
+  size_t n = strata_utf8_sanitize(u, len, 1, NULL, NULL);
+  char *clean = malloc(n + 1);
   if (!clean) return NULL;
+  strata_utf8_sanitize(u, len, 1, clean, NULL);
   s = json_stringn(clean, n);
   free(clean);
   return s;

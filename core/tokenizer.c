@@ -53,11 +53,8 @@ int strata_tok_utf8_next(const unsigned char *s, size_t n) {
   return need;
 }
 
-/* Copies in[0..n) to out replacing each maximal invalid subpart by U+FFFD.
- * Unless final, an unfinished character at the end is left unconsumed.
- * out may be NULL to measure. Returns the bytes produced. */
-static size_t utf8_sanitize(const unsigned char *in, size_t n, int final,
-                            char *out, size_t *consumed) {
+size_t strata_utf8_sanitize(const unsigned char *in, size_t n, int final, char *out,
+                            size_t *consumed) {
   size_t i = 0, o = 0;
   while (i < n) {
     int r = strata_tok_utf8_next(in + i, n - i);
@@ -531,6 +528,11 @@ int32_t strata_tokenizer_bos(const strata_tokenizer_t *t) {
 int32_t strata_tokenizer_eos(const strata_tokenizer_t *t) {
   return t->eos;
 }
+int strata_tokenizer_is_end(const strata_tokenizer_t *t, int32_t id) {
+  return id == strata_tokenizer_eos(t) || id == strata_tokenizer_bos(t) ||
+         strata_tokenizer_token_attr(t, id) == STRATA_TOKEN_CONTROL;
+}
+
 int strata_tokenizer_add_bos(const strata_tokenizer_t *t) {
   return t->add_bos;
 }
@@ -977,13 +979,13 @@ char *strata_detokenize_len(const strata_tokenizer_t *t, const int32_t *tokens,
     }
     o += m;
   }
-  size_t need = utf8_sanitize(raw, o, 1, NULL, NULL);
+  size_t need = strata_utf8_sanitize(raw, o, 1, NULL, NULL);
   char *text = malloc(need + 1);
   if (!text) {
     free(raw);
     return NULL;
   }
-  utf8_sanitize(raw, o, 1, text, NULL);
+  strata_utf8_sanitize(raw, o, 1, text, NULL);
   text[need] = '\0';
   free(raw);
   if (out_len) *out_len = need;
@@ -1021,9 +1023,9 @@ size_t strata_detok_stream_push(struct strata_detok_stream *s, int32_t id,
       memmove(buf + np, buf + np + 1, --plen);
   }
   size_t total = np + plen, used;
-  size_t need = utf8_sanitize(buf, total, 0, NULL, &used);
+  size_t need = strata_utf8_sanitize(buf, total, 0, NULL, &used);
   if (need <= cap) {
-    utf8_sanitize(buf, total, 0, out, &used);
+    strata_utf8_sanitize(buf, total, 0, out, &used);
     s->n_pending = (int)(total - used); /* at most 3: an unfinished character */
     memcpy(s->pending, buf + used, total - used);
     s->n_seen++;

@@ -34,6 +34,15 @@ int32_t strata_tokenizer_bos(const strata_tokenizer_t *t); /* -1 if none */
 int32_t strata_tokenizer_eos(const strata_tokenizer_t *t); /* -1 if none */
 int strata_tokenizer_add_bos(const strata_tokenizer_t *t);
 int strata_tokenizer_add_eos(const strata_tokenizer_t *t);
+/* Copies in[0..n) to out replacing each maximal invalid UTF-8 subpart (RFC
+ * 3629: no overlongs, no surrogates, at most U+10FFFF) by U+FFFD. Unless
+ * final, an unfinished character at the end is left unconsumed. out may be
+ * NULL to measure (at most 3 * n). Returns the bytes produced. */
+size_t strata_utf8_sanitize(const unsigned char *in, size_t n, int final, char *out,
+                            size_t *consumed);
+/* Whether generating this token ends the text: EOS, BOS or any control
+ * token (small models such as stories260K end a story with BOS). */
+int strata_tokenizer_is_end(const strata_tokenizer_t *t, int32_t id);
 /* The raw vocabulary entry of a token (NULL when out of range). */
 const char *strata_tokenizer_token_text(const strata_tokenizer_t *t,
                                         int32_t id);
