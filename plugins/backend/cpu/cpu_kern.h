@@ -701,12 +701,18 @@ CPU_INLINE void K(attn_t)(const uint32_t kt, const uint32_t vt, const struct cpu
   const int hd = c->head_dim;
   const size_t koff = (size_t)kvh * hd * (kt == STRATA_TYPE_F32 ? 4 : 2);
   const size_t voff = (size_t)kvh * hd * (vt == STRATA_TYPE_F32 ? 4 : 2);
+  /* Positions walk the block table block by block: a division per
+   * position (p / block_size) cost as much as the dot itself at head_dim 64. */
+  const int32_t bs = c->block_size;
   float mx = -INFINITY;
-  for (int32_t p = 0; p < npos; p++) {
-    const int64_t slot = (int64_t)bt[p / c->block_size] * c->block_size + p % c->block_size;
-    const float s = K(kvdot)(kt, q, c->k + (size_t)slot * c->krow + koff, hd) * c->scale;
-    sc[p] = s;
-    mx = s > mx ? s : mx;
+  for (int32_t p0 = 0, b = 0; p0 < npos; p0 += bs, b++) {
+    const int32_t n = npos - p0 < bs ? npos - p0 : bs;
+    const uint8_t *kb = c->k + (size_t)bt[b] * bs * c->krow + koff;
+    for (int32_t j = 0; j < n; j++) {
+      const float s = K(kvdot)(kt, q, kb + (size_t)j * c->krow, hd) * c->scale;
+      sc[p0 + j] = s;
+      mx = s > mx ? s : mx;
+    }
   }
   float sum = 0.0f;
   for (int32_t p = 0; p < npos; p++) {
@@ -714,9 +720,10 @@ CPU_INLINE void K(attn_t)(const uint32_t kt, const uint32_t vt, const struct cpu
     sum += sc[p];
   }
   for (int i = 0; i < hd; i++) out[i] = 0.0f;
-  for (int32_t p = 0; p < npos; p++) {
-    const int64_t slot = (int64_t)bt[p / c->block_size] * c->block_size + p % c->block_size;
-    K(kvaxpy)(vt, sc[p], c->v + (size_t)slot * c->vrow + voff, out, hd);
+  for (int32_t p0 = 0, b = 0; p0 < npos; p0 += bs, b++) {
+    const int32_t n = npos - p0 < bs ? npos - p0 : bs;
+    const uint8_t *vb = c->v + (size_t)bt[b] * bs * c->vrow + voff;
+    for (int32_t j = 0; j < n; j++) K(kvaxpy)(vt, sc[p0 + j], vb + (size_t)j * c->vrow, out, hd);
   }
   const float inv = 1.0f / sum;
   for (int i = 0; i < hd; i++) out[i] *= inv;
