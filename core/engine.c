@@ -258,6 +258,8 @@ struct strata_engine {
   size_t cap_bt;
   float *logits;
   size_t cap_logits;
+  int32_t *smp_idx; /* sampling scratch shared by every choice [n_vocab] */
+  float *smp_prob;
   void *rowbuf;
   size_t cap_rowbuf;
 };
@@ -488,10 +490,11 @@ int strata_engine_submit(strata_engine_t *e,
                             sizeof *c->toks);
     struct strata_sampling sp = p->sampling;
     sp.seed = seed + (uint64_t)i;
-    if (!c->toks || strata_sampler_init(&c->smp, &sp, e->n_vocab) != 0) {
+    if (!c->toks) {
       oom = 1;
       break;
     }
+    strata_sampler_init_shared(&c->smp, &sp, e->n_vocab);
     memcpy(c->toks, p->prompt, sizeof *c->toks * (size_t)p->n_prompt);
     c->n_known = p->n_prompt;
     strata_detok_stream_init(&c->ds, e->tok, 0, 0);
@@ -1053,8 +1056,8 @@ static int32_t run_batch(strata_engine_t *e) {
     for (int32_t j = 0; j < r->n; j++) {
       struct choice *c = &r->ch[j];
       if (c->state != CH_ACTIVE || c->out_row < 0) continue;
-      int32_t tok = strata_sampler_sample(
-          &c->smp, e->logits + (size_t)c->out_row * e->n_vocab);
+      int32_t tok = strata_sampler_sample_with(
+          &c->smp, e->logits + (size_t)c->out_row * e->n_vocab, e->smp_idx, e->smp_prob);
       c->out_row = -1;
       handle_token(e, r, c, tok);
       produced++;
@@ -1302,6 +1305,8 @@ static void engine_free(strata_engine_t *e) {
   free(e->b_len);
   free(e->b_bt);
   free(e->logits);
+  free(e->smp_idx);
+  free(e->smp_prob);
   free(e->rowbuf);
   free(e);
 }
@@ -1373,6 +1378,12 @@ int strata_engine_start(struct strata_runtime *rt,
   kc.block_size = e->bs;
   kc.n_blocks = e->n_blocks;
   kc.prefix_caching = c.prefix_caching;
+  e->smp_idx = strata_calloc((size_t)e->n_vocab, sizeof *e->smp_idx);
+  e->smp_prob = strata_calloc((size_t)e->n_vocab, sizeof *e->smp_prob);
+  if (!e->smp_idx || !e->smp_prob) {
+    engine_free(e);
+    return strata_errf(err, errlen, "out of memory");
+  }
   char kerr[256];
   if (strata_kv_create(&kc, &e->kv, kerr, sizeof kerr) != 0) {
     engine_free(e);

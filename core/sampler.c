@@ -49,11 +49,16 @@ uint64_t strata_rng_next(struct strata_rng *r) {
 
 double strata_rng_uniform(struct strata_rng *r) { return (double)(strata_rng_next(r) >> 11) * 0x1.0p-53; }
 
-int strata_sampler_init(struct strata_sampler *s, const struct strata_sampling *params, int32_t n_vocab) {
+void strata_sampler_init_shared(struct strata_sampler *s, const struct strata_sampling *params,
+                                int32_t n_vocab) {
   memset(s, 0, sizeof *s);
   s->params = *params;
   s->n_vocab = n_vocab;
   strata_rng_seed(&s->rng, params->seed);
+}
+
+int strata_sampler_init(struct strata_sampler *s, const struct strata_sampling *params, int32_t n_vocab) {
+  strata_sampler_init_shared(s, params, n_vocab);
   s->idx = strata_calloc((size_t)n_vocab, sizeof *s->idx);
   s->prob = strata_calloc((size_t)n_vocab, sizeof *s->prob);
   if (!s->idx || !s->prob) {
@@ -113,25 +118,30 @@ static void top_k_sort(int32_t *idx, int32_t n, int32_t k, const float *keys) {
 }
 
 int32_t strata_sampler_sample(struct strata_sampler *s, const float *logits) {
+  return strata_sampler_sample_with(s, logits, s->idx, s->prob);
+}
+
+int32_t strata_sampler_sample_with(struct strata_sampler *s, const float *logits, int32_t *idx,
+                                   float *prob) {
   const struct strata_sampling *p = &s->params;
   int32_t n = s->n_vocab;
   if (p->temperature == 0.0f) return strata_argmax(logits, n);
   int32_t k = p->top_k > 0 && p->top_k < n ? p->top_k : n;
-  for (int32_t i = 0; i < n; i++) s->idx[i] = i;
-  top_k_sort(s->idx, n, k, logits);
+  for (int32_t i = 0; i < n; i++) idx[i] = i;
+  top_k_sort(idx, n, k, logits);
   /* softmax over the k candidates at this temperature */
-  float mx = logits[s->idx[0]];
+  float mx = logits[idx[0]];
   double sum = 0;
   for (int32_t i = 0; i < k; i++) {
-    float e = expf((logits[s->idx[i]] - mx) / p->temperature);
-    s->prob[i] = e;
+    float e = expf((logits[idx[i]] - mx) / p->temperature);
+    prob[i] = e;
     sum += e;
   }
   int32_t keep = k;
   if (p->top_p < 1.0f) {
     double c = 0;
     for (int32_t i = 0; i < k; i++) {
-      c += s->prob[i] / sum;
+      c += prob[i] / sum;
       if (c >= p->top_p) {
         keep = i + 1;
         break;
@@ -139,17 +149,17 @@ int32_t strata_sampler_sample(struct strata_sampler *s, const float *logits) {
     }
   }
   if (p->min_p > 0.0f) {
-    float floor_p = p->min_p * s->prob[0];
+    float floor_p = p->min_p * prob[0];
     int32_t j = 1;
-    while (j < keep && s->prob[j] >= floor_p) j++;
+    while (j < keep && prob[j] >= floor_p) j++;
     keep = j;
   }
   double total = 0;
-  for (int32_t i = 0; i < keep; i++) total += s->prob[i];
+  for (int32_t i = 0; i < keep; i++) total += prob[i];
   double r = strata_rng_uniform(&s->rng) * total, c = 0;
   for (int32_t i = 0; i < keep; i++) {
-    c += s->prob[i];
-    if (r < c) return s->idx[i];
+    c += prob[i];
+    if (r < c) return idx[i];
   }
-  return s->idx[keep - 1];
+  return idx[keep - 1];
 }

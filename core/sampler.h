@@ -44,6 +44,16 @@ struct strata_sampler {
 int strata_sampler_init(struct strata_sampler *s, const struct strata_sampling *params,
                         int32_t n_vocab);
 void strata_sampler_free(struct strata_sampler *s);
+/* The same without scratch of its own (nothing to free): for many samplers
+ * used by one thread, which passes one shared scratch to sample_with. A
+ * per-sampler scratch of 8 bytes per vocabulary entry would cost 1.2 MB per
+ * choice on a 152k vocabulary. */
+void strata_sampler_init_shared(struct strata_sampler *s, const struct strata_sampling *params,
+                                int32_t n_vocab);
+/* strata_sampler_sample with caller-provided scratch of n_vocab entries
+ * each (not used for greedy). */
+int32_t strata_sampler_sample_with(struct strata_sampler *s, const float *logits, int32_t *idx,
+                                   float *prob);
 /* Picks a token from logits[n_vocab] (not modified). */
 int32_t strata_sampler_sample(struct strata_sampler *s, const float *logits);
 int32_t strata_argmax(const float *logits, int32_t n);

@@ -69,6 +69,34 @@ START_TEST(same_seed_same_tokens) {
 }
 END_TEST
 
+/* Samplers sharing one scratch (as the engine's choices do) draw exactly
+ * what samplers with their own scratch draw, interleaved or not. */
+START_TEST(shared_scratch_same_tokens) {
+  fill();
+  struct strata_sampling p = STRATA_SAMPLING_DEFAULTS;
+  p.top_p = 0.9f;
+  p.top_k = 40;
+  struct strata_sampler own[3], shared[3];
+  for (int k = 0; k < 3; k++) {
+    p.seed = 77 + (uint64_t)k;
+    ck_assert_int_eq(strata_sampler_init(&own[k], &p, NV), 0);
+    strata_sampler_init_shared(&shared[k], &p, NV);
+  }
+  int32_t *idx = malloc(NV * sizeof *idx);
+  float *prob = malloc(NV * sizeof *prob);
+  for (int i = 0; i < 100; i++)
+    for (int k = 0; k < 3; k++)
+      ck_assert_int_eq(strata_sampler_sample_with(&shared[k], logits, idx, prob),
+                       strata_sampler_sample(&own[k], logits));
+  for (int k = 0; k < 3; k++) {
+    strata_sampler_free(&own[k]);
+    strata_sampler_free(&shared[k]);
+  }
+  free(idx);
+  free(prob);
+}
+END_TEST
+
 START_TEST(top_k_limits_support) {
   fill();
   struct strata_sampling p = STRATA_SAMPLING_DEFAULTS;
@@ -156,6 +184,7 @@ int main(void) {
   TCase *tc = tcase_create("core");
   tcase_add_test(tc, greedy_is_argmax);
   tcase_add_test(tc, same_seed_same_tokens);
+  tcase_add_test(tc, shared_scratch_same_tokens);
   tcase_add_test(tc, top_k_limits_support);
   tcase_add_test(tc, top_p_limits_support);
   tcase_add_test(tc, min_p_limits_support);
