@@ -567,6 +567,14 @@ static void handle_generate(struct server *srv, struct evhttp_request *http,
                            : 16;
   if (!r->max_tokens && max_tokens > ctx - (int64_t)n_toks)
     max_tokens = (int32_t)(ctx - (int64_t)n_toks);
+  if (!r->max_tokens && r->n > 1) {
+    /* "the rest of the context" for each of n choices must also fit the KV
+     * cache, which may hold fewer than n full contexts */
+    struct strata_engine_metrics met;
+    strata_engine_get_metrics(srv->eng, &met);
+    int64_t per = (int64_t)(met.kv.n_blocks / r->n) * met.kv.block_size - (int64_t)n_toks;
+    if (per >= 1 && max_tokens > per) max_tokens = (int32_t)per;
+  }
   if ((int64_t)n_toks + max_tokens > ctx) {
     strata_api_errorf(&e, 400, NULL, "context_length_exceeded",
                       kind == STRATA_API_CHAT &&

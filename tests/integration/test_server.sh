@@ -338,6 +338,21 @@ for h in vllm:time_to_first_token_seconds vllm:inter_token_latency_seconds vllm:
 done
 check "generation tokens counted" test "$(sed -n 's/^vllm:generation_tokens_total{[^}]*} //p' "$T/metrics")" -gt 100
 
+# ---- chat with n > 1 and no max_tokens on a KV cache of ~one context ------------------------
+# "the rest of the context" per choice must shrink to what the cache holds for n choices
+cat >"$T/smallkv.conf" <<EOF
+engine: { model = "$MODEL"; kv_cache: { tokens = 600; }; };
+EOF
+start_server smallkv "$T/smallkv.conf"
+code=$(curl -s -o "$T/body" -w '%{http_code}' -H 'Content-Type: application/json' \
+  -d '{"messages":[{"role":"user","content":"Hi"}],"n":2,"seed":3}' "$URL_smallkv/v1/chat/completions")
+check "chat n=2 without max_tokens on a small cache is 200 ($code)" test "$code" = 200
+check "chat n=2 gives 2 choices" test "$(jq '.choices | length' "$T/body")" = 2
+check "chat n=2 fits the cache" test "$(jq '.usage.completion_tokens' "$T/body")" -le 592
+kill -TERM "$PID_smallkv"
+wait "$PID_smallkv"
+check "small-cache server exits 0" test $? -eq 0
+
 # ---- API key, queue limit (429) ---------------------------------------------------------------
 cat >"$T/limited.conf" <<EOF
 engine: { model = "$MODEL"; max_running = 1; max_waiting = 1; };
