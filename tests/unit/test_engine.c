@@ -14,63 +14,12 @@
 
 #include "engine.h"
 #include "runtime.h"
+#include "refs.h"
 #include "testutil.h"
 #include "tokenizer.h"
 #include "util.h"
 
-struct ref {
-  char *prompt;
-  int32_t *prompt_tokens;
-  int n_prompt;
-  int32_t *greedy;
-  int n_greedy;
-  char *greedy_text;
-};
-
-static struct ref refs[16];
-static int n_refs;
-
-static int32_t *json_ints(json_t *a, int *n) {
-  *n = (int)json_array_size(a);
-  int32_t *v = malloc(sizeof *v * (size_t)(*n + 1));
-  for (int i = 0; i < *n; i++)
-    v[i] = (int32_t)json_integer_value(json_array_get(a, (size_t)i));
-  return v;
-}
-
-static void load_refs(void) {
-  char *path = test_shared_path("reference/stories260K.jsonl");
-  char *model = test_shared_path("models/stories260K.gguf");
-  FILE *f = fopen(path, "r");
-  FILE *mf = fopen(model, "rb");
-  if (!f || !mf) {
-    fprintf(stderr, "%s or %s missing: skipping\n", path, model);
-    exit(77);
-  }
-  fclose(mf);
-  char *line = NULL;
-  size_t cap = 0;
-  while (getline(&line, &cap, f) > 0 && n_refs < 16) {
-    json_error_t je;
-    json_t *o = json_loads(line, 0, &je);
-    if (!o) {
-      fprintf(stderr, "%s: line %d: %s\n", path, n_refs + 1, je.text);
-      exit(1);
-    }
-    struct ref *r = &refs[n_refs++];
-    r->prompt = strdup(json_string_value(json_object_get(o, "prompt")));
-    r->prompt_tokens =
-        json_ints(json_object_get(o, "prompt_tokens"), &r->n_prompt);
-    r->greedy = json_ints(json_object_get(o, "greedy_tokens"), &r->n_greedy);
-    r->greedy_text =
-        strdup(json_string_value(json_object_get(o, "greedy_text")));
-    json_decref(o);
-  }
-  free(line);
-  fclose(f);
-  free(path);
-  free(model);
-}
+static void load_refs(void) { load_refs_with(0); }
 
 /* ---- engine setup
  * ------------------------------------------------------------------ */

@@ -12,70 +12,12 @@
 
 #include "runtime.h"
 #include "sampler.h"
+#include "refs.h"
 #include "testutil.h"
 
-struct ref {
-  char *prompt;
-  int32_t *prompt_tokens;
-  int n_prompt;
-  float *logits; /* [n_prompt][n_vocab] */
-  int32_t *greedy;
-  int n_greedy;
-};
+static const int n_vocab_ref = TEST_REFS_VOCAB;
 
-static struct ref refs[16];
-static int n_refs;
-static const int n_vocab_ref = 512;
-
-static int32_t *json_ints(json_t *a, int *n) {
-  *n = (int)json_array_size(a);
-  int32_t *v = malloc(sizeof *v * (size_t)(*n + 1));
-  for (int i = 0; i < *n; i++) v[i] = (int32_t)json_integer_value(json_array_get(a, (size_t)i));
-  return v;
-}
-
-static void load_refs(void) {
-  char *path = test_shared_path("reference/stories260K.jsonl");
-  FILE *f = fopen(path, "r");
-  if (!f) {
-    fprintf(stderr, "%s missing: skipping\n", path);
-    exit(77);
-  }
-  char *line = NULL;
-  size_t cap = 0;
-  while (getline(&line, &cap, f) > 0 && n_refs < 16) {
-    json_error_t je;
-    json_t *o = json_loads(line, 0, &je);
-    if (!o) {
-      fprintf(stderr, "%s: line %d: %s\n", path, n_refs + 1, je.text);
-      exit(1);
-    }
-    struct ref *r = &refs[n_refs++];
-    r->prompt = strdup(json_string_value(json_object_get(o, "prompt")));
-    r->prompt_tokens = json_ints(json_object_get(o, "prompt_tokens"), &r->n_prompt);
-    r->greedy = json_ints(json_object_get(o, "greedy_tokens"), &r->n_greedy);
-    json_t *pl = json_object_get(o, "prompt_logits");
-    if ((int)json_array_size(pl) != r->n_prompt) {
-      fprintf(stderr, "%s: line %d: %zu logits rows for %d prompt tokens\n", path, n_refs,
-              json_array_size(pl), r->n_prompt);
-      exit(1);
-    }
-    r->logits = malloc(sizeof(float) * (size_t)r->n_prompt * n_vocab_ref);
-    for (int i = 0; i < r->n_prompt; i++) {
-      json_t *row = json_array_get(pl, (size_t)i);
-      if ((int)json_array_size(row) != n_vocab_ref) {
-        fprintf(stderr, "%s: line %d: a logits row of %zu values\n", path, n_refs, json_array_size(row));
-        exit(1);
-      }
-      for (int j = 0; j < n_vocab_ref; j++)
-        r->logits[(size_t)i * n_vocab_ref + j] = (float)json_number_value(json_array_get(row, (size_t)j));
-    }
-    json_decref(o);
-  }
-  free(line);
-  fclose(f);
-  free(path);
-}
+static void load_refs(void) { load_refs_with(1); }
 
 static double rel_l2(const float *a, const float *ref, int n) {
   double num = 0, den = 0;
