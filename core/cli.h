@@ -12,6 +12,11 @@ int strata_cmd_bench(int argc, char **argv);
 int strata_cmd_mkmodel(int argc, char **argv);
 int strata_cmd_serve(int argc, char **argv);
 
+struct strata_runtime_opts;
+/* strata bench --logits (core/cmd_bench_logits.c): the engine's step time
+ * with and without logits processors over n_req requests. */
+int strata_bench_logits(struct strata_runtime_opts *ro, int n_req, int n_prompt, int n_gen);
+
 /* Parses option opt's value s as an integer in [lo, hi] into *out; else
  * prints "strata: CMD: OPT must be an integer in [LO, HI], got 'S'" and
  * returns -1. */

@@ -107,22 +107,26 @@ out:
 int strata_cmd_bench(int argc, char **argv) {
   struct strata_runtime_opts ro = {0};
   long n_prompt = 512, n_gen = 32, batch = 16, v;
+  int logits_mode = 0, set_p = 0, set_g = 0, set_b = 0;
   static const struct option opts[] = {
       {"model", required_argument, 0, 'm'},  {"prompt-tokens", required_argument, 0, 'p'},
       {"gen-tokens", required_argument, 0, 'g'}, {"threads", required_argument, 0, 't'},
       {"batch", required_argument, 0, 'B'},  {"quant", required_argument, 0, 'q'},
       {"backend", required_argument, 0, 'b'}, {"config", required_argument, 0, 'c'},
-      {"help", no_argument, 0, 'h'},         {0, 0, 0, 0}};
+      {"logits", no_argument, 0, 'L'},       {"help", no_argument, 0, 'h'},
+      {0, 0, 0, 0}};
   optind = 1;
   int c;
-  while ((c = getopt_long(argc, argv, "m:p:g:t:B:q:b:c:h", opts, NULL)) != -1) {
+  while ((c = getopt_long(argc, argv, "m:p:g:t:B:q:b:c:Lh", opts, NULL)) != -1) {
     switch (c) {
     case 'm': ro.model_path = optarg; break;
     case 'p':
       if (strata_cli_parse_long("bench", "--prompt-tokens", optarg, 1, 1 << 20, &n_prompt)) return 2;
+      set_p = 1;
       break;
     case 'g':
       if (strata_cli_parse_long("bench", "--gen-tokens", optarg, 1, 1 << 20, &n_gen)) return 2;
+      set_g = 1;
       break;
     case 't':
       if (strata_cli_parse_long("bench", "--threads", optarg, 1, 1024, &v)) return 2;
@@ -130,15 +134,19 @@ int strata_cmd_bench(int argc, char **argv) {
       break;
     case 'B':
       if (strata_cli_parse_long("bench", "--batch", optarg, 1, 4096, &batch)) return 2;
+      set_b = 1;
       break;
+    case 'L': logits_mode = 1; break;
     case 'q': ro.quant = optarg; break;
     case 'b': ro.backend = optarg; break;
     case 'c': ro.config_path = optarg; break;
     case 'h':
       printf("usage: strata bench --model FILE [--prompt-tokens N] [--gen-tokens N] [--threads N]\n"
-             "         [--batch B] [--quant Q] [--backend NAME] [--config FILE]\n"
+             "         [--batch B] [--quant Q] [--backend NAME] [--config FILE] [--logits]\n"
              "Measures prefill of N tokens, decode at 1 and at B sequences, and the\n"
-             "decode roofline from this machine's measured read bandwidth.\n");
+             "decode roofline from this machine's measured read bandwidth.\n"
+             "--logits: instead, the serving engine's step time with and without logits\n"
+             "processors over B requests (defaults: B 64, prompt 32, 16 generated).\n");
       return 0;
     default: return 2;
     }
@@ -147,6 +155,9 @@ int strata_cmd_bench(int argc, char **argv) {
     fprintf(stderr, "strata: bench: unexpected argument '%s'\n", argv[optind]);
     return 2;
   }
+  if (logits_mode)
+    return strata_bench_logits(&ro, set_b ? (int)batch : 64, set_p ? (int)n_prompt : 32,
+                               set_g ? (int)n_gen : 16);
   long rss0 = rss_kib();
   /* Every sequence gets room for its prompt and generated tokens. */
   int ctx = (int)(n_prompt + n_gen + 1);

@@ -61,10 +61,10 @@ int strata_cmd_plugins(int argc, char **argv) {
 
   printf("search path:\n");
   for (size_t i = 0; i < reg.n_dirs; i++) printf("  %s\n", reg.dirs[i]);
-  printf("\n%-10s %-16s %-10s %-4s %s\n", "KIND", "NAME", "VERSION", "ABI", "PATH");
+  printf("\n%-10s %-20s %-10s %-4s %s\n", "KIND", "NAME", "VERSION", "ABI", "PATH");
   for (size_t i = 0; i < reg.n_plugins; i++) {
     const struct strata_plugin_desc *d = reg.plugins[i].desc;
-    printf("%-10s %-16s %-10s %-4u %s\n", strata_plugin_kind_name(d->kind), d->name,
+    printf("%-10s %-20s %-10s %-4u %s\n", strata_plugin_kind_name(d->kind), d->name,
            d->version ? d->version : "-", d->abi_version, reg.plugins[i].path);
     if (verbose) {
       if (d->description) printf("    %s\n", d->description);

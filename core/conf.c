@@ -6,6 +6,7 @@
 #include <libconfig.h>
 #include <limits.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -64,6 +65,10 @@ static const struct strata_param engine_params[] = {
      "requests holding KV cache blocks at once"},
     {"max_waiting", STRATA_PARAM_INT, 0, "1024", 1, 1048576,
      "queued requests; beyond this a request gets HTTP 429"},
+    {"logits", STRATA_PARAM_STRLIST, 0,
+     "allowed_token_ids,bad_words,min_tokens,logit_bias,repetition_penalty,frequency_penalty,"
+     "presence_penalty",
+     NO_RANGE, "logits processor plugins enabled, in the order they apply"},
     {NULL, STRATA_PARAM_END, 0, NULL, 0, 0, NULL},
 };
 
@@ -397,6 +402,7 @@ static const char *type_name(enum strata_param_type t) {
   case STRATA_PARAM_BOOL: return "a boolean (true or false)";
   case STRATA_PARAM_STRING: return "a string";
   case STRATA_PARAM_SIZE: return "a size (bytes, or a string such as \"2GiB\")";
+  case STRATA_PARAM_STRLIST: return "a list of strings ( \"a\", \"b\" )";
   default: return "?";
   }
 }
@@ -512,6 +518,16 @@ static int validate_params(const struct strata_config *cfg, const config_setting
       break;
     case STRATA_PARAM_STRING:
       ok = t == CONFIG_TYPE_STRING;
+      break;
+    case STRATA_PARAM_STRLIST:
+      ok = t == CONFIG_TYPE_ARRAY || t == CONFIG_TYPE_LIST;
+      for (int j = 0; ok && j < config_setting_length(m); j++) {
+        config_setting_t *el = config_setting_get_elem(m, (unsigned)j);
+        if (config_setting_type(el) != CONFIG_TYPE_STRING)
+          strata_errlist_add(errs, setting_file(cfg, el), setting_line(el),
+                             "%s.%s[%d] must be a string, not %s", where, name, j,
+                             lc_type_name(config_setting_type(el)));
+      }
       break;
     case STRATA_PARAM_SIZE:
       if (t == CONFIG_TYPE_INT || t == CONFIG_TYPE_INT64) {
@@ -663,6 +679,34 @@ static void check_plugin_ref(strata_config_t *cfg, config_setting_t *group,
                      strata_plugin_kind_name(kind), v);
 }
 
+/* Checks a list key naming plugins of the given kind, each at most once. */
+static void check_plugin_list(strata_config_t *cfg, config_setting_t *group, const char *key,
+                              enum strata_plugin_kind kind, const struct strata_registry *reg,
+                              struct strata_errlist *errs) {
+  config_setting_t *s = group ? config_setting_get_member(group, key) : NULL;
+  int t = s ? config_setting_type(s) : CONFIG_TYPE_NONE;
+  if (t != CONFIG_TYPE_ARRAY && t != CONFIG_TYPE_LIST) return;
+  int n = config_setting_length(s);
+  for (int i = 0; i < n; i++) {
+    config_setting_t *el = config_setting_get_elem(s, (unsigned)i);
+    const char *v = config_setting_get_string(el);
+    if (!v) continue; /* reported by validate_params */
+    if (!strata_registry_find(reg, kind, v))
+      strata_errlist_add(errs, setting_file(cfg, el), setting_line(el),
+                         "%s.%s[%d]: unknown %s plugin '%s'", config_setting_name(group), key,
+                         i, strata_plugin_kind_name(kind), v);
+    for (int j = 0; j < i; j++) {
+      const char *w = config_setting_get_string(config_setting_get_elem(s, (unsigned)j));
+      if (w && strcmp(v, w) == 0) {
+        strata_errlist_add(errs, setting_file(cfg, el), setting_line(el),
+                           "%s.%s[%d]: '%s' is listed twice", config_setting_name(group), key,
+                           i, v);
+        break;
+      }
+    }
+  }
+}
+
 int strata_config_validate(strata_config_t *cfg, const struct strata_registry *reg,
                            struct strata_errlist *errs) {
   size_t before = errs->n;
@@ -701,6 +745,7 @@ int strata_config_validate(strata_config_t *cfg, const struct strata_registry *r
     check_plugin_ref(cfg, engine, "backend", STRATA_PLUGIN_BACKEND, "auto", reg, errs);
     check_plugin_ref(cfg, engine, "quant", STRATA_PLUGIN_QUANT, NULL, reg, errs);
     check_plugin_ref(cfg, engine, "scheduler", STRATA_PLUGIN_SCHEDULER, NULL, reg, errs);
+    check_plugin_list(cfg, engine, "logits", STRATA_PLUGIN_LOGITS, reg, errs);
   }
   /* The model file is checked for readability, not loaded. */
   config_setting_t *model = engine && config_setting_type(engine) == CONFIG_TYPE_GROUP
@@ -852,6 +897,52 @@ const char *strata_config_string(const strata_config_node_t *n, const char *key)
   if (!p) return NULL;
   if (s) return config_setting_get_string(s);
   return p->defval;
+}
+
+size_t strata_config_strlist(const strata_config_node_t *n, const char *key, const char **out,
+                             size_t cap) {
+  const config_setting_t *s;
+  const struct strata_param *p = node_param(n, key, &s);
+  if (!p || p->type != STRATA_PARAM_STRLIST) return 0;
+  size_t k = 0;
+  if (s) {
+    int len = config_setting_length(s);
+    for (int i = 0; i < len; i++) {
+      const char *v = config_setting_get_string_elem(s, i);
+      if (!v) continue;
+      if (k < cap) out[k] = v;
+      k++;
+    }
+    return k;
+  }
+  /* The default "a,b,c": pieces of a per-table static copy, split once. */
+  static struct {
+    const struct strata_param *p;
+    char buf[512];
+    const char *items[32];
+    size_t n;
+  } cache[8];
+  static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+  pthread_mutex_lock(&mu);
+  size_t c = 0;
+  while (c < STRATA_ARRAY_LEN(cache) && cache[c].p && cache[c].p != p) c++;
+  if (c == STRATA_ARRAY_LEN(cache)) {
+    pthread_mutex_unlock(&mu);
+    strata_log(STRATA_LOG_ERROR, "config", "too many list defaults (a bug)");
+    return 0;
+  }
+  if (!cache[c].p) {
+    cache[c].p = p;
+    snprintf(cache[c].buf, sizeof cache[c].buf, "%s", p->defval ? p->defval : "");
+    char *save = NULL;
+    for (char *t = strtok_r(cache[c].buf, ",", &save); t && cache[c].n < 32;
+         t = strtok_r(NULL, ",", &save))
+      cache[c].items[cache[c].n++] = t;
+  }
+  pthread_mutex_unlock(&mu);
+  for (size_t i = 0; i < cache[c].n; i++)
+    if (i < cap) out[i] = cache[c].items[i];
+  return cache[c].n;
 }
 
 int strata_config_is_set(const strata_config_node_t *n, const char *key) {

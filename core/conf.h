@@ -57,6 +57,11 @@ double strata_config_float(const strata_config_node_t *n, const char *key);
 int strata_config_bool(const strata_config_node_t *n, const char *key);
 const char *strata_config_string(const strata_config_node_t *n, const char *key);
 int strata_config_is_set(const strata_config_node_t *n, const char *key);
+/* A STRATA_PARAM_STRLIST value (or its comma-separated default): up to cap
+ * pointers into out, owned by the config (the default's by a static table);
+ * returns the list's length. */
+size_t strata_config_strlist(const strata_config_node_t *n, const char *key, const char **out,
+                             size_t cap);
 /* A string value that names a file, resolved against the directory of the
  * file that set it (NULL when unset and without default). Newly allocated. */
 char *strata_config_path_value(const strata_config_node_t *n, const char *key);

@@ -25,6 +25,7 @@
 #include "conf.h"
 #include "gguf.h"
 #include "log.h"
+#include "logits_batch.h"
 #include "model.h"
 #include "plugin_loader.h"
 #include "runtime.h"
@@ -43,6 +44,9 @@ void strata_engine_config_defaults(struct strata_engine_config *c) {
                                      .kv_tokens = 0,
                                      .prefix_caching = 1,
                                      .scheduler = "fcfs"};
+  c->n_logits = (int32_t)strata_config_strlist(strata_config_defaults("engine"), "logits",
+                                               c->logits, STRATA_ENGINE_MAX_LOGITS);
+  c->logits_required = 0;
 }
 
 int strata_engine_config_from(struct strata_config *cfg,
@@ -59,6 +63,10 @@ int strata_engine_config_from(struct strata_config *cfg,
     out->max_batch_tokens = (int32_t)strata_config_int(eng, "max_batch_tokens");
     out->max_running = (int32_t)strata_config_int(eng, "max_running");
     out->max_waiting = (int32_t)strata_config_int(eng, "max_waiting");
+    size_t nl = strata_config_strlist(eng, "logits", out->logits, STRATA_ENGINE_MAX_LOGITS);
+    out->n_logits = (int32_t)(nl < STRATA_ENGINE_MAX_LOGITS ? nl : STRATA_ENGINE_MAX_LOGITS);
+    /* an explicit list must be installed; the default skips what is not */
+    out->logits_required = strata_config_is_set(eng, "logits");
   }
   if (kvc) {
     out->block_size = (int32_t)strata_config_int(kvc, "block_size");
@@ -174,6 +182,7 @@ struct choice {
   int32_t n_known; /* prompt + generated */
   int32_t n_gen;
   struct strata_sampler smp;
+  int32_t lslot; /* logits batch slot, -1: none (-2: joining) */
   struct strata_detok_stream ds;
   char *hold; /* decoded text not yet emitted (could start a stop string) */
   size_t n_hold, cap_hold;
@@ -206,6 +215,9 @@ struct strata_engine_req {
   int32_t priority;
   char *salt;
   uint64_t group;
+  void **lparams; /* logits processor parameters, NULL: none */
+  uint32_t lmask;
+  int32_t min_tokens;
   /* engine thread state */
   struct choice *ch;
   int32_t n_live; /* choices not done */
@@ -258,6 +270,10 @@ struct strata_engine {
   size_t cap_bt;
   float *logits;
   size_t cap_logits;
+  strata_lbatch_t *lb; /* logits processors */
+  struct strata_lbatch_row *lrows;
+  size_t cap_lrows;
+  int32_t n_rows; /* logits rows of this step (extra rows: n > 1 forks) */
   int32_t *smp_idx; /* sampling scratch shared by every choice [n_vocab] */
   float *smp_prob;
   void *rowbuf;
@@ -284,6 +300,7 @@ static void req_free(struct strata_engine_req *r) {
   free(r->stop_len);
   free(r->stop_ids);
   free(r->salt);
+  strata_lbatch_free_params(r->e ? r->e->lb : NULL, r->lparams);
   free(r);
 }
 
@@ -343,10 +360,23 @@ static int submit_fail(struct strata_engine_req *r, int code) {
   return code;
 }
 
+static int submit(strata_engine_t *e, const struct strata_request_params *p, void ***lp,
+                  strata_engine_cb cb, void *ud, strata_engine_req_t **out, char *err,
+                  size_t errlen);
+
 int strata_engine_submit(strata_engine_t *e,
                          const struct strata_request_params *p,
                          strata_engine_cb cb, void *ud,
                          strata_engine_req_t **out, char *err, size_t errlen) {
+  void **lp = p ? p->logits : NULL;
+  int rc = submit(e, p, &lp, cb, ud, out, err, errlen);
+  if (lp) strata_lbatch_free_params(e->lb, lp); /* not taken over */
+  return rc;
+}
+
+static int submit(strata_engine_t *e, const struct strata_request_params *p, void ***lp,
+                  strata_engine_cb cb, void *ud, strata_engine_req_t **out, char *err,
+                  size_t errlen) {
   *out = NULL;
   if (!p || !cb) {
     strata_errf(err, errlen, "no parameters or callback");
@@ -366,6 +396,11 @@ int strata_engine_submit(strata_engine_t *e,
     }
   if (p->max_tokens < 1) {
     strata_errf(err, errlen, "max_tokens must be at least 1, got %d",
+                p->max_tokens);
+    return STRATA_ENGINE_EINVAL;
+  }
+  if (p->min_tokens < 0 || p->min_tokens > p->max_tokens) {
+    strata_errf(err, errlen, "min_tokens (%d) must be in [0, max_tokens (%d)]", p->min_tokens,
                 p->max_tokens);
     return STRATA_ENGINE_EINVAL;
   }
@@ -431,6 +466,10 @@ int strata_engine_submit(strata_engine_t *e,
     return STRATA_ENGINE_ESTOP;
   }
   r->e = e;
+  r->lparams = *lp;
+  r->lmask = strata_lbatch_mask(e->lb, *lp);
+  *lp = NULL;
+  r->min_tokens = p->min_tokens;
   atomic_init(&r->refs, 2);
   atomic_init(&r->cancel, 0);
   atomic_init(&r->released, 0);
@@ -484,6 +523,7 @@ int strata_engine_submit(strata_engine_t *e,
   for (int32_t i = 0; !oom && i < p->n; i++) {
     struct choice *c = &r->ch[i];
     c->index = i;
+    c->lslot = -1;
     c->state = i == 0 ? CH_ACTIVE : CH_PENDING;
     strata_kv_seq_init(&c->seq);
     c->toks = strata_calloc((size_t)p->n_prompt + (size_t)p->max_tokens,
@@ -558,6 +598,15 @@ void strata_engine_release(strata_engine_req_t *r) {
     }
   }
   req_unref(r);
+}
+
+int strata_engine_logits_compile(strata_engine_t *e, const strata_json_t *body, void ***out,
+                                 const char **field, char *err, size_t errlen) {
+  return strata_lbatch_compile(e->lb, body, out, field, err, errlen);
+}
+
+void strata_engine_logits_free(strata_engine_t *e, void **params) {
+  strata_lbatch_free_params(e->lb, params);
 }
 
 int32_t strata_engine_context_length(const strata_engine_t *e) {
@@ -649,6 +698,7 @@ static void finish_choice(strata_engine_t *e, struct choice *c,
   c->state = CH_DONE;
   c->finish = f;
   c->has_ev = 1;
+  strata_lbatch_remove(e->lb, &c->lslot);
   strata_kv_free_seq(e->kv, &c->seq);
   r->n_live--;
 }
@@ -710,7 +760,7 @@ static void handle_token(strata_engine_t *e, struct strata_engine_req *r,
   char buf[4096];
   size_t w = strata_detok_stream_push(&c->ds, tok, buf, sizeof buf);
   if (w <= sizeof buf) text_append(&c->hold, &c->n_hold, &c->cap_hold, buf, w);
-  if (r->n_stop && c->n_hold) {
+  if (r->n_stop && c->n_hold && c->n_gen >= r->min_tokens) {
     const char *best = NULL;
     for (size_t i = 0; i < r->n_stop; i++) {
       const char *p = memmem(c->hold, c->n_hold, r->stop[i], r->stop_len[i]);
@@ -956,6 +1006,77 @@ static int ensure_caps(strata_engine_t *e, size_t n_reqs) {
          grow_all(lp, le, 2, &e->cap_lists, n_reqs);
 }
 
+/* Gives choice c of r a logits row of its own (the choices of an n > 1
+ * request share the prompt's row on the step they fork, and processors
+ * change rows in place). */
+static int own_row(strata_engine_t *e, struct choice *c) {
+  if (grow((void **)&e->logits, &e->cap_logits, (size_t)(e->n_rows + 1) * (size_t)e->n_vocab,
+           sizeof(float)) != 0)
+    return -1;
+  memcpy(e->logits + (size_t)e->n_rows * e->n_vocab, e->logits + (size_t)c->out_row * e->n_vocab,
+         sizeof(float) * (size_t)e->n_vocab);
+  c->out_row = e->n_rows++;
+  return 0;
+}
+
+/* Runs the enabled logits processors over the rows about to be sampled. */
+static void logits_pass(strata_engine_t *e) {
+  if (!e->lb || strata_lbatch_count(e->lb) == 0) return;
+  double t0 = strata_now();
+  size_t n_rows = 0;
+  for (size_t q = 0; q < e->n_sched; q++) {
+    struct strata_engine_req *r = e->sched[q];
+    if (r->gone || !r->lmask) continue;
+    const char *fail = NULL;
+    for (int32_t j = 0; !fail && j < r->n; j++) {
+      struct choice *c = &r->ch[j];
+      if (c->state != CH_ACTIVE || c->out_row < 0) continue;
+      for (int32_t i = 0; i < j; i++)
+        if (r->ch[i].state == CH_ACTIVE && r->ch[i].out_row == c->out_row) {
+          if (own_row(e, c) != 0) fail = "out of memory";
+          break;
+        }
+      if (!fail && c->lslot == -1 &&
+          strata_lbatch_add(e->lb, &c->lslot, r->lparams, r->lmask, r->prompt, r->n_prompt,
+                            c->toks + r->n_prompt, &c->n_gen) != 0)
+        fail = "out of memory";
+      n_rows++;
+    }
+    if (fail) end_request(e, r, STRATA_FINISH_ERROR, fail);
+  }
+  char err[300] = "";
+  uint32_t failed = strata_lbatch_flush(e->lb, err, sizeof err);
+  if (failed) {
+    strata_log(STRATA_LOG_ERROR, "engine", "%s", err);
+    for (size_t q = 0; q < e->n_sched; q++) {
+      struct strata_engine_req *r = e->sched[q];
+      if (!r->gone && (r->lmask & failed)) end_request(e, r, STRATA_FINISH_ERROR, err);
+    }
+  }
+  if (n_rows && grow((void **)&e->lrows, &e->cap_lrows, n_rows, sizeof *e->lrows) != 0) {
+    for (size_t q = 0; q < e->n_sched; q++)
+      if (!e->sched[q]->gone && e->sched[q]->lmask)
+        end_request(e, e->sched[q], STRATA_FINISH_ERROR, "out of memory");
+    return;
+  }
+  uint32_t k = 0;
+  for (size_t q = 0; q < e->n_sched; q++) {
+    struct strata_engine_req *r = e->sched[q];
+    if (r->gone || !r->lmask) continue;
+    for (int32_t j = 0; j < r->n; j++) {
+      struct choice *c = &r->ch[j];
+      if (c->state != CH_ACTIVE || c->out_row < 0 || c->lslot < 0 || k >= n_rows) continue;
+      e->lrows[k++] = (struct strata_lbatch_row){
+          .slot = c->lslot, .row = (uint32_t)c->out_row, .mask = r->lmask};
+    }
+  }
+  if (k) strata_lbatch_apply(e->lb, e->logits, e->lrows, k);
+  double dt = strata_now() - t0;
+  pthread_mutex_lock(&e->mu);
+  e->met.logits_seconds_total += dt;
+  pthread_mutex_unlock(&e->mu);
+}
+
 /* Runs the step's forward pass over every scheduled sequence, then samples.
  * Returns the number of tokens computed. */
 static int32_t run_batch(strata_engine_t *e) {
@@ -1031,7 +1152,8 @@ static int32_t run_batch(strata_engine_t *e) {
   if (strata_model_forward(e->m, &b, e->logits, err, sizeof err) != 0)
     goto fail;
 
-  /* commit, fork, sample */
+  /* commit, fork */
+  e->n_rows = n_out;
   for (size_t q = 0; q < e->n_sched; q++) {
     struct strata_engine_req *r = e->sched[q];
     int bad = 0;
@@ -1052,6 +1174,12 @@ static int32_t run_batch(strata_engine_t *e) {
       end_request(e, r, STRATA_FINISH_ERROR, ferr);
       continue;
     }
+  }
+  logits_pass(e);
+  /* sample */
+  for (size_t q = 0; q < e->n_sched; q++) {
+    struct strata_engine_req *r = e->sched[q];
+    if (r->gone) continue;
     int produced = 0;
     for (int32_t j = 0; j < r->n; j++) {
       struct choice *c = &r->ch[j];
@@ -1214,12 +1342,15 @@ static int engine_step(strata_engine_t *e) {
   }
 
   /* the forward pass, sampling, events */
+  double t_step = strata_now();
   int32_t T = run_batch(e);
+  t_step = strata_now() - t_step;
   progress |= T > 0;
   compact(e->running, &e->n_running);
   compact(e->waiting, &e->n_waiting);
   pthread_mutex_lock(&e->mu);
   e->met.steps_total += T > 0;
+  if (T > 0) e->met.step_seconds_total += t_step;
   e->met.scheduler_refusals_total += refusals;
   e->met.preemptions_total += preemptions;
   pthread_mutex_unlock(&e->mu);
@@ -1285,6 +1416,8 @@ static void *engine_main(void *arg) {
 
 static void engine_free(strata_engine_t *e) {
   if (e->sv && e->sstate) e->sv->destroy(e->sstate);
+  strata_lbatch_destroy(e->lb);
+  free(e->lrows);
   strata_kv_destroy(e->kv);
   pthread_mutex_destroy(&e->mu);
   pthread_mutex_destroy(&e->cb_mu);
@@ -1396,6 +1529,11 @@ int strata_engine_start(struct strata_runtime *rt,
     engine_free(e);
     return strata_errf(err, errlen, "scheduler '%s': %s", c.scheduler,
                        cerr[0] ? cerr : "create failed");
+  }
+  if (strata_lbatch_create(&rt->reg, rt->cfg, c.logits, c.n_logits, c.logits_required, e->tok,
+                           e->n_vocab, &e->lb, err, errlen) != 0) {
+    engine_free(e);
+    return -1;
   }
   int rc = pthread_create(&e->th, NULL, engine_main, e);
   if (rc != 0) {

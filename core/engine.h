@@ -22,6 +22,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <strata/plugin.h>
+
 #include "kv_cache.h"
 #include "sampler.h"
 
@@ -31,6 +33,8 @@ struct strata_model_opts;
 
 typedef struct strata_engine strata_engine_t;
 typedef struct strata_engine_req strata_engine_req_t;
+
+#define STRATA_ENGINE_MAX_LOGITS 32
 
 struct strata_engine_config {
   int32_t max_batch_tokens; /* tokens per step (prefill chunks + decodes) */
@@ -42,13 +46,20 @@ struct strata_engine_config {
                                0: max_running full contexts, capped */
   int prefix_caching;       /* automatic prefix caching on/off */
   const char *scheduler;    /* scheduler plugin name ("fcfs") */
+  /* logits processor plugins enabled, in the order they apply */
+  const char *logits[STRATA_ENGINE_MAX_LOGITS];
+  int32_t n_logits;
+  int logits_required; /* 1: a listed processor that is not installed is
+                          an error (set in config); 0: skipped */
 };
 
 /* Defaults: 2048 tokens per step, 64 running, 1024 waiting, blocks of 16,
- * prefix caching on, fcfs. */
+ * prefix caching on, fcfs, every built-in logits processor (allowed_token_ids,
+ * bad_words, min_tokens, logit_bias, repetition_penalty, frequency_penalty,
+ * presence_penalty; those not installed are skipped with a warning). */
 void strata_engine_config_defaults(struct strata_engine_config *c);
 
-/* Reads engine.{scheduler, max_batch_tokens, max_running, max_waiting} and
+/* Reads engine.{scheduler, max_batch_tokens, max_running, max_waiting, logits} and
  * engine.kv_cache.{block_size, memory, tokens, prefix_caching} from a
  * validated config (NULL: the defaults). Strings point into the config. */
 int strata_engine_config_from(struct strata_config *cfg, struct strata_engine_config *out);
@@ -95,7 +106,24 @@ struct strata_request_params {
   int32_t priority;      /* lower first */
   const char *cache_salt; /* NULL: none */
   uint64_t group;        /* affinity key for the scheduler; 0: none */
+  /* From strata_engine_logits_compile (NULL: no logits processor). submit
+   * takes it over, on failure too. */
+  void **logits;
+  int32_t min_tokens;    /* stop strings are not looked for before this many
+                            tokens (the min_tokens processor holds back EOS
+                            and stop tokens) */
 };
+
+/* Compiles the logits-processor parameters of a request body (a JSON
+ * object, borrowed for the call) with every enabled processor. 0 with *out
+ * set (NULL when the request uses none), or -1 with err and *field naming
+ * the request field at fault (a processor's own error, a field of a
+ * processor that is installed but not enabled, or of a built-in one that
+ * is not installed). Any thread. */
+int strata_engine_logits_compile(strata_engine_t *e, const strata_json_t *body, void ***out,
+                                 const char **field, char *err, size_t errlen);
+/* Frees what strata_engine_logits_compile returned and submit did not take. */
+void strata_engine_logits_free(strata_engine_t *e, void **params);
 
 /* One event of a request, delivered on the engine thread. */
 struct strata_engine_event {
@@ -168,6 +196,8 @@ struct strata_engine_metrics {
   struct strata_histogram itl;     /* vllm:inter_token_latency_seconds */
   struct strata_histogram e2e;     /* vllm:e2e_request_latency_seconds */
   struct strata_histogram queue;   /* vllm:request_queue_time_seconds */
+  double step_seconds_total;   /* model steps: forward pass, logits processors, sampling */
+  double logits_seconds_total; /* of which in logits processors (update + apply) */
 };
 void strata_engine_get_metrics(strata_engine_t *e, struct strata_engine_metrics *out);
 

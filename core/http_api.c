@@ -267,35 +267,11 @@ static json_t *load_object(const char *body, size_t len,
  * a 400 naming the field otherwise. */
 static int check_unsupported(json_t *o, enum strata_api_kind kind, int32_t n,
                              struct strata_api_error *e) {
-  double x;
   int present;
-  if (get_num(o, "presence_penalty", -2, 0, 2, &x, &present, e)) return -1;
-  if (present && x != 0)
-    return unsupported(e, "presence_penalty", "other than 0");
-  if (get_num(o, "frequency_penalty", -2, 0, 2, &x, &present, e)) return -1;
-  if (present && x != 0)
-    return unsupported(e, "frequency_penalty", "other than 0");
-  if (get_num(o, "repetition_penalty", 0, 1, 1e9, &x, &present, e)) return -1;
-  if (present && x != 1)
-    return unsupported(e, "repetition_penalty", "other than 1");
   int64_t i;
-  if (get_int(o, "min_tokens", 0, INT32_MAX, &i, &present, e)) return -1;
-  if (present && i != 0) return unsupported(e, "min_tokens", "other than 0");
   if (get_int(o, "best_of", 1, STRATA_API_MAX_N, &i, &present, e)) return -1;
   if (present && i != n) return unsupported(e, "best_of", "other than n");
   json_t *v;
-  if ((v = opt(o, "logit_bias"))) {
-    if (!json_is_object(v))
-      return bad(e, "logit_bias", "'logit_bias' must be an object, got %s",
-                 json_kind(v));
-    if (json_object_size(v)) return unsupported(e, "logit_bias", "(non-empty)");
-  }
-  if ((v = opt(o, "bad_words"))) {
-    if (!json_is_array(v))
-      return bad(e, "bad_words", "'bad_words' must be an array, got %s",
-                 json_kind(v));
-    if (json_array_size(v)) return unsupported(e, "bad_words", "(non-empty)");
-  }
   if (kind == STRATA_API_COMPLETIONS) {
     if ((v = opt(o, "logprobs"))) {
       if (!json_is_integer(v))
@@ -509,6 +485,12 @@ int strata_api_parse_request(enum strata_api_kind kind, const char *body,
   if (get_int(o, "priority", INT32_MIN, INT32_MAX, &i, &present, e)) goto fail;
   if (present) r->priority = (int32_t)i;
   if (get_bool(o, "ignore_eos", &r->ignore_eos, e)) goto fail;
+  {
+    int64_t mt = 0;
+    int had = 0;
+    if (get_int(o, "min_tokens", 0, INT32_MAX, &mt, &had, e)) goto fail;
+    r->min_tokens = (int32_t)mt;
+  }
   size_t salt_len = 0;
   if (get_str(o, "cache_salt", &r->cache_salt, &salt_len, e)) goto fail;
   if (r->cache_salt && (salt_len == 0 || strlen(r->cache_salt) != salt_len)) {
@@ -761,6 +743,11 @@ static void counter(FILE *f, const char *name, const char *lbl, uint64_t v,
   fprintf(f, "%s{model_name=\"%s\"} %" PRIu64 "\n", name, lbl, v);
 }
 
+static void counter_f(FILE *f, const char *name, const char *lbl, double v, const char *help) {
+  metric_head(f, name, "counter", help);
+  fprintf(f, "%s{model_name=\"%s\"} %.9g\n", name, lbl, v);
+}
+
 static void histogram(FILE *f, const char *name, const char *lbl,
                       const struct strata_histogram *h, const char *help) {
   metric_head(f, name, "histogram", help);
@@ -840,6 +827,10 @@ char *strata_api_metrics_text(const struct strata_engine_metrics *m,
   counter(f, "strata:scheduler_refusals_total", lbl,
           m->scheduler_refusals_total,
           "Scheduler decisions the engine core refused.");
+  counter_f(f, "strata:engine_step_seconds_total", lbl, m->step_seconds_total,
+            "Seconds in model steps (forward pass, logits processors, sampling).");
+  counter_f(f, "strata:logits_processing_seconds_total", lbl, m->logits_seconds_total,
+            "Seconds of those in logits processors.");
   if (s) {
     metric_head(f, "strata:http_requests_total", "counter",
                 "HTTP requests answered, by status class.");

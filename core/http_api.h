@@ -7,9 +7,11 @@
  *
  * Unknown request fields are ignored, as OpenAI and vLLM do (clients send
  * fields of newer API versions); known fields are type- and range-checked,
- * and the known fields this server cannot honour (logprobs, penalties,
- * tools, ...) are a 400 naming the field when set to anything but their
- * neutral value, rather than silently ignored. */
+ * and the known fields this server cannot honour (logprobs, tools, ...) are
+ * a 400 naming the field when set to anything but their neutral value,
+ * rather than silently ignored. The fields of logits processors (bad_words,
+ * logit_bias, penalties, ...) are checked by the processors themselves
+ * (strata_engine_logits_compile). */
 #ifndef STRATA_HTTP_API_H
 #define STRATA_HTTP_API_H
 
@@ -79,6 +81,8 @@ struct strata_api_request {
   int32_t *stop_token_ids; /* malloc'd */
   size_t n_stop_token_ids;
   int ignore_eos;
+  int32_t min_tokens; /* 0: absent (the min_tokens logits processor owns it;
+                         the engine holds stop strings back until then) */
   int32_t priority;
   const char *cache_salt; /* NULL: none */
   json_t *metadata;       /* NULL: none; borrowed from root */

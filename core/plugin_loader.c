@@ -12,7 +12,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <jansson.h>
+
 #include <strata/backend.h>
+#include <strata/logits.h>
 #include <strata/quant.h>
 #include <strata/scheduler.h>
 
@@ -91,12 +94,27 @@ static int check_scheduler(const struct strata_plugin_desc *d, char *why, size_t
   return 0;
 }
 
+static int check_logits(const struct strata_plugin_desc *d, char *why, size_t cap) {
+  const struct strata_logits_vtable *v = d->vt.logits;
+  if (!v) return strata_errf(why, cap, "logits plugin without a vtable");
+  if (v->size < offsetof(struct strata_logits_vtable, apply) + sizeof v->apply)
+    return strata_errf(why, cap, "logits vtable too small (%u bytes)", v->size);
+  if (!v->fields || !v->fields[0])
+    return strata_errf(why, cap, "logits plugin names no request field");
+  for (size_t i = 0; v->fields[i]; i++)
+    if (i >= 32) return strata_errf(why, cap, "logits plugin field list not terminated");
+  if (!v->create || !v->destroy || !v->compile || !v->release || !v->update || !v->apply)
+    return strata_errf(why, cap, "logits vtable lacks one of create, destroy, compile, "
+                                 "release, update, apply");
+  return 0;
+}
+
 static int check_vtable(const struct strata_plugin_desc *d, char *why, size_t cap) {
   switch (d->kind) {
   case STRATA_PLUGIN_QUANT: return check_quant(d, why, cap);
   case STRATA_PLUGIN_BACKEND: return check_backend(d, why, cap);
   case STRATA_PLUGIN_SCHEDULER: return check_scheduler(d, why, cap);
-  case STRATA_PLUGIN_LOGITS:
+  case STRATA_PLUGIN_LOGITS: return check_logits(d, why, cap);
   case STRATA_PLUGIN_ROUTER:
     return strata_errf(why, cap, "plugin kind '%s' is not supported by this host yet",
                        strata_plugin_kind_name(d->kind));
@@ -107,7 +125,7 @@ static int check_vtable(const struct strata_plugin_desc *d, char *why, size_t ca
 
 static int check_params(const struct strata_plugin_desc *d, char *why, size_t cap) {
   for (const struct strata_param *p = d->params; p && p->name; p++) {
-    if (p->type < STRATA_PARAM_INT || p->type > STRATA_PARAM_SIZE)
+    if (p->type < STRATA_PARAM_INT || p->type > STRATA_PARAM_STRLIST)
       return strata_errf(why, cap, "config table entry '%s' has unknown type %d", p->name,
                          (int)p->type);
     if (p - d->params > 256) return strata_errf(why, cap, "config table not terminated");
@@ -379,6 +397,78 @@ static const struct strata_quant_vtable *host_quant_find(uint32_t type) {
   return p ? p->desc->vt.quant : NULL;
 }
 
+/* ---- JSON access for plugins: thin wrappers over jansson, so that plugins
+ * read request bodies without linking a JSON library of their own. */
+
+static enum strata_json_type hj_type(const strata_json_t *v) {
+  const json_t *j = (const json_t *)v;
+  if (!j) return STRATA_JSON_ABSENT;
+  switch (json_typeof(j)) {
+  case JSON_NULL: return STRATA_JSON_NULL;
+  case JSON_TRUE:
+  case JSON_FALSE: return STRATA_JSON_BOOL;
+  case JSON_INTEGER: return STRATA_JSON_INTEGER;
+  case JSON_REAL: return STRATA_JSON_REAL;
+  case JSON_STRING: return STRATA_JSON_STRING;
+  case JSON_ARRAY: return STRATA_JSON_ARRAY;
+  case JSON_OBJECT: return STRATA_JSON_OBJECT;
+  }
+  return STRATA_JSON_ABSENT;
+}
+
+static const strata_json_t *hj_get(const strata_json_t *o, const char *key) {
+  const json_t *j = (const json_t *)o;
+  return (const strata_json_t *)(json_is_object(j) && key ? json_object_get(j, key) : NULL);
+}
+
+static size_t hj_size(const strata_json_t *v) {
+  const json_t *j = (const json_t *)v;
+  if (json_is_array(j)) return json_array_size(j);
+  if (json_is_object(j)) return json_object_size(j);
+  if (json_is_string(j)) return json_string_length(j);
+  return 0;
+}
+
+static const strata_json_t *hj_at(const strata_json_t *a, size_t i) {
+  const json_t *j = (const json_t *)a;
+  return (const strata_json_t *)(json_is_array(j) ? json_array_get(j, i) : NULL);
+}
+
+static int hj_foreach(const strata_json_t *o,
+                      int (*fn)(void *ud, const char *key, const strata_json_t *v), void *ud) {
+  json_t *j = (json_t *)o; /* jansson's iterators take non-const; nothing is modified */
+  if (!json_is_object(j) || !fn) return 0;
+  const char *key;
+  json_t *v;
+  json_object_foreach(j, key, v) {
+    int rc = fn(ud, key, (const strata_json_t *)v);
+    if (rc) return rc;
+  }
+  return 0;
+}
+
+static int hj_bool(const strata_json_t *v) { return json_is_true((const json_t *)v); }
+
+static int64_t hj_integer(const strata_json_t *v) {
+  const json_t *j = (const json_t *)v;
+  return json_is_integer(j) ? (int64_t)json_integer_value(j) : 0;
+}
+
+static double hj_number(const strata_json_t *v) {
+  const json_t *j = (const json_t *)v;
+  return json_is_number(j) ? json_number_value(j) : 0;
+}
+
+static const char *hj_string(const strata_json_t *v, size_t *len) {
+  const json_t *j = (const json_t *)v;
+  if (!json_is_string(j)) {
+    if (len) *len = 0;
+    return NULL;
+  }
+  if (len) *len = json_string_length(j);
+  return json_string_value(j);
+}
+
 static const struct strata_host_api host_api = {
     .size = sizeof(struct strata_host_api),
     .abi_version = STRATA_ABI_VERSION,
@@ -393,6 +483,16 @@ static const struct strata_host_api host_api = {
     /* metric_add / metric_set stay NULL until the metrics registry lands with
      * the serving engine; the SDK documents that plugins check for NULL. */
     .quant_find = host_quant_find,
+    .config_strlist = strata_config_strlist,
+    .json_type = hj_type,
+    .json_get = hj_get,
+    .json_size = hj_size,
+    .json_at = hj_at,
+    .json_foreach = hj_foreach,
+    .json_bool = hj_bool,
+    .json_integer = hj_integer,
+    .json_number = hj_number,
+    .json_string = hj_string,
 };
 
 const struct strata_host_api *strata_host_api(void) { return &host_api; }

@@ -131,6 +131,9 @@ int32_t strata_sampler_sample_with(struct strata_sampler *s, const float *logits
   top_k_sort(idx, n, k, logits);
   /* softmax over the k candidates at this temperature */
   float mx = logits[idx[0]];
+  /* every candidate forbidden (logits processors set -inf): no
+   * distribution to draw from; answer as greedy does */
+  if (!(mx > -INFINITY)) return strata_argmax(logits, n);
   double sum = 0;
   for (int32_t i = 0; i < k; i++) {
     float e = expf((logits[idx[i]] - mx) / p->temperature);

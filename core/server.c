@@ -622,6 +622,19 @@ static void handle_generate(struct server *srv, struct evhttp_request *http,
     if (!g) g = json_object_get(r->metadata, "affinity");
     if (json_is_string(g)) group = fnv1a(json_string_value(g));
   }
+  if (r->min_tokens > max_tokens) {
+    strata_api_errorf(&e, 400, NULL, NULL, "min_tokens",
+                      "min_tokens (%d) must not be more than max_tokens (%d)", r->min_tokens,
+                      max_tokens);
+    goto fail;
+  }
+  void **lparams = NULL;
+  const char *lfield = NULL;
+  if (strata_engine_logits_compile(srv->eng, (const strata_json_t *)r->root, &lparams, &lfield,
+                                   err, sizeof err) != 0) {
+    strata_api_errorf(&e, 400, NULL, NULL, lfield, "%s", err);
+    goto fail;
+  }
   struct strata_request_params p = {
       .prompt = toks,
       .n_prompt = (int32_t)n_toks,
@@ -637,6 +650,8 @@ static void handle_generate(struct server *srv, struct evhttp_request *http,
       .priority = r->priority,
       .cache_salt = r->cache_salt,
       .group = group,
+      .logits = lparams,
+      .min_tokens = r->min_tokens,
   };
   /* Linked in before submit: the engine may call back at once (the wake
    * event then runs once this handler has returned). */

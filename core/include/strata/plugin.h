@@ -86,6 +86,8 @@ enum strata_param_type {
   STRATA_PARAM_BOOL = 3,
   STRATA_PARAM_STRING = 4,
   STRATA_PARAM_SIZE = 5, /* bytes: an integer or a string like "2GiB" */
+  STRATA_PARAM_STRLIST = 6, /* a list or array of strings; the default is
+                               comma-separated text ("a,b,c") */
 };
 
 struct strata_param {
@@ -99,6 +101,21 @@ struct strata_param {
 
 /* A validated config subtree with defaults applied; opaque to plugins. */
 typedef struct strata_config_node strata_config_node_t;
+
+/* A JSON value borrowed from the host (a request body): read it through the
+ * host API's json_* functions, only during the call that handed it over. */
+typedef struct strata_json strata_json_t;
+
+enum strata_json_type {
+  STRATA_JSON_ABSENT = 0, /* a NULL value: the key or index is not there */
+  STRATA_JSON_NULL = 1,
+  STRATA_JSON_BOOL = 2,
+  STRATA_JSON_INTEGER = 3,
+  STRATA_JSON_REAL = 4,
+  STRATA_JSON_STRING = 5,
+  STRATA_JSON_ARRAY = 6,
+  STRATA_JSON_OBJECT = 7,
+};
 
 /* ---- the host API (DESIGN rule 5) ----------------------------------------
  * Plugins never link against the host; everything they need from it comes
@@ -134,6 +151,31 @@ struct strata_host_api {
   /* The loaded quant plugin for a GGUF tensor type, or NULL: how a backend
    * that runs CPU code reaches dot kernels and (de)quantizers. */
   const struct strata_quant_vtable *(*quant_find)(uint32_t type);
+
+  /* ---- appended with the logits kind (check size before use) ---- */
+
+  /* A STRATA_PARAM_STRLIST value: writes up to cap pointers (owned by the
+   * config) into out and returns the list's length. */
+  size_t (*config_strlist)(const strata_config_node_t *cfg, const char *key,
+                           const char **out, size_t cap);
+
+  /* Read-only JSON access (jansson underneath). Every function accepts NULL
+   * and a value of the wrong type, answering ABSENT / 0 / NULL. */
+  enum strata_json_type (*json_type)(const strata_json_t *v);
+  /* Member of an object, NULL if absent. */
+  const strata_json_t *(*json_get)(const strata_json_t *obj, const char *key);
+  /* Elements of an array, members of an object, bytes of a string. */
+  size_t (*json_size)(const strata_json_t *v);
+  const strata_json_t *(*json_at)(const strata_json_t *arr, size_t i);
+  /* Calls fn on each member of an object in the order of the text; stops at
+   * and returns the first nonzero fn result (0 when all returned 0). */
+  int (*json_foreach)(const strata_json_t *obj,
+                      int (*fn)(void *ud, const char *key, const strata_json_t *v), void *ud);
+  int (*json_bool)(const strata_json_t *v);
+  int64_t (*json_integer)(const strata_json_t *v);
+  double (*json_number)(const strata_json_t *v); /* integer or real */
+  /* UTF-8 bytes (NUL-terminated; may contain NUL), *len set when len. */
+  const char *(*json_string)(const strata_json_t *v, size_t *len);
 };
 
 /* Kind-specific vtables, each defined in its own header. */
