@@ -322,11 +322,64 @@ post /tokenize '{"messages":[{"role":"user","content":"Hi"}]}' >"$T/tokc"
 check "tokenize chat" test "$(jq -r .count "$T/tokc")" -gt 2
 expect_error "detokenize bad id" 400 /detokenize '{"tokens":[-4]}' tokens
 
+# ---- logits processors over HTTP (docs/logits-processors.md) ---------------------------------
+post /v1/completions '{"prompt":"Once upon a time","max_tokens":60,"temperature":0}' >"$T/lp0"
+check "base answer has Lily" grep -q Lily "$T/lp0"
+post /v1/completions '{"prompt":"Once upon a time","max_tokens":60,"temperature":0,"bad_words":["Lily"]}' >"$T/lp1"
+check "bad_words 200" test "$(status)" = 200
+check "bad_words removes Lily" test "$(jq -r '.choices[0].text' "$T/lp1" | grep -c Lily)" = 0
+# streamed with n = 2 (sampled): no choice says it
+curl -sN -H 'Content-Type: application/json' -d '{"prompt":"Once upon a time","max_tokens":60,"temperature":0.8,"seed":5,"n":2,"stream":true,"bad_words":["Lily"," park"]}' \
+  "$U/v1/completions" >"$T/lp2"
+for i in 0 1; do
+  txt=$(sed -n 's/^data: //p' "$T/lp2" | grep -v '^\[DONE\]' | jq -j --argjson i "$i" 'select(.choices[0].index == $i) | .choices[0].text')
+  check "stream choice $i has text" test -n "$txt"
+  if printf '%s' "$txt" | grep -q -e Lily -e park; then bad "stream choice $i: $txt"; else ok; fi
+done
+check "stream ends with DONE" grep -q '^data: \[DONE\]' "$T/lp2"
+post /v1/chat/completions '{"messages":[{"role":"user","content":"Tell a story"}],"max_tokens":20,"temperature":0,"logit_bias":{"317":100}}' >"$T/lp3"
+check "chat logit_bias +100 forces the token" test "$(jq -r '.choices[0].message.content' "$T/lp3" | tr -s ' ' | sed 's/^ //')" = "$(printf 'Lily %.0s' $(seq 1 20) | sed 's/ $//')"
+expect_error "bad_words empty" 400 /v1/completions '{"prompt":"x","bad_words":[" "]}' bad_words
+expect_error "logit_bias range" 400 /v1/completions '{"prompt":"x","logit_bias":{"5":-101}}' logit_bias
+expect_error "logit_bias key" 400 /v1/chat/completions '{"messages":[{"role":"user","content":"x"}],"logit_bias":{"five":1}}' logit_bias
+expect_error "allowed_token_ids empty" 400 /v1/completions '{"prompt":"x","allowed_token_ids":[]}' allowed_token_ids
+expect_error "min_tokens over max_tokens" 400 /v1/completions '{"prompt":"x","max_tokens":4,"min_tokens":5}' min_tokens
+expect_error "repetition_penalty zero" 400 /v1/completions '{"prompt":"x","repetition_penalty":0}' repetition_penalty
+expect_error "presence_penalty range" 400 /v1/chat/completions '{"messages":[{"role":"user","content":"x"}],"presence_penalty":2.5}' presence_penalty
+expect_error "frequency_penalty type" 400 /v1/completions '{"prompt":"x","frequency_penalty":"1"}' frequency_penalty
+post /v1/completions '{"prompt":"x","max_tokens":2,"presence_penalty":0,"frequency_penalty":0,"repetition_penalty":1,"logit_bias":{},"bad_words":[],"min_tokens":0}' >/dev/null
+check "neutral processor values 200" test "$(status)" = 200
+
+# a server with only bad_words enabled refuses the others' fields, naming them
+cat >"$T/onlybw.conf" <<EOF
+engine: { model = "$MODEL"; logits = ( "bad_words" ); };
+EOF
+start_server onlybw "$T/onlybw.conf"
+code=$(curl -s -o "$T/body" -w '%{http_code}' -d '{"prompt":"x","max_tokens":2,"logit_bias":{"5":3}}' "$URL_onlybw/v1/completions")
+check "disabled processor 400" test "$code" = 400
+check "disabled processor param" test "$(jq -r .error.param "$T/body")" = logit_bias
+check "disabled processor message" grep -q "not enabled" "$T/body"
+code=$(curl -s -o /dev/null -w '%{http_code}' -d '{"prompt":"x","max_tokens":2,"bad_words":["y"],"presence_penalty":0}' "$URL_onlybw/v1/completions")
+check "enabled processor 200 on the limited server" test "$code" = 200
+kill -TERM "$PID_onlybw"
+wait "$PID_onlybw"
+cat >"$T/badlogits.conf" <<EOF
+engine: {
+  model = "$MODEL";
+  logits = ( "bad_words", "no_such", "bad_words" );
+};
+EOF
+"$STRATA" check-config "$T/badlogits.conf" >"$T/cc.out" 2>&1
+check "check-config rejects unknown logits plugin" test $? -ne 0
+check "unknown logits plugin file:line" grep -q "badlogits.conf:3: .*unknown logits plugin 'no_such'" "$T/cc.out"
+check "duplicate logits plugin file:line" grep -q "badlogits.conf:3: .*'bad_words' is listed twice" "$T/cc.out"
+
 # ---- /metrics --------------------------------------------------------------------------------
 curl -s "$U/metrics" >"$T/metrics"
 for m in vllm:num_requests_running vllm:num_requests_waiting vllm:gpu_cache_usage_perc vllm:kv_cache_usage_perc \
   vllm:prefix_cache_queries_total vllm:prefix_cache_hits_total vllm:prompt_tokens_total vllm:generation_tokens_total \
-  strata:kv_blocks_used strata:kv_blocks_free; do
+  strata:kv_blocks_used strata:kv_blocks_free strata:engine_step_seconds_total \
+  strata:logits_processing_seconds_total; do
   check "metric $m" grep -q "^$m{model_name=\"stories260K\"} " "$T/metrics"
 done
 for h in vllm:time_to_first_token_seconds vllm:inter_token_latency_seconds vllm:e2e_request_latency_seconds; do

@@ -224,6 +224,21 @@ START_TEST(unknown_backend) {
 }
 END_TEST
 
+START_TEST(logits_list) {
+  expect_one("l1.conf", "engine: {\n  logits = 5;\n};\n", NULL, 2,
+             "engine.logits must be a list of strings");
+  expect_one("l2.conf", "engine: {\n  logits = [ 7 ];\n};\n", NULL, 2,
+             "engine.logits[0] must be a string, not an integer");
+  expect_one("l3.conf", "engine: {\n\n  logits = ( \"nope\" );\n};\n", NULL, 3,
+             "engine.logits[0]: unknown logits plugin 'nope'");
+  char *path = put("l4.conf", "engine: { logits = (); };\n");
+  struct strata_errlist e = check(path);
+  ck_assert_uint_eq(e.n, 0);
+  strata_errlist_free(&e);
+  free(path);
+}
+END_TEST
+
 START_TEST(missing_required_key) {
   expect_one("req.conf", "plugins: {\n  quant: {\n    test-good: {\n      factor = 1.5;\n    };\n  };\n};\n",
              NULL, 3, "missing required key 'label' in plugins.quant.test-good");
@@ -409,6 +424,7 @@ static Suite *config_suite(void) {
   tcase_add_test(tc, unknown_plugin_kind);
   tcase_add_test(tc, unknown_engine_quant);
   tcase_add_test(tc, unknown_backend);
+  tcase_add_test(tc, logits_list);
   tcase_add_test(tc, missing_required_key);
   tcase_add_test(tc, plugin_key_typo_and_range);
   tcase_add_test(tc, include_relative_to_including_file);
