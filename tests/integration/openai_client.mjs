@@ -1,6 +1,7 @@
 // strata serve driven by the official `openai` npm client: models,
 // completions and chat, each plain and streamed, vLLM extras passed through,
-// and the client's typed errors for 400 and 401.
+// logits processors (bad_words, logit_bias, penalties), and the client's
+// typed errors for 400 and 401.
 // Usage: STRATA_URL=http://127.0.0.1:PORT STRATA_KEY=KEY STRATA_EXPECT=TEXT node openai_client.mjs
 import OpenAI from 'openai';
 
@@ -88,6 +89,26 @@ for await (const chunk of chs) {
 check('chat stream role', role === 'assistant', role);
 check('chat stream text = non-stream', ctext === content, { ctext, content });
 check('chat stream usage', cusage?.completion_tokens === chat.usage.completion_tokens, cusage);
+
+// logits processors: OpenAI's own fields and vLLM's bad_words through the client
+const lily = await client.completions.create({ model, prompt: 'Once upon a time', max_tokens: 40, temperature: 0 });
+check('base answer names Lily', lily.choices[0].text.includes('Lily'), lily.choices[0].text);
+const banned = await client.completions.create({
+  model, prompt: 'Once upon a time', max_tokens: 40, temperature: 0, bad_words: ['Lily'],
+  presence_penalty: 0.5, frequency_penalty: 0.2,
+});
+check('bad_words through the client', !banned.choices[0].text.includes('Lily'), banned.choices[0].text);
+const forced = await client.chat.completions.create({
+  model, messages, max_tokens: 8, temperature: 0, logit_bias: { 317: 100 },
+});
+check('chat logit_bias +100', forced.choices[0].message.content.trim().split(/\s+/).every((w) => w === 'Lily'),
+  forced.choices[0].message.content);
+try {
+  await client.chat.completions.create({ model, messages, logit_bias: { 317: 150 } });
+  check('logit_bias 400 raised', false);
+} catch (e) {
+  check('logit_bias 400 param', e.status === 400 && e.param === 'logit_bias', String(e));
+}
 
 // errors come back as the client's typed errors
 try {
