@@ -300,7 +300,9 @@ static void req_free(struct strata_engine_req *r) {
   free(r->stop_len);
   free(r->stop_ids);
   free(r->salt);
-  strata_lbatch_free_params(r->e ? r->e->lb : NULL, r->lparams);
+  /* set only when submit failed (the engine is alive then); a request that
+   * reached the engine had them retired at its done event */
+  if (r->lparams) strata_lbatch_free_params(r->e->lb, r->lparams);
   free(r);
 }
 
@@ -680,6 +682,10 @@ static void flush_events(strata_engine_t *e, struct strata_engine_req *r) {
   }
   if (!done) return;
   free_seqs(e, r);
+  /* the processors may still hold its slots until the next flush; the
+   * engine (not the caller's handle, which can outlive it) lets go */
+  strata_lbatch_retire(e->lb, r->lparams);
+  r->lparams = NULL;
   r->gone = 1;
   double now = strata_now();
   pthread_mutex_lock(&e->mu);

@@ -63,6 +63,10 @@ struct strata_lbatch {
     uint32_t mask;
   } *moves;
   size_t n_moves, cap_moves;
+  /* parameters of finished requests, released after the next flush has
+   * told the processors their slots are gone */
+  void ***retired;
+  size_t n_retired, cap_retired;
 };
 
 static int64_t lb_tokenize(const struct strata_logits_model *m, const char *text, size_t len,
@@ -195,8 +199,26 @@ int strata_lbatch_create(const struct strata_registry *reg, struct strata_config
   return 0;
 }
 
+static void release_retired(strata_lbatch_t *lb) {
+  for (size_t i = 0; i < lb->n_retired; i++) strata_lbatch_free_params(lb, lb->retired[i]);
+  lb->n_retired = 0;
+}
+
+void strata_lbatch_retire(strata_lbatch_t *lb, void **params) {
+  if (!params) return;
+  if (grow((void **)&lb->retired, &lb->cap_retired, lb->n_retired + 1, sizeof *lb->retired) == 0) {
+    lb->retired[lb->n_retired++] = params;
+    return;
+  }
+  /* out of memory: release now; the shipped processors never read the
+   * parameters of a slot that is being removed */
+  strata_lbatch_free_params(lb, params);
+}
+
 void strata_lbatch_destroy(strata_lbatch_t *lb) {
   if (!lb) return;
+  release_retired(lb);
+  free(lb->retired);
   for (int32_t i = 0; lb->p && i < lb->n_all; i++) {
     struct proc *p = &lb->p[i];
     if (p->state) p->v->destroy(p->state);
@@ -353,7 +375,11 @@ static int record_move(strata_lbatch_t *lb, uint32_t from, uint32_t to, uint32_t
 }
 
 uint32_t strata_lbatch_flush(strata_lbatch_t *lb, char *err, size_t errlen) {
-  if (!lb || (lb->n_rm == 0 && lb->n_adds == 0)) return 0;
+  if (!lb) return 0;
+  if (lb->n_rm == 0 && lb->n_adds == 0) {
+    release_retired(lb);
+    return 0;
+  }
   uint32_t failed = 0;
   if (grow((void **)&lb->own, &lb->cap_slots, lb->n_slots + lb->n_adds, sizeof *lb->own) != 0) {
     strata_errf(err, errlen, "out of memory");
@@ -423,6 +449,7 @@ uint32_t strata_lbatch_flush(strata_lbatch_t *lb, char *err, size_t errlen) {
   lb->n_rm = 0;
   lb->n_adds = 0;
   lb->n_moves = 0;
+  release_retired(lb);
   return failed;
 }
 

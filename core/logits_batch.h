@@ -43,6 +43,9 @@ int32_t strata_lbatch_count(const strata_lbatch_t *lb);
 int strata_lbatch_compile(strata_lbatch_t *lb, const strata_json_t *body, void ***out,
                           const char **field, char *err, size_t errlen);
 void strata_lbatch_free_params(strata_lbatch_t *lb, void **params);
+/* Engine thread: the request using params finished; they are released once
+ * the next flush has removed its slots (or at destroy). */
+void strata_lbatch_retire(strata_lbatch_t *lb, void **params);
 /* Bit k set: enabled processor k has parameters in params. */
 uint32_t strata_lbatch_mask(const strata_lbatch_t *lb, void *const *params);
 

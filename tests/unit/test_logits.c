@@ -515,6 +515,43 @@ START_TEST(disabled_processor_is_refused) {
 }
 END_TEST
 
+/* Handles outlive the engine: requests holding processor parameters are
+ * aborted by stop and released afterwards, after some ran and some waited. */
+START_TEST(stop_with_processors_pending) {
+  struct strata_engine_config cfg = defaults();
+  cfg.max_running = 2;
+  start(&cfg);
+  static struct coll c[4];
+  size_t np;
+  int32_t *pt = tokenize(STORY, 1, &np);
+  for (int i = 0; i < 4; i++) {
+    struct strata_request_params p = greedy_params(pt, (int)np, 400);
+    p.ignore_eos = 1;
+    const char *field;
+    char err[256];
+    ck_assert_int_eq(compile("{\"bad_words\": [\"Lily\"], \"frequency_penalty\": 0.5}", &p.logits,
+                             &field, err, sizeof err),
+                     0);
+    coll_init(&c[i]);
+    submit(&p, &c[i]);
+  }
+  /* let the first ones sample a little */
+  for (int w = 0; w < 2000 && c[0].n_toks[0] < 5; w++) {
+    struct timespec ts = {0, 1000000};
+    nanosleep(&ts, NULL);
+  }
+  strata_engine_stop(eng);
+  eng = NULL;
+  for (int i = 0; i < 4; i++) {
+    ck_assert(c[i].done);
+    ck_assert_int_eq(c[i].fin[0], STRATA_FINISH_ABORT);
+    strata_engine_release(c[i].req);
+  }
+  strata_runtime_close(&rt);
+  free(pt);
+}
+END_TEST
+
 int main(void) {
   char *model = test_shared_path("models/stories260K.gguf");
   FILE *f = fopen(model, "rb");
@@ -537,6 +574,7 @@ int main(void) {
   tcase_add_test(tc, slot_table_moves);
   tcase_add_test(tc, invalid_values_name_their_field);
   tcase_add_test(tc, disabled_processor_is_refused);
+  tcase_add_test(tc, stop_with_processors_pending);
   suite_add_tcase(s, tc);
   return test_run_suite(s);
 }
