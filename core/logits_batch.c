@@ -268,6 +268,19 @@ int strata_lbatch_compile(strata_lbatch_t *lb, const strata_json_t *body, void *
   int used = 0;
   for (int32_t k = 0; lb && k < lb->n_all; k++) {
     struct proc *p = &lb->p[k];
+    /* a processor that is not enabled only checks the fields it would use
+     * that no enabled processor owns */
+    const char *orphan = NULL;
+    if (k >= lb->n_enabled) {
+      for (size_t i = 0; p->v->fields[i] && !orphan; i++) {
+        if (!field_set(body, p->v->fields[i])) continue;
+        int handled = 0;
+        for (int32_t j = 0; j < lb->n_enabled; j++)
+          handled |= owns_field(&lb->p[j], p->v->fields[i]);
+        if (!handled) orphan = p->v->fields[i];
+      }
+      if (!orphan) continue;
+    }
     void *pp = NULL;
     const char *f = NULL;
     char perr[400] = "";
@@ -285,13 +298,11 @@ int strata_lbatch_compile(strata_lbatch_t *lb, const strata_json_t *body, void *
       continue;
     }
     p->v->release(p->state, pp);
-    for (size_t i = 0; p->v->fields[i]; i++)
-      if (field_set(body, p->v->fields[i])) *field = p->v->fields[i];
-    if (!*field) *field = p->v->fields[0];
+    *field = orphan;
     strata_errf(err, errlen,
                 "'%s' needs the '%s' logits processor, which is not enabled on this server "
                 "(engine.logits)",
-                *field, p->d->name);
+                orphan, p->d->name);
     strata_lbatch_free_params(lb, params);
     return -1;
   }
