@@ -611,6 +611,41 @@ void strata_engine_logits_free(strata_engine_t *e, void **params) {
   strata_lbatch_free_params(e->lb, params);
 }
 
+int strata_cache_stats_salt(strata_engine_t *e, const int32_t *tokens, size_t n, const char *salt,
+                            struct strata_cache_stats *out) {
+  if (!e || !out || (n && !tokens) || n > INT32_MAX) return -1;
+  struct strata_kv_stats st;
+  strata_kv_get_stats(e->kv, &st);
+  int32_t cached = n ? strata_kv_cached_tokens(e->kv, tokens, (int32_t)n, salt) : 0;
+  /* a request computes at least its last token */
+  int32_t cap = n ? (int32_t)((n - 1) / (size_t)e->bs) * e->bs : 0;
+  if (cached > cap) cached = cap;
+  struct strata_cache_stats r = {
+      .size = sizeof *out,
+      .block_size = e->bs,
+      .prompt_tokens = (int32_t)n,
+      .cached_tokens = cached,
+      .cached_blocks = cached / e->bs,
+      .total_blocks = st.n_blocks,
+      .free_blocks = st.n_free,
+      .used_blocks = st.n_used,
+      .evictable_blocks = st.n_evictable,
+      .queries = st.queries,
+      .hits = st.hits,
+      .hit_rate = st.queries ? (double)st.hits / (double)st.queries : 0,
+  };
+  /* a caller built against an older, shorter struct gets its part only */
+  size_t sz = out->size && out->size < sizeof r ? out->size : sizeof r;
+  r.size = (uint32_t)sz;
+  memcpy(out, &r, sz);
+  return 0;
+}
+
+int strata_cache_stats(strata_engine_t *e, const int32_t *tokens, size_t n,
+                       struct strata_cache_stats *out) {
+  return strata_cache_stats_salt(e, tokens, n, NULL, out);
+}
+
 int32_t strata_engine_context_length(const strata_engine_t *e) {
   return e->ctx_len;
 }
@@ -1275,7 +1310,8 @@ static int engine_step(strata_engine_t *e) {
                                    .n_running = nr,
                                    .n_waiting = nw,
                                    .blocks_for = view_blocks_for,
-                                   .host_ud = e};
+                                   .host_ud = e,
+                                   .engine = e};
   char err[512] = "";
   int nd = e->sv->schedule(e->sstate, &view, e->dec, n, err, sizeof err);
   if (nd < 0) {

@@ -169,6 +169,16 @@ void strata_engine_cancel(strata_engine_req_t *r);
  * this the callback is not called again (even if it had not been done). */
 void strata_engine_release(strata_engine_req_t *r);
 
+/* Prefix-cache statistics for a prompt (see struct strata_cache_stats in
+ * strata/plugin.h): no model work, a hash lookup per block under the KV
+ * manager's mutex; any thread, while the engine runs. salt: the request's
+ * cache_salt or NULL. out->size: how much of the struct to fill (0: all).
+ * 0, or -1 on bad arguments. */
+int strata_cache_stats(strata_engine_t *e, const int32_t *tokens, size_t n,
+                       struct strata_cache_stats *out);
+int strata_cache_stats_salt(strata_engine_t *e, const int32_t *tokens, size_t n, const char *salt,
+                            struct strata_cache_stats *out);
+
 /* Context length, vocabulary and such for validation by the server. */
 int32_t strata_engine_context_length(const strata_engine_t *e);
 

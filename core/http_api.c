@@ -534,9 +534,10 @@ void strata_api_request_free(struct strata_api_request *r) {
   memset(r, 0, sizeof *r);
 }
 
-int strata_api_parse_tokenize(const char *body, size_t len,
-                              struct strata_api_tokenize *t,
-                              struct strata_api_error *e) {
+/* /tokenize and /v1/cache/stats: n_vocab > 0 also takes token-id prompts
+ * and a cache_salt (cache stats). */
+static int parse_tokenize_like(const char *body, size_t len, int32_t n_vocab,
+                               struct strata_api_tokenize *t, struct strata_api_error *e) {
   memset(t, 0, sizeof *t);
   json_t *o = t->root = load_object(body, len, e);
   if (!o) return -1;
@@ -564,23 +565,46 @@ int strata_api_parse_tokenize(const char *body, size_t len,
       bad(e, "prompt", "'prompt' (or 'messages') is required");
       goto fail;
     }
-    if (!json_is_string(p)) {
-      bad(e, "prompt", "'prompt' must be a string, got %s", json_kind(p));
+    if (n_vocab > 0 && json_is_array(p)) {
+      if (get_ids(p, "prompt", n_vocab, (size_t)16 << 20, &t->prompt_ids, &t->n_prompt_ids, e))
+        goto fail;
+    } else if (!json_is_string(p)) {
+      bad(e, "prompt", "'prompt' must be a string%s, got %s",
+          n_vocab > 0 ? " or an array of token ids" : "", json_kind(p));
       goto fail;
+    } else {
+      t->prompt = json_string_value(p);
+      t->prompt_len = json_string_length(p);
     }
-    t->prompt = json_string_value(p);
-    t->prompt_len = json_string_length(p);
     t->add_special_tokens = 1;
   }
   if (get_bool(o, "add_special_tokens", &t->add_special_tokens, e)) goto fail;
+  if (n_vocab > 0) {
+    if (get_str(o, "cache_salt", &t->cache_salt, NULL, e)) goto fail;
+    if (t->cache_salt && !t->cache_salt[0]) {
+      bad(e, "cache_salt", "'cache_salt' must not be empty");
+      goto fail;
+    }
+  }
   return 0;
 fail:
   strata_api_tokenize_free(t);
   return -1;
 }
 
+int strata_api_parse_tokenize(const char *body, size_t len, struct strata_api_tokenize *t,
+                              struct strata_api_error *e) {
+  return parse_tokenize_like(body, len, 0, t, e);
+}
+
+int strata_api_parse_cache_stats(const char *body, size_t len, int32_t n_vocab,
+                                 struct strata_api_tokenize *t, struct strata_api_error *e) {
+  return parse_tokenize_like(body, len, n_vocab > 0 ? n_vocab : 1, t, e);
+}
+
 void strata_api_tokenize_free(struct strata_api_tokenize *t) {
   json_decref(t->root);
+  free(t->prompt_ids);
   memset(t, 0, sizeof *t);
 }
 

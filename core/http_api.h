@@ -107,8 +107,11 @@ void strata_api_request_free(struct strata_api_request *r);
 struct strata_api_tokenize {
   json_t *root;
   const char *model;
-  const char *prompt; /* NULL when messages */
+  const char *prompt; /* NULL when messages or prompt_ids */
   size_t prompt_len;
+  int32_t *prompt_ids; /* cache stats: a token-id prompt (malloc'd) */
+  size_t n_prompt_ids;
+  const char *cache_salt; /* cache stats: NULL or non-empty */
   json_t *messages; /* borrowed */
   int add_special_tokens;
   int add_generation_prompt;
@@ -117,6 +120,10 @@ int strata_api_parse_tokenize(const char *body, size_t len,
                               struct strata_api_tokenize *out,
                               struct strata_api_error *err);
 void strata_api_tokenize_free(struct strata_api_tokenize *t);
+/* POST /v1/cache/stats: as /tokenize, and `prompt` may also be token ids
+ * (each in [0, n_vocab)), with an optional non-empty `cache_salt`. */
+int strata_api_parse_cache_stats(const char *body, size_t len, int32_t n_vocab,
+                                 struct strata_api_tokenize *out, struct strata_api_error *err);
 
 /* POST /detokenize (vLLM): {"tokens": [ids], "model"?}. */
 struct strata_api_detokenize {

@@ -20,6 +20,7 @@
 #include <strata/scheduler.h>
 
 #include "conf.h"
+#include "engine.h"
 #include "log.h"
 #include "util.h"
 
@@ -469,6 +470,11 @@ static const char *hj_string(const strata_json_t *v, size_t *len) {
   return json_string_value(j);
 }
 
+static int host_cache_stats(void *engine, const int32_t *tokens, size_t n, const char *salt,
+                            struct strata_cache_stats *out) {
+  return strata_cache_stats_salt(engine, tokens, n, salt, out);
+}
+
 static const struct strata_host_api host_api = {
     .size = sizeof(struct strata_host_api),
     .abi_version = STRATA_ABI_VERSION,
@@ -493,6 +499,7 @@ static const struct strata_host_api host_api = {
     .json_integer = hj_integer,
     .json_number = hj_number,
     .json_string = hj_string,
+    .cache_stats = host_cache_stats,
 };
 
 const struct strata_host_api *strata_host_api(void) { return &host_api; }

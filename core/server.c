@@ -761,6 +761,55 @@ fail:
   reply_error(srv, http, &e);
 }
 
+/* POST /v1/cache/stats: what the prefix cache holds for a prompt. */
+static void handle_cache_stats(struct server *srv, struct evhttp_request *http) {
+  struct strata_api_error e;
+  struct strata_api_tokenize t;
+  size_t len;
+  const char *body = body_of(srv, http, &len);
+  if (!body) return;
+  if (strata_api_parse_cache_stats(body, len, srv->n_vocab, &t, &e) != 0) {
+    reply_error(srv, http, &e);
+    return;
+  }
+  int32_t *toks = NULL;
+  size_t n = 0;
+  char err[512];
+  if (check_model(srv, t.model, &e) != 0) goto fail;
+  if (t.messages) {
+    if (chat_tokens(srv, t.messages, t.add_generation_prompt, &toks, &n, &e) != 0) goto fail;
+  } else if (t.prompt_ids) {
+    toks = t.prompt_ids;
+    n = t.n_prompt_ids;
+    t.prompt_ids = NULL;
+  } else if (strata_tokenize(srv->rt->tok, t.prompt, t.prompt_len, t.add_special_tokens, 0, &toks,
+                             &n, err, sizeof err) != 0) {
+    strata_api_errorf(&e, 400, NULL, NULL, "prompt", "%s", err);
+    goto fail;
+  }
+  struct strata_cache_stats st = {.size = sizeof st};
+  if (strata_cache_stats_salt(srv->eng, toks, n, t.cache_salt, &st) != 0) {
+    strata_api_errorf(&e, 400, NULL, NULL, "prompt", "the prompt is too long");
+    goto fail;
+  }
+  json_t *o = json_pack(
+      "{s:s,s:i,s:i,s:i,s:i,s:{s:i,s:i,s:i,s:i},s:f,s:I,s:I}", "object", "cache.stats",
+      "prompt_tokens", st.prompt_tokens, "cached_tokens", st.cached_tokens, "cached_blocks",
+      st.cached_blocks, "block_size", st.block_size, "blocks", "total", st.total_blocks, "free",
+      st.free_blocks, "used", st.used_blocks, "evictable", st.evictable_blocks, "hit_rate",
+      st.hit_rate, "prefix_cache_queries", (json_int_t)st.queries, "prefix_cache_hits",
+      (json_int_t)st.hits);
+  reply_json(srv, http, 200, o ? json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL);
+  json_decref(o);
+  free(toks);
+  strata_api_tokenize_free(&t);
+  return;
+fail:
+  free(toks);
+  strata_api_tokenize_free(&t);
+  reply_error(srv, http, &e);
+}
+
 static void handle_detokenize(struct server *srv, struct evhttp_request *http) {
   struct strata_api_error e;
   struct strata_api_detokenize d;
@@ -856,6 +905,7 @@ enum route {
   R_CHAT,
   R_TOKENIZE,
   R_DETOKENIZE,
+  R_CACHE_STATS,
 };
 
 static const struct {
@@ -872,6 +922,7 @@ static const struct {
     {"/v1/chat/completions", EVHTTP_REQ_POST, R_CHAT, 1},
     {"/tokenize", EVHTTP_REQ_POST, R_TOKENIZE, 1},
     {"/detokenize", EVHTTP_REQ_POST, R_DETOKENIZE, 1},
+    {"/v1/cache/stats", EVHTTP_REQ_POST, R_CACHE_STATS, 1},
 };
 
 static int auth_ok(struct server *srv, struct evhttp_request *http) {
@@ -963,6 +1014,9 @@ static void on_request(struct evhttp_request *http, void *arg) {
     break;
   case R_DETOKENIZE:
     handle_detokenize(srv, http);
+    break;
+  case R_CACHE_STATS:
+    handle_cache_stats(srv, http);
     break;
   }
 }

@@ -374,6 +374,34 @@ check "check-config rejects unknown logits plugin" test $? -ne 0
 check "unknown logits plugin file:line" grep -q "badlogits.conf:3: .*unknown logits plugin 'no_such'" "$T/cc.out"
 check "duplicate logits plugin file:line" grep -q "badlogits.conf:3: .*'bad_words' is listed twice" "$T/cc.out"
 
+# ---- /v1/cache/stats ---------------------------------------------------------------------------
+LONGP="Once upon a time there was a little girl named Lily who loved to play in the park with her dog every day"
+post /v1/cache/stats "$(jq -nc --arg p "$LONGP and the sun" '{prompt: $p}')" >"$T/cs0"
+check "cache stats 200" test "$(status)" = 200
+check "cache stats object" test "$(jq -r .object "$T/cs0")" = cache.stats
+check "cache stats block size" test "$(jq -r .block_size "$T/cs0")" = 16
+check "cache stats blocks add up" test "$(jq '.blocks.free + .blocks.used + .blocks.evictable == .blocks.total' "$T/cs0")" = true
+post /v1/completions "$(jq -nc --arg p "$LONGP" '{prompt: $p, max_tokens: 3, temperature: 0}')" >/dev/null
+post /v1/cache/stats "$(jq -nc --arg p "$LONGP and the sun" '{prompt: $p}')" >"$T/cs1"
+NP=$(jq -r .prompt_tokens "$T/cs1")
+check "cache stats sees the computed prefix" test "$(jq -r .cached_tokens "$T/cs1")" = "$(( (NP - 1) / 16 * 16 ))"
+check "cache stats cached blocks" test "$(jq -r '.cached_blocks * 16' "$T/cs1")" = "$(jq -r .cached_tokens "$T/cs1")"
+post /tokenize "$(jq -nc --arg p "$LONGP and the sun" '{prompt: $p}')" >"$T/cs_tok"
+post /v1/cache/stats "$(jq -c '{prompt: .tokens}' "$T/cs_tok")" >"$T/cs2"
+check "cache stats token ids = text" test "$(jq -r .cached_tokens "$T/cs2")" = "$(jq -r .cached_tokens "$T/cs1")"
+post /v1/cache/stats "$(jq -nc --arg p "$LONGP and the sun" '{prompt: $p, cache_salt: "tenant-b"}')" >"$T/cs3"
+check "cache stats salt separates" test "$(jq -r .cached_tokens "$T/cs3")" = 0
+post /v1/cache/stats '{"messages":[{"role":"user","content":"Hello there"}]}' >"$T/cs4"
+check "cache stats chat 200" test "$(status)" = 200
+check "cache stats hit rate in [0,1]" test "$(jq '.hit_rate >= 0 and .hit_rate <= 1' "$T/cs4")" = true
+expect_error "cache stats no prompt" 400 /v1/cache/stats '{}' prompt
+expect_error "cache stats bad id" 400 /v1/cache/stats '{"prompt":[1,-2]}' prompt
+expect_error "cache stats both" 400 /v1/cache/stats '{"prompt":"x","messages":[{"role":"user","content":"x"}]}' prompt
+expect_error "cache stats empty salt" 400 /v1/cache/stats '{"prompt":"x","cache_salt":""}' cache_salt
+expect_error "cache stats salt type" 400 /v1/cache/stats '{"prompt":"x","cache_salt":5}' cache_salt
+expect_error "cache stats wrong model" 400 /v1/cache/stats '{"prompt":"x","model":"nope"}'
+check "cache stats GET is 405" test "$(curl -s -o /dev/null -w '%{http_code}' "$U/v1/cache/stats")" = 405
+
 # ---- /metrics --------------------------------------------------------------------------------
 curl -s "$U/metrics" >"$T/metrics"
 for m in vllm:num_requests_running vllm:num_requests_waiting vllm:gpu_cache_usage_perc vllm:kv_cache_usage_perc \

@@ -7,6 +7,8 @@
 
 #include <jansson.h>
 #include <pthread.h>
+#include <stdatomic.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -110,6 +112,22 @@ static struct strata_request_params conc_params(int j) {
   return p;
 }
 
+/* Asks the cache stats in a loop while the engine runs (any thread, any
+ * time: ASan and the block-sum invariant catch a race). */
+static atomic_int hammer_stop;
+static void *stats_hammer(void *arg) {
+  const struct ref *r = arg;
+  long calls = 0;
+  while (!atomic_load(&hammer_stop)) {
+    struct strata_cache_stats cs = {.size = sizeof cs};
+    ck_assert_int_eq(strata_cache_stats(eng, r->prompt_tokens, (size_t)r->n_prompt, &cs), 0);
+    ck_assert_int_le(cs.cached_tokens, r->n_prompt - 1);
+    ck_assert_int_eq(cs.free_blocks + cs.used_blocks + cs.evictable_blocks, cs.total_blocks);
+    calls++;
+  }
+  return (void *)calls;
+}
+
 static void run_concurrent(const struct strata_engine_config *cfg,
                            int check_preempt) {
   start(cfg);
@@ -122,6 +140,9 @@ static void run_concurrent(const struct strata_engine_config *cfg,
     ck_assert_int_ge(solo[j].n_toks[0], 1);
   }
   check_no_leak();
+  pthread_t hammer;
+  atomic_store(&hammer_stop, 0);
+  ck_assert_int_eq(pthread_create(&hammer, NULL, stats_hammer, &refs[0]), 0);
   for (int j = 0; j < NCONC; j++) {
     coll_init(&all[j]);
     struct strata_request_params p = conc_params(j);
@@ -137,6 +158,10 @@ static void run_concurrent(const struct strata_engine_config *cfg,
     ck_assert_str_eq(all[j].text[0], solo[j].text[0]);
     ck_assert_int_eq(all[j].fin[0], solo[j].fin[0]);
   }
+  atomic_store(&hammer_stop, 1);
+  void *calls;
+  pthread_join(hammer, &calls);
+  ck_assert_int_gt((long)calls, 0);
   check_no_leak();
   struct strata_engine_metrics m;
   strata_engine_get_metrics(eng, &m);
@@ -447,9 +472,27 @@ START_TEST(prefix_cache_hit) {
   coll_init(&b);
   struct strata_request_params p = greedy_params(pr, n, 20);
   p.ignore_eos = 1;
+  struct strata_cache_stats cs = {.size = sizeof cs};
+  ck_assert_int_eq(strata_cache_stats(eng, pr, (size_t)n, &cs), 0);
+  ck_assert_int_eq(cs.cached_tokens, 0);
+  ck_assert_int_eq(cs.prompt_tokens, n);
   submit(&p, &a);
   finish(&a);
   ck_assert_int_eq(a.cached_tokens, 0);
+  /* the stats predict what the next request gets */
+  ck_assert_int_eq(strata_cache_stats(eng, pr, (size_t)n, &cs), 0);
+  ck_assert_int_eq(cs.cached_tokens, (n - 1) / 16 * 16);
+  ck_assert_int_eq(cs.cached_blocks * 16, cs.cached_tokens);
+  ck_assert_int_eq(cs.free_blocks + cs.used_blocks + cs.evictable_blocks, cs.total_blocks);
+  ck_assert_int_eq(strata_cache_stats_salt(eng, pr, (size_t)n, "tenant-b", &cs), 0);
+  ck_assert_int_eq(cs.cached_tokens, 0);
+  /* a caller that knows an older, shorter struct gets only that part */
+  struct strata_cache_stats small;
+  memset(&small, 0xab, sizeof small);
+  small.size = (uint32_t)offsetof(struct strata_cache_stats, cached_blocks);
+  ck_assert_int_eq(strata_cache_stats(eng, pr, (size_t)n, &small), 0);
+  ck_assert_int_eq(small.cached_tokens, (n - 1) / 16 * 16);
+  ck_assert_int_eq(small.total_blocks, (int32_t)0xabababab);
   submit(&p, &b);
   finish(&b);
   ck_assert_int_eq(b.cached_tokens, (n - 1) / 16 * 16);

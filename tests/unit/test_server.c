@@ -567,6 +567,47 @@ START_TEST(tokenize_bodies) {
 }
 END_TEST
 
+START_TEST(cache_stats_bodies) {
+  struct strata_api_tokenize t;
+  struct strata_api_error e;
+  const char *b = "{\"prompt\":[1,2,511],\"cache_salt\":\"s\"}";
+  ck_assert_int_eq(strata_api_parse_cache_stats(b, strlen(b), 512, &t, &e), 0);
+  ck_assert_uint_eq(t.n_prompt_ids, 3);
+  ck_assert_int_eq(t.prompt_ids[2], 511);
+  ck_assert_str_eq(t.cache_salt, "s");
+  strata_api_tokenize_free(&t);
+  b = "{\"prompt\":\"hi\",\"add_special_tokens\":false}";
+  ck_assert_int_eq(strata_api_parse_cache_stats(b, strlen(b), 512, &t, &e), 0);
+  ck_assert(t.prompt && !t.add_special_tokens && !t.prompt_ids && !t.cache_salt);
+  strata_api_tokenize_free(&t);
+  /* /tokenize itself still takes text only */
+  b = "{\"prompt\":[1,2]}";
+  ck_assert_int_eq(strata_api_parse_tokenize(b, strlen(b), &t, &e), -1);
+  static const struct {
+    const char *body, *param;
+  } bad[] = {
+      {"{}", "prompt"},
+      {"{\"prompt\":[]}", "prompt"},
+      {"{\"prompt\":[512]}", "prompt"},
+      {"{\"prompt\":[1.5]}", "prompt"},
+      {"{\"prompt\":[\"a\"]}", "prompt"},
+      {"{\"prompt\":{}}", "prompt"},
+      {"{\"prompt\":\"x\",\"cache_salt\":\"\"}", "cache_salt"},
+      {"{\"prompt\":\"x\",\"cache_salt\":[]}", "cache_salt"},
+      {"{\"prompt\":\"x\",\"messages\":[{}]}", "prompt"},
+      {"{\"messages\":{}}", "messages"},
+      {"{\"prompt\":\"x\",\"model\":7}", "model"},
+  };
+  for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+    ck_assert_msg(
+        strata_api_parse_cache_stats(bad[i].body, strlen(bad[i].body), 512, &t, &e) == -1,
+        "accepted %s", bad[i].body);
+    ck_assert_int_eq(e.status, 400);
+    ck_assert_msg(strcmp(e.param, bad[i].param) == 0, "%s: param %s", bad[i].body, e.param);
+  }
+}
+END_TEST
+
 /* Random byte mutations of valid bodies: every result is accepted or a 4xx,
  * never a crash or a leak (run under ASan in CI). */
 START_TEST(mutation_fuzz) {
@@ -632,6 +673,7 @@ int main(void) {
   tcase_add_test(tc, response_shapes);
   tcase_add_test(tc, metrics_text);
   tcase_add_test(tc, tokenize_bodies);
+  tcase_add_test(tc, cache_stats_bodies);
   tcase_add_test(tc, mutation_fuzz);
   suite_add_tcase(s, tc);
   return test_run_suite(s);

@@ -117,6 +117,26 @@ enum strata_json_type {
   STRATA_JSON_OBJECT = 7,
 };
 
+/* ---- prefix-cache statistics ----------------------------------------------
+ * What the engine's KV cache holds for a prompt (strata_cache_stats in the
+ * core, host->cache_stats for plugins, POST /v1/cache/stats over HTTP). */
+struct strata_cache_stats {
+  uint32_t size;          /* sizeof(struct strata_cache_stats) as the caller knows it */
+  int32_t block_size;     /* tokens per KV block */
+  int32_t prompt_tokens;  /* the prompt asked about */
+  /* Tokens a request with this prompt would take from the prefix cache now:
+   * whole cached blocks from the start, leaving at least the last token to
+   * compute (as the engine does); cached_blocks = cached_tokens / block_size. */
+  int32_t cached_tokens;
+  int32_t cached_blocks;
+  int32_t total_blocks;     /* the pool */
+  int32_t free_blocks;      /* on the free list */
+  int32_t used_blocks;      /* referenced by running requests */
+  int32_t evictable_blocks; /* cached and unreferenced: reusable or evictable */
+  uint64_t queries, hits;   /* prompt tokens looked up / found so far */
+  double hit_rate;          /* hits / queries, 0 before any query */
+};
+
 /* ---- the host API (DESIGN rule 5) ----------------------------------------
  * Plugins never link against the host; everything they need from it comes
  * through this table, handed to init(). */
@@ -176,6 +196,16 @@ struct strata_host_api {
   double (*json_number)(const strata_json_t *v); /* integer or real */
   /* UTF-8 bytes (NUL-terminated; may contain NUL), *len set when len. */
   const char *(*json_string)(const strata_json_t *v, size_t *len);
+
+  /* ---- appended with the cache stats API ---- */
+
+  /* Prefix-cache statistics of an engine for tokens[0, n) (salt: the
+   * request's cache_salt or NULL). engine is the handle a kind hands over
+   * (struct strata_sched_view.engine). Cheap (hashing only, no model work)
+   * and safe on any thread while the engine runs. Set out->size first (the
+   * host fills that much). 0, or -1 on bad arguments. */
+  int (*cache_stats)(void *engine, const int32_t *tokens, size_t n, const char *salt,
+                     struct strata_cache_stats *out);
 };
 
 /* Kind-specific vtables, each defined in its own header. */

@@ -114,6 +114,8 @@ struct strata_sched_view {
    * the core's state (an estimate: the core's allocation decides). */
   int32_t (*blocks_for)(const struct strata_sched_view *v, uint32_t i, int32_t n_total);
   void *host_ud; /* for blocks_for */
+  /* ---- appended: check size before use ---- */
+  void *engine; /* for host->cache_stats */
 };
 
 struct strata_scheduler_vtable {
