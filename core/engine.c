@@ -215,6 +215,8 @@ struct strata_engine_req {
   int32_t priority;
   char *salt;
   uint64_t group;
+  struct strata_kv_hash *ph; /* chain hashes of the prompt's full blocks */
+  int32_t n_ph;               /* -1: not computed yet */
   void **lparams; /* logits processor parameters, NULL: none */
   uint32_t lmask;
   int32_t min_tokens;
@@ -258,6 +260,10 @@ struct strata_engine {
   struct strata_engine_req **running, **waiting, **started;
   size_t n_running, n_waiting, n_started, cap_lists;
   struct strata_sched_req *vreqs;
+  int32_t *v_inflight;
+  uint64_t *v_next;
+  uint64_t *inflight; /* open-addressing set of in-flight block hashes (lo) */
+  size_t cap_inflight;
   struct strata_engine_req **vmap;
   struct strata_sched_decision *dec;
   struct strata_engine_req **sched;
@@ -300,6 +306,7 @@ static void req_free(struct strata_engine_req *r) {
   free(r->stop_len);
   free(r->stop_ids);
   free(r->salt);
+  free(r->ph);
   /* set only when submit failed (the engine is alive then); a request that
    * reached the engine had them retired at its done event */
   if (r->lparams) strata_lbatch_free_params(r->e->lb, r->lparams);
@@ -472,6 +479,7 @@ static int submit(strata_engine_t *e, const struct strata_request_params *p, voi
   r->lmask = strata_lbatch_mask(e->lb, *lp);
   *lp = NULL;
   r->min_tokens = p->min_tokens;
+  r->n_ph = -1;
   atomic_init(&r->refs, 2);
   atomic_init(&r->cancel, 0);
   atomic_init(&r->released, 0);
@@ -894,6 +902,64 @@ static void compact(struct strata_engine_req **l, size_t *n) {
   *n = j;
 }
 
+/* Hashes the prompt's full blocks once (prefix caching on): 0, or -1. */
+static int prompt_hashes(strata_engine_t *e, struct strata_engine_req *r) {
+  if (r->n_ph >= 0) return 0;
+  if (!e->cfg.prefix_caching) return -1;
+  int32_t nb = r->n_prompt / e->bs;
+  r->ph = strata_calloc((size_t)nb + 1, sizeof *r->ph);
+  if (!r->ph) return -1;
+  r->n_ph = strata_kv_hash_chain(r->prompt, nb * e->bs, e->bs, r->salt, r->ph);
+  return 0;
+}
+
+/* The in-flight set: prompt blocks that running requests are still
+ * prefilling (keyed by the hash's low word, 0 marks an empty entry). */
+static uint64_t hkey(struct strata_kv_hash h) { return h.lo ? h.lo : 1; }
+
+static void inflight_build(strata_engine_t *e, uint32_t nr) {
+  size_t want = 0;
+  for (uint32_t i = 0; i < nr; i++) {
+    struct strata_engine_req *r = e->vmap[i];
+    const struct choice *c = &r->ch[0];
+    if (c->state == CH_ACTIVE && c->seq.started && c->seq.n_computed < r->n_prompt &&
+        prompt_hashes(e, r) == 0)
+      want += (size_t)(r->n_ph - c->seq.n_computed / e->bs);
+  }
+  size_t cap = 16;
+  while (cap < 2 * want + 1) cap *= 2;
+  if (grow((void **)&e->inflight, &e->cap_inflight, cap, sizeof *e->inflight) != 0) {
+    if (e->cap_inflight) memset(e->inflight, 0, sizeof *e->inflight * e->cap_inflight);
+    return; /* out of memory: an empty set, nothing is deferred */
+  }
+  cap = e->cap_inflight;
+  memset(e->inflight, 0, sizeof *e->inflight * cap);
+  for (uint32_t i = 0; want && i < nr; i++) {
+    struct strata_engine_req *r = e->vmap[i];
+    const struct choice *c = &r->ch[0];
+    if (!(c->state == CH_ACTIVE && c->seq.started && c->seq.n_computed < r->n_prompt) ||
+        r->n_ph < 0)
+      continue;
+    for (int32_t b = c->seq.n_computed / e->bs; b < r->n_ph; b++) {
+      uint64_t k = hkey(r->ph[b]);
+      size_t h = (size_t)(k * 0x9e3779b97f4a7c15ull) & (cap - 1);
+      while (e->inflight[h] && e->inflight[h] != k) h = (h + 1) & (cap - 1);
+      e->inflight[h] = k;
+    }
+  }
+}
+
+static int inflight_has(const strata_engine_t *e, struct strata_kv_hash hash) {
+  if (!e->cap_inflight) return 0;
+  uint64_t k = hkey(hash);
+  size_t cap = e->cap_inflight, h = (size_t)(k * 0x9e3779b97f4a7c15ull) & (cap - 1);
+  while (e->inflight[h]) {
+    if (e->inflight[h] == k) return 1;
+    h = (h + 1) & (cap - 1);
+  }
+  return 0;
+}
+
 /* The request's numbers as the scheduler sees them. */
 static void req_view(strata_engine_t *e, struct strata_engine_req *r,
                      struct strata_sched_req *v) {
@@ -918,8 +984,12 @@ static void req_view(strata_engine_t *e, struct strata_engine_req *r,
   }
   r->view_cached = 0;
   if (any_unstarted && shortest) {
-    int32_t cached = strata_kv_cached_tokens(e->kv, shortest->toks,
-                                             shortest->n_known, r->salt);
+    /* the prompt's chain is hashed once; only a preempted request that
+     * holds generated tokens too is hashed again */
+    int32_t cached = shortest->n_known == r->n_prompt && prompt_hashes(e, r) == 0
+                         ? strata_kv_cached_blocks(e->kv, r->ph, r->n_ph) * e->bs
+                         : strata_kv_cached_tokens(e->kv, shortest->toks, shortest->n_known,
+                                                   r->salt);
     int32_t cap = (shortest->n_known - 1) / e->bs * e->bs;
     r->view_cached = cached < cap ? cached : cap;
   }
@@ -1037,13 +1107,15 @@ static int apply_run(strata_engine_t *e, struct strata_engine_req *r,
 }
 
 static int ensure_caps(strata_engine_t *e, size_t n_reqs) {
-  void **vp[] = {(void **)&e->vreqs, (void **)&e->vmap, (void **)&e->dec,
-                 (void **)&e->sched, (void **)&e->started};
-  const size_t ve[] = {sizeof *e->vreqs, sizeof *e->vmap, sizeof *e->dec,
-                       sizeof *e->sched, sizeof *e->started};
+  void **vp[] = {(void **)&e->vreqs, (void **)&e->vmap,     (void **)&e->dec,
+                 (void **)&e->sched, (void **)&e->started, (void **)&e->v_inflight,
+                 (void **)&e->v_next};
+  const size_t ve[] = {sizeof *e->vreqs, sizeof *e->vmap,       sizeof *e->dec,
+                       sizeof *e->sched, sizeof *e->started,    sizeof *e->v_inflight,
+                       sizeof *e->v_next};
   void **lp[] = {(void **)&e->running, (void **)&e->waiting};
   const size_t le[] = {sizeof *e->running, sizeof *e->waiting};
-  return grow_all(vp, ve, 5, &e->cap_view, n_reqs) ||
+  return grow_all(vp, ve, 7, &e->cap_view, n_reqs) ||
          grow_all(lp, le, 2, &e->cap_lists, n_reqs);
 }
 
@@ -1297,6 +1369,20 @@ static int engine_step(strata_engine_t *e) {
     r->scheduled = 0;
     req_view(e, r, &e->vreqs[i]);
   }
+  /* shared uncached prefixes: what waiting requests would compute twice */
+  int hints = e->cfg.prefix_caching && nw > 0;
+  if (hints) inflight_build(e, nr);
+  for (uint32_t i = 0; i < n; i++) {
+    struct strata_engine_req *r = e->vmap[i];
+    e->v_inflight[i] = 0;
+    e->v_next[i] = 0;
+    if (!hints || i < nr || r->n_ph < 0 || r->ch[0].n_known != r->n_prompt) continue;
+    int32_t b = r->view_cached / e->bs;
+    if (b < r->n_ph) e->v_next[i] = hkey(r->ph[b]);
+    int32_t k = b;
+    while (k < r->n_ph && inflight_has(e, r->ph[k])) k++;
+    e->v_inflight[i] = (k - b) * e->bs;
+  }
   struct strata_kv_stats st;
   strata_kv_get_stats(e->kv, &st);
   struct strata_sched_view view = {.size = sizeof view,
@@ -1311,7 +1397,9 @@ static int engine_step(strata_engine_t *e) {
                                    .n_waiting = nw,
                                    .blocks_for = view_blocks_for,
                                    .host_ud = e,
-                                   .engine = e};
+                                   .engine = e,
+                                   .n_inflight = e->cfg.prefix_caching ? e->v_inflight : NULL,
+                                   .next_block = e->cfg.prefix_caching ? e->v_next : NULL};
   char err[512] = "";
   int nd = e->sv->schedule(e->sstate, &view, e->dec, n, err, sizeof err);
   if (nd < 0) {
@@ -1469,6 +1557,9 @@ static void engine_free(strata_engine_t *e) {
   free(e->waiting);
   free(e->started);
   free(e->vreqs);
+  free(e->v_inflight);
+  free(e->v_next);
+  free(e->inflight);
   free(e->vmap);
   free(e->dec);
   free(e->sched);

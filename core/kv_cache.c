@@ -669,6 +669,15 @@ int32_t strata_kv_cached_tokens(strata_kv_t *kv, const int32_t *tokens,
   return hits * kv->bs;
 }
 
+int32_t strata_kv_cached_blocks(strata_kv_t *kv, const struct strata_kv_hash *hashes, int32_t n) {
+  if (!kv || !hashes || n <= 0 || !kv->caching) return 0;
+  pthread_mutex_lock(&kv->mu);
+  int32_t i = 0;
+  while (i < n && ht_find(kv, hashes[i]) >= 0) i++;
+  pthread_mutex_unlock(&kv->mu);
+  return i;
+}
+
 int strata_kv_contains(strata_kv_t *kv, struct strata_kv_hash hash) {
   if (!kv || !kv->caching) return 0;
   pthread_mutex_lock(&kv->mu);

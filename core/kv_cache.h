@@ -232,6 +232,9 @@ static inline int32_t strata_kv_slot(const struct strata_kv_seq *seq,
  * bs, not capped to n_tokens - 1). Pure: changes no counter, no LRU order. */
 int32_t strata_kv_cached_tokens(strata_kv_t *kv, const int32_t *tokens,
                                 int32_t n_tokens, const char *salt);
+/* How many of hashes[0, n) (a chain, from block 0) are cached, counting
+ * from the first: the cached prefix in blocks, without rehashing. Pure. */
+int32_t strata_kv_cached_blocks(strata_kv_t *kv, const struct strata_kv_hash *hashes, int32_t n);
 /* Whether a block with this hash is cached. Pure. */
 int strata_kv_contains(strata_kv_t *kv, struct strata_kv_hash hash);
 void strata_kv_get_stats(strata_kv_t *kv, struct strata_kv_stats *out);

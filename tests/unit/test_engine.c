@@ -179,6 +179,15 @@ START_TEST(concurrent_equal_solo) {
 }
 END_TEST
 
+/* Another policy reorders and defers, never changes an answer. */
+START_TEST(concurrent_prefix_aware) {
+  struct strata_engine_config cfg = defaults();
+  cfg.scheduler = "prefix-aware";
+  cfg.max_batch_tokens = 64; /* prefills span steps: in-flight blocks exist */
+  run_concurrent(&cfg, 0);
+}
+END_TEST
+
 START_TEST(concurrent_without_prefix_caching) {
   struct strata_engine_config cfg = defaults();
   cfg.prefix_caching = 0;
@@ -689,6 +698,7 @@ int main(void) {
   tcase_add_test(tc, greedy_equals_reference);
   tcase_add_test(tc, concurrent_equal_solo);
   tcase_add_test(tc, concurrent_without_prefix_caching);
+  tcase_add_test(tc, concurrent_prefix_aware);
   tcase_add_test(tc, tiny_cache_preempts_same_answers);
   tcase_add_test(tc, chunked_prefill_same_tokens);
   tcase_add_test(tc, n_choices_equal_seeded_solo);

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <strata/scheduler.h>
 
@@ -19,26 +20,48 @@ static struct strata_plugin plug;
 static const struct strata_scheduler_vtable *vt;
 static void *state;
 
-static void load(void) {
+static strata_config_t *plug_cfg;
+
+/* Loads scheduler_<so>.so (plugin `name`) with its settings from the text
+ * of a plugins.scheduler.<name> group body (NULL: defaults). */
+static void load_with(const char *so, const char *name, const char *settings) {
   char path[4096], err[1024];
-  snprintf(path, sizeof path,
-           "%s/plugins/scheduler/fcfs/.libs/scheduler_fcfs.so",
-           test_builddir());
+  snprintf(path, sizeof path, "%s/plugins/scheduler/fcfs/.libs/scheduler_%s.so", test_builddir(),
+           so);
   ck_assert_msg(strata_plugin_load_file(path, &plug, err, sizeof err) == 0,
                 "%s", err);
   ck_assert_int_eq(plug.desc->kind, STRATA_PLUGIN_SCHEDULER);
-  ck_assert_str_eq(plug.desc->name, "fcfs");
-  ck_assert_int_eq(strata_plugin_init(&plug, NULL, err, sizeof err), 0);
+  ck_assert_str_eq(plug.desc->name, name);
+  const strata_config_node_t *node = strata_config_plugin_node(NULL, &plug);
+  if (settings) {
+    char cpath[] = "/tmp/strata-fcfs-XXXXXX";
+    int fd = mkstemp(cpath);
+    ck_assert_int_ge(fd, 0);
+    FILE *f = fdopen(fd, "w");
+    fprintf(f, "plugins: { scheduler: { %s: { %s }; }; };\n", name, settings);
+    fclose(f);
+    struct strata_errlist errs = {0};
+    plug_cfg = strata_config_load(cpath, &errs);
+    ck_assert_ptr_nonnull(plug_cfg);
+    struct strata_registry reg = {.plugins = &plug, .n_plugins = 1};
+    ck_assert_int_eq(strata_config_validate(plug_cfg, &reg, &errs), 0);
+    strata_errlist_free(&errs);
+    unlink(cpath);
+    node = strata_config_plugin_node(plug_cfg, &plug);
+  }
+  ck_assert_int_eq(strata_plugin_init(&plug, plug_cfg, err, sizeof err), 0);
   vt = plug.desc->vt.scheduler;
   ck_assert_ptr_nonnull(vt);
-  ck_assert_int_eq(vt->create(strata_config_plugin_node(NULL, &plug), &state,
-                              err, sizeof err),
-                   0);
+  ck_assert_int_eq(vt->create(node, &state, err, sizeof err), 0);
 }
+
+static void load(void) { load_with("fcfs", "fcfs", NULL); }
 
 static void unload(void) {
   vt->destroy(state);
   state = NULL;
+  if (plug_cfg) strata_config_free(plug_cfg);
+  plug_cfg = NULL;
 }
 
 /* Synthetic blocks_for: each request has one sequence; cached prefix blocks
@@ -76,10 +99,18 @@ static struct strata_sched_req waiting_req(uint64_t id, int32_t prio,
                                    .max_tokens = 100};
 }
 
+/* The view's extras for the next run() (prefix-aware). */
+static double view_now;
+static const int32_t *view_inflight;
+static const uint64_t *view_next;
+
 static int run(struct strata_sched_req *reqs, uint32_t nr, uint32_t nw,
                int32_t budget, int32_t max_running, int32_t free_blocks,
                struct strata_sched_decision *out) {
   struct strata_sched_view v = {.size = sizeof v,
+                                .now = view_now,
+                                .n_inflight = view_inflight,
+                                .next_block = view_next,
                                 .max_batch_tokens = budget,
                                 .max_running = max_running,
                                 .block_size = 16,
@@ -219,6 +250,129 @@ START_TEST(n_choices_cost_budget) {
 }
 END_TEST
 
+/* Which waiting request (index) got a RUN, -1: none. */
+static int64_t first_started(const struct strata_sched_decision *d, int n, uint32_t nr) {
+  for (int k = 0; k < n; k++)
+    if (d[k].action == STRATA_SCHED_RUN && d[k].index >= nr) return d[k].index;
+  return -1;
+}
+
+START_TEST(prefix_aware_longest_cached_first) {
+  struct strata_sched_req r[4] = {
+      running_req(1, 20, 19, 2),
+      waiting_req(2, 0, 100, 0),
+      waiting_req(3, 0, 100, 32),
+      waiting_req(4, 0, 100, 64),
+  };
+  struct strata_sched_decision d[4];
+  view_now = 6; /* all have waited less than max_wait (5 s) */
+  /* one seat left: fcfs starts the oldest, prefix-aware the best cached */
+  load();
+  ck_assert_int_eq(first_started(d, run(r, 1, 3, 1000, 2, 100, d), 1), 1);
+  unload();
+  load_with("prefix_aware", "prefix-aware", NULL);
+  ck_assert_int_eq(first_started(d, run(r, 1, 3, 1000, 2, 100, d), 1), 3);
+  /* a higher priority still comes first */
+  r[1].priority = -1;
+  ck_assert_int_eq(first_started(d, run(r, 1, 3, 1000, 2, 100, d), 1), 1);
+  unload();
+  view_now = 0;
+}
+END_TEST
+
+/* A request with nothing cached keeps losing to luckier newcomers until it
+ * has waited max_wait seconds; then it goes first. */
+START_TEST(prefix_aware_no_starvation) {
+  load_with("prefix_aware", "prefix-aware", "max_wait = 3.0;");
+  struct strata_sched_req r[2];
+  struct strata_sched_decision d[2];
+  int started_at = -1;
+  for (int t = 1; t <= 20 && started_at < 0; t++) {
+    view_now = t;
+    r[0] = waiting_req(1, 0, 100, 0);
+    r[0].arrival = 0.5;
+    r[1] = waiting_req(100 + (uint64_t)t, 0, 100, 64); /* a new lucky one each step */
+    r[1].arrival = t - 0.1;
+    int n = run(r, 0, 2, 1000, 1, 100, d);
+    if (first_started(d, n, 0) == 0) started_at = t;
+  }
+  ck_assert_int_eq(started_at, 4); /* waited 3.5 s > max_wait */
+  unload();
+  view_now = 0;
+}
+END_TEST
+
+START_TEST(prefix_aware_waits_for_inflight) {
+  load_with("prefix_aware", "prefix-aware", NULL);
+  view_now = 1;
+  struct strata_sched_req r[4] = {
+      running_req(1, 200, 64, 4), /* prefilling a shared document */
+      waiting_req(2, 0, 200, 0),  /* its next blocks are in flight */
+      waiting_req(3, 0, 50, 0),
+      waiting_req(4, 0, 60, 0),
+  };
+  const int32_t inflight[4] = {0, 128, 0, 0};
+  const uint64_t next[4] = {0, 11, 22, 22}; /* 3 and 4 share their first block */
+  view_inflight = inflight;
+  view_next = next;
+  struct strata_sched_decision d[4];
+  int n = run(r, 1, 3, 1000, 10, 100, d);
+  int ran[4] = {0};
+  for (int k = 0; k < n; k++)
+    if (d[k].action == STRATA_SCHED_RUN) ran[d[k].index] = 1;
+  ck_assert(ran[0]);  /* the running prefill goes on */
+  ck_assert(!ran[1]); /* waits for the blocks being computed ... */
+  ck_assert(ran[2]);  /* ... without holding back the others */
+  ck_assert(!ran[3]); /* shares 2's first uncached block: waits a step */
+  /* an aged request does not wait */
+  view_now = 100;
+  n = run(r, 1, 3, 1000, 10, 100, d);
+  memset(ran, 0, sizeof ran);
+  for (int k = 0; k < n; k++)
+    if (d[k].action == STRATA_SCHED_RUN) ran[d[k].index] = 1;
+  ck_assert(ran[1] && ran[2] && ran[3]);
+  view_inflight = NULL;
+  view_next = NULL;
+  view_now = 0;
+  unload();
+}
+END_TEST
+
+START_TEST(priority_preemption) {
+  struct strata_sched_req r[3] = {
+      running_req(1, 30, 29, 2),
+      running_req(2, 30, 29, 2),
+      waiting_req(3, -5, 20, 0), /* more urgent than both */
+  };
+  r[0].priority = 0;
+  r[1].priority = 3;
+  struct strata_sched_decision d[3];
+  /* off by default: the seat stays taken */
+  load();
+  int n = run(r, 2, 1, 1000, 2, 100, d);
+  for (int k = 0; k < n; k++) ck_assert_int_eq(d[k].action, STRATA_SCHED_RUN);
+  ck_assert_int_eq(first_started(d, n, 2), -1);
+  unload();
+  for (int pa = 0; pa < 2; pa++) {
+    if (pa)
+      load_with("prefix_aware", "prefix-aware", "priority_preemption = true;");
+    else
+      load_with("fcfs", "fcfs", "priority_preemption = true;");
+    n = run(r, 2, 1, 1000, 2, 100, d);
+    ck_assert_int_ge(n, 2);
+    CK_DEC(d[0], 1, STRATA_SCHED_PREEMPT, 0); /* the lowest priority goes */
+    ck_assert_int_eq(first_started(d, n, 2), 2);
+    for (int k = 0; k < n; k++) ck_assert(!(d[k].index == 0 && d[k].action == STRATA_SCHED_PREEMPT));
+    /* an equal priority never preempts */
+    r[2].priority = 3;
+    n = run(r, 2, 1, 1000, 2, 100, d);
+    for (int k = 0; k < n; k++) ck_assert_int_eq(d[k].action, STRATA_SCHED_RUN);
+    r[2].priority = -5;
+    unload();
+  }
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("fcfs");
   TCase *tc = tcase_create("decisions");
@@ -227,6 +381,10 @@ int main(void) {
   tcase_add_test(tc, max_running_and_blocks_limit_starts);
   tcase_add_test(tc, preempts_latest_started);
   tcase_add_test(tc, n_choices_cost_budget);
+  tcase_add_test(tc, prefix_aware_longest_cached_first);
+  tcase_add_test(tc, prefix_aware_no_starvation);
+  tcase_add_test(tc, prefix_aware_waits_for_inflight);
+  tcase_add_test(tc, priority_preemption);
   suite_add_tcase(s, tc);
   return test_run_suite(s);
 }

@@ -116,6 +116,17 @@ struct strata_sched_view {
   void *host_ud; /* for blocks_for */
   /* ---- appended: check size before use ---- */
   void *engine; /* for host->cache_stats */
+  /* Per request, indexed like reqs (NULL when prefix caching is off).
+   * n_inflight[i] (waiting requests): tokens of its prompt right after its
+   * cached prefix whose blocks a running request is computing now (same
+   * chain hash, not yet in the cache): starting it now would compute them
+   * twice, waiting a step or two makes them cache hits. A multiple of
+   * block_size; 0 for running requests. */
+  const int32_t *n_inflight;
+  /* next_block[i] (waiting requests): identity of the first full prompt
+   * block after its cached prefix (0: none): two waiting requests with the
+   * same non-zero value share an uncached block. */
+  const uint64_t *next_block;
 };
 
 struct strata_scheduler_vtable {

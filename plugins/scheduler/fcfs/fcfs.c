@@ -12,7 +12,24 @@
  * When a running request cannot get the blocks of its next tokens, the
  * running request with the lowest priority that started last (not yet
  * scheduled this step) is preempted, repeatedly; when that is the request
- * itself, it steps back. */
+ * itself, it steps back.
+ *
+ * With priority_preemption, before anything else runs, a waiting request
+ * that cannot start (max_running reached or not enough free blocks) while a
+ * running request has a lower priority (a larger value) preempts such
+ * requests, lowest priority and latest started first.
+ *
+ * Built a second time with SCHED_PREFIX_AWARE as the `prefix-aware`
+ * scheduler (the problem of vLLM issue #7883): the same passes, but the
+ * waiting queue is served longest cached prefix first (within a priority),
+ * a request waiting longer than max_wait seconds goes before every luckier
+ * one (aging: by arrival), and a waiting request whose next uncached prompt
+ * blocks are being computed right now by a running request, or by one
+ * started earlier in this step, waits for them instead of computing them a
+ * second time (it does not hold back the requests behind it). Admission
+ * charges only uncached blocks and tokens in both builds (blocks_for counts
+ * cached prefix blocks as free to attach, and a waiting request's RUN tokens
+ * are the ones beyond its cached prefix). */
 #include "config.h"
 
 #include <stdlib.h>
@@ -23,12 +40,22 @@
 
 static const struct strata_host_api *host;
 
+#ifdef SCHED_PREFIX_AWARE
+#define SCHED_NAME "prefix-aware"
+#else
+#define SCHED_NAME "fcfs"
+#endif
+
 struct fcfs {
   int32_t max_prefill_chunk; /* 0: no limit */
+  int priority_preemption;
+  double max_wait; /* prefix-aware: aging bound in seconds */
+  int wait_for_inflight; /* prefix-aware */
   /* scratch, grown as needed */
   uint32_t cap;
   uint32_t *order;
   unsigned char *mark; /* 1: scheduled, 2: preempted */
+  uint64_t *started_next; /* prefix-aware: next_block of requests started this step */
 };
 
 static int fcfs_init(const struct strata_host_api *h,
@@ -48,8 +75,17 @@ static int fcfs_create(const strata_config_node_t *cfg, void **state, char *err,
     if (errlen) strncpy(err, "out of memory", errlen - 1), err[errlen - 1] = 0;
     return -1;
   }
-  if (host && cfg)
+  if (host && cfg) {
     f->max_prefill_chunk = (int32_t)host->config_int(cfg, "max_prefill_chunk");
+    f->priority_preemption = host->config_bool(cfg, "priority_preemption");
+#ifdef SCHED_PREFIX_AWARE
+    f->max_wait = host->config_float(cfg, "max_wait");
+    f->wait_for_inflight = host->config_bool(cfg, "wait_for_inflight");
+#endif
+  } else {
+    f->max_wait = 5.0;
+    f->wait_for_inflight = 1;
+  }
   *state = f;
   return 0;
 }
@@ -59,6 +95,7 @@ static void fcfs_destroy(void *state) {
   if (!f) return;
   free(f->order);
   free(f->mark);
+  free(f->started_next);
   free(f);
 }
 
@@ -70,6 +107,9 @@ static int grow(struct fcfs *f, uint32_t n) {
   unsigned char *m = realloc(f->mark, n);
   if (!m) return -1;
   f->mark = m;
+  uint64_t *sn = realloc(f->started_next, sizeof *sn * n);
+  if (!sn) return -1;
+  f->started_next = sn;
   f->cap = n;
   return 0;
 }
@@ -135,12 +175,58 @@ static int32_t chunk_limit(struct ctx *c, const struct strata_sched_req *r,
   return n;
 }
 
-static int cmp_ctx_prio(const struct strata_sched_view *v, uint32_t a,
-                        uint32_t b) {
+/* Admission order of waiting requests a and b (< 0: a first). */
+static int cmp_waiting(const struct strata_sched_view *v, const struct fcfs *f, uint32_t a,
+                       uint32_t b) {
   const struct strata_sched_req *x = &v->reqs[a], *y = &v->reqs[b];
   if (x->priority != y->priority) return x->priority < y->priority ? -1 : 1;
+#ifdef SCHED_PREFIX_AWARE
+  /* aged requests first, among them the oldest; then the longest cached
+   * prefix */
+  int ax = v->now - x->arrival > f->max_wait, ay = v->now - y->arrival > f->max_wait;
+  if (ax != ay) return ax ? -1 : 1;
+  if (!ax && x->n_cached != y->n_cached) return x->n_cached > y->n_cached ? -1 : 1;
+#else
+  (void)f;
+#endif
   if (x->arrival != y->arrival) return x->arrival < y->arrival ? -1 : 1;
   return x->id < y->id ? -1 : x->id > y->id;
+}
+
+/* The running request a higher-priority waiting one may preempt: the
+ * largest priority value above prio, latest started, not scheduled. */
+static int64_t pick_lower(struct ctx *c, int32_t prio) {
+  int64_t best = -1;
+  for (uint32_t j = 0; j < c->v->n_running; j++) {
+    if (c->f->mark[j] || c->v->reqs[j].priority <= prio) continue;
+    if (best < 0 || c->v->reqs[j].priority >= c->v->reqs[best].priority) best = j;
+  }
+  return best;
+}
+
+/* priority_preemption: waiting requests (in admission order) that could
+ * not start preempt lower-priority running ones. */
+static void priority_pass(struct ctx *c, uint32_t nw) {
+  int32_t n_running = c->n_running, free_blocks = c->free_blocks;
+  for (uint32_t w = 0; w < nw; w++) {
+    uint32_t i = c->f->order[w];
+    const struct strata_sched_req *r = &c->v->reqs[i];
+    int32_t k = r->n_prompt - r->n_cached;
+    int32_t per = r->n_choices > 0 ? r->n_choices : 1;
+    if (k > c->v->max_batch_tokens / per) k = c->v->max_batch_tokens / per;
+    if (k < 1) k = 1;
+    int32_t need = c->v->blocks_for(c->v, i, r->n_cached + k);
+    while (n_running >= c->v->max_running || need > free_blocks) {
+      int64_t j = pick_lower(c, r->priority);
+      if (j < 0) break;
+      preempt(c, (uint32_t)j);
+      n_running--;
+      free_blocks += c->v->reqs[j].blocks_held;
+    }
+    if (n_running >= c->v->max_running || need > free_blocks) return;
+    n_running++; /* a seat held for it in this simulation only */
+    free_blocks -= need;
+  }
 }
 
 static int fcfs_schedule(void *state, const struct strata_sched_view *v,
@@ -150,7 +236,7 @@ static int fcfs_schedule(void *state, const struct strata_sched_view *v,
   uint32_t n = v->n_running + v->n_waiting;
   if (grow(f, n ? n : 1) != 0) {
     if (errlen)
-      strncpy(err, "fcfs: out of memory", errlen - 1), err[errlen - 1] = 0;
+      strncpy(err, SCHED_NAME ": out of memory", errlen - 1), err[errlen - 1] = 0;
     return -1;
   }
   memset(f->mark, 0, n);
@@ -161,6 +247,18 @@ static int fcfs_schedule(void *state, const struct strata_sched_view *v,
                   .budget = v->max_batch_tokens,
                   .free_blocks = v->free_blocks,
                   .n_running = (int32_t)v->n_running};
+
+  /* waiting requests in admission order */
+  uint32_t nw = 0;
+  for (uint32_t i = v->n_running; i < n; i++) {
+    uint32_t j = nw++;
+    while (j > 0 && cmp_waiting(v, f, f->order[j - 1], i) > 0) {
+      f->order[j] = f->order[j - 1];
+      j--;
+    }
+    f->order[j] = i;
+  }
+  if (f->priority_preemption) priority_pass(&c, nw);
 
   /* 1 and 2: running requests, decodes first, then prefill chunks */
   for (int pass = 0; pass < 2; pass++) {
@@ -188,20 +286,22 @@ static int fcfs_schedule(void *state, const struct strata_sched_view *v,
     }
   }
 
-  /* 3: waiting requests in (priority, arrival) order */
-  uint32_t nw = 0;
-  for (uint32_t i = v->n_running; i < n; i++) {
-    uint32_t j = nw++;
-    while (j > 0 && cmp_ctx_prio(v, f->order[j - 1], i) > 0) {
-      f->order[j] = f->order[j - 1];
-      j--;
-    }
-    f->order[j] = i;
-  }
+  /* 3: waiting requests in admission order */
+  uint32_t n_started = 0;
   for (uint32_t w = 0; w < nw; w++) {
     uint32_t i = f->order[w];
     const struct strata_sched_req *r = &v->reqs[i];
     if (c.n_running >= v->max_running) break;
+#ifdef SCHED_PREFIX_AWARE
+    int aged = v->now - r->arrival > f->max_wait;
+    if (f->wait_for_inflight && !aged && v->size >= sizeof *v && v->n_inflight) {
+      if (v->n_inflight[i] > 0) continue; /* its next blocks are being computed */
+      int dup = 0;
+      for (uint32_t s2 = 0; s2 < n_started && v->next_block[i]; s2++)
+        dup |= f->started_next[s2] == v->next_block[i];
+      if (dup) continue; /* a request started this step computes them */
+    }
+#endif
     int32_t k = chunk_limit(&c, r, r->n_prompt - r->n_cached);
     if (k <= 0) break;
     k = fit_chunk(&c, i, r->n_cached, k);
@@ -212,6 +312,8 @@ static int fcfs_schedule(void *state, const struct strata_sched_view *v,
     c.budget -= k * (r->n_choices > 0 ? r->n_choices : 1);
     c.free_blocks -= need;
     c.n_running++;
+    f->started_next[n_started++] =
+        v->size >= sizeof *v && v->next_block ? v->next_block[i] : 0;
   }
   return (int)c.n_out;
 }
@@ -219,6 +321,14 @@ static int fcfs_schedule(void *state, const struct strata_sched_view *v,
 static const struct strata_param fcfs_params[] = {
     {"max_prefill_chunk", STRATA_PARAM_INT, 0, "0", 0, 16777216,
      "most tokens one request prefills in a step; 0: up to the step's budget"},
+    {"priority_preemption", STRATA_PARAM_BOOL, 0, "false", 1, 0,
+     "a waiting request that cannot start preempts running requests of lower priority"},
+#ifdef SCHED_PREFIX_AWARE
+    {"max_wait", STRATA_PARAM_FLOAT, 0, "5", 0, 86400,
+     "seconds after which a waiting request goes before every luckier one (aging)"},
+    {"wait_for_inflight", STRATA_PARAM_BOOL, 0, "true", 1, 0,
+     "a request whose next prompt blocks are being computed waits for them"},
+#endif
     {NULL, STRATA_PARAM_END, 0, NULL, 0, 0, NULL},
 };
 
@@ -235,11 +345,15 @@ static const struct strata_plugin_desc fcfs_desc = {
     .abi_version = STRATA_ABI_VERSION,
     .fingerprint = STRATA_BUILD_FINGERPRINT,
     .kind = STRATA_PLUGIN_SCHEDULER,
-    .name = "fcfs",
+    .name = SCHED_NAME,
     .version = "1.0",
     .license = "MIT",
+#ifdef SCHED_PREFIX_AWARE
+    .description = "longest cached prefix first with aging; waits for prefixes being computed",
+#else
     .description = "first come, first served; decodes first, chunked prefill, "
                    "recompute preemption",
+#endif
     .params = fcfs_params,
     .init = fcfs_init,
     .fini = NULL,
