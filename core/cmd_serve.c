@@ -29,53 +29,6 @@ static void serve_usage(FILE *f) {
           "\"listening on http://HOST:PORT\" to stderr once ready.\n");
 }
 
-/* The default config: conf/strata.conf of the source tree when strata runs
- * from its build tree (or was built there), else none. */
-static char *default_config(void) {
-  char *p = strata_path_join(STRATA_SRCDIR, "conf/strata.conf");
-  if (p && access(p, R_OK) == 0) return p;
-  free(p);
-  return NULL;
-}
-
-/* The model options the engine needs at load (its workspace and KV cache
- * are allocated with the model), from the config's engine settings. The
- * config is read here a first time, validated against an empty plugin
- * registry only to get its groups: strata_runtime_open reports every
- * config and model error properly afterwards, so failures here are
- * skipped. Returns 0, or 2 after printing a sizing error. */
-static int engine_model_opts(struct strata_runtime_opts *ro) {
-  struct strata_errlist errs = {0};
-  strata_config_t *cfg =
-      ro->config_path ? strata_config_load(ro->config_path, &errs) : NULL;
-  struct strata_registry none;
-  memset(&none, 0, sizeof none);
-  if (cfg) strata_config_validate(cfg, &none, &errs);
-  strata_errlist_free(&errs);
-  if (ro->config_path && !cfg) return 0;
-  struct strata_engine_config ec;
-  strata_engine_config_from(cfg, &ec);
-  const strata_config_node_t *eng = cfg ? strata_config_group(cfg, "engine")
-                                        : strata_config_defaults("engine");
-  char *model = ro->model_path ? strata_strdup(ro->model_path)
-                : eng          ? strata_config_path_value(eng, "model")
-                               : NULL;
-  int32_t ctx = ro->context_length > 0 ? ro->context_length
-                : eng ? (int32_t)strata_config_int(eng, "context_length")
-                      : 0;
-  int rc = 0;
-  char err[512];
-  if (model && access(model, R_OK) == 0 &&
-      strata_engine_model_opts(&ec, model, ctx, &ro->model, err, sizeof err) !=
-          0) {
-    fprintf(stderr, "strata: serve: %s\n", err);
-    rc = 2;
-  }
-  free(model);
-  strata_config_free(cfg);
-  return rc;
-}
-
 int strata_cmd_serve(int argc, char **argv) {
   struct strata_runtime_opts ro = {0};
   const char *host = NULL, *served = NULL;
@@ -138,10 +91,10 @@ int strata_cmd_serve(int argc, char **argv) {
     return 2;
   }
   char *def_conf = NULL;
-  if (!ro.config_path) ro.config_path = def_conf = default_config();
+  if (!ro.config_path) ro.config_path = def_conf = strata_cli_default_config();
 
   struct strata_runtime rt;
-  int rc = engine_model_opts(&ro);
+  int rc = strata_cli_engine_model_opts(&ro, "serve", NULL);
   if (rc == 0) rc = strata_runtime_open(&rt, &ro);
   if (rc != 0) {
     free(def_conf);

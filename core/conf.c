@@ -57,6 +57,8 @@ static const struct strata_param engine_params[] = {
      "requantize weights at load to this quant plugin's format"},
     {"context_length", STRATA_PARAM_INT, 0, "0", 0, 16777216,
      "context length in tokens; 0 takes the model's"},
+    {"memory_limit", STRATA_PARAM_SIZE, 0, "0", 0, 1e18,
+     "memory the model may take (weights, KV cache, workspace); 0: the backend's free memory"},
     {"scheduler", STRATA_PARAM_STRING, 0, "fcfs", NO_RANGE,
      "scheduler plugin name (strata serve)"},
     {"max_batch_tokens", STRATA_PARAM_INT, 0, "2048", 1, 1048576,

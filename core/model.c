@@ -163,6 +163,20 @@ static int load_weight(struct strata_model *m, const struct strata_registry *reg
   if (!src_q)
     return strata_errf(err, errlen, "tensor %s has type %s, which no quant plugin supports", name,
                        strata_ggml_type_name(type));
+  if (!m->be) { /* a plan: the same decisions, no memory touched */
+    if (is_vector && type != STRATA_TYPE_F32) {
+      bytes = (uint64_t)ne0 * ne1 * sizeof(float);
+    } else if (!is_vector && requant && m->opts.quant) {
+      const struct strata_plugin *dq = strata_registry_find(reg, STRATA_PLUGIN_QUANT, m->opts.quant);
+      if (!dq) return strata_errf(err, errlen, "unknown quant '%s'", m->opts.quant);
+      const struct strata_quant_vtable *q = dq->desc->vt.quant;
+      if (q->type != type && ne0 % q->block_size == 0 && ne0 % src_q->desc->vt.quant->block_size == 0)
+        bytes = tensor_bytes(q->type, ne0, ne1);
+    }
+    m->weight_bytes += bytes;
+    *out = (struct strata_tensor){.type = type, .ne = {ne0, ne1}};
+    return 0;
+  }
   if (is_vector && type != STRATA_TYPE_F32) {
     /* Norm weights and biases are tiny: keep them f32 for every backend. */
     float *f = malloc((size_t)ne0 * ne1 * sizeof *f);
@@ -211,6 +225,11 @@ static int load_weight(struct strata_model *m, const struct strata_registry *reg
 static int alloc_act(struct strata_model *m, struct strata_tensor *t, int64_t width, int64_t rows,
                      uint32_t type, char *err, size_t errlen) {
   uint64_t bytes = tensor_bytes(type, width, rows);
+  if (!m->be) { /* a plan */
+    m->ws_bytes += bytes;
+    *t = (struct strata_tensor){.type = type, .ne = {width, rows}};
+    return 0;
+  }
   strata_buf_t *b = m->be->buf_alloc(m->bk, bytes ? bytes : 1);
   if (!b || track_buf(m, b) != 0)
     return strata_errf(err, errlen, "out of device memory for %llu bytes of workspace",
@@ -312,6 +331,25 @@ int strata_model_load(const char *path, const struct strata_model_opts *opts,
 fail:
   strata_model_free(m);
   return -1;
+}
+
+int strata_model_plan(const char *path, const struct strata_model_opts *opts,
+                      const struct strata_registry *reg, struct strata_model_plan *out, char *err,
+                      size_t errlen) {
+  struct strata_model *m = NULL;
+  memset(out, 0, sizeof *out);
+  if (strata_model_load(path, opts, reg, NULL, NULL, &m, err, errlen) != 0) return -1;
+  out->hp = m->hp;
+  out->ctx_len = m->ctx_len;
+  out->opts = m->opts;
+  out->weight_bytes = m->weight_bytes;
+  out->kv_bytes = m->kv_bytes;
+  /* the KV tensors went through alloc_act too */
+  out->workspace_bytes = m->ws_bytes - m->kv_bytes;
+  out->kv_bytes_per_token =
+      m->opts.n_blocks > 0 ? m->kv_bytes / ((uint64_t)m->opts.n_blocks * m->opts.block_size) : 0;
+  strata_model_free(m);
+  return 0;
 }
 
 void strata_model_free(struct strata_model *m) {

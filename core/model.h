@@ -74,9 +74,27 @@ struct strata_model {
   size_t n_host_allocs;
   uint64_t weight_bytes;  /* bytes of weights read per full forward */
   uint64_t kv_bytes;
+  uint64_t ws_bytes;      /* a plan: bytes alloc_act would take (KV included) */
 };
 
-/* Loads the model's weights onto an open backend instance. On failure writes
+/* What loading would take, computed from the GGUF header alone (no weight
+ * is read, nothing is allocated): the same decisions as strata_model_load
+ * (requantization, f32 vectors, KV and workspace shapes). */
+struct strata_model_plan {
+  struct strata_hparams hp;
+  int32_t ctx_len;
+  struct strata_model_opts opts; /* with load's defaults filled in */
+  uint64_t weight_bytes;    /* weights in their final types */
+  uint64_t kv_bytes;        /* K and V of every layer, all blocks */
+  uint64_t kv_bytes_per_token;
+  uint64_t workspace_bytes; /* activations for max_tokens / max_out */
+};
+int strata_model_plan(const char *path, const struct strata_model_opts *opts,
+                      const struct strata_registry *reg, struct strata_model_plan *out, char *err,
+                      size_t errlen);
+
+/* Loads the model's weights onto an open backend instance (be NULL: a dry
+ * run for strata_model_plan, only the byte counts are filled). On failure writes
  * one line naming the problem (missing tensor, unsupported architecture or
  * tensor type, shape mismatch). */
 int strata_model_load(const char *path, const struct strata_model_opts *opts,

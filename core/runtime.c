@@ -113,6 +113,35 @@ int strata_runtime_open(struct strata_runtime *rt, const struct strata_runtime_o
   struct strata_model_opts mo = o->model;
   mo.quant = quant;
   mo.context_length = o->context_length > 0 ? o->context_length : (int32_t)strata_config_int(eng, "context_length");
+  /* the memory estimate, before any weight is read */
+  uint64_t limit = o->memory_limit ? o->memory_limit : (uint64_t)strata_config_int(eng, "memory_limit");
+  const char *from = o->memory_limit ? "--memory-limit" : "engine.memory_limit";
+  if (!limit) {
+    limit = rt->device.memory_free;
+    from = "the backend's free memory";
+  }
+  if (strata_estimate(rt->model_path, &mo, &rt->reg, limit, from, &rt->est, err, sizeof err) != 0) {
+    fprintf(stderr, "strata: %s\n", err);
+    strata_runtime_close(rt);
+    return 1;
+  }
+  if (o->estimate_only) return 0;
+  if (!strata_estimate_fits(&rt->est)) {
+    char msg[2048];
+    strata_estimate_refusal(&rt->est, msg, sizeof msg);
+    fprintf(stderr, "strata: %s\n", msg);
+    strata_runtime_close(rt);
+    return 1;
+  }
+  {
+    char t[32], a[32];
+    strata_log(STRATA_LOG_INFO, "memory",
+               "estimated %s of %s available (%s); the KV cache holds %lld full-length "
+               "(%d-token) requests at once",
+               strata_fmt_bytes(rt->est.total, t, sizeof t),
+               strata_fmt_bytes(rt->est.available, a, sizeof a), rt->est.available_from,
+               (long long)rt->est.full_requests, rt->est.plan.ctx_len);
+  }
   if (strata_model_load(rt->model_path, &mo, &rt->reg, rt->be, rt->bk, &rt->model, err, sizeof err) != 0) {
     fprintf(stderr, "strata: %s\n", err);
     strata_runtime_close(rt);

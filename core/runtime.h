@@ -5,6 +5,7 @@
 #define STRATA_RUNTIME_H
 
 #include "conf.h"
+#include "estimate.h"
 #include "model.h"
 #include "plugin_loader.h"
 #include "tokenizer.h"
@@ -17,6 +18,9 @@ struct strata_runtime_opts {
   int threads;             /* >0 overrides the backend's threads */
   int32_t context_length;  /* >0 overrides engine.context_length */
   struct strata_model_opts model; /* max_tokens, block_size, n_blocks, kv_f16 */
+  uint64_t memory_limit;   /* >0 overrides engine.memory_limit */
+  int estimate_only;       /* stop after the memory estimate (rt->est): no
+                              weights loaded, even if it does not fit */
 };
 
 struct strata_runtime {
@@ -29,6 +33,7 @@ struct strata_runtime {
   struct strata_model *model;
   strata_tokenizer_t *tok;
   char *model_path;
+  struct strata_mem_estimate est; /* made before loading (estimate.h) */
 };
 
 /* Returns 0, 1 (runtime failure) or 2 (configuration error), after printing

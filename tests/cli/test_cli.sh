@@ -42,6 +42,25 @@ has "version" "$T/out" "plugin ABI 1"
 run "unknown command" 2 "$STRATA" frobnicate
 has "unknown command" "$T/err" "unknown command 'frobnicate'"
 
+# ---- estimate --------------------------------------------------------------
+if [ -f "$SH/models/stories260K.gguf" ]; then
+  M="$SH/models/stories260K.gguf"
+  run "estimate" 0 "$STRATA" estimate --model "$M"
+  for part in weights "KV cache" workspace scratch process total available; do
+    has "estimate prints $part" "$T/out" "^$part: +[0-9]+ bytes"
+  done
+  has "estimate full-length requests" "$T/out" "^full-length \(512-token\) requests the KV cache holds at once: [0-9]+"
+  run "estimate kv-tokens" 0 "$STRATA" estimate --model "$M" --kv-tokens 1024 --max-batch-tokens 64
+  has "estimate kv-tokens sizes the cache" "$T/out" "^KV cache: +1310720 bytes .*\(64 blocks x 16 tokens, 1280 bytes/token\)"
+  has "estimate two full requests" "$T/out" "holds at once: 2$"
+  run "estimate too small" 1 "$STRATA" estimate --model "$M" --memory-limit 1MiB
+  has "estimate too small says so" "$T/err" "does not fit in memory.*Not even the weights"
+  run "estimate kv too big" 1 "$STRATA" estimate --model "$M" --kv-tokens 100000 --max-batch-tokens 64 --memory-limit 40MiB
+  has "estimate names the KV setting" "$T/err" "lower engine.kv_cache.memory"
+  run "estimate bad size" 2 "$STRATA" estimate --model "$M" --memory-limit lots
+  has "estimate bad size message" "$T/err" "--memory-limit: 'lots' is not a size"
+fi
+
 # ---- plugins ---------------------------------------------------------------
 run "plugins" 0 "$STRATA" plugins
 for q in f32 f16 bf16 q8_0 q4_0; do has "plugins lists $q" "$T/out" "^quant +$q +"; done

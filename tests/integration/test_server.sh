@@ -72,6 +72,21 @@ EOF
 start_server main "$T/main.conf"
 U=$URL_main
 
+# ---- memory: `strata estimate` against the server's measured resident set ---------------
+curl -s -o /dev/null -d '{"prompt":"Once upon a time","max_tokens":4}' "$U/v1/completions"
+est=$("$STRATA" estimate --config "$T/main.conf" | sed -n 's/^total: *\([0-9]*\) bytes.*/\1/p')
+rss=$(($(sed -n 's/^VmRSS:[^0-9]*\([0-9]*\) kB/\1/p' "/proc/$PID_main/status") * 1024))
+echo "memory: estimate $est bytes, resident $rss bytes"
+check "estimate within 10% of resident ($est vs $rss)" awk -v e="$est" -v r="$rss" 'BEGIN { d = e - r; if (d < 0) d = -d; exit !(r > 0 && d / r < 0.10) }'
+cat >"$T/tight.conf" <<EOF
+engine: { model = "$MODEL"; memory_limit = "30MiB"; };
+EOF
+"$STRATA" serve --config "$T/tight.conf" --port 0 >/dev/null 2>"$T/tight.err"
+check "serve refuses a model that does not fit (exit 1)" test $? -eq 1
+check "refusal gives the parts" grep -q "weights .* + KV cache .* + workspace and scratch .* engine.memory_limit allows 30.0 MiB" "$T/tight.err"
+check "refusal says what to change" grep -q "lower engine.kv_cache.memory .* engine.context_length = " "$T/tight.err"
+check "refusal is one line" test "$(wc -l <"$T/tight.err")" -eq 1
+
 # post PATH BODY: prints the body, status in $T/status
 post() {
   curl -s -o "$T/body" -w '%{http_code}' -H 'Content-Type: application/json' --data-binary "$2" "$U$1" >"$T/status"

@@ -485,6 +485,10 @@ static strata_buf_t *cpu_buf_alloc(strata_backend_t *b, uint64_t bytes) {
     cpu_fail(b, "buf_alloc: out of memory for %llu bytes", (unsigned long long)bytes);
     return NULL;
   }
+  /* Touch every page now: the memory the estimator promised is held from
+   * the start (a KV cache that does not fit fails at load, not under load
+   * hours later), and nothing reads stale bytes. */
+  memset(buf->data, 0, bytes ? (size_t)bytes : 1);
   buf->size = bytes;
   buf->owned = 1;
   return buf;
