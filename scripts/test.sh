@@ -22,9 +22,11 @@ inst="$top/build/prefix"
 "$inst/bin/strata" plugins >plugins.out
 grep -q "plugin(s) loaded, 0 file(s) rejected" plugins.out
 grep -q "$inst/lib/strata/quant_q8_0.so" plugins.out
-for h in plugin.h quant.h backend.h fp16.h; do test -f "$inst/include/strata/$h"; done
+for h in plugin.h quant.h backend.h fp16.h scheduler.h logits.h; do test -f "$inst/include/strata/$h"; done
 PKG_CONFIG_PATH="$inst/lib/pkgconfig" pkg-config --cflags strata-plugin | grep -q -- "-I$inst/include"
 cd "$top"
+echo "== an out-of-tree scheduler plugin against the installed SDK"
+bash tests/sdk/test_out_of_tree.sh "$inst" "$top/../shared"
 
 echo "== unit tests under ASan + UBSan"
 mkdir -p build-san && cd build-san
