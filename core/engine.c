@@ -43,6 +43,7 @@ void strata_engine_config_defaults(struct strata_engine_config *c) {
                                      .kv_memory = 0,
                                      .kv_tokens = 0,
                                      .prefix_caching = 1,
+                                     .group_ttl = 30,
                                      .scheduler = "fcfs"};
   c->n_logits = (int32_t)strata_config_strlist(strata_config_defaults("engine"), "logits",
                                                c->logits, STRATA_ENGINE_MAX_LOGITS);
@@ -73,6 +74,7 @@ int strata_engine_config_from(struct strata_config *cfg,
     out->kv_memory = (uint64_t)strata_config_int(kvc, "memory");
     out->kv_tokens = strata_config_int(kvc, "tokens");
     out->prefix_caching = strata_config_bool(kvc, "prefix_caching");
+    out->group_ttl = strata_config_float(kvc, "group_ttl");
   }
   return 0;
 }
@@ -220,6 +222,7 @@ struct strata_engine_req {
   void **lparams; /* logits processor parameters, NULL: none */
   uint32_t lmask;
   int32_t min_tokens;
+  int affinity;
   /* engine thread state */
   struct choice *ch;
   int32_t n_live; /* choices not done */
@@ -479,6 +482,7 @@ static int submit(strata_engine_t *e, const struct strata_request_params *p, voi
   r->lmask = strata_lbatch_mask(e->lb, *lp);
   *lp = NULL;
   r->min_tokens = p->min_tokens;
+  r->affinity = p->affinity;
   r->n_ph = -1;
   atomic_init(&r->refs, 2);
   atomic_init(&r->cancel, 0);
@@ -748,6 +752,13 @@ static void finish_choice(strata_engine_t *e, struct choice *c,
   c->finish = f;
   c->has_ev = 1;
   strata_lbatch_remove(e->lb, &c->lslot);
+  /* a group's context outlives the request for group_ttl (or goes first
+   * when the client says the workflow is over) */
+  if (e->cfg.prefix_caching && r->affinity == STRATA_AFFINITY_RELEASE)
+    strata_kv_release_hint(e->kv, c->seq.hashes, c->seq.n_hashes);
+  else if (e->cfg.prefix_caching && e->cfg.group_ttl > 0 &&
+           (r->group || r->affinity == STRATA_AFFINITY_KEEP))
+    strata_kv_protect(e->kv, c->seq.hashes, c->seq.n_hashes, e->cfg.group_ttl);
   strata_kv_free_seq(e->kv, &c->seq);
   r->n_live--;
 }

@@ -45,6 +45,8 @@ struct strata_engine_config {
   int64_t kv_tokens;        /* KV cache size in tokens when kv_memory is 0;
                                0: max_running full contexts, capped */
   int prefix_caching;       /* automatic prefix caching on/off */
+  double group_ttl;         /* seconds a finished grouped request's blocks
+                               stay protected from eviction; 0: off */
   const char *scheduler;    /* scheduler plugin name ("fcfs") */
   /* logits processor plugins enabled, in the order they apply */
   const char *logits[STRATA_ENGINE_MAX_LOGITS];
@@ -60,7 +62,7 @@ struct strata_engine_config {
 void strata_engine_config_defaults(struct strata_engine_config *c);
 
 /* Reads engine.{scheduler, max_batch_tokens, max_running, max_waiting, logits} and
- * engine.kv_cache.{block_size, memory, tokens, prefix_caching} from a
+ * engine.kv_cache.{block_size, memory, tokens, prefix_caching, group_ttl} from a
  * validated config (NULL: the defaults). Strings point into the config. */
 int strata_engine_config_from(struct strata_config *cfg, struct strata_engine_config *out);
 
@@ -74,6 +76,14 @@ int strata_engine_config_from(struct strata_config *cfg, struct strata_engine_co
 int strata_engine_model_opts(const struct strata_engine_config *c, const char *model_path,
                              int32_t context_length, struct strata_model_opts *mo, char *err,
                              size_t errlen);
+
+/* What happens to a request's cached blocks when it finishes. */
+enum strata_affinity {
+  STRATA_AFFINITY_DEFAULT = 0, /* protected for group_ttl if it has a group */
+  STRATA_AFFINITY_KEEP = 1,    /* protected for group_ttl (group or not) */
+  STRATA_AFFINITY_RELEASE = 2, /* evicted before anything else (a finished
+                                  workflow) */
+};
 
 /* Return codes of submit. */
 #define STRATA_ENGINE_EINVAL (-1) /* bad parameters (message in err): HTTP 400 */
@@ -109,6 +119,7 @@ struct strata_request_params {
   /* From strata_engine_logits_compile (NULL: no logits processor). submit
    * takes it over, on failure too. */
   void **logits;
+  int affinity;          /* enum strata_affinity */
   int32_t min_tokens;    /* stop strings are not looked for before this many
                             tokens (the min_tokens processor holds back EOS
                             and stop tokens) */

@@ -313,6 +313,38 @@ static int check_unsupported(json_t *o, enum strata_api_kind kind, int32_t n,
   return 0;
 }
 
+/* group_id and affinity_hint, from the body or else from metadata. */
+static int parse_group(json_t *o, struct strata_api_request *r, struct strata_api_error *e) {
+  json_t *md = opt(o, "metadata");
+  if (!json_is_object(md)) md = NULL;
+  json_t *g = opt(o, "group_id");
+  const char *gparam = "group_id";
+  static const char *const keys[] = {"group_id", "group", "affinity"};
+  for (size_t i = 0; !g && md && i < 3; i++)
+    if ((g = opt(md, keys[i]))) gparam = "metadata";
+  if (g) {
+    if (!json_is_string(g) || json_string_length(g) == 0 || json_string_length(g) > 256)
+      return bad(e, gparam, "'group_id' must be a non-empty string of at most 256 bytes, got %s",
+                 json_is_string(g) ? "an empty or longer string" : json_kind(g));
+    r->group_id = json_string_value(g);
+  }
+  json_t *h = opt(o, "affinity_hint");
+  const char *hparam = "affinity_hint";
+  if (!h && md && (h = opt(md, "affinity_hint"))) hparam = "metadata";
+  if (h) {
+    const char *v = json_is_string(h) ? json_string_value(h) : NULL;
+    if (v && strcmp(v, "none") == 0)
+      r->affinity_hint = 0;
+    else if (v && strcmp(v, "keep") == 0)
+      r->affinity_hint = 1;
+    else if (v && strcmp(v, "release") == 0)
+      r->affinity_hint = 2;
+    else
+      return bad(e, hparam, "'affinity_hint' must be \"keep\", \"release\" or \"none\"");
+  }
+  return 0;
+}
+
 static int parse_prompt(json_t *o, const struct strata_api_limits *lim,
                         struct strata_api_request *r,
                         struct strata_api_error *e) {
@@ -485,6 +517,7 @@ int strata_api_parse_request(enum strata_api_kind kind, const char *body,
   if (get_int(o, "priority", INT32_MIN, INT32_MAX, &i, &present, e)) goto fail;
   if (present) r->priority = (int32_t)i;
   if (get_bool(o, "ignore_eos", &r->ignore_eos, e)) goto fail;
+  if (parse_group(o, r, e)) goto fail;
   {
     int64_t mt = 0;
     int had = 0;

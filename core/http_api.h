@@ -88,6 +88,12 @@ struct strata_api_request {
   json_t *metadata;       /* NULL: none; borrowed from root */
   char *metadata_text;    /* its compact JSON for the request log; malloc'd */
   const char *user;       /* NULL: absent (logged only) */
+  /* scheduling group: body `group_id`, else metadata group_id / group /
+   * affinity (a string); NULL: none */
+  const char *group_id;
+  /* body or metadata `affinity_hint`: 0 none (default), 1 "keep", 2
+   * "release" (enum strata_affinity in engine.h) */
+  int affinity_hint;
 };
 
 #define STRATA_API_MAX_N 128

@@ -616,12 +616,7 @@ static void handle_generate(struct server *srv, struct evhttp_request *http,
         strata_api_errorf(&e, 500, NULL, NULL, NULL, "out of memory");
         goto fail;
       }
-  uint64_t group = 0;
-  if (r->metadata) {
-    json_t *g = json_object_get(r->metadata, "group");
-    if (!g) g = json_object_get(r->metadata, "affinity");
-    if (json_is_string(g)) group = fnv1a(json_string_value(g));
-  }
+  uint64_t group = r->group_id ? fnv1a(r->group_id) : 0;
   if (r->min_tokens > max_tokens) {
     strata_api_errorf(&e, 400, NULL, NULL, "min_tokens",
                       "min_tokens (%d) must not be more than max_tokens (%d)", r->min_tokens,
@@ -651,6 +646,7 @@ static void handle_generate(struct server *srv, struct evhttp_request *http,
       .cache_salt = r->cache_salt,
       .group = group,
       .logits = lparams,
+      .affinity = r->affinity_hint,
       .min_tokens = r->min_tokens,
   };
   /* Linked in before submit: the engine may call back at once (the wake

@@ -67,11 +67,12 @@ for q in f32 f16 bf16 q8_0 q4_0; do has "plugins lists $q" "$T/out" "^quant +$q 
 has "plugins lists cpu backend" "$T/out" "^backend +cpu +"
 has "plugins lists fcfs scheduler" "$T/out" "^scheduler +fcfs +"
 has "plugins lists prefix-aware scheduler" "$T/out" "^scheduler +prefix-aware +"
+has "plugins lists affinity-group scheduler" "$T/out" "^scheduler +affinity-group +"
 for l in allowed_token_ids bad_words min_tokens logit_bias repetition_penalty frequency_penalty \
   presence_penalty; do
   has "plugins lists logits $l" "$T/out" "^logits +$l +"
 done
-has "plugins count" "$T/out" "^15 plugin\(s\) loaded, 0 file\(s\) rejected"
+has "plugins count" "$T/out" "^16 plugin\(s\) loaded, 0 file\(s\) rejected"
 # Broken plugins on STRATA_PLUGIN_PATH are listed with their reasons.
 STRATA_PLUGIN_PATH="$B/tests/plugins/.libs" run "plugins with rejects" 0 "$STRATA" plugins
 has "reject abi" "$T/out" "bad_abi.so: ABI version mismatch: plugin has 7, host needs 1"

@@ -659,6 +659,57 @@ START_TEST(stop_aborts_pending) {
 }
 END_TEST
 
+/* A finished request of a group keeps its cached blocks through eviction
+ * pressure for engine.kv_cache.group_ttl; without a group LRU evicts them
+ * first; affinity "release" makes them go before anything else. */
+static int32_t cached_after_flood(uint64_t group, int affinity) {
+  struct strata_engine_config cfg = defaults();
+  cfg.kv_tokens = 40 * 16; /* 40 blocks */
+  start(&cfg);
+  static int32_t doc[200], flood[3][320];
+  uint64_t x = 12345;
+  for (int i = 0; i < 200; i++) doc[i] = 3 + (int32_t)((x = x * 6364136223846793005ull + 1) >> 33) % 500;
+  for (int f = 0; f < 3; f++)
+    for (int i = 0; i < 320; i++)
+      flood[f][i] = 3 + (int32_t)((x = x * 6364136223846793005ull + 1) >> 33) % 500;
+  struct coll a, b, fl[3];
+  coll_init(&a);
+  struct strata_request_params p = greedy_params(doc, 200, 4);
+  p.ignore_eos = 1;
+  p.group = group;
+  p.affinity = affinity;
+  submit(&p, &a);
+  finish(&a);
+  for (int f = 0; f < 3; f++) {
+    coll_init(&fl[f]);
+    struct strata_request_params q = greedy_params(flood[f], 320, 4);
+    q.ignore_eos = 1;
+    submit(&q, &fl[f]);
+    finish(&fl[f]);
+  }
+  coll_init(&b);
+  p.group = 0;
+  p.affinity = 0;
+  submit(&p, &b);
+  finish(&b);
+  check_no_leak();
+  stop();
+  return b.cached_tokens;
+}
+
+START_TEST(group_blocks_survive_eviction) {
+  int32_t full = 199 / 16 * 16;
+  int32_t grouped = cached_after_flood(77, STRATA_AFFINITY_DEFAULT);
+  int32_t plain = cached_after_flood(0, STRATA_AFFINITY_DEFAULT);
+  int32_t kept = cached_after_flood(0, STRATA_AFFINITY_KEEP);
+  int32_t released = cached_after_flood(77, STRATA_AFFINITY_RELEASE);
+  ck_assert_int_lt(released, full);
+  ck_assert_int_eq(grouped, full);
+  ck_assert_int_eq(kept, full);
+  ck_assert_int_lt(plain, full);
+}
+END_TEST
+
 START_TEST(config_and_sizing) {
   struct strata_engine_config c;
   strata_engine_config_from(NULL, &c);
@@ -710,6 +761,7 @@ int main(void) {
   tcase_add_test(tc, queue_full);
   tcase_add_test(tc, invalid_params);
   tcase_add_test(tc, stop_aborts_pending);
+  tcase_add_test(tc, group_blocks_survive_eviction);
   suite_add_tcase(s, tc);
   return test_run_suite(s);
 }

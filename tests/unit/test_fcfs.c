@@ -373,6 +373,39 @@ START_TEST(priority_preemption) {
 }
 END_TEST
 
+START_TEST(affinity_group_admits_together) {
+  struct strata_sched_decision d[4];
+  /* a group's members start together: A then C (pulled), not B */
+  struct strata_sched_req w[3] = {waiting_req(2, 0, 20, 0), waiting_req(3, 0, 20, 0),
+                                  waiting_req(4, 0, 20, 0)};
+  w[0].group = 9;
+  w[2].group = 9;
+  load();
+  int n = run(w, 0, 3, 1000, 2, 100, d);
+  ck_assert_int_eq(n, 2);
+  CK_DEC(d[0], 0, STRATA_SCHED_RUN, 20);
+  CK_DEC(d[1], 1, STRATA_SCHED_RUN, 20);
+  unload();
+  load_with("affinity_group", "affinity-group", NULL);
+  n = run(w, 0, 3, 1000, 2, 100, d);
+  ck_assert_int_eq(n, 2);
+  CK_DEC(d[0], 0, STRATA_SCHED_RUN, 20);
+  CK_DEC(d[1], 2, STRATA_SCHED_RUN, 20);
+  /* a group with running members goes first */
+  struct strata_sched_req r[3] = {running_req(1, 30, 29, 2), waiting_req(2, 0, 20, 0),
+                                  waiting_req(3, 0, 20, 0)};
+  r[0].group = 5;
+  r[2].group = 5;
+  n = run(r, 1, 2, 1000, 2, 100, d);
+  ck_assert_int_eq(first_started(d, n, 1), 2);
+  /* but never ahead of a higher priority */
+  r[1].priority = -1;
+  n = run(r, 1, 2, 1000, 2, 100, d);
+  ck_assert_int_eq(first_started(d, n, 1), 1);
+  unload();
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("fcfs");
   TCase *tc = tcase_create("decisions");
@@ -385,6 +418,7 @@ int main(void) {
   tcase_add_test(tc, prefix_aware_no_starvation);
   tcase_add_test(tc, prefix_aware_waits_for_inflight);
   tcase_add_test(tc, priority_preemption);
+  tcase_add_test(tc, affinity_group_admits_together);
   suite_add_tcase(s, tc);
   return test_run_suite(s);
 }

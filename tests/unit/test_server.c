@@ -287,6 +287,25 @@ START_TEST(out_of_range) {
            "stream_options");
   /* neutral values of unsupported features pass; others are named */
   /* (logits-processor fields are checked by the processors: test_logits) */
+  want_400("{\"prompt\":\"x\",\"group_id\":5}", "group_id");
+  want_400("{\"prompt\":\"x\",\"group_id\":\"\"}", "group_id");
+  want_400("{\"prompt\":\"x\",\"affinity_hint\":\"forever\"}", "affinity_hint");
+  want_400("{\"prompt\":\"x\",\"metadata\":{\"affinity_hint\":\"x\"}}", "metadata");
+  {
+    struct strata_api_request rq;
+    struct strata_api_error er;
+    struct strata_api_limits lim2 = {.max_metadata_bytes = 4096, .n_vocab = 512};
+    const char *b = "{\"prompt\":\"x\",\"metadata\":{\"group\":\"wf-1\",\"affinity_hint\":\"keep\"}}";
+    ck_assert_int_eq(strata_api_parse_request(STRATA_API_COMPLETIONS, b, strlen(b), &lim2, &rq, &er), 0);
+    ck_assert_str_eq(rq.group_id, "wf-1");
+    ck_assert_int_eq(rq.affinity_hint, 1);
+    strata_api_request_free(&rq);
+    b = "{\"prompt\":\"x\",\"group_id\":\"g\",\"affinity_hint\":\"release\",\"metadata\":{\"group\":\"m\"}}";
+    ck_assert_int_eq(strata_api_parse_request(STRATA_API_COMPLETIONS, b, strlen(b), &lim2, &rq, &er), 0);
+    ck_assert_str_eq(rq.group_id, "g"); /* the body wins */
+    ck_assert_int_eq(rq.affinity_hint, 2);
+    strata_api_request_free(&rq);
+  }
   want_400("{\"prompt\":\"x\",\"logprobs\":1}", "logprobs");
   want_400("{\"prompt\":\"x\",\"best_of\":2}", "best_of");
   want_400("{\"prompt\":\"x\",\"min_tokens\":-3}", "min_tokens");

@@ -29,7 +29,16 @@
  * second time (it does not hold back the requests behind it). Admission
  * charges only uncached blocks and tokens in both builds (blocks_for counts
  * cached prefix blocks as free to attach, and a waiting request's RUN tokens
- * are the ones beyond its cached prefix). */
+ * are the ones beyond its cached prefix).
+ *
+ * Built a third time with SCHED_AFFINITY as `affinity-group`: requests carry
+ * a group key (the request's group_id). Within a priority, waiting requests
+ * of a group that already has running members go first, and when one
+ * request of a group starts, the other waiting requests of its group start
+ * right after it, in arrival order, while the budget, max_running and the
+ * blocks allow. (Keeping a group's cached blocks last in line for eviction,
+ * for engine.kv_cache.group_ttl after its requests finish, is the core's
+ * part and works under every scheduler.) */
 #include "config.h"
 
 #include <stdlib.h>
@@ -40,8 +49,10 @@
 
 static const struct strata_host_api *host;
 
-#ifdef SCHED_PREFIX_AWARE
+#if defined(SCHED_PREFIX_AWARE)
 #define SCHED_NAME "prefix-aware"
+#elif defined(SCHED_AFFINITY)
+#define SCHED_NAME "affinity-group"
 #else
 #define SCHED_NAME "fcfs"
 #endif
@@ -175,6 +186,31 @@ static int32_t chunk_limit(struct ctx *c, const struct strata_sched_req *r,
   return n;
 }
 
+#ifdef SCHED_AFFINITY
+/* Whether a running request belongs to group g (0: no group). */
+static int group_running(const struct strata_sched_view *v, uint64_t g) {
+  for (uint32_t j = 0; g && j < v->n_running; j++)
+    if (v->reqs[j].group == g) return 1;
+  return 0;
+}
+#endif
+
+/* Starts waiting request i with as many tokens as fit: 1 if it started. */
+static int try_start(struct ctx *c, uint32_t i) {
+  const struct strata_sched_req *r = &c->v->reqs[i];
+  int32_t k = chunk_limit(c, r, r->n_prompt - r->n_cached);
+  if (k <= 0) return 0;
+  k = fit_chunk(c, i, r->n_cached, k);
+  if (k <= 0) return 0;
+  int32_t need = c->v->blocks_for(c->v, i, r->n_cached + k);
+  emit(c, i, STRATA_SCHED_RUN, k);
+  c->f->mark[i] = 1;
+  c->budget -= k * (r->n_choices > 0 ? r->n_choices : 1);
+  c->free_blocks -= need;
+  c->n_running++;
+  return 1;
+}
+
 /* Admission order of waiting requests a and b (< 0: a first). */
 static int cmp_waiting(const struct strata_sched_view *v, const struct fcfs *f, uint32_t a,
                        uint32_t b) {
@@ -186,6 +222,10 @@ static int cmp_waiting(const struct strata_sched_view *v, const struct fcfs *f, 
   int ax = v->now - x->arrival > f->max_wait, ay = v->now - y->arrival > f->max_wait;
   if (ax != ay) return ax ? -1 : 1;
   if (!ax && x->n_cached != y->n_cached) return x->n_cached > y->n_cached ? -1 : 1;
+#elif defined(SCHED_AFFINITY)
+  (void)f;
+  int gx = group_running(v, x->group), gy = group_running(v, y->group);
+  if (gx != gy) return gx ? -1 : 1;
 #else
   (void)f;
 #endif
@@ -290,10 +330,10 @@ static int fcfs_schedule(void *state, const struct strata_sched_view *v,
   uint32_t n_started = 0;
   for (uint32_t w = 0; w < nw; w++) {
     uint32_t i = f->order[w];
-    const struct strata_sched_req *r = &v->reqs[i];
+    if (f->mark[i]) continue; /* started with its group */
     if (c.n_running >= v->max_running) break;
 #ifdef SCHED_PREFIX_AWARE
-    int aged = v->now - r->arrival > f->max_wait;
+    int aged = v->now - v->reqs[i].arrival > f->max_wait;
     if (f->wait_for_inflight && !aged && v->size >= sizeof *v && v->n_inflight) {
       if (v->n_inflight[i] > 0) continue; /* its next blocks are being computed */
       int dup = 0;
@@ -302,18 +342,17 @@ static int fcfs_schedule(void *state, const struct strata_sched_view *v,
       if (dup) continue; /* a request started this step computes them */
     }
 #endif
-    int32_t k = chunk_limit(&c, r, r->n_prompt - r->n_cached);
-    if (k <= 0) break;
-    k = fit_chunk(&c, i, r->n_cached, k);
-    if (k <= 0) break;
-    int32_t need = v->blocks_for(v, i, r->n_cached + k);
-    emit(&c, i, STRATA_SCHED_RUN, k);
-    f->mark[i] = 1;
-    c.budget -= k * (r->n_choices > 0 ? r->n_choices : 1);
-    c.free_blocks -= need;
-    c.n_running++;
+    if (!try_start(&c, i)) break;
     f->started_next[n_started++] =
         v->size >= sizeof *v && v->next_block ? v->next_block[i] : 0;
+#ifdef SCHED_AFFINITY
+    /* the rest of its group comes along where it fits */
+    const uint64_t g = v->reqs[i].group;
+    for (uint32_t w2 = w + 1; g && w2 < nw && c.n_running < v->max_running; w2++) {
+      uint32_t i2 = f->order[w2];
+      if (!f->mark[i2] && v->reqs[i2].group == g) try_start(&c, i2);
+    }
+#endif
   }
   return (int)c.n_out;
 }
@@ -348,8 +387,10 @@ static const struct strata_plugin_desc fcfs_desc = {
     .name = SCHED_NAME,
     .version = "1.0",
     .license = "MIT",
-#ifdef SCHED_PREFIX_AWARE
+#if defined(SCHED_PREFIX_AWARE)
     .description = "longest cached prefix first with aging; waits for prefixes being computed",
+#elif defined(SCHED_AFFINITY)
+    .description = "admits the requests of a group together, running groups first",
 #else
     .description = "first come, first served; decodes first, chunked prefill, "
                    "recompute preemption",
