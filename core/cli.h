@@ -14,6 +14,7 @@ int strata_cmd_bench(int argc, char **argv);
 int strata_cmd_mkmodel(int argc, char **argv);
 int strata_cmd_serve(int argc, char **argv);
 int strata_cmd_estimate(int argc, char **argv);
+int strata_cmd_sim(int argc, char **argv);
 
 struct strata_runtime_opts;
 

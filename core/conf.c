@@ -82,8 +82,9 @@ static const struct strata_param kv_cache_params[] = {
      "KV cache size in tokens when memory is 0; 0: max_running full contexts, at most 1 GiB"},
     {"prefix_caching", STRATA_PARAM_BOOL, 0, "true", NO_RANGE,
      "reuse the KV blocks of a prompt prefix computed before"},
-    {"group_ttl", STRATA_PARAM_FLOAT, 0, "30", 0, 86400,
-     "seconds a finished grouped request's cached blocks are evicted last; 0: off"},
+    {"group_ttl", STRATA_PARAM_FLOAT, 0, "0", 0, 86400,
+     "seconds a finished grouped request's cached blocks are evicted last; 0: off (the "
+     "affinity-group scheduler sets its own)"},
     {NULL, STRATA_PARAM_END, 0, NULL, 0, 0, NULL},
 };
 

@@ -43,7 +43,7 @@ void strata_engine_config_defaults(struct strata_engine_config *c) {
                                      .kv_memory = 0,
                                      .kv_tokens = 0,
                                      .prefix_caching = 1,
-                                     .group_ttl = 30,
+                                     .group_ttl = 0,
                                      .scheduler = "fcfs"};
   c->n_logits = (int32_t)strata_config_strlist(strata_config_defaults("engine"), "logits",
                                                c->logits, STRATA_ENGINE_MAX_LOGITS);
@@ -241,6 +241,10 @@ struct strata_engine_req {
 
 struct strata_engine {
   struct strata_runtime *rt;
+  /* simulation (strata sim): no model, no thread, a virtual clock */
+  int simulated;
+  struct strata_engine_sim sim;
+  double sim_now, sim_step;
   struct strata_model *m;
   const strata_tokenizer_t *tok;
   struct strata_engine_config cfg;
@@ -288,6 +292,9 @@ struct strata_engine {
   void *rowbuf;
   size_t cap_rowbuf;
 };
+
+/* The engine's clock: monotonic seconds, or the simulation's virtual time. */
+static double enow(const strata_engine_t *e) { return e->simulated ? e->sim_now : strata_now(); }
 
 static void choice_free(struct choice *c) {
   strata_kv_seq_clear(&c->seq);
@@ -559,7 +566,7 @@ static int submit(strata_engine_t *e, const struct strata_request_params *p, voi
   }
   r->n_live = p->n;
   r->forked = p->n == 1;
-  r->t_arrival = strata_now();
+  r->t_arrival = enow(e);
 
   pthread_mutex_lock(&e->mu);
   if (e->stopping) {
@@ -734,7 +741,7 @@ static void flush_events(strata_engine_t *e, struct strata_engine_req *r) {
   strata_lbatch_retire(e->lb, r->lparams);
   r->lparams = NULL;
   r->gone = 1;
-  double now = strata_now();
+  double now = enow(e);
   pthread_mutex_lock(&e->mu);
   e->met.requests_finished[req_finish(r)]++;
   hist_observe(&e->met.e2e, now - r->t_arrival);
@@ -756,9 +763,15 @@ static void finish_choice(strata_engine_t *e, struct choice *c,
    * when the client says the workflow is over) */
   if (e->cfg.prefix_caching && r->affinity == STRATA_AFFINITY_RELEASE)
     strata_kv_release_hint(e->kv, c->seq.hashes, c->seq.n_hashes);
-  else if (e->cfg.prefix_caching && e->cfg.group_ttl > 0 &&
-           (r->group || r->affinity == STRATA_AFFINITY_KEEP))
-    strata_kv_protect(e->kv, c->seq.hashes, c->seq.n_hashes, e->cfg.group_ttl);
+  else if (e->cfg.prefix_caching && (r->group || r->affinity == STRATA_AFFINITY_KEEP)) {
+    double ttl = e->cfg.group_ttl;
+    if (e->sv->size >= offsetof(struct strata_scheduler_vtable, group_ttl) + sizeof e->sv->group_ttl &&
+        e->sv->group_ttl) {
+      double st = e->sv->group_ttl(e->sstate);
+      if (st > 0) ttl = st;
+    }
+    if (ttl > 0) strata_kv_protect(e->kv, c->seq.hashes, c->seq.n_hashes, ttl);
+  }
   strata_kv_free_seq(e->kv, &c->seq);
   r->n_live--;
 }
@@ -795,6 +808,7 @@ static void emit_text(struct choice *c, size_t n) {
 }
 
 static void flush_detok(struct choice *c) {
+  if (!c->ds.t) return; /* simulated: no text */
   char buf[64];
   size_t w = strata_detok_stream_flush(&c->ds, buf, sizeof buf);
   if (w <= sizeof buf) text_append(&c->hold, &c->n_hold, &c->cap_hold, buf, w);
@@ -808,7 +822,7 @@ static void handle_token(strata_engine_t *e, struct strata_engine_req *r,
   c->has_ev = 1;
   c->ev_n_tokens = 1;
   r->completion_tokens++;
-  int stop_tok = !r->ignore_eos && strata_tokenizer_is_end(e->tok, tok);
+  int stop_tok = !r->ignore_eos && e->tok && strata_tokenizer_is_end(e->tok, tok);
   for (size_t i = 0; !stop_tok && i < r->n_stop_ids; i++)
     stop_tok = tok == r->stop_ids[i];
   if (stop_tok) {
@@ -818,7 +832,7 @@ static void handle_token(strata_engine_t *e, struct strata_engine_req *r,
     return;
   }
   char buf[4096];
-  size_t w = strata_detok_stream_push(&c->ds, tok, buf, sizeof buf);
+  size_t w = e->tok ? strata_detok_stream_push(&c->ds, tok, buf, sizeof buf) : 0;
   if (w <= sizeof buf) text_append(&c->hold, &c->n_hold, &c->cap_hold, buf, w);
   if (r->n_stop && c->n_hold && c->n_gen >= r->min_tokens) {
     const char *best = NULL;
@@ -878,7 +892,7 @@ static int fork_choices(strata_engine_t *e, struct strata_engine_req *r,
     struct choice *c = &r->ch[i];
     if (c->state != CH_PENDING) continue;
     struct strata_kv_copy cp = {0};
-    if (strata_kv_fork(e->kv, &p->seq, &c->seq, &cp) == 0 && cp.n_rows > 0 &&
+    if (strata_kv_fork(e->kv, &p->seq, &c->seq, &cp) == 0 && cp.n_rows > 0 && !e->simulated &&
         copy_kv_rows(e, &cp, err, errlen) != 0)
       return -1;
     c->state = CH_ACTIVE;
@@ -1107,7 +1121,7 @@ static int apply_run(strata_engine_t *e, struct strata_engine_req *r,
     if (!r->started_once) {
       r->started_once = 1;
       r->cached_tokens = r->ch[0].seq.n_cached;
-      double now = strata_now();
+      double now = enow(e);
       pthread_mutex_lock(&e->mu);
       hist_observe(&e->met.queue, now - r->t_arrival);
       e->met.prompt_tokens_total += (uint64_t)r->n_prompt;
@@ -1273,8 +1287,25 @@ static int32_t run_batch(strata_engine_t *e) {
                            .block_size = e->bs,
                            .n_out = n_out,
                            .out_rows = e->b_out};
-  if (strata_model_forward(e->m, &b, e->logits, err, sizeof err) != 0)
+  if (e->simulated) {
+    /* the cost model instead of the model: a fixed part per step, prefill
+     * tokens, decoding sequences */
+    int64_t P = 0, D = 0;
+    for (size_t q = 0; q < e->n_sched; q++)
+      for (int32_t j = 0; j < e->sched[q]->n; j++) {
+        const struct choice *c = &e->sched[q]->ch[j];
+        if (c->state != CH_ACTIVE || c->k <= 0) continue;
+        if (c->k == 1)
+          D++;
+        else
+          P += c->k;
+      }
+    e->sim_step = e->sim.step_s + (double)P * e->sim.prefill_s_per_token +
+                  (double)D * e->sim.decode_s_per_seq;
+    e->sim_now += e->sim_step;
+  } else if (strata_model_forward(e->m, &b, e->logits, err, sizeof err) != 0) {
     goto fail;
+  }
 
   /* commit, fork */
   e->n_rows = n_out;
@@ -1308,14 +1339,19 @@ static int32_t run_batch(strata_engine_t *e) {
     for (int32_t j = 0; j < r->n; j++) {
       struct choice *c = &r->ch[j];
       if (c->state != CH_ACTIVE || c->out_row < 0) continue;
-      int32_t tok = strata_sampler_sample_with(
-          &c->smp, e->logits + (size_t)c->out_row * e->n_vocab, e->smp_idx, e->smp_prob);
+      /* simulated: any ordinary token (the trace says when to stop) */
+      int32_t tok = e->simulated
+                        ? 3 + (int32_t)(((uint32_t)c->n_gen * 7u + (uint32_t)c->index) %
+                                        (uint32_t)(e->n_vocab - 3))
+                        : strata_sampler_sample_with(&c->smp,
+                                                     e->logits + (size_t)c->out_row * e->n_vocab,
+                                                     e->smp_idx, e->smp_prob);
       c->out_row = -1;
       handle_token(e, r, c, tok);
       produced++;
     }
     if (produced) {
-      double now = strata_now();
+      double now = enow(e);
       pthread_mutex_lock(&e->mu);
       e->met.generation_tokens_total += (uint64_t)produced;
       if (!r->got_first)
@@ -1397,7 +1433,7 @@ static int engine_step(strata_engine_t *e) {
   struct strata_kv_stats st;
   strata_kv_get_stats(e->kv, &st);
   struct strata_sched_view view = {.size = sizeof view,
-                                   .now = strata_now(),
+                                   .now = enow(e),
                                    .max_batch_tokens = e->cfg.max_batch_tokens,
                                    .max_running = e->cfg.max_running,
                                    .block_size = e->bs,
@@ -1485,7 +1521,7 @@ static int engine_step(strata_engine_t *e) {
   /* the forward pass, sampling, events */
   double t_step = strata_now();
   int32_t T = run_batch(e);
-  t_step = strata_now() - t_step;
+  t_step = e->simulated ? e->sim_step : strata_now() - t_step;
   progress |= T > 0;
   compact(e->running, &e->n_running);
   compact(e->waiting, &e->n_waiting);
@@ -1505,6 +1541,28 @@ out:
   e->n_queued = (int32_t)e->n_waiting;
   pthread_mutex_unlock(&e->mu);
   return progress;
+}
+
+/* Stopping: aborts everything still here (no submit gets in any more). */
+static void abort_all(strata_engine_t *e) {
+  pthread_mutex_lock(&e->mu);
+  size_t n_in = e->n_incoming;
+  e->n_incoming = 0;
+  pthread_mutex_unlock(&e->mu);
+  for (size_t i = 0; i < n_in; i++) {
+    end_request(e, e->incoming[i], STRATA_FINISH_ABORT, NULL);
+    req_unref(e->incoming[i]);
+  }
+  for (size_t i = 0; i < e->n_running; i++)
+    end_request(e, e->running[i], STRATA_FINISH_ABORT, NULL);
+  for (size_t i = 0; i < e->n_waiting; i++)
+    end_request(e, e->waiting[i], STRATA_FINISH_ABORT, NULL);
+  compact(e->running, &e->n_running);
+  compact(e->waiting, &e->n_waiting);
+  pthread_mutex_lock(&e->mu);
+  e->met.num_running = e->met.num_waiting = 0;
+  e->n_queued = 0;
+  pthread_mutex_unlock(&e->mu);
 }
 
 static void *engine_main(void *arg) {
@@ -1531,24 +1589,8 @@ static void *engine_main(void *arg) {
       pthread_cond_timedwait(&e->cv, &e->mu, &ts);
     }
   }
-  /* stopping: abort everything still here (no submit gets in any more) */
-  size_t n_in = e->n_incoming;
-  e->n_incoming = 0;
   pthread_mutex_unlock(&e->mu);
-  for (size_t i = 0; i < n_in; i++) {
-    end_request(e, e->incoming[i], STRATA_FINISH_ABORT, NULL);
-    req_unref(e->incoming[i]);
-  }
-  for (size_t i = 0; i < e->n_running; i++)
-    end_request(e, e->running[i], STRATA_FINISH_ABORT, NULL);
-  for (size_t i = 0; i < e->n_waiting; i++)
-    end_request(e, e->waiting[i], STRATA_FINISH_ABORT, NULL);
-  compact(e->running, &e->n_running);
-  compact(e->waiting, &e->n_waiting);
-  pthread_mutex_lock(&e->mu);
-  e->met.num_running = e->met.num_waiting = 0;
-  e->n_queued = 0;
-  pthread_mutex_unlock(&e->mu);
+  abort_all(e);
   return NULL;
 }
 
@@ -1588,59 +1630,35 @@ static void engine_free(strata_engine_t *e) {
   free(e);
 }
 
-int strata_engine_start(struct strata_runtime *rt,
-                        const struct strata_engine_config *cfg,
-                        strata_engine_t **out, char *err, size_t errlen) {
+/* What both kinds of engine share: the scheduler, the KV manager, the
+ * logits processors (real engines only). m and tok are NULL when simulated. */
+static int engine_create(const struct strata_registry *reg, struct strata_config *cfgfile,
+                         const struct strata_engine_config *c, struct strata_model *m,
+                         const strata_tokenizer_t *tok, int32_t n_vocab, int32_t ctx_len,
+                         int32_t bs, int32_t n_blocks, strata_engine_t **out, char *err,
+                         size_t errlen) {
   *out = NULL;
-  if (!rt || !rt->model || !rt->tok)
-    return strata_errf(err, errlen, "engine: no model loaded");
-  struct strata_engine_config c;
-  if (cfg)
-    c = *cfg;
-  else
-    strata_engine_config_defaults(&c);
-  if (!c.scheduler) c.scheduler = "fcfs";
-  if (c.max_batch_tokens < 1 || c.max_running < 1 || c.max_waiting < 0)
-    return strata_errf(
-        err, errlen,
-        "engine: max_batch_tokens and max_running must be positive and "
-        "max_waiting not negative");
-  struct strata_model *m = rt->model;
-  int32_t ws = m->opts.max_tokens < m->opts.max_out ? m->opts.max_tokens
-                                                    : m->opts.max_out;
-  if (c.max_batch_tokens > ws) {
-    strata_log(STRATA_LOG_INFO, "engine",
-               "max_batch_tokens %d exceeds the model's workspace; using %d "
-               "(open the runtime "
-               "with strata_engine_model_opts)",
-               c.max_batch_tokens, ws);
-    c.max_batch_tokens = ws;
-  }
-  if (c.block_size != m->opts.block_size) c.block_size = m->opts.block_size;
-
   struct strata_plugin *sp = NULL;
-  for (size_t i = 0; i < rt->reg.n_plugins; i++)
-    if (rt->reg.plugins[i].desc->kind == STRATA_PLUGIN_SCHEDULER &&
-        strcmp(rt->reg.plugins[i].desc->name, c.scheduler) == 0)
-      sp = &rt->reg.plugins[i];
+  for (size_t i = 0; i < reg->n_plugins; i++)
+    if (reg->plugins[i].desc->kind == STRATA_PLUGIN_SCHEDULER &&
+        strcmp(reg->plugins[i].desc->name, c->scheduler) == 0)
+      sp = &reg->plugins[i];
   if (!sp)
-    return strata_errf(err, errlen,
-                       "unknown scheduler '%s' (see `strata plugins`)",
-                       c.scheduler);
+    return strata_errf(err, errlen, "unknown scheduler '%s' (see `strata plugins`)",
+                       c->scheduler);
   char ierr[512];
-  if (strata_plugin_init(sp, rt->cfg, ierr, sizeof ierr) != 0)
+  if (strata_plugin_init(sp, cfgfile, ierr, sizeof ierr) != 0)
     return strata_errf(err, errlen, "%s", ierr);
 
   strata_engine_t *e = strata_calloc(1, sizeof *e);
   if (!e) return strata_errf(err, errlen, "out of memory");
-  e->rt = rt;
   e->m = m;
-  e->tok = rt->tok;
-  e->cfg = c;
-  e->ctx_len = m->ctx_len;
-  e->n_vocab = m->hp.n_vocab;
-  e->bs = m->opts.block_size;
-  e->n_blocks = strata_model_kv_blocks(m);
+  e->tok = tok;
+  e->cfg = *c;
+  e->ctx_len = ctx_len;
+  e->n_vocab = n_vocab;
+  e->bs = bs;
+  e->n_blocks = n_blocks;
   e->sv = sp->desc->vt.scheduler;
   pthread_mutex_init(&e->mu, NULL);
   pthread_mutex_init(&e->cb_mu, NULL);
@@ -1648,45 +1666,84 @@ int strata_engine_start(struct strata_runtime *rt,
   hist_init(&e->met.ttft, ttft_bounds, (int)STRATA_ARRAY_LEN(ttft_bounds));
   hist_init(&e->met.itl, itl_bounds, (int)STRATA_ARRAY_LEN(itl_bounds));
   hist_init(&e->met.e2e, latency_bounds, (int)STRATA_ARRAY_LEN(latency_bounds));
-  hist_init(&e->met.queue, latency_bounds,
-            (int)STRATA_ARRAY_LEN(latency_bounds));
+  hist_init(&e->met.queue, latency_bounds, (int)STRATA_ARRAY_LEN(latency_bounds));
 
   struct strata_kv_config kc = STRATA_KV_CONFIG_DEFAULTS;
   kc.block_size = e->bs;
   kc.n_blocks = e->n_blocks;
-  kc.prefix_caching = c.prefix_caching;
-  e->smp_idx = strata_calloc((size_t)e->n_vocab, sizeof *e->smp_idx);
-  e->smp_prob = strata_calloc((size_t)e->n_vocab, sizeof *e->smp_prob);
-  if (!e->smp_idx || !e->smp_prob) {
-    engine_free(e);
-    return strata_errf(err, errlen, "out of memory");
+  kc.prefix_caching = c->prefix_caching;
+  if (m) {
+    e->smp_idx = strata_calloc((size_t)e->n_vocab, sizeof *e->smp_idx);
+    e->smp_prob = strata_calloc((size_t)e->n_vocab, sizeof *e->smp_prob);
+    if (!e->smp_idx || !e->smp_prob) {
+      engine_free(e);
+      return strata_errf(err, errlen, "out of memory");
+    }
   }
   char kerr[256];
   if (strata_kv_create(&kc, &e->kv, kerr, sizeof kerr) != 0) {
     engine_free(e);
     return strata_errf(err, errlen, "KV cache: %s", kerr);
   }
-  const strata_config_node_t *node = strata_config_plugin_node(rt->cfg, sp);
+  const strata_config_node_t *node = strata_config_plugin_node(cfgfile, sp);
   char cerr[512] = "";
   if (e->sv->create(node, &e->sstate, cerr, sizeof cerr) != 0) {
     e->sstate = NULL;
     engine_free(e);
-    return strata_errf(err, errlen, "scheduler '%s': %s", c.scheduler,
+    return strata_errf(err, errlen, "scheduler '%s': %s", c->scheduler,
                        cerr[0] ? cerr : "create failed");
   }
-  if (strata_lbatch_create(&rt->reg, rt->cfg, c.logits, c.n_logits, c.logits_required, e->tok,
-                           e->n_vocab, &e->lb, err, errlen) != 0) {
+  if (tok && strata_lbatch_create(reg, cfgfile, c->logits, c->n_logits, c->logits_required, tok,
+                                  e->n_vocab, &e->lb, err, errlen) != 0) {
     engine_free(e);
     return -1;
   }
+  *out = e;
+  return 0;
+}
+
+static int check_config(struct strata_engine_config *c, const struct strata_engine_config *cfg,
+                        char *err, size_t errlen) {
+  if (cfg)
+    *c = *cfg;
+  else
+    strata_engine_config_defaults(c);
+  if (!c->scheduler) c->scheduler = "fcfs";
+  if (c->max_batch_tokens < 1 || c->max_running < 1 || c->max_waiting < 0)
+    return strata_errf(err, errlen,
+                       "engine: max_batch_tokens and max_running must be positive and "
+                       "max_waiting not negative");
+  return 0;
+}
+
+int strata_engine_start(struct strata_runtime *rt, const struct strata_engine_config *cfg,
+                        strata_engine_t **out, char *err, size_t errlen) {
+  *out = NULL;
+  if (!rt || !rt->model || !rt->tok) return strata_errf(err, errlen, "engine: no model loaded");
+  struct strata_engine_config c;
+  if (check_config(&c, cfg, err, errlen) != 0) return -1;
+  struct strata_model *m = rt->model;
+  int32_t ws = m->opts.max_tokens < m->opts.max_out ? m->opts.max_tokens : m->opts.max_out;
+  if (c.max_batch_tokens > ws) {
+    strata_log(STRATA_LOG_INFO, "engine",
+               "max_batch_tokens %d exceeds the model's workspace; using %d (open the runtime "
+               "with strata_engine_model_opts)",
+               c.max_batch_tokens, ws);
+    c.max_batch_tokens = ws;
+  }
+  if (c.block_size != m->opts.block_size) c.block_size = m->opts.block_size;
+  strata_engine_t *e;
+  if (engine_create(&rt->reg, rt->cfg, &c, m, rt->tok, m->hp.n_vocab, m->ctx_len,
+                    m->opts.block_size, strata_model_kv_blocks(m), &e, err, errlen) != 0)
+    return -1;
+  e->rt = rt;
   int rc = pthread_create(&e->th, NULL, engine_main, e);
   if (rc != 0) {
     engine_free(e);
     return strata_errf(err, errlen, "engine thread: %s", strerror(rc));
   }
   strata_log(STRATA_LOG_INFO, "engine",
-             "started: scheduler %s, %d KV blocks of %d tokens, %d tokens per "
-             "step, %d running, "
+             "started: scheduler %s, %d KV blocks of %d tokens, %d tokens per step, %d running, "
              "prefix caching %s",
              c.scheduler, e->n_blocks, e->bs, c.max_batch_tokens, c.max_running,
              c.prefix_caching ? "on" : "off");
@@ -1694,8 +1751,55 @@ int strata_engine_start(struct strata_runtime *rt,
   return 0;
 }
 
+int strata_engine_start_sim(const struct strata_registry *reg, struct strata_config *cfgfile,
+                            const struct strata_engine_config *cfg,
+                            const struct strata_engine_sim *sim, strata_engine_t **out, char *err,
+                            size_t errlen) {
+  *out = NULL;
+  struct strata_engine_config c;
+  if (check_config(&c, cfg, err, errlen) != 0) return -1;
+  if (!sim || sim->n_vocab < 4 || sim->ctx_len < 1 || c.block_size < 1)
+    return strata_errf(err, errlen, "simulation: vocabulary, context and block size needed");
+  int64_t tokens = c.kv_tokens > 0 ? c.kv_tokens : (int64_t)c.max_running * sim->ctx_len;
+  int32_t n_blocks = strata_kv_blocks_for_tokens(tokens, c.block_size);
+  strata_engine_t *e;
+  if (engine_create(reg, cfgfile, &c, NULL, NULL, sim->n_vocab, sim->ctx_len, c.block_size,
+                    n_blocks, &e, err, errlen) != 0)
+    return -1;
+  e->simulated = 1;
+  e->sim = *sim;
+  *out = e;
+  return 0;
+}
+
+int strata_engine_sim_step(strata_engine_t *e) {
+  if (!e || !e->simulated) return 0;
+  return engine_step(e);
+}
+
+double strata_engine_sim_time(const strata_engine_t *e) { return e ? e->sim_now : 0; }
+
+void strata_engine_sim_set_time(strata_engine_t *e, double t) {
+  if (e && e->simulated && t > e->sim_now) e->sim_now = t;
+}
+
+int strata_engine_sim_idle(strata_engine_t *e) {
+  pthread_mutex_lock(&e->mu);
+  int idle = e->n_incoming == 0 && e->n_running == 0 && e->n_waiting == 0;
+  pthread_mutex_unlock(&e->mu);
+  return idle;
+}
+
 void strata_engine_stop(strata_engine_t *e) {
   if (!e) return;
+  if (e->simulated) {
+    pthread_mutex_lock(&e->mu);
+    e->stopping = 1;
+    pthread_mutex_unlock(&e->mu);
+    abort_all(e);
+    engine_free(e);
+    return;
+  }
   pthread_mutex_lock(&e->mu);
   e->stopping = 1;
   pthread_cond_signal(&e->cv);

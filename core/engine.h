@@ -29,6 +29,7 @@
 
 struct strata_runtime;
 struct strata_config;
+struct strata_registry;
 struct strata_model_opts;
 
 typedef struct strata_engine strata_engine_t;
@@ -161,6 +162,33 @@ typedef void (*strata_engine_cb)(void *ud, const struct strata_engine_event *ev)
  * clamped to the model's workspace (max_tokens, max_out). */
 int strata_engine_start(struct strata_runtime *rt, const struct strata_engine_config *cfg,
                         strata_engine_t **out, char *err, size_t errlen);
+/* ---- simulation (strata sim) ----
+ * The same engine core (scheduler plugin, KV block manager with prefix
+ * caching, budgets and invariants) without a model or a thread: each step
+ * runs on the caller's thread, costs step_s + prefill tokens x
+ * prefill_s_per_token + decoding sequences x decode_s_per_seq of virtual
+ * time, and produces ordinary tokens (requests end by max_tokens; give
+ * ignore_eos). Callbacks carry no text. */
+struct strata_engine_sim {
+  double step_s, prefill_s_per_token, decode_s_per_seq;
+  int32_t n_vocab, ctx_len;
+};
+/* KV cache: cfg->kv_tokens (else max_running full contexts), in blocks of
+ * cfg->block_size. reg holds the scheduler plugin; cfgfile its settings
+ * (NULL: defaults). */
+int strata_engine_start_sim(const struct strata_registry *reg, struct strata_config *cfgfile,
+                            const struct strata_engine_config *cfg,
+                            const struct strata_engine_sim *sim, strata_engine_t **out, char *err,
+                            size_t errlen);
+/* One engine step; 1 when anything ran or changed. */
+int strata_engine_sim_step(strata_engine_t *e);
+double strata_engine_sim_time(const strata_engine_t *e);
+/* Moves the virtual clock forward to t (an idle engine waiting for the next
+ * arrival). */
+void strata_engine_sim_set_time(strata_engine_t *e, double t);
+/* 1 when no request is queued or running. */
+int strata_engine_sim_idle(strata_engine_t *e);
+
 /* Stops the thread: every pending request finishes with ABORT first, then
  * the engine is freed. Handles not yet released stay valid for
  * strata_engine_release (and a no-op strata_engine_cancel); neither may run

@@ -355,6 +355,10 @@ int strata_lbatch_add(strata_lbatch_t *lb, int32_t *slot, void *const *params, u
 }
 
 void strata_lbatch_remove(strata_lbatch_t *lb, int32_t *slot) {
+  if (!lb) {
+    *slot = -1;
+    return;
+  }
   if (*slot == -2) {
     for (size_t i = 0; i < lb->n_adds; i++)
       if (lb->adds[i].slot == slot) {

@@ -662,9 +662,11 @@ END_TEST
 /* A finished request of a group keeps its cached blocks through eviction
  * pressure for engine.kv_cache.group_ttl; without a group LRU evicts them
  * first; affinity "release" makes them go before anything else. */
-static int32_t cached_after_flood(uint64_t group, int affinity) {
+static int32_t cached_after_flood(const char *sched, double ttl, uint64_t group, int affinity) {
   struct strata_engine_config cfg = defaults();
   cfg.kv_tokens = 40 * 16; /* 40 blocks */
+  cfg.scheduler = sched;
+  cfg.group_ttl = ttl;
   start(&cfg);
   static int32_t doc[200], flood[3][320];
   uint64_t x = 12345;
@@ -699,10 +701,15 @@ static int32_t cached_after_flood(uint64_t group, int affinity) {
 
 START_TEST(group_blocks_survive_eviction) {
   int32_t full = 199 / 16 * 16;
-  int32_t grouped = cached_after_flood(77, STRATA_AFFINITY_DEFAULT);
-  int32_t plain = cached_after_flood(0, STRATA_AFFINITY_DEFAULT);
-  int32_t kept = cached_after_flood(0, STRATA_AFFINITY_KEEP);
-  int32_t released = cached_after_flood(77, STRATA_AFFINITY_RELEASE);
+  int32_t grouped = cached_after_flood("fcfs", 30, 77, STRATA_AFFINITY_DEFAULT);
+  int32_t plain = cached_after_flood("fcfs", 30, 0, STRATA_AFFINITY_DEFAULT);
+  int32_t kept = cached_after_flood("fcfs", 30, 0, STRATA_AFFINITY_KEEP);
+  int32_t released = cached_after_flood("fcfs", 30, 77, STRATA_AFFINITY_RELEASE);
+  /* off by default under fcfs; the affinity-group scheduler keeps groups */
+  int32_t fcfs_off = cached_after_flood("fcfs", 0, 77, STRATA_AFFINITY_DEFAULT);
+  int32_t affinity = cached_after_flood("affinity-group", 0, 77, STRATA_AFFINITY_DEFAULT);
+  ck_assert_int_lt(fcfs_off, full);
+  ck_assert_int_eq(affinity, full);
   ck_assert_int_lt(released, full);
   ck_assert_int_eq(grouped, full);
   ck_assert_int_eq(kept, full);

@@ -141,6 +141,11 @@ struct strata_scheduler_vtable {
                   struct strata_sched_decision *out, uint32_t cap, char *err, size_t errlen);
   /* (optional) a request left the engine (finished, cancelled, failed). */
   void (*on_finish)(void *state, uint64_t id);
+  /* ---- appended: check size before use ---- */
+  /* (optional) seconds the cached blocks of a finished request with a group
+   * stay last in line for eviction (the policy keeps group contexts warm);
+   * NULL or <= 0: engine.kv_cache.group_ttl decides. */
+  double (*group_ttl)(void *state);
 };
 
 #ifdef __cplusplus

@@ -36,9 +36,12 @@
  * of a group that already has running members go first, and when one
  * request of a group starts, the other waiting requests of its group start
  * right after it, in arrival order, while the budget, max_running and the
- * blocks allow. (Keeping a group's cached blocks last in line for eviction,
- * for engine.kv_cache.group_ttl after its requests finish, is the core's
- * part and works under every scheduler.) */
+ * blocks allow. Its group_ttl (vtable slot) tells the core to keep a
+ * finished group request's cached blocks last in line for eviction for that
+ * long (renewed by every finish in the group), so an active group's
+ * context survives memory pressure and an idle group's protection lapses.
+ * (Under other schedulers engine.kv_cache.group_ttl, default off, does the
+ * same.) */
 #include "config.h"
 
 #include <stdlib.h>
@@ -61,6 +64,7 @@ struct fcfs {
   int32_t max_prefill_chunk; /* 0: no limit */
   int priority_preemption;
   double max_wait; /* prefix-aware: aging bound in seconds */
+  double group_ttl; /* affinity-group: protection of a finished group's blocks */
   int wait_for_inflight; /* prefix-aware */
   /* scratch, grown as needed */
   uint32_t cap;
@@ -93,9 +97,13 @@ static int fcfs_create(const strata_config_node_t *cfg, void **state, char *err,
     f->max_wait = host->config_float(cfg, "max_wait");
     f->wait_for_inflight = host->config_bool(cfg, "wait_for_inflight");
 #endif
+#ifdef SCHED_AFFINITY
+    f->group_ttl = host->config_float(cfg, "group_ttl");
+#endif
   } else {
     f->max_wait = 5.0;
     f->wait_for_inflight = 1;
+    f->group_ttl = 30.0;
   }
   *state = f;
   return 0;
@@ -368,8 +376,17 @@ static const struct strata_param fcfs_params[] = {
     {"wait_for_inflight", STRATA_PARAM_BOOL, 0, "true", 1, 0,
      "a request whose next prompt blocks are being computed waits for them"},
 #endif
+#ifdef SCHED_AFFINITY
+    {"group_ttl", STRATA_PARAM_FLOAT, 0, "30", 0, 86400,
+     "seconds a finished group request's cached blocks are evicted last (renewed by each "
+     "finish of the group); 0: engine.kv_cache.group_ttl"},
+#endif
     {NULL, STRATA_PARAM_END, 0, NULL, 0, 0, NULL},
 };
+
+#ifdef SCHED_AFFINITY
+static double fcfs_group_ttl(void *state) { return ((struct fcfs *)state)->group_ttl; }
+#endif
 
 static const struct strata_scheduler_vtable fcfs_vtable = {
     .size = sizeof(struct strata_scheduler_vtable),
@@ -377,6 +394,9 @@ static const struct strata_scheduler_vtable fcfs_vtable = {
     .destroy = fcfs_destroy,
     .schedule = fcfs_schedule,
     .on_finish = NULL,
+#ifdef SCHED_AFFINITY
+    .group_ttl = fcfs_group_ttl,
+#endif
 };
 
 static const struct strata_plugin_desc fcfs_desc = {
