@@ -11,6 +11,11 @@
 //   node tests/bench/loadgen.mjs --url http://127.0.0.1:8000 [--clients 16]
 //        [--requests 64] [--prompt-tokens 64] [--max-tokens 64] [--model NAME]
 //   node tests/bench/loadgen.mjs --url ... --prefix-test [--prefix-tokens 1024]
+//   node tests/bench/loadgen.mjs --url ... --clients 8 --cache-stats-probe 4096
+//
+// --cache-stats-probe N: while the load runs, asks POST /v1/cache/stats
+// about an N-token prompt (token ids) over and over, one at a time, and
+// prints the latency percentiles of those answers.
 //
 // Each client sends its requests one after another; --requests is the total.
 // Output tokens are counted from the server's usage (stream_options.
@@ -18,7 +23,8 @@
 // max_tokens, so runs are comparable.
 
 const args = { url: 'http://127.0.0.1:8000', clients: 1, requests: 0, promptTokens: 64,
-               maxTokens: 64, model: '', prefixTest: false, prefixTokens: 1024, seed: 1 };
+               maxTokens: 64, model: '', prefixTest: false, prefixTokens: 1024, seed: 1,
+               cacheStatsProbe: 0 };
 for (let i = 2; i < process.argv.length; i++) {
   const a = process.argv[i], v = process.argv[i + 1];
   const num = () => { i++; const n = Number(v); if (!Number.isFinite(n) || n < 0) die(`${a}: not a number: ${v}`); return n; };
@@ -32,6 +38,7 @@ for (let i = 2; i < process.argv.length; i++) {
     case '--prefix-test': args.prefixTest = true; break;
     case '--prefix-tokens': args.prefixTokens = num(); break;
     case '--seed': args.seed = num(); break;
+    case '--cache-stats-probe': args.cacheStatsProbe = num(); break;
     default: die(`unknown option ${a}`);
   }
 }
@@ -135,7 +142,22 @@ async function load() {
       res.push(await streamOne(prompts[i % prompts.length]));
     }
   }
-  await Promise.all(Array.from({ length: args.clients }, client));
+  let loadDone = false;
+  const probes = [];
+  async function probe() {
+    const ids = Array.from({ length: args.cacheStatsProbe }, (_, i) => 3 + ((i * 7919) % 500));
+    const body = JSON.stringify({ model: args.model || undefined, prompt: ids });
+    while (!loadDone) {
+      const t = performance.now();
+      const r = await fetch(args.url + '/v1/cache/stats', { method: 'POST', body,
+                                                            headers: { 'content-type': 'application/json' } });
+      if (!r.ok) throw new Error(`/v1/cache/stats: HTTP ${r.status}: ${await r.text()}`);
+      await r.json();
+      probes.push((performance.now() - t) / 1e3);
+    }
+  }
+  const clients = Promise.all(Array.from({ length: args.clients }, client)).then(() => { loadDone = true; });
+  await Promise.all(args.cacheStatsProbe ? [clients, probe()] : [clients]);
   const dt = (performance.now() - t0) / 1e3;
   const out = res.reduce((s, r) => s + r.outTokens, 0);
   console.log(`clients ${args.clients}, requests ${res.length}, prompt ~${args.promptTokens} tokens, ` +
@@ -144,6 +166,10 @@ async function load() {
   summary('TTFT', res.map(r => r.ttft));
   summary('ITL', res.flatMap(r => r.itls));
   summary('E2E', res.map(r => r.e2e));
+  if (args.cacheStatsProbe) {
+    console.log(`cache stats of a ${args.cacheStatsProbe}-token prompt under that load:`);
+    summary('stats', probes);
+  }
 }
 
 (args.prefixTest ? prefixTest() : load()).catch(e => die(e.message));
