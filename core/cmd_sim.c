@@ -11,6 +11,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <jansson.h>
+
 #include "cli.h"
 #include "conf.h"
 #include "engine.h"
@@ -196,6 +198,7 @@ static void sim_usage(FILE *f) {
           "         [--vocab N] [--context N] [--block-size N] [--kv-tokens N]\n"
           "         [--max-running N] [--max-batch-tokens N]\n"
           "         [--step-ms X] [--prefill-ms X] [--decode-ms X] [--json]\n"
+          "         [--expand FILE]  (write the trace with token-id prompts and stop)\n"
           "Replays a JSONL trace through each scheduler policy (default: every\n"
           "installed one) and the real engine core with a cost model per step:\n"
           "step-ms + prefill tokens x prefill-ms + decoding sequences x decode-ms.\n");
@@ -213,7 +216,7 @@ static int dbl_arg(const char *opt, const char *s, double *out) {
 }
 
 int strata_cmd_sim(int argc, char **argv) {
-  const char *trace = NULL, *config = NULL, *policies[MAX_POLICIES];
+  const char *trace = NULL, *config = NULL, *expand = NULL, *policies[MAX_POLICIES];
   int n_pol = 0, json = 0;
   long v;
   struct strata_engine_config ec;
@@ -240,6 +243,7 @@ int strata_cmd_sim(int argc, char **argv) {
                                        {"prefill-ms", required_argument, 0, 'P'},
                                        {"decode-ms", required_argument, 0, 'D'},
                                        {"json", no_argument, 0, 'j'},
+                                       {"expand", required_argument, 0, 'E'},
                                        {"help", no_argument, 0, 'h'},
                                        {0, 0, 0, 0}};
   optind = 1;
@@ -293,6 +297,7 @@ int strata_cmd_sim(int argc, char **argv) {
       sim.decode_s_per_seq = ms / 1e3;
       break;
     case 'j': json = 1; break;
+    case 'E': expand = optarg; break;
     case 'h': sim_usage(stdout); return 0;
     default: sim_usage(stderr); return 2;
     }
@@ -326,6 +331,32 @@ int strata_cmd_sim(int argc, char **argv) {
   char err[512];
   if (strata_sim_trace_load(trace, sim.n_vocab, sim.ctx_len - 1, &tr, err, sizeof err) != 0) {
     fprintf(stderr, "strata: sim: %s\n", err);
+    goto done;
+  }
+  if (expand) {
+    /* the trace with its prompts as token ids, for replay against a real
+     * server (tests/bench/loadgen.mjs --trace) */
+    FILE *f = strcmp(expand, "-") ? fopen(expand, "w") : stdout;
+    if (!f) {
+      fprintf(stderr, "strata: sim: %s: cannot write\n", expand);
+      rc = 1;
+      goto done;
+    }
+    for (size_t i = 0; i < tr.n; i++) {
+      const struct strata_sim_req *q = &tr.reqs[i];
+      fprintf(f, "{\"t\":%.6f,\"output\":%d,\"priority\":%d", q->t, q->output, q->priority);
+      if (q->group_id) {
+        fputs(",\"group_id\":", f);
+        json_t *js = json_string(q->group_id);
+        if (js) json_dumpf(js, f, JSON_ENCODE_ANY);
+        json_decref(js);
+      }
+      fputs(",\"prompt\":[", f);
+      for (int32_t k = 0; k < q->n_prompt; k++) fprintf(f, "%s%d", k ? "," : "", q->prompt[k]);
+      fputs("]}\n", f);
+    }
+    if (f != stdout) fclose(f);
+    rc = 0;
     goto done;
   }
   if (n_pol == 0)

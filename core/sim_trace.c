@@ -17,7 +17,10 @@
 #define MAX_LINES 1000000
 
 void strata_sim_trace_free(struct strata_sim_trace *t) {
-  for (size_t i = 0; t->reqs && i < t->n; i++) free(t->reqs[i].prompt);
+  for (size_t i = 0; t->reqs && i < t->n; i++) {
+    free(t->reqs[i].prompt);
+    free(t->reqs[i].group_id);
+  }
   free(t->reqs);
   memset(t, 0, sizeof *t);
 }
@@ -73,6 +76,7 @@ static int parse_line(json_t *o, const char *name, int line, int32_t n_vocab, in
     if (!json_is_string(g) || json_string_length(g) == 0 || json_string_length(g) > 256)
       BAD("group_id: must be a non-empty string of at most 256 bytes");
     r->group = XXH3_64bits(json_string_value(g), json_string_length(g)) | 1;
+    if (!(r->group_id = strata_strdup(json_string_value(g)))) BAD("out of memory");
   }
   json_t *p = json_object_get(o, "prompt"), *segs = json_object_get(o, "segments");
   if ((p != NULL) == (segs != NULL)) BAD("give either prompt (token ids) or segments");
@@ -171,6 +175,8 @@ int strata_sim_trace_parse(const char *text, size_t len, const char *name, int32
     int rc = parse_line(o, name, line, n_vocab, max_prompt, &out->reqs[out->n], err, errlen);
     json_decref(o);
     if (rc != 0) {
+      free(out->reqs[out->n].prompt);
+      free(out->reqs[out->n].group_id);
       strata_sim_trace_free(out);
       return -1;
     }

@@ -24,6 +24,7 @@ struct strata_sim_req {
   int32_t n_prompt;
   int32_t output;
   uint64_t group;   /* 0: none */
+  char *group_id;   /* the trace's string, NULL: none */
   int32_t priority;
   int line;
 };

@@ -13,6 +13,15 @@
 //   node tests/bench/loadgen.mjs --url ... --prefix-test [--prefix-tokens 1024]
 //   node tests/bench/loadgen.mjs --url ... --clients 8 --cache-stats-probe 4096
 //
+//   node tests/bench/loadgen.mjs --url ... --trace FILE
+//
+// --trace FILE: replays a trace of token-id prompts (`strata sim --expand`)
+// in real time, each request at its arrival time, with its group_id and
+// priority, and prints TTFT / end-to-end percentiles and the prefix-cache
+// hit rate of the replay (cached prompt tokens from the usage / prompt
+// tokens), overall and for requests with a group_id: the real-engine side
+// of a `strata sim` comparison.
+//
 // --cache-stats-probe N: while the load runs, asks POST /v1/cache/stats
 // about an N-token prompt (token ids) over and over, one at a time, and
 // prints the latency percentiles of those answers.
@@ -24,7 +33,7 @@
 
 const args = { url: 'http://127.0.0.1:8000', clients: 1, requests: 0, promptTokens: 64,
                maxTokens: 64, model: '', prefixTest: false, prefixTokens: 1024, seed: 1,
-               cacheStatsProbe: 0 };
+               cacheStatsProbe: 0, trace: '' };
 for (let i = 2; i < process.argv.length; i++) {
   const a = process.argv[i], v = process.argv[i + 1];
   const num = () => { i++; const n = Number(v); if (!Number.isFinite(n) || n < 0) die(`${a}: not a number: ${v}`); return n; };
@@ -39,6 +48,7 @@ for (let i = 2; i < process.argv.length; i++) {
     case '--prefix-tokens': args.prefixTokens = num(); break;
     case '--seed': args.seed = num(); break;
     case '--cache-stats-probe': args.cacheStatsProbe = num(); break;
+    case '--trace': args.trace = v; i++; break;
     default: die(`unknown option ${a}`);
   }
 }
@@ -78,14 +88,14 @@ async function textOfTokens(n) {
   return text;
 }
 
-// One streamed completion: returns { ttft, itls[], e2e, outTokens }.
-async function streamOne(prompt) {
+// One streamed completion: returns { ttft, itls[], e2e, outTokens, cached }.
+async function streamOne(prompt, extra = {}) {
   const t0 = performance.now();
   const r = await post('/v1/completions', {
     model: args.model || undefined, prompt, max_tokens: args.maxTokens, temperature: 0,
-    ignore_eos: true, stream: true, stream_options: { include_usage: true } });
+    ignore_eos: true, stream: true, stream_options: { include_usage: true }, ...extra });
   const dec = new TextDecoder();
-  let buf = '', ttft = -1, last = 0, outTokens = 0;
+  let buf = '', ttft = -1, last = 0, outTokens = 0, cached = 0;
   const itls = [];
   for await (const chunk of r.body) {
     buf += dec.decode(chunk, { stream: true });
@@ -96,7 +106,10 @@ async function streamOne(prompt) {
       const data = ev.slice(6);
       if (data === '[DONE]') continue;
       const j = JSON.parse(data);
-      if (j.usage) outTokens = j.usage.completion_tokens;
+      if (j.usage) {
+        outTokens = j.usage.completion_tokens;
+        cached = j.usage.prompt_tokens_details?.cached_tokens ?? 0;
+      }
       if (j.choices && j.choices.length && j.choices[0].text) {
         const t = performance.now();
         if (ttft < 0) ttft = t - t0; else itls.push(t - last);
@@ -104,7 +117,8 @@ async function streamOne(prompt) {
       }
     }
   }
-  return { ttft: ttft / 1e3, itls: itls.map(x => x / 1e3), e2e: (performance.now() - t0) / 1e3, outTokens };
+  return { ttft: ttft / 1e3, itls: itls.map(x => x / 1e3), e2e: (performance.now() - t0) / 1e3, outTokens,
+           cached };
 }
 
 function pct(v, p) {
@@ -172,4 +186,28 @@ async function load() {
   }
 }
 
-(args.prefixTest ? prefixTest() : load()).catch(e => die(e.message));
+async function replay() {
+  const fs = await import('node:fs');
+  const reqs = fs.readFileSync(args.trace, 'utf8').split('\n').filter(l => l.trim() && !l.startsWith('#'))
+    .map(l => JSON.parse(l)).sort((a, b) => a.t - b.t);
+  const t0 = performance.now();
+  const res = await Promise.all(reqs.map(async (q) => {
+    const wait = q.t * 1e3 - (performance.now() - t0);
+    if (wait > 0) await new Promise(r => setTimeout(r, wait));
+    const extra = { max_tokens: q.output, priority: q.priority ?? 0 };
+    if (q.group_id) extra.group_id = q.group_id;
+    const r = await streamOne(q.prompt, extra);
+    return { ...r, n: q.prompt.length, group: !!q.group_id };
+  }));
+  const dt = (performance.now() - t0) / 1e3;
+  const sum = (v, f) => v.reduce((s, r) => s + f(r), 0);
+  const grouped = res.filter(r => r.group);
+  console.log(`trace ${args.trace}: ${res.length} requests in ${dt.toFixed(1)} s`);
+  console.log(`TTFT mean ${ms(sum(res, r => r.ttft) / res.length)}`);
+  summary('TTFT', res.map(r => r.ttft));
+  summary('E2E', res.map(r => r.e2e));
+  console.log(`prefix-cache hit rate: ${(100 * sum(res, r => r.cached) / sum(res, r => r.n)).toFixed(1)}% of prompt ` +
+              `tokens; requests with a group_id: ${grouped.length ? (100 * sum(grouped, r => r.cached) / sum(grouped, r => r.n)).toFixed(1) : 0}%`);
+}
+
+(args.trace ? replay() : args.prefixTest ? prefixTest() : load()).catch(e => die(e.message));

@@ -61,6 +61,25 @@ if [ -f "$SH/models/stories260K.gguf" ]; then
   has "estimate bad size message" "$T/err" "--memory-limit: 'lots' is not a size"
 fi
 
+# ---- sim -------------------------------------------------------------------
+TR="$S/tests/data/traces"
+run "sim" 0 "$STRATA" sim --trace "$TR/multi_agent.jsonl"
+for p in fcfs prefix-aware affinity-group; do
+  has "sim reports $p" "$T/out" "^$p +76 +"
+done
+run "sim one policy json" 0 "$STRATA" sim --trace "$TR/shared_system_prompt.jsonl" --policy fcfs --json
+has "sim json" "$T/out" '^\{"policy":"fcfs","requests":200,"done":200,'
+run "sim expand" 0 "$STRATA" sim --trace "$TR/random.jsonl" --expand "$T/expanded.jsonl"
+n_lines=$(wc -l <"$T/expanded.jsonl")
+if [ "$n_lines" -eq 150 ]; then ok; else bad "sim expand wrote $n_lines lines"; fi
+has "sim expand token ids" "$T/expanded.jsonl" '^\{"t":[0-9.]+,"output":[0-9]+,"priority":0,"prompt":\[[0-9]+,'
+printf '{"t": 0, "prompt": [1], "output": 1}\n{"t": 1, "prompt": [99999999], "output": 1}\n' >"$T/bad.jsonl"
+run "sim bad trace" 2 "$STRATA" sim --trace "$T/bad.jsonl"
+has "sim bad trace file:line" "$T/err" "bad.jsonl:2: prompt\[0\]: must be a token id"
+run "sim unknown policy" 1 "$STRATA" sim --trace "$TR/random.jsonl" --policy nope
+has "sim unknown policy message" "$T/err" "unknown scheduler 'nope'"
+run "sim no trace" 2 "$STRATA" sim
+
 # ---- plugins ---------------------------------------------------------------
 run "plugins" 0 "$STRATA" plugins
 for q in f32 f16 bf16 q8_0 q4_0; do has "plugins lists $q" "$T/out" "^quant +$q +"; done
