@@ -18,11 +18,12 @@
 
 static struct strata_runtime rt;
 static strata_engine_t *eng;
+static int start_threads = 2; /* backend threads of start() */
 
 static inline void start(const struct strata_engine_config *c) {
   char *model = test_shared_path("models/stories260K.gguf");
   struct strata_runtime_opts o = {
-      .model_path = model, .backend = "cpu", .threads = 2};
+      .model_path = model, .backend = "cpu", .threads = start_threads};
   char err[512];
   ck_assert_msg(
       strata_engine_model_opts(c, model, 0, &o.model, err, sizeof err) == 0,

@@ -2,7 +2,8 @@
  * simulated engine against the real one on stories260K: the same requests
  * take the same tokens from the prefix cache (per request and in total),
  * and with a cost model calibrated on the real engine the simulated
- * latencies are within a factor of 2 of the measured ones. */
+ * latencies are within a factor of 2 of the measured ones (the fastest of
+ * three runs each, since a busy machine only slows the real engine). */
 #include "config.h"
 
 #include <math.h>
@@ -196,23 +197,11 @@ static void run_sim(const struct strata_sim_trace *tr, const struct strata_engin
 
 START_TEST(sim_matches_engine) {
   struct strata_engine_config cfg = defaults();
-  start(&cfg);
+  start_threads = 1; /* no thread barriers for a loaded machine to stretch */
   /* calibration on the real engine: a long prefill, then pure decode */
   static const char *cal =
       "{\"t\": 0, \"segments\": [{\"tokens\": 480}], \"output\": 1}\n"
       "{\"t\": 0, \"segments\": [{\"tokens\": 4}], \"output\": 200}\n";
-  struct strata_sim_trace ct, tr;
-  char err[512];
-  ck_assert_int_eq(strata_sim_trace_parse(cal, strlen(cal), "cal", 512, 511, &ct, err, sizeof err), 0);
-  static struct rec cr[2];
-  memset(cr, 0, sizeof cr);
-  run_real(&ct, cr);
-  struct strata_engine_sim sim = {.n_vocab = 512, .ctx_len = 512};
-  sim.decode_s_per_seq = (cr[1].t_done - cr[1].t_first) / 199.0;
-  sim.step_s = 0;
-  sim.prefill_s_per_token = cr[0].t_done / 480.0;
-  fprintf(stderr, "calibrated: %.3f ms per prefill token, %.3f ms per decode step\n",
-          sim.prefill_s_per_token * 1e3, sim.decode_s_per_seq * 1e3);
   /* the trace: turns of two conversations sharing a system prompt, and a
    * document read twice */
   static const char *text =
@@ -223,16 +212,38 @@ START_TEST(sim_matches_engine) {
       "{\"t\": 4, \"segments\": [{\"tokens\": 200}], \"output\": 40}\n"
       "{\"t\": 5, \"segments\": [{\"shared\": \"doc\", \"tokens\": 300}, {\"tokens\": 12}], \"output\": 15}\n"
       "{\"t\": 6, \"segments\": [{\"shared\": \"sys\", \"tokens\": 100}, {\"shared\": \"b1\", \"tokens\": 25}, {\"tokens\": 33}], \"output\": 20}\n";
+  struct strata_sim_trace ct, tr;
+  char err[512];
+  ck_assert_int_eq(strata_sim_trace_parse(cal, strlen(cal), "cal", 512, 511, &ct, err, sizeof err), 0);
   ck_assert_int_eq(strata_sim_trace_parse(text, strlen(text), "t", 512, 511, &tr, err, sizeof err), 0);
-  static struct rec real[16], sim_r[16];
-  memset(real, 0, sizeof real);
-  memset(sim_r, 0, sizeof sim_r);
-  run_real(&tr, real);
-  stop();
+  /* Timings on a shared machine only ever get slower than the engine's own
+   * speed: three fresh engines, the fastest of each measurement. */
+  struct strata_engine_sim sim = {.n_vocab = 512, .ctx_len = 512, .step_s = 0};
+  double e_real = INFINITY;
+  static struct rec cr[2], real[16], sim_r[16];
+  for (int rep = 0; rep < 3; rep++) {
+    start(&cfg);
+    memset(cr, 0, sizeof cr);
+    run_real(&ct, cr);
+    double pf = cr[0].t_done / 480.0, dc = (cr[1].t_done - cr[1].t_first) / 199.0;
+    if (rep == 0 || pf < sim.prefill_s_per_token) sim.prefill_s_per_token = pf;
+    if (rep == 0 || dc < sim.decode_s_per_seq) sim.decode_s_per_seq = dc;
+    stop();
+    start(&cfg); /* an empty cache for the trace */
+    memset(real, 0, sizeof real);
+    run_real(&tr, real);
+    stop();
+    double e = 0;
+    for (size_t i = 0; i < tr.n; i++) e += real[i].t_done;
+    if (e < e_real) e_real = e;
+  }
+  fprintf(stderr, "calibrated: %.3f ms per prefill token, %.3f ms per decode step\n",
+          sim.prefill_s_per_token * 1e3, sim.decode_s_per_seq * 1e3);
   start(&cfg); /* the simulation gets the registry from a runtime */
+  memset(sim_r, 0, sizeof sim_r);
   run_sim(&tr, &sim, sim_r);
   stop();
-  double e_real = 0, e_sim = 0;
+  double e_sim = 0;
   int32_t c_real = 0, c_sim = 0;
   for (size_t i = 0; i < tr.n; i++) {
     ck_assert_int_eq(real[i].tokens, tr.reqs[i].output);
@@ -241,13 +252,12 @@ START_TEST(sim_matches_engine) {
                   real[i].cached, sim_r[i].cached);
     c_real += real[i].cached;
     c_sim += sim_r[i].cached;
-    e_real += real[i].t_done;
     e_sim += sim_r[i].t_done;
   }
   ck_assert_int_gt(c_real, 0);
   ck_assert_int_eq(c_real, c_sim);
-  fprintf(stderr, "end-to-end latency, all requests: %.1f ms real, %.1f ms simulated\n", e_real * 1e3,
-          e_sim * 1e3);
+  fprintf(stderr, "end-to-end latency, all requests: %.1f ms real (fastest of 3), %.1f ms simulated\n",
+          e_real * 1e3, e_sim * 1e3);
   ck_assert_msg(e_sim < 2 * e_real && e_real < 2 * e_sim, "simulated %.4f s vs real %.4f s", e_sim,
                 e_real);
   strata_sim_trace_free(&ct);
