@@ -24,7 +24,8 @@
 //
 // --cache-stats-probe N: while the load runs, asks POST /v1/cache/stats
 // about an N-token prompt (token ids) over and over, one at a time, and
-// prints the latency percentiles of those answers.
+// prints the latency percentiles of those answers (one every ~20 ms, so the
+// probe does not itself load a small machine).
 //
 // Each client sends its requests one after another; --requests is the total.
 // Output tokens are counted from the server's usage (stream_options.
@@ -168,6 +169,7 @@ async function load() {
       if (!r.ok) throw new Error(`/v1/cache/stats: HTTP ${r.status}: ${await r.text()}`);
       await r.json();
       probes.push((performance.now() - t) / 1e3);
+      await new Promise(res => setTimeout(res, 20)); // a probe every ~20 ms, not a flood
     }
   }
   const clients = Promise.all(Array.from({ length: args.clients }, client)).then(() => { loadDone = true; });
