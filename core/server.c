@@ -715,6 +715,25 @@ fail:
 /* ---- other endpoints
  * --------------------------------------------------------------- */
 
+/* The tokens of a /tokenize or /v1/cache/stats body (its model checked):
+ * chat messages through the template, token ids as given, or text. */
+static int body_tokens(struct server *srv, struct strata_api_tokenize *t, int32_t **toks,
+                       size_t *n, struct strata_api_error *e) {
+  char err[512];
+  if (check_model(srv, t->model, e) != 0) return -1;
+  if (t->messages) return chat_tokens(srv, t->messages, t->add_generation_prompt, toks, n, e);
+  if (t->prompt_ids) {
+    *toks = t->prompt_ids;
+    *n = t->n_prompt_ids;
+    t->prompt_ids = NULL;
+    return 0;
+  }
+  if (strata_tokenize(srv->rt->tok, t->prompt, t->prompt_len, t->add_special_tokens, 0, toks, n,
+                      err, sizeof err) != 0)
+    return strata_api_errorf(e, 400, NULL, NULL, "prompt", "%s", err);
+  return 0;
+}
+
 static void handle_tokenize(struct server *srv, struct evhttp_request *http) {
   struct strata_api_error e;
   struct strata_api_tokenize t;
@@ -727,18 +746,7 @@ static void handle_tokenize(struct server *srv, struct evhttp_request *http) {
   }
   int32_t *toks = NULL;
   size_t n = 0;
-  char err[512];
-  if (check_model(srv, t.model, &e) != 0) goto fail;
-  if (t.messages) {
-    if (chat_tokens(srv, t.messages, t.add_generation_prompt, &toks, &n, &e) !=
-        0)
-      goto fail;
-  } else if (strata_tokenize(srv->rt->tok, t.prompt, t.prompt_len,
-                             t.add_special_tokens, 0, &toks, &n, err,
-                             sizeof err) != 0) {
-    strata_api_errorf(&e, 400, NULL, NULL, "prompt", "%s", err);
-    goto fail;
-  }
+  if (body_tokens(srv, &t, &toks, &n, &e) != 0) goto fail;
   json_t *arr = json_array();
   for (size_t i = 0; arr && i < n; i++)
     json_array_append_new(arr, json_integer(toks[i]));
@@ -770,19 +778,7 @@ static void handle_cache_stats(struct server *srv, struct evhttp_request *http) 
   }
   int32_t *toks = NULL;
   size_t n = 0;
-  char err[512];
-  if (check_model(srv, t.model, &e) != 0) goto fail;
-  if (t.messages) {
-    if (chat_tokens(srv, t.messages, t.add_generation_prompt, &toks, &n, &e) != 0) goto fail;
-  } else if (t.prompt_ids) {
-    toks = t.prompt_ids;
-    n = t.n_prompt_ids;
-    t.prompt_ids = NULL;
-  } else if (strata_tokenize(srv->rt->tok, t.prompt, t.prompt_len, t.add_special_tokens, 0, &toks,
-                             &n, err, sizeof err) != 0) {
-    strata_api_errorf(&e, 400, NULL, NULL, "prompt", "%s", err);
-    goto fail;
-  }
+  if (body_tokens(srv, &t, &toks, &n, &e) != 0) goto fail;
   struct strata_cache_stats st = {.size = sizeof st};
   if (strata_cache_stats_salt(srv->eng, toks, n, t.cache_salt, &st) != 0) {
     strata_api_errorf(&e, 400, NULL, NULL, "prompt", "the prompt is too long");

@@ -119,6 +119,19 @@ static inline void lp_entry_clear(void *entry, void *ud) {
 
 static const struct lp_slot_ops lp_entry_ops = {.add = lp_entry_add, .clear = lp_entry_clear};
 
+/* update() and release() of processors whose state starts with its
+ * struct lp_slots of lp_entry entries and whose parameters are one malloc'd
+ * block. */
+static inline int lp_entry_update(void *state, const struct strata_logits_update *u, char *err,
+                                  size_t errlen) {
+  return lp_slots_update((struct lp_slots *)state, &lp_entry_ops, u, state, err, errlen);
+}
+
+static inline void lp_release_free(void *state, void *params) {
+  (void)state;
+  free(params);
+}
+
 /* init(): the host must have the JSON accessors. */
 static inline int lp_host_ok(const struct strata_host_api *h, char *err, size_t errlen) {
   if (h->size < offsetof(struct strata_host_api, json_string) + sizeof h->json_string) {

@@ -22,9 +22,9 @@ struct params {
 };
 
 struct state {
+  struct lp_slots slots; /* first: lp_entry_update */
   int32_t n_vocab;
   float *save; /* [n_vocab]: the allowed logits while the row is reset */
-  struct lp_slots slots;
 };
 
 static int at_init(const struct strata_host_api *h, const strata_config_node_t *cfg, char *err,
@@ -105,17 +105,6 @@ static int at_compile(void *state, const strata_json_t *body, void **out, const 
   return 1;
 }
 
-static void at_release(void *state, void *params) {
-  (void)state;
-  free(params);
-}
-
-static int at_update(void *state, const struct strata_logits_update *u, char *err,
-                     size_t errlen) {
-  struct state *st = state;
-  return lp_slots_update(&st->slots, &lp_entry_ops, u, st, err, errlen);
-}
-
 static void at_apply(void *state, float *logits, const struct strata_logits_row *rows,
                      uint32_t n_rows) {
   struct state *st = state;
@@ -136,8 +125,8 @@ static const struct strata_logits_vtable at_vtable = {
     .create = at_create,
     .destroy = at_destroy,
     .compile = at_compile,
-    .release = at_release,
-    .update = at_update,
+    .release = lp_release_free,
+    .update = lp_entry_update,
     .apply = at_apply,
 };
 

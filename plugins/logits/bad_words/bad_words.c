@@ -38,9 +38,9 @@ struct params {
 
 
 struct state {
+  struct lp_slots slots; /* first: lp_entry_update */
   const struct strata_logits_model *m;
   int64_t max_words, max_word_bytes, max_word_tokens;
-  struct lp_slots slots;
 };
 
 
@@ -193,12 +193,6 @@ static void bw_release(void *state, void *params) {
   params_free(params);
 }
 
-static int bw_update(void *state, const struct strata_logits_update *u, char *err,
-                     size_t errlen) {
-  struct state *st = state;
-  return lp_slots_update(&st->slots, &lp_entry_ops, u, st, err, errlen);
-}
-
 static void bw_apply(void *state, float *logits, const struct strata_logits_row *rows,
                      uint32_t n_rows) {
   struct state *st = state;
@@ -233,7 +227,7 @@ static const struct strata_logits_vtable bw_vtable = {
     .destroy = bw_destroy,
     .compile = bw_compile,
     .release = bw_release,
-    .update = bw_update,
+    .update = lp_entry_update,
     .apply = bw_apply,
 };
 

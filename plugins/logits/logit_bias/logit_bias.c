@@ -26,9 +26,9 @@ struct params {
 
 
 struct state {
+  struct lp_slots slots; /* first: lp_entry_update */
   int32_t n_vocab;
   int64_t max_entries;
-  struct lp_slots slots;
 };
 
 
@@ -133,12 +133,6 @@ static void lb_release(void *state, void *params) {
   params_free(params);
 }
 
-static int lb_update(void *state, const struct strata_logits_update *u, char *err,
-                     size_t errlen) {
-  struct state *st = state;
-  return lp_slots_update(&st->slots, &lp_entry_ops, u, st, err, errlen);
-}
-
 static void lb_apply(void *state, float *logits, const struct strata_logits_row *rows,
                      uint32_t n_rows) {
   struct state *st = state;
@@ -164,7 +158,7 @@ static const struct strata_logits_vtable lb_vtable = {
     .destroy = lb_destroy,
     .compile = lb_compile,
     .release = lb_release,
-    .update = lb_update,
+    .update = lp_entry_update,
     .apply = lb_apply,
 };
 

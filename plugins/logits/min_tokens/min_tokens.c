@@ -25,8 +25,8 @@ struct params {
 };
 
 struct state {
+  struct lp_slots slots; /* first: lp_entry_update */
   const struct strata_logits_model *m;
-  struct lp_slots slots;
 };
 
 static int mt_init(const struct strata_host_api *h, const strata_config_node_t *cfg, char *err,
@@ -89,17 +89,6 @@ static int mt_compile(void *state, const strata_json_t *body, void **out, const 
   return 1;
 }
 
-static void mt_release(void *state, void *params) {
-  (void)state;
-  free(params);
-}
-
-static int mt_update(void *state, const struct strata_logits_update *u, char *err,
-                     size_t errlen) {
-  struct state *st = state;
-  return lp_slots_update(&st->slots, &lp_entry_ops, u, st, err, errlen);
-}
-
 static void mt_apply(void *state, float *logits, const struct strata_logits_row *rows,
                      uint32_t n_rows) {
   struct state *st = state;
@@ -119,8 +108,8 @@ static const struct strata_logits_vtable mt_vtable = {
     .create = mt_create,
     .destroy = mt_destroy,
     .compile = mt_compile,
-    .release = mt_release,
-    .update = mt_update,
+    .release = lp_release_free,
+    .update = lp_entry_update,
     .apply = mt_apply,
 };
 

@@ -179,11 +179,6 @@ static int pen_compile(void *state, const strata_json_t *body, void **out, const
   return 1;
 }
 
-static void pen_release(void *state, void *params) {
-  (void)state;
-  free(params);
-}
-
 static int pen_update(void *state, const struct strata_logits_update *u, char *err,
                       size_t errlen) {
   struct state *st = state;
@@ -222,7 +217,7 @@ static const struct strata_logits_vtable pen_vtable = {
     .create = pen_create,
     .destroy = pen_destroy,
     .compile = pen_compile,
-    .release = pen_release,
+    .release = lp_release_free,
     .update = pen_update,
     .apply = pen_apply,
 };
