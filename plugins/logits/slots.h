@@ -132,12 +132,18 @@ static inline void lp_release_free(void *state, void *params) {
   free(params);
 }
 
-/* init(): the host must have the JSON accessors. */
-static inline int lp_host_ok(const struct strata_host_api *h, char *err, size_t errlen) {
+/* The host API of the plugin that includes this header, kept by lp_init
+ * (the descriptor's init), which also checks the JSON accessors are there. */
+static const struct strata_host_api *host;
+
+static inline int lp_init(const struct strata_host_api *h, const strata_config_node_t *cfg,
+                          char *err, size_t errlen) {
+  (void)cfg;
   if (h->size < offsetof(struct strata_host_api, json_string) + sizeof h->json_string) {
     snprintf(err, errlen, "the host is too old (no JSON access)");
     return -1;
   }
+  host = h;
   return 0;
 }
 

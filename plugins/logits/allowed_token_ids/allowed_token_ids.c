@@ -14,8 +14,6 @@
 
 #include "../slots.h"
 
-static const struct strata_host_api *host;
-
 struct params {
   uint32_t n;
   int32_t ids[]; /* sorted, unique */
@@ -26,14 +24,6 @@ struct state {
   int32_t n_vocab;
   float *save; /* [n_vocab]: the allowed logits while the row is reset */
 };
-
-static int at_init(const struct strata_host_api *h, const strata_config_node_t *cfg, char *err,
-                   size_t errlen) {
-  (void)cfg;
-  if (lp_host_ok(h, err, errlen) != 0) return -1;
-  host = h;
-  return 0;
-}
 
 static int at_create(const strata_config_node_t *cfg, const struct strata_logits_model *m,
                      void **out, char *err, size_t errlen) {
@@ -140,7 +130,7 @@ static const struct strata_plugin_desc at_desc = {
     .license = "MIT",
     .description = "allowed_token_ids: sample only from the given token ids (vLLM)",
     .params = NULL,
-    .init = at_init,
+    .init = lp_init,
     .fini = NULL,
     .vt.logits = &at_vtable,
 };

@@ -27,8 +27,6 @@
 
 #include "../slots.h"
 
-static const struct strata_host_api *host;
-
 /* Banned sequences back to back: seq i is toks[off[i] .. off[i + 1]). */
 struct params {
   uint32_t n_seqs;
@@ -43,14 +41,6 @@ struct state {
   int64_t max_words, max_word_bytes, max_word_tokens;
 };
 
-
-static int bw_init(const struct strata_host_api *h, const strata_config_node_t *cfg, char *err,
-                   size_t errlen) {
-  (void)cfg;
-  if (lp_host_ok(h, err, errlen) != 0) return -1;
-  host = h;
-  return 0;
-}
 
 static int bw_create(const strata_config_node_t *cfg, const struct strata_logits_model *m,
                      void **out, char *err, size_t errlen) {
@@ -241,7 +231,7 @@ static const struct strata_plugin_desc bw_desc = {
     .license = "MIT",
     .description = "bad_words: never generate the given words (vLLM semantics)",
     .params = bw_params,
-    .init = bw_init,
+    .init = lp_init,
     .fini = NULL,
     .vt.logits = &bw_vtable,
 };

@@ -16,8 +16,6 @@
 
 #include "../slots.h"
 
-static const struct strata_host_api *host;
-
 struct params {
   uint32_t n;
   int32_t *ids;
@@ -31,14 +29,6 @@ struct state {
   int64_t max_entries;
 };
 
-
-static int lb_init(const struct strata_host_api *h, const strata_config_node_t *cfg, char *err,
-                   size_t errlen) {
-  (void)cfg;
-  if (lp_host_ok(h, err, errlen) != 0) return -1;
-  host = h;
-  return 0;
-}
 
 static int lb_create(const strata_config_node_t *cfg, const struct strata_logits_model *m,
                      void **out, char *err, size_t errlen) {
@@ -172,7 +162,7 @@ static const struct strata_plugin_desc lb_desc = {
     .license = "MIT",
     .description = "logit_bias: add a bias in [-100, 100] to given token ids (OpenAI)",
     .params = lb_params,
-    .init = lb_init,
+    .init = lp_init,
     .fini = NULL,
     .vt.logits = &lb_vtable,
 };

@@ -16,8 +16,6 @@
 
 #include "../slots.h"
 
-static const struct strata_host_api *host;
-
 struct params {
   int32_t min_tokens;
   uint32_t n;
@@ -28,14 +26,6 @@ struct state {
   struct lp_slots slots; /* first: lp_entry_update */
   const struct strata_logits_model *m;
 };
-
-static int mt_init(const struct strata_host_api *h, const strata_config_node_t *cfg, char *err,
-                   size_t errlen) {
-  (void)cfg;
-  if (lp_host_ok(h, err, errlen) != 0) return -1;
-  host = h;
-  return 0;
-}
 
 static int mt_create(const strata_config_node_t *cfg, const struct strata_logits_model *m,
                      void **out, char *err, size_t errlen) {
@@ -123,7 +113,7 @@ static const struct strata_plugin_desc mt_desc = {
     .license = "MIT",
     .description = "min_tokens: hold back end and stop tokens until this many are generated",
     .params = NULL,
-    .init = mt_init,
+    .init = lp_init,
     .fini = NULL,
     .vt.logits = &mt_vtable,
 };

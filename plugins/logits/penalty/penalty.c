@@ -53,8 +53,6 @@
 #error "PENALTY must be 1, 2 or 3"
 #endif
 
-static const struct strata_host_api *host;
-
 struct params {
   float penalty;
 };
@@ -135,14 +133,6 @@ static int seq_add(void *entry, const struct strata_logits_seq *q, void *ud) {
 }
 
 static const struct lp_slot_ops ops = {.add = seq_add, .clear = seq_clear};
-
-static int pen_init(const struct strata_host_api *h, const strata_config_node_t *cfg, char *err,
-                    size_t errlen) {
-  (void)cfg;
-  if (lp_host_ok(h, err, errlen) != 0) return -1;
-  host = h;
-  return 0;
-}
 
 static int pen_create(const strata_config_node_t *cfg, const struct strata_logits_model *m,
                       void **out, char *err, size_t errlen) {
@@ -232,7 +222,7 @@ static const struct strata_plugin_desc pen_desc = {
     .license = "MIT",
     .description = PEN_DESC,
     .params = NULL,
-    .init = pen_init,
+    .init = lp_init,
     .fini = NULL,
     .vt.logits = &pen_vtable,
 };
