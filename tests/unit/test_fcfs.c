@@ -60,6 +60,8 @@ static void load(void) { load_with("fcfs", "fcfs", NULL); }
 static void unload(void) {
   vt->destroy(state);
   state = NULL;
+  free(plug.path); /* the handle stays open (DESIGN rule 10) */
+  plug.path = NULL;
   if (plug_cfg) strata_config_free(plug_cfg);
   plug_cfg = NULL;
 }
