@@ -45,19 +45,23 @@ has "unknown command" "$T/err" "unknown command 'frobnicate'"
 # ---- estimate --------------------------------------------------------------
 if [ -f "$SH/models/stories260K.gguf" ]; then
   M="$SH/models/stories260K.gguf"
-  run "estimate" 0 "$STRATA" estimate --model "$M"
+  # an explicit config: the embedded default names ../shared relative to the
+  # source tree, which a distcheck tree does not have beside it
+  printf 'engine: { model = "%s"; };\n' "$M" >"$T/est.conf"
+  E=("$STRATA" estimate --config "$T/est.conf")
+  run "estimate" 0 "${E[@]}" --model "$M"
   for part in weights "KV cache" workspace scratch process total available; do
     has "estimate prints $part" "$T/out" "^$part: +[0-9]+ bytes"
   done
   has "estimate full-length requests" "$T/out" "^full-length \(512-token\) requests the KV cache holds at once: [0-9]+"
-  run "estimate kv-tokens" 0 "$STRATA" estimate --model "$M" --kv-tokens 1024 --max-batch-tokens 64
+  run "estimate kv-tokens" 0 "${E[@]}" --kv-tokens 1024 --max-batch-tokens 64
   has "estimate kv-tokens sizes the cache" "$T/out" "^KV cache: +1310720 bytes .*\(64 blocks x 16 tokens, 1280 bytes/token\)"
   has "estimate two full requests" "$T/out" "holds at once: 2$"
-  run "estimate too small" 1 "$STRATA" estimate --model "$M" --memory-limit 1MiB
+  run "estimate too small" 1 "${E[@]}" --memory-limit 1MiB
   has "estimate too small says so" "$T/err" "does not fit in memory.*Not even the weights"
-  run "estimate kv too big" 1 "$STRATA" estimate --model "$M" --kv-tokens 100000 --max-batch-tokens 64 --memory-limit 40MiB
+  run "estimate kv too big" 1 "${E[@]}" --kv-tokens 100000 --max-batch-tokens 64 --memory-limit 40MiB
   has "estimate names the KV setting" "$T/err" "lower engine.kv_cache.memory"
-  run "estimate bad size" 2 "$STRATA" estimate --model "$M" --memory-limit lots
+  run "estimate bad size" 2 "${E[@]}" --memory-limit lots
   has "estimate bad size message" "$T/err" "--memory-limit: 'lots' is not a size"
 fi
 
