@@ -237,6 +237,7 @@ struct strata_engine_req {
   /* this step */
   int decided, scheduled;
   int32_t view_cached;
+  int32_t view_idle; /* of the cached prefix blocks, those only the cache holds */
 };
 
 struct strata_engine {
@@ -1008,14 +1009,17 @@ static void req_view(strata_engine_t *e, struct strata_engine_req *r,
     any_unstarted |= !c->seq.started;
   }
   r->view_cached = 0;
+  r->view_idle = 0;
   if (any_unstarted && shortest) {
     /* the prompt's chain is hashed once; only a preempted request that
-     * holds generated tokens too is hashed again */
+     * holds generated tokens too is hashed again (its idle blocks are then
+     * not counted: a slight undercharge the core's allocation catches) */
+    int32_t cap = (shortest->n_known - 1) / e->bs * e->bs;
     int32_t cached = shortest->n_known == r->n_prompt && prompt_hashes(e, r) == 0
-                         ? strata_kv_cached_blocks(e->kv, r->ph, r->n_ph) * e->bs
+                         ? strata_kv_cached_prefix(e->kv, r->ph, r->n_ph, cap / e->bs,
+                                                   &r->view_idle) * e->bs
                          : strata_kv_cached_tokens(e->kv, shortest->toks, shortest->n_known,
                                                    r->salt);
-    int32_t cap = (shortest->n_known - 1) / e->bs * e->bs;
     r->view_cached = cached < cap ? cached : cap;
   }
   *v = (struct strata_sched_req){
@@ -1040,6 +1044,7 @@ static int32_t view_blocks_for(const struct strata_sched_view *v, uint32_t i,
   if (i >= v->n_running + v->n_waiting) return INT32_MAX;
   const struct strata_engine_req *r = e->vmap[i];
   int64_t need = 0;
+  int any_unstarted = 0;
   for (int32_t j = 0; j < r->n; j++) {
     const struct choice *c = &r->ch[j];
     if (c->state != CH_ACTIVE) continue;
@@ -1047,7 +1052,11 @@ static int32_t view_blocks_for(const struct strata_sched_view *v, uint32_t i,
     int32_t want = strata_kv_blocks_for_tokens(target, e->bs);
     int32_t have = c->seq.started ? c->seq.n_blocks : r->view_cached / e->bs;
     if (want > have) need += want - have;
+    any_unstarted |= !c->seq.started;
   }
+  /* cached blocks only the cache holds are part of free_blocks: attaching
+   * them uses them up (blocks other requests hold are free to share) */
+  if (any_unstarted) need += r->view_idle;
   if (!r->forked && r->n > 1 && n_total >= r->ch[0].n_known &&
       r->n_prompt % e->bs)
     need += r->n - 1;

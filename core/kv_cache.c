@@ -669,13 +669,21 @@ int32_t strata_kv_cached_tokens(strata_kv_t *kv, const int32_t *tokens,
   return hits * kv->bs;
 }
 
-int32_t strata_kv_cached_blocks(strata_kv_t *kv, const struct strata_kv_hash *hashes, int32_t n) {
+int32_t strata_kv_cached_prefix(strata_kv_t *kv, const struct strata_kv_hash *hashes, int32_t n,
+                                int32_t max_idle, int32_t *n_idle) {
+  if (n_idle) *n_idle = 0;
   if (!kv || !hashes || n <= 0 || !kv->caching) return 0;
   pthread_mutex_lock(&kv->mu);
-  int32_t i = 0;
-  while (i < n && ht_find(kv, hashes[i]) >= 0) i++;
+  int32_t i = 0, idle = 0;
+  for (int32_t b; i < n && (b = ht_find(kv, hashes[i])) >= 0; i++)
+    if (i < max_idle && kv->b[b].ref == 0) idle++;
   pthread_mutex_unlock(&kv->mu);
+  if (n_idle) *n_idle = idle;
   return i;
+}
+
+int32_t strata_kv_cached_blocks(strata_kv_t *kv, const struct strata_kv_hash *hashes, int32_t n) {
+  return strata_kv_cached_prefix(kv, hashes, n, 0, NULL);
 }
 
 int strata_kv_contains(strata_kv_t *kv, struct strata_kv_hash hash) {

@@ -235,6 +235,11 @@ int32_t strata_kv_cached_tokens(strata_kv_t *kv, const int32_t *tokens,
 /* How many of hashes[0, n) (a chain, from block 0) are cached, counting
  * from the first: the cached prefix in blocks, without rehashing. Pure. */
 int32_t strata_kv_cached_blocks(strata_kv_t *kv, const struct strata_kv_hash *hashes, int32_t n);
+/* The same, and *n_idle: how many of the first max_idle cached ones no
+ * sequence holds (evictable: attaching them takes them from the pool a
+ * scheduler counts as free). Pure. */
+int32_t strata_kv_cached_prefix(strata_kv_t *kv, const struct strata_kv_hash *hashes, int32_t n,
+                                int32_t max_idle, int32_t *n_idle);
 /* Whether a block with this hash is cached. Pure. */
 int strata_kv_contains(strata_kv_t *kv, struct strata_kv_hash hash);
 void strata_kv_get_stats(strata_kv_t *kv, struct strata_kv_stats *out);

@@ -350,6 +350,37 @@ START_TEST(pure_lookup_changes_nothing) {
 }
 END_TEST
 
+/* The cached prefix from precomputed hashes, and how much of it only the
+ * cache holds (what a waiting request would take out of the free pool). */
+START_TEST(cached_prefix_counts_idle_blocks) {
+  strata_kv_t *kv = mk(8, 2, 1); /* 8 blocks of 2 tokens */
+  int32_t t[12];
+  ramp(t, 12, 50);
+  struct strata_kv_hash h[6];
+  ck_assert_int_eq(strata_kv_hash_chain(t, 12, 2, NULL, h), 6);
+  int32_t idle = -1;
+  ck_assert_int_eq(strata_kv_cached_prefix(kv, h, 6, 6, &idle), 0);
+  ck_assert_int_eq(idle, 0);
+  struct strata_kv_seq a;
+  run_prompt(kv, &a, t, 8, NULL); /* blocks 0..3 cached and held */
+  ck_assert_int_eq(strata_kv_cached_prefix(kv, h, 6, 6, &idle), 4);
+  ck_assert_int_eq(idle, 0);
+  ck_assert_int_eq(strata_kv_cached_blocks(kv, h, 6), 4);
+  strata_kv_free_seq(kv, &a); /* now only the cache holds them */
+  ck_assert_int_eq(strata_kv_cached_prefix(kv, h, 6, 6, &idle), 4);
+  ck_assert_int_eq(idle, 4);
+  ck_assert_int_eq(strata_kv_cached_prefix(kv, h, 6, 3, &idle), 4);
+  ck_assert_int_eq(idle, 3); /* counted within max_idle only */
+  struct strata_kv_seq b;
+  run_prompt(kv, &b, t, 5, NULL); /* attaches cached blocks 0 and 1 again */
+  ck_assert_int_eq(strata_kv_cached_prefix(kv, h, 6, 6, &idle), 4);
+  ck_assert_int_eq(idle, 2);
+  strata_kv_free_seq(kv, &b);
+  check(kv);
+  strata_kv_destroy(kv);
+}
+END_TEST
+
 /* ---- failure is atomic -------------------------------------------------- */
 
 static void assert_same_stats(struct strata_kv_stats a,
@@ -1143,6 +1174,7 @@ int main(void) {
   tcase_add_test(tc, lru_evicts_oldest_and_tail_first);
   tcase_add_test(tc, reuse_refreshes_lru);
   tcase_add_test(tc, pure_lookup_changes_nothing);
+  tcase_add_test(tc, cached_prefix_counts_idle_blocks);
   tcase_add_test(tc, out_of_blocks_changes_nothing);
   tcase_add_test(tc, fork_shares_full_blocks_copies_partial);
   tcase_add_test(tc, counters_exact);

@@ -109,9 +109,12 @@ struct strata_sched_view {
   uint32_t n_running, n_waiting;
   /* KV blocks request i needs so that each of its sequences holds n_total
    * tokens (n_computed + n_tokens, or n_cached + n_tokens when waiting),
-   * beyond what it holds now; cached prefix blocks count as free to attach,
-   * and the prompt's fork into n choices is included. A pure function of
-   * the core's state (an estimate: the core's allocation decides). */
+   * beyond what it holds now, counted against free_blocks: cached prefix
+   * blocks that running requests hold are free to attach, cached blocks
+   * that only the cache holds count (attaching them takes them out of the
+   * evictable pool that free_blocks includes), and the prompt's fork into n
+   * choices is included. A pure function of the core's state (an estimate:
+   * the core's allocation decides). */
   int32_t (*blocks_for)(const struct strata_sched_view *v, uint32_t i, int32_t n_total);
   void *host_ud; /* for blocks_for */
   /* ---- appended: check size before use ---- */

@@ -27,9 +27,10 @@
  * blocks are being computed right now by a running request, or by one
  * started earlier in this step, waits for them instead of computing them a
  * second time (it does not hold back the requests behind it). Admission
- * charges only uncached blocks and tokens in both builds (blocks_for counts
- * cached prefix blocks as free to attach, and a waiting request's RUN tokens
- * are the ones beyond its cached prefix).
+ * charges only uncached blocks and tokens in every build (blocks_for counts
+ * cached prefix blocks other requests hold as free to attach, only the ones
+ * it takes out of the evictable pool as used, and a waiting request's RUN
+ * tokens are the ones beyond its cached prefix).
  *
  * Built a third time with SCHED_AFFINITY as `affinity-group`: requests carry
  * a group key (the request's group_id). Within a priority, waiting requests
