@@ -99,16 +99,8 @@ static int run_policy(const struct strata_registry *reg, struct strata_config *c
     for (; next < tr->n && tr->reqs[next].t <= now; next++) {
       const struct strata_sim_req *q = &tr->reqs[next];
       cbs[next] = (struct sim_cb){.ctx = &ctx, .i = next};
-      struct strata_request_params p = {.prompt = q->prompt,
-                                        .n_prompt = q->n_prompt,
-                                        .max_tokens = q->output,
-                                        .n = 1,
-                                        .sampling = STRATA_SAMPLING_DEFAULTS,
-                                        .has_seed = 1,
-                                        .ignore_eos = 1,
-                                        .priority = q->priority,
-                                        .group = q->group};
-      p.sampling.temperature = 0;
+      struct strata_request_params p;
+      strata_sim_request(q, &p);
       if (strata_engine_submit(ctx.e, &p, sim_event, &cbs[next], &hs[next], err, sizeof err) !=
           0) {
         ctx.rec[next].rejected = 1;

@@ -12,9 +12,23 @@
 
 #include <xxhash.h>
 
+#include "engine.h"
 #include "util.h"
 
 #define MAX_LINES 1000000
+
+void strata_sim_request(const struct strata_sim_req *q, struct strata_request_params *out) {
+  *out = (struct strata_request_params){.prompt = q->prompt,
+                                        .n_prompt = q->n_prompt,
+                                        .max_tokens = q->output,
+                                        .n = 1,
+                                        .sampling = STRATA_SAMPLING_DEFAULTS,
+                                        .has_seed = 1,
+                                        .ignore_eos = 1,
+                                        .priority = q->priority,
+                                        .group = q->group};
+  out->sampling.temperature = 0;
+}
 
 void strata_sim_trace_free(struct strata_sim_trace *t) {
   for (size_t i = 0; t->reqs && i < t->n; i++) {

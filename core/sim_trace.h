@@ -44,4 +44,10 @@ int strata_sim_trace_parse(const char *text, size_t len, const char *name, int32
                            size_t errlen);
 void strata_sim_trace_free(struct strata_sim_trace *t);
 
+/* How a trace request is submitted, by strata sim and by the test that
+ * compares it with the real engine: greedy, ignore_eos (the trace says how
+ * many tokens), its priority and group. Points into q. */
+struct strata_request_params;
+void strata_sim_request(const struct strata_sim_req *q, struct strata_request_params *out);
+
 #endif

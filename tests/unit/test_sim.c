@@ -132,25 +132,13 @@ static void rec_event(void *ud, const struct strata_engine_event *ev) {
   pthread_mutex_unlock(&r->mu);
 }
 
-static struct strata_request_params req_params(const struct strata_sim_req *q) {
-  struct strata_request_params p = {.prompt = q->prompt,
-                                    .n_prompt = q->n_prompt,
-                                    .max_tokens = q->output,
-                                    .n = 1,
-                                    .sampling = STRATA_SAMPLING_DEFAULTS,
-                                    .has_seed = 1,
-                                    .ignore_eos = 1,
-                                    .group = q->group};
-  p.sampling.temperature = 0;
-  return p;
-}
-
 /* Requests one after the other on the real engine: each one's e2e. */
 static void run_real(const struct strata_sim_trace *tr, struct rec *out) {
   char err[256];
   for (size_t i = 0; i < tr->n; i++) {
     pthread_mutex_init(&out[i].mu, NULL);
-    struct strata_request_params p = req_params(&tr->reqs[i]);
+    struct strata_request_params p;
+    strata_sim_request(&tr->reqs[i], &p);
     strata_engine_req_t *h;
     double t0 = strata_now();
     ck_assert_msg(strata_engine_submit(eng, &p, rec_event, &out[i], &h, err, sizeof err) == 0, "%s",
@@ -178,7 +166,8 @@ static void run_sim(const struct strata_sim_trace *tr, const struct strata_engin
                 "%s", err);
   for (size_t i = 0; i < tr->n; i++) {
     pthread_mutex_init(&out[i].mu, NULL);
-    struct strata_request_params p = req_params(&tr->reqs[i]);
+    struct strata_request_params p;
+    strata_sim_request(&tr->reqs[i], &p);
     strata_engine_req_t *h;
     double t0 = strata_engine_sim_time(sim_eng);
     ck_assert_int_eq(strata_engine_submit(sim_eng, &p, rec_event, &out[i], &h, err, sizeof err), 0);
