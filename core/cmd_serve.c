@@ -126,6 +126,7 @@ int strata_cmd_serve(int argc, char **argv) {
           (size_t)strata_config_int(srvn, "max_metadata_bytes"),
       .chat_template = tmpl,
       .request_log = strata_config_bool(srvn, "request_log"),
+      .idle_timeout = (int)strata_config_int(srvn, "idle_timeout"),
   };
   if (!so.host) so.host = "127.0.0.1";
   strata_engine_t *eng = NULL;

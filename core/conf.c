@@ -104,6 +104,9 @@ static const struct strata_param server_params[] = {
      "zephyr, gemma, plain) or a template file"},
     {"request_log", STRATA_PARAM_BOOL, 0, "true", NO_RANGE,
      "log one line per finished request (with its metadata) to stderr"},
+    {"idle_timeout", STRATA_PARAM_INT, 0, "60", 1, 86400,
+     "seconds a connection may stay silent while its request is read or while it idles "
+     "between requests (a request the engine holds is exempt: up to an hour)"},
     {NULL, STRATA_PARAM_END, 0, NULL, 0, 0, NULL},
 };
 

@@ -76,10 +76,16 @@ struct sreq {
   size_t echo_len;
 };
 
+/* Seconds a connection may sit without reading or writing while the engine
+ * holds its request (queued, or between tokens); otherwise (a request being
+ * read, a kept-alive connection between requests) server.idle_timeout. */
+#define HTTP_BUSY_TIMEOUT 3600
+
 struct server {
   struct strata_runtime *rt;
   strata_engine_t *eng;
   const struct strata_server_opts *o;
+  int idle_timeout; /* o->idle_timeout, 60 when unset */
   struct event_base *base;
   struct evhttp *http;
   struct evhttp_bound_socket *bound;
@@ -353,8 +359,12 @@ static void request_log(struct sreq *s, int status) {
 static void finish_request(struct sreq *s) {
   struct server *srv = s->srv;
   int status = 200;
-  /* The answer is complete: a close from now on is the client's business. */
-  if (s->evcon) evhttp_connection_set_closecb(s->evcon, NULL, NULL);
+  /* The answer is complete: a close from now on is the client's business,
+   * and a kept-alive connection idles under the usual timeout again. */
+  if (s->evcon) {
+    evhttp_connection_set_closecb(s->evcon, NULL, NULL);
+    evhttp_connection_set_timeout(s->evcon, srv->idle_timeout);
+  }
   s->evcon = NULL;
   if (s->http && s->req.stream) {
     if (s->lost) {
@@ -677,7 +687,14 @@ static void handle_generate(struct server *srv, struct evhttp_request *http,
   srv->stats.open_requests++;
   s->http = http;
   s->evcon = evhttp_request_get_connection(http);
-  if (s->evcon) evhttp_connection_set_closecb(s->evcon, on_conn_close, s);
+  if (s->evcon) {
+    evhttp_connection_set_closecb(s->evcon, on_conn_close, s);
+    /* libevent would close a connection whose answer has not moved for
+     * server.idle_timeout, cutting a request that waits in a long queue;
+     * while the engine has it, only a client that stops reading for an
+     * hour is dropped (a closed client is noticed at once: on_peek). */
+    evhttp_connection_set_timeout(s->evcon, HTTP_BUSY_TIMEOUT);
+  }
   if (r->stream) {
     struct evkeyvalq *h = evhttp_request_get_output_headers(http);
     evhttp_add_header(h, "Content-Type", "text/event-stream");
@@ -1159,7 +1176,8 @@ int strata_server_run(struct strata_runtime *rt, strata_engine_t *eng,
   }
   evhttp_set_max_body_size(srv.http, (ev_ssize_t)o->max_body_bytes);
   evhttp_set_max_headers_size(srv.http, 64 * 1024);
-  evhttp_set_timeout(srv.http, 60);
+  srv.idle_timeout = o->idle_timeout > 0 ? o->idle_timeout : 60;
+  evhttp_set_timeout(srv.http, srv.idle_timeout);
   evhttp_set_allowed_methods(
       srv.http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD |
                     EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE | EVHTTP_REQ_OPTIONS |

@@ -29,6 +29,7 @@ struct strata_server_opts {
   const char
       *chat_template; /* server.chat_template override; NULL: the model's */
   int request_log;    /* one stderr line per finished request */
+  int idle_timeout;   /* seconds; 0: 60 */
 };
 
 /* Serves until SIGINT or SIGTERM: prints "listening on http://HOST:PORT" to

@@ -480,6 +480,40 @@ if [ -n "$f" ]; then
   check "429 body" jqe '.error.type' "${f%.h}"
 fi
 
+# ---- a long queue outlasts server.idle_timeout ---------------------------------------------------
+# 12 requests of 0.2 s each, one at a time: the last ones wait about 2 s for
+# their first token, past the 1 s idle timeout, and must still be answered
+# (streamed and not); libevent's timeout used to cut them.
+cat >"$T/queue.conf" <<EOF
+engine: { model = "$MODEL"; max_running = 1; };
+server: { idle_timeout = 1; request_log = false; };
+EOF
+start_server queue "$T/queue.conf"
+for i in $(seq 1 12); do
+  st=$([ $((i % 2)) -eq 0 ] && echo true || echo false)
+  curl -s -o "$T/w$i" -w '%{http_code}' -H 'Content-Type: application/json' \
+    -d "{\"prompt\":\"Once\",\"max_tokens\":500,\"ignore_eos\":true,\"stream\":$st}" \
+    "$URL_queue/v1/completions" >"$T/w$i.code" &
+done
+wait_jobs
+nok=0
+for i in $(seq 1 12); do
+  if [ $((i % 2)) -eq 0 ]; then
+    [ "$(cat "$T/w$i.code")" = 200 ] && grep -q '^data: \[DONE\]' "$T/w$i" && nok=$((nok + 1))
+  else
+    [ "$(cat "$T/w$i.code")" = 200 ] && jqe '.usage.completion_tokens == 500' "$T/w$i" && nok=$((nok + 1))
+  fi
+done
+check "12 queued requests all answered past idle_timeout ($nok)" test "$nok" -eq 12
+# an idle connection is still closed after idle_timeout: a raw connection
+# that sends nothing is closed by the server within about a second
+start=$(date +%s%N)
+timeout 10 bash -c "exec 3<>/dev/tcp/127.0.0.1/${URL_queue##*:}; cat <&3 >/dev/null"
+took=$((($(date +%s%N) - start) / 1000000))
+check "a silent connection is closed after idle_timeout (${took} ms)" test "$took" -lt 5000
+kill -TERM "$PID_queue"
+wait "$PID_queue"
+
 # ---- graceful stop -------------------------------------------------------------------------------
 kill -TERM "$PID_limited"
 rc=0
