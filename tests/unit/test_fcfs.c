@@ -237,6 +237,36 @@ START_TEST(preempts_latest_started) {
 }
 END_TEST
 
+START_TEST(no_start_in_a_step_that_preempts) {
+  /* the last started request holds 4 blocks; preempting it for the first
+   * one's new block leaves 2 free after both decodes, enough for the
+   * waiting request's 1 block, but a step that had to preempt starts no
+   * one (vLLM V1's rule: it would only preempt again next step) */
+  static const char *so[] = {"fcfs", "prefix_aware", "affinity_group"};
+  static const char *name[] = {"fcfs", "prefix-aware", "affinity-group"};
+  for (int k = 0; k < 3; k++) {
+    load_with(so[k], name[k], NULL);
+    struct strata_sched_req r[4] = {
+        running_req(1, 33, 32, 2),
+        running_req(2, 33, 32, 2),
+        running_req(3, 60, 59, 4),
+        waiting_req(4, 0, 5, 0),
+    };
+    struct strata_sched_decision d[4];
+    int n = run(r, 3, 1, 1000, 64, 0, d);
+    ck_assert_int_eq(n, 3);
+    CK_DEC(d[0], 2, STRATA_SCHED_PREEMPT, 0);
+    CK_DEC(d[1], 0, STRATA_SCHED_RUN, 1);
+    CK_DEC(d[2], 1, STRATA_SCHED_RUN, 1);
+    /* with one block free from the start nobody is preempted, so it starts */
+    n = run(r, 3, 1, 1000, 64, 3, d);
+    ck_assert_int_eq(n, 4);
+    CK_DEC(d[3], 3, STRATA_SCHED_RUN, 5);
+    unload();
+  }
+}
+END_TEST
+
 START_TEST(n_choices_cost_budget) {
   load();
   struct strata_sched_req r[2] = {running_req(1, 20, 19, 6),
@@ -415,6 +445,7 @@ int main(void) {
   tcase_add_test(tc, budget_chunks_prompts);
   tcase_add_test(tc, max_running_and_blocks_limit_starts);
   tcase_add_test(tc, preempts_latest_started);
+  tcase_add_test(tc, no_start_in_a_step_that_preempts);
   tcase_add_test(tc, n_choices_cost_budget);
   tcase_add_test(tc, prefix_aware_longest_cached_first);
   tcase_add_test(tc, prefix_aware_no_starvation);
