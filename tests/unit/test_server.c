@@ -627,6 +627,105 @@ START_TEST(cache_stats_bodies) {
 }
 END_TEST
 
+/* The cache stats parser reads token-id prompts itself: on valid, hostile
+ * and randomly mutated bodies it must give exactly what jansson's tree
+ * gives (the ids, model and salt, or the same status, param and message). */
+static void same_as_tree(const char *b, size_t len, int *fast_ok) {
+  struct strata_api_tokenize t1, t2;
+  struct strata_api_error e1, e2;
+  memset(&e1, 0, sizeof e1);
+  memset(&e2, 0, sizeof e2);
+  int r1 = strata_api_parse_cache_stats(b, len, 512, &t1, &e1);
+  int r2 = strata_api_parse_cache_stats_tree(b, len, 512, &t2, &e2);
+  ck_assert_msg(r1 == r2, "%.*s: %d vs %d", (int)len, b, r1, r2);
+  if (r1 == 0) {
+    ck_assert_uint_eq(t1.n_prompt_ids, t2.n_prompt_ids);
+    if (t1.n_prompt_ids)
+      ck_assert(memcmp(t1.prompt_ids, t2.prompt_ids, t1.n_prompt_ids * sizeof(int32_t)) == 0);
+    ck_assert((t1.model == NULL) == (t2.model == NULL));
+    if (t1.model) ck_assert_str_eq(t1.model, t2.model);
+    ck_assert((t1.cache_salt == NULL) == (t2.cache_salt == NULL));
+    if (t1.cache_salt) ck_assert_str_eq(t1.cache_salt, t2.cache_salt);
+    ck_assert((t1.prompt == NULL) == (t2.prompt == NULL));
+    *fast_ok += t1.n_prompt_ids > 0;
+    strata_api_tokenize_free(&t1);
+    strata_api_tokenize_free(&t2);
+  } else {
+    ck_assert_int_eq(e1.status, e2.status);
+    ck_assert_str_eq(e1.param, e2.param);
+    ck_assert_msg(strcmp(e1.message, e2.message) == 0, "%.*s: '%s' vs '%s'", (int)len, b,
+                  e1.message, e2.message);
+  }
+}
+
+START_TEST(cache_stats_fast_ids) {
+  static const char *const bodies[] = {
+      "{\"prompt\":[1,2,511]}",
+      " {\r\n\"model\" : \"m\\\"x\" , \"prompt\" :\t[ 0 , -0,7 ] ,\"cache_salt\":\"s\"} \n",
+      "{\"x\":{\"prompt\":[1]},\"prompt\":[3,4],\"y\":[[\"]\"],{}],\"z\":null}",
+      "{\"prompt\":[1,2],\"prompt\":[3]}",
+      "{\"pro\\u006dpt\":[1,2]}",
+      "{\"prompt\":[01]}",
+      "{\"prompt\":[1e2]}",
+      "{\"prompt\":[1.0]}",
+      "{\"prompt\":[512]}",
+      "{\"prompt\":[-1]}",
+      "{\"prompt\":[99999999999999999999999]}",
+      "{\"prompt\":[123456789012345678]}",
+      "{\"prompt\":[1,,2]}",
+      "{\"prompt\":[1,2,]}",
+      "{\"prompt\":[1 2]}",
+      "{\"prompt\":[]}",
+      "{\"prompt\":[1],\"x\":[1,,2]}",
+      "{\"prompt\":[1],\"x\":\"\xff\"}",
+      "{\"prompt\":[1]}garbage",
+      "{\"prompt\":[1],}",
+      "{\"prompt\":[1],\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}",
+      "{\"prompt\":[1],\"cache_salt\":\"\"}",
+      "{\"prompt\":[1],\"model\":7}",
+      "[1,2]",
+      "{\"prompt\":[1]",
+      "{\"prompt\":[1],\"x\":\"unterminated}",
+  };
+  int fast_ok = 0;
+  for (size_t i = 0; i < sizeof bodies / sizeof *bodies; i++)
+    same_as_tree(bodies[i], strlen(bodies[i]), &fast_ok);
+  ck_assert_int_ge(fast_ok, 3);
+  /* random mutations of a body with a long id array and other members */
+  char seed[4096];
+  int n = snprintf(seed, sizeof seed, "{\"model\":\"m\",\"x\":[{\"a\":\"]\\\"\"},2],\"prompt\":[");
+  for (int i = 0; i < 300; i++) n += snprintf(seed + n, sizeof seed - (size_t)n, "%s%d", i ? "," : "", (i * 37) % 500);
+  n += snprintf(seed + n, sizeof seed - (size_t)n, "],\"cache_salt\":\"salt\"}");
+  static const char alphabet[] = "{}[]\":,0123456789.-eE\\ \t\nabc\xff";
+  uint64_t rng = 0x2545f4914f6cdd1dull;
+  char buf[4200];
+  for (int iter = 0; iter < 5000; iter++) {
+    size_t len = (size_t)n;
+    memcpy(buf, seed, len);
+    for (int k = 0; k < 1 + iter % 3; k++) {
+      rng ^= rng << 13;
+      rng ^= rng >> 7;
+      rng ^= rng << 17;
+      size_t pos = rng % len;
+      char ch = alphabet[(rng >> 32) % (sizeof alphabet - 1)];
+      int op = (int)((rng >> 24) % 3);
+      if (op == 0) {
+        buf[pos] = ch;
+      } else if (op == 1 && len + 1 < sizeof buf) {
+        memmove(buf + pos + 1, buf + pos, len - pos);
+        buf[pos] = ch;
+        len++;
+      } else if (len > 1) {
+        memmove(buf + pos, buf + pos + 1, len - pos - 1);
+        len--;
+      }
+    }
+    same_as_tree(buf, len, &fast_ok);
+  }
+  ck_assert_int_gt(fast_ok, 100);
+}
+END_TEST
+
 /* Random byte mutations of valid bodies: every result is accepted or a 4xx,
  * never a crash or a leak (run under ASan in CI). */
 START_TEST(mutation_fuzz) {
@@ -693,6 +792,7 @@ int main(void) {
   tcase_add_test(tc, metrics_text);
   tcase_add_test(tc, tokenize_bodies);
   tcase_add_test(tc, cache_stats_bodies);
+  tcase_add_test(tc, cache_stats_fast_ids);
   tcase_add_test(tc, mutation_fuzz);
   suite_add_tcase(s, tc);
   return test_run_suite(s);
