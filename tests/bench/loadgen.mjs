@@ -13,14 +13,15 @@
 //   node tests/bench/loadgen.mjs --url ... --prefix-test [--prefix-tokens 1024]
 //   node tests/bench/loadgen.mjs --url ... --clients 8 --cache-stats-probe 4096
 //
-//   node tests/bench/loadgen.mjs --url ... --trace FILE
+//   node tests/bench/loadgen.mjs --url ... --trace FILE [--time-scale X]
 //
 // --trace FILE: replays a trace of token-id prompts (`strata sim --expand`)
 // in real time, each request at its arrival time, with its group_id and
 // priority, and prints TTFT / end-to-end percentiles and the prefix-cache
 // hit rate of the replay (cached prompt tokens from the usage / prompt
 // tokens), overall and for requests with a group_id: the real-engine side
-// of a `strata sim` comparison.
+// of a `strata sim` comparison. --time-scale X multiplies the arrival times
+// (2: half the request rate).
 //
 // --cache-stats-probe N: while the load runs, asks POST /v1/cache/stats
 // about an N-token prompt (token ids) over and over, one at a time, and
@@ -34,7 +35,7 @@
 
 const args = { url: 'http://127.0.0.1:8000', clients: 1, requests: 0, promptTokens: 64,
                maxTokens: 64, model: '', prefixTest: false, prefixTokens: 1024, seed: 1,
-               cacheStatsProbe: 0, trace: '' };
+               cacheStatsProbe: 0, trace: '', timeScale: 1 };
 for (let i = 2; i < process.argv.length; i++) {
   const a = process.argv[i], v = process.argv[i + 1];
   const num = () => { i++; const n = Number(v); if (!Number.isFinite(n) || n < 0) die(`${a}: not a number: ${v}`); return n; };
@@ -50,6 +51,7 @@ for (let i = 2; i < process.argv.length; i++) {
     case '--seed': args.seed = num(); break;
     case '--cache-stats-probe': args.cacheStatsProbe = num(); break;
     case '--trace': args.trace = v; i++; break;
+    case '--time-scale': args.timeScale = num(); if (!args.timeScale) die('--time-scale: must be > 0'); break;
     default: die(`unknown option ${a}`);
   }
 }
@@ -89,16 +91,38 @@ async function textOfTokens(n) {
   return text;
 }
 
+// A streamed POST over node:http, which (unlike fetch) has no header or
+// body timeout: a request may wait in the engine's queue for minutes on a
+// small machine. Resolves to the response stream once the status is 200.
+const http = await import('node:http');
+const agent = new http.Agent({ keepAlive: true, maxSockets: Infinity });
+function streamPost(path, body) {
+  const data = JSON.stringify(body);
+  return new Promise((resolve, reject) => {
+    const req = http.request(args.url + path, {
+      method: 'POST', agent,
+      headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(data) } },
+    (res) => {
+      if (res.statusCode === 200) return resolve(res);
+      let t = '';
+      res.on('data', (c) => { t += c; });
+      res.on('end', () => reject(new Error(`${path}: HTTP ${res.statusCode}: ${t}`)));
+    });
+    req.on('error', reject);
+    req.end(data);
+  });
+}
+
 // One streamed completion: returns { ttft, itls[], e2e, outTokens, cached }.
 async function streamOne(prompt, extra = {}) {
   const t0 = performance.now();
-  const r = await post('/v1/completions', {
+  const body = await streamPost('/v1/completions', {
     model: args.model || undefined, prompt, max_tokens: args.maxTokens, temperature: 0,
     ignore_eos: true, stream: true, stream_options: { include_usage: true }, ...extra });
   const dec = new TextDecoder();
   let buf = '', ttft = -1, last = 0, outTokens = 0, cached = 0;
   const itls = [];
-  for await (const chunk of r.body) {
+  for await (const chunk of body) {
     buf += dec.decode(chunk, { stream: true });
     let k;
     while ((k = buf.indexOf('\n\n')) >= 0) {
@@ -159,18 +183,42 @@ async function load() {
   }
   let loadDone = false;
   const probes = [];
+  // The probe: one kept-alive TCP connection, each request written at once
+  // and timed until its whole answer is in (Content-Length), so the figure
+  // is the server's latency, not the HTTP client library's.
   async function probe() {
+    const net = await import('node:net');
+    const u = new URL(args.url);
     const ids = Array.from({ length: args.cacheStatsProbe }, (_, i) => 3 + ((i * 7919) % 500));
-    const body = JSON.stringify({ model: args.model || undefined, prompt: ids });
+    const body = Buffer.from(JSON.stringify({ model: args.model || undefined, prompt: ids }));
+    const head = Buffer.from(`POST /v1/cache/stats HTTP/1.1\r\nHost: ${u.host}\r\n` +
+                             `Content-Type: application/json\r\nContent-Length: ${body.length}\r\n\r\n`);
+    const req = Buffer.concat([head, body]);
+    const sock = net.connect({ host: u.hostname, port: Number(u.port) || 80, noDelay: true });
+    await new Promise((res, rej) => { sock.once('connect', res); sock.once('error', rej); });
+    let buf = Buffer.alloc(0), want = null;
+    sock.on('data', (c) => {
+      buf = Buffer.concat([buf, c]);
+      const k = buf.indexOf('\r\n\r\n');
+      if (k < 0) return;
+      const h = buf.subarray(0, k).toString();
+      const m = /content-length:\s*(\d+)/i.exec(h);
+      if (!m || buf.length < k + 4 + Number(m[1])) return;
+      const status = Number(h.split(' ')[1]), text = buf.subarray(k + 4, k + 4 + Number(m[1])).toString();
+      buf = buf.subarray(k + 4 + Number(m[1]));
+      const w = want; want = null;
+      w({ status, text });
+    });
     while (!loadDone) {
       const t = performance.now();
-      const r = await fetch(args.url + '/v1/cache/stats', { method: 'POST', body,
-                                                            headers: { 'content-type': 'application/json' } });
-      if (!r.ok) throw new Error(`/v1/cache/stats: HTTP ${r.status}: ${await r.text()}`);
-      await r.json();
-      probes.push((performance.now() - t) / 1e3);
+      const r = await new Promise((res) => { want = res; sock.write(req); });
+      const dt = (performance.now() - t) / 1e3;
+      if (r.status !== 200) throw new Error(`/v1/cache/stats: HTTP ${r.status}: ${r.text}`);
+      JSON.parse(r.text);
+      probes.push(dt);
       await new Promise(res => setTimeout(res, 20)); // a probe every ~20 ms, not a flood
     }
+    sock.end();
   }
   const clients = Promise.all(Array.from({ length: args.clients }, client)).then(() => { loadDone = true; });
   await Promise.all(args.cacheStatsProbe ? [clients, probe()] : [clients]);
@@ -194,7 +242,7 @@ async function replay() {
     .map(l => JSON.parse(l)).sort((a, b) => a.t - b.t);
   const t0 = performance.now();
   const res = await Promise.all(reqs.map(async (q) => {
-    const wait = q.t * 1e3 - (performance.now() - t0);
+    const wait = q.t * args.timeScale * 1e3 - (performance.now() - t0);
     if (wait > 0) await new Promise(r => setTimeout(r, wait));
     const extra = { max_tokens: q.output, priority: q.priority ?? 0 };
     if (q.group_id) extra.group_id = q.group_id;
