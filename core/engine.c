@@ -245,6 +245,12 @@ struct strata_engine {
   /* simulation (strata sim): no model, no thread, a virtual clock */
   int simulated;
   struct strata_engine_sim sim;
+  /* STRATA_FAILPOINT=step:A[-B] (tests): model steps number A to B - 1
+   * (0-based; no B: all from A on) fail as a backend error would; A = -1:
+   * off */
+  int64_t failpoint_step, failpoint_end, n_forward;
+  int step_failed;
+  char step_err[256];
   double sim_now, sim_step;
   struct strata_model *m;
   const strata_tokenizer_t *tok;
@@ -1312,7 +1318,12 @@ static int32_t run_batch(strata_engine_t *e) {
     e->sim_step = e->sim.step_s + (double)P * e->sim.prefill_s_per_token +
                   (double)D * e->sim.decode_s_per_seq;
     e->sim_now += e->sim_step;
-  } else if (strata_model_forward(e->m, &b, e->logits, err, sizeof err) != 0) {
+  } else if (e->failpoint_step >= 0 && e->n_forward >= e->failpoint_step &&
+             (e->failpoint_end < 0 || e->n_forward < e->failpoint_end)) {
+    snprintf(err, sizeof err, "failpoint STRATA_FAILPOINT: model step %lld",
+             (long long)e->n_forward++);
+    goto fail;
+  } else if (e->n_forward++, strata_model_forward(e->m, &b, e->logits, err, sizeof err) != 0) {
     goto fail;
   }
 
@@ -1380,6 +1391,10 @@ oom:
   snprintf(err, sizeof err, "out of memory building the batch");
 fail:
   strata_log(STRATA_LOG_ERROR, "engine", "step failed: %s", err);
+  e->step_failed = 1;
+  size_t el = strlen(err) < sizeof e->step_err - 1 ? strlen(err) : sizeof e->step_err - 1;
+  memcpy(e->step_err, err, el);
+  e->step_err[el] = 0;
   for (size_t q = 0; q < e->n_sched; q++)
     end_request(e, e->sched[q], STRATA_FINISH_ERROR, err);
   return T;
@@ -1529,6 +1544,7 @@ static int engine_step(strata_engine_t *e) {
 
   /* the forward pass, sampling, events */
   double t_step = strata_now();
+  e->step_failed = 0;
   int32_t T = run_batch(e);
   t_step = e->simulated ? e->sim_step : strata_now() - t_step;
   progress |= T > 0;
@@ -1537,6 +1553,13 @@ static int engine_step(strata_engine_t *e) {
   pthread_mutex_lock(&e->mu);
   e->met.steps_total += T > 0;
   if (T > 0) e->met.step_seconds_total += t_step;
+  if (e->step_failed) {
+    e->met.failed_steps_total++;
+    e->met.failing_steps++;
+    memcpy(e->met.last_step_error, e->step_err, sizeof e->met.last_step_error);
+  } else if (T > 0) {
+    e->met.failing_steps = 0;
+  }
   e->met.scheduler_refusals_total += refusals;
   e->met.preemptions_total += preemptions;
   pthread_mutex_unlock(&e->mu);
@@ -1664,6 +1687,8 @@ static int engine_create(const struct strata_registry *reg, struct strata_config
   e->m = m;
   e->tok = tok;
   e->cfg = *c;
+  e->failpoint_step = -1;
+  e->failpoint_end = -1;
   e->ctx_len = ctx_len;
   e->n_vocab = n_vocab;
   e->bs = bs;
@@ -1746,6 +1771,24 @@ int strata_engine_start(struct strata_runtime *rt, const struct strata_engine_co
                     m->opts.block_size, strata_model_kv_blocks(m), &e, err, errlen) != 0)
     return -1;
   e->rt = rt;
+  const char *fp = getenv("STRATA_FAILPOINT");
+  if (fp && *fp) {
+    char *endp = NULL;
+    long long a = -1, b = -1;
+    if (strncmp(fp, "step:", 5) == 0) a = strtoll(fp + 5, &endp, 10);
+    if (endp && *endp == '-') b = strtoll(endp + 1, &endp, 10);
+    if (!endp || *endp || a < 0 || (b >= 0 && b <= a) || (b < 0 && strchr(fp, '-'))) {
+      engine_free(e);
+      return strata_errf(err, errlen, "STRATA_FAILPOINT='%s': expected step:A or step:A-B (0 <= A < B)",
+                         fp);
+    }
+    if (b < 0)
+      strata_log(STRATA_LOG_WARN, "engine", "failpoint: model steps from %lld on fail", a);
+    else
+      strata_log(STRATA_LOG_WARN, "engine", "failpoint: model steps %lld to %lld fail", a, b - 1);
+    e->failpoint_step = a;
+    e->failpoint_end = b;
+  }
   int rc = pthread_create(&e->th, NULL, engine_main, e);
   if (rc != 0) {
     engine_free(e);

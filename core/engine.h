@@ -247,6 +247,9 @@ struct strata_engine_metrics {
   struct strata_histogram queue;   /* vllm:request_queue_time_seconds */
   double step_seconds_total;   /* model steps: forward pass, logits processors, sampling */
   double logits_seconds_total; /* of which in logits processors (update + apply) */
+  uint64_t failed_steps_total; /* steps whose model pass failed (their requests got errors) */
+  uint32_t failing_steps;      /* failed steps in a row, 0 after a step that worked */
+  char last_step_error[256];   /* why the last failed step failed */
 };
 void strata_engine_get_metrics(strata_engine_t *e, struct strata_engine_metrics *out);
 

@@ -1060,6 +1060,8 @@ char *strata_api_metrics_text(const struct strata_engine_metrics *m,
             "Seconds in model steps (forward pass, logits processors, sampling).");
   counter_f(f, "strata:logits_processing_seconds_total", lbl, m->logits_seconds_total,
             "Seconds of those in logits processors.");
+  counter(f, "strata:engine_failed_steps_total", lbl, m->failed_steps_total,
+          "Engine steps whose model pass failed (their requests ended with an error).");
   if (s) {
     metric_head(f, "strata:http_requests_total", "counter",
                 "HTTP requests answered, by status class.");

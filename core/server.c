@@ -892,6 +892,16 @@ static void handle_health(struct server *srv, struct evhttp_request *http) {
     reply_errorf(srv, http, 503, NULL, NULL, "the server is stopping");
     return;
   }
+  /* unhealthy while model steps keep failing (a router or a load balancer
+   * takes the replica out); healthy again after a step that works */
+  struct strata_engine_metrics m;
+  strata_engine_get_metrics(srv->eng, &m);
+  if (m.failing_steps > 0) {
+    reply_errorf(srv, http, 503, "engine_failing", NULL,
+                 "the engine's last %u model step%s failed: %s", m.failing_steps,
+                 m.failing_steps == 1 ? "" : "s", m.last_step_error);
+    return;
+  }
   reply_body(srv, http, 200, "application/json", "{}", 2);
 }
 

@@ -480,6 +480,32 @@ if [ -n "$f" ]; then
   check "429 body" jqe '.error.type' "${f%.h}"
 fi
 
+# ---- failing model steps: /health says 503 until a step works again ------------------------------
+# STRATA_FAILPOINT=step:0-1 makes the first model step fail as a backend
+# error would: that request gets a 500, /health turns 503 and the failure is
+# counted; the next request's steps work and /health is 200 again.
+cat >"$T/fail.conf" <<EOF
+engine: { model = "$MODEL"; };
+server: { request_log = false; };
+EOF
+start_server fail "$T/fail.conf" STRATA_FAILPOINT=step:0-1
+F=$URL_fail
+check "failpoint: healthy before any step" test "$(curl -s -o /dev/null -w '%{http_code}' "$F/health")" = 200
+code=$(curl -s -o "$T/fbody" -w '%{http_code}' -d '{"prompt":"Once","max_tokens":4}' "$F/v1/completions")
+check "failpoint: the failed request gets 500 ($code)" test "$code" = 500
+check "failpoint: 500 body is an OpenAI error" jqe '.error.message | test("failpoint")' "$T/fbody"
+code=$(curl -s -o "$T/fhealth" -w '%{http_code}' "$F/health")
+check "failpoint: /health 503 after a failed step ($code)" test "$code" = 503
+check "failpoint: /health says why" jqe '.error.code == "engine_failing" and (.error.message | test("last 1 model step failed"))' "$T/fhealth"
+check "failpoint: counted" grep -q '^strata:engine_failed_steps_total{model_name="stories260K"} 1$' <(curl -s "$F/metrics")
+code=$(curl -s -o "$T/fbody" -w '%{http_code}' -d '{"prompt":"Once","max_tokens":4}' "$F/v1/completions")
+check "failpoint: the next request works ($code)" test "$code" = 200
+check "failpoint: healthy again" test "$(curl -s -o /dev/null -w '%{http_code}' "$F/health")" = 200
+kill -TERM "$PID_fail"
+wait "$PID_fail"
+STRATA_FAILPOINT=bogus "$STRATA" serve --config "$T/fail.conf" --port 0 >/dev/null 2>"$T/fp.err"
+check "a bad STRATA_FAILPOINT is refused" grep -q "STRATA_FAILPOINT='bogus': expected step:A" "$T/fp.err"
+
 # ---- a long queue outlasts server.idle_timeout ---------------------------------------------------
 # 12 requests of 0.2 s each, one at a time: the last ones wait about 2 s for
 # their first token, past the 1 s idle timeout, and must still be answered
