@@ -351,35 +351,56 @@ static int parse_group(json_t *o, struct strata_api_request *r, struct strata_ap
   return 0;
 }
 
+/* One prompt p (a string or token ids) into q; param names it. */
+static int parse_one_prompt(json_t *p, const char *param, const struct strata_api_limits *lim,
+                            struct strata_api_prompt *q, struct strata_api_error *e) {
+  if (json_is_string(p)) {
+    q->text = json_string_value(p);
+    q->len = json_string_length(p);
+    return 0;
+  }
+  if (!json_is_array(p))
+    return bad(e, "prompt", "'%s' must be a string or an array of token ids, got %s", param,
+               json_kind(p));
+  return get_ids(p, param, lim->n_vocab, (size_t)16 << 20, &q->ids, &q->n_ids, e);
+}
+
 static int parse_prompt(json_t *o, const struct strata_api_limits *lim,
                         struct strata_api_request *r,
                         struct strata_api_error *e) {
   json_t *p = json_object_get(o, "prompt");
   if (!p || json_is_null(p)) return bad(e, "prompt", "'prompt' is required");
-  if (json_is_array(p) && json_array_size(p) == 1) {
-    json_t *only = json_array_get(p, 0);
-    if (json_is_string(only) || json_is_array(only))
-      p = only; /* a batch of one */
-  }
-  if (json_is_string(p)) {
-    r->prompt = json_string_value(p);
-    r->prompt_len = json_string_length(p);
-    return 0;
-  }
-  if (!json_is_array(p))
-    return bad(e, "prompt",
-               "'prompt' must be a string or an array of token ids, got %s",
-               json_kind(p));
-  if (json_array_size(p) == 0)
+  if (json_is_array(p) && json_array_size(p) == 0)
     return bad(e, "prompt", "'prompt' must not be empty");
-  json_t *first = json_array_get(p, 0);
-  if (json_is_string(first) || json_is_array(first))
-    return strata_api_errorf(
-        e, 400, NULL, "unsupported_parameter", "prompt",
-        "'prompt' holds %zu prompts; this server takes one prompt per request",
-        json_array_size(p));
-  return get_ids(p, "prompt", lim->n_vocab, (size_t)16 << 20, &r->prompt_ids,
-                 &r->n_prompt_ids, e);
+  json_t *first = json_is_array(p) ? json_array_get(p, 0) : NULL;
+  /* a batch: an array of strings or of token-id arrays */
+  size_t n = first && (json_is_string(first) || json_is_array(first)) ? json_array_size(p) : 1;
+  if (n > STRATA_API_MAX_PROMPTS)
+    return bad(e, "prompt", "'prompt' holds %zu prompts, at most %d allowed", n,
+               STRATA_API_MAX_PROMPTS);
+  r->prompts = calloc(n, sizeof *r->prompts);
+  if (!r->prompts) return strata_api_errorf(e, 500, NULL, NULL, NULL, "out of memory");
+  r->n_prompts = n;
+  if (n == 1 && !(first && (json_is_string(first) || json_is_array(first)))) {
+    if (parse_one_prompt(p, "prompt", lim, &r->prompts[0], e)) return -1;
+  } else {
+    for (size_t i = 0; i < n; i++) {
+      char param[32];
+      snprintf(param, sizeof param, "prompt[%zu]", i);
+      json_t *pi = json_array_get(p, i);
+      if (!json_is_string(pi) && !json_is_array(pi))
+        return bad(e, "prompt", "'%s' must be a string or an array of token ids, got %s", param,
+                   json_kind(pi));
+      if (json_is_array(pi) && json_array_size(pi) == 0)
+        return bad(e, "prompt", "'%s' must not be empty", param);
+      if (parse_one_prompt(pi, param, lim, &r->prompts[i], e)) return -1;
+    }
+  }
+  r->prompt = r->prompts[0].text;
+  r->prompt_len = r->prompts[0].len;
+  r->prompt_ids = r->prompts[0].ids;
+  r->n_prompt_ids = r->prompts[0].n_ids;
+  return 0;
 }
 
 static int parse_stop(json_t *o, struct strata_api_request *r,
@@ -510,6 +531,11 @@ int strata_api_parse_request(enum strata_api_kind kind, const char *body,
   }
   if (get_int(o, "n", 1, STRATA_API_MAX_N, &i, &present, e)) goto fail;
   if (present) r->n = (int32_t)i;
+  if (r->n_prompts * (size_t)r->n > STRATA_API_MAX_CHOICES) {
+    bad(e, "n", "%zu prompts with n = %d make %zu choices, at most %d allowed", r->n_prompts,
+        r->n, r->n_prompts * (size_t)r->n, STRATA_API_MAX_CHOICES);
+    goto fail;
+  }
   if (get_num(o, "temperature", 0, 0, 2, &x, &present, e)) goto fail;
   if (present) r->sampling.temperature = (float)x;
   if (get_num(o, "top_p", 0, 1, 1, &x, &present, e)) goto fail;
@@ -565,7 +591,8 @@ fail:
 }
 
 void strata_api_request_free(struct strata_api_request *r) {
-  free(r->prompt_ids);
+  for (size_t i = 0; i < r->n_prompts; i++) free(r->prompts[i].ids);
+  free(r->prompts);
   free(r->stop);
   free(r->stop_token_ids);
   free(r->metadata_text);

@@ -55,14 +55,27 @@ struct strata_api_limits {
 
 /* A parsed and validated completion or chat request. Strings point into
  * root (alive until strata_api_request_free). */
+/* One prompt of a completions request: text, or token ids. */
+struct strata_api_prompt {
+  const char *text; /* points into the body; NULL when ids */
+  size_t len;
+  int32_t *ids; /* malloc'd */
+  size_t n_ids;
+};
+
 struct strata_api_request {
   enum strata_api_kind kind;
   json_t *root;      /* the body (owned) */
   const char *model; /* NULL: absent or null */
-  /* completions: a text prompt, or token ids (prompt_ids != NULL) */
+  /* completions: the prompts (OpenAI: a string, token ids, or an array of
+   * either), each answered with n choices, prompt i's with indexes
+   * i * n .. i * n + n - 1; malloc'd */
+  struct strata_api_prompt *prompts;
+  size_t n_prompts;
+  /* prompts[0] again, for one-prompt callers (not owned) */
   const char *prompt;
   size_t prompt_len;
-  int32_t *prompt_ids; /* malloc'd */
+  int32_t *prompt_ids;
   size_t n_prompt_ids;
   int add_special_tokens; /* completions: add BOS as the model says (default 1)
                            */
@@ -97,6 +110,8 @@ struct strata_api_request {
 };
 
 #define STRATA_API_MAX_N 128
+#define STRATA_API_MAX_PROMPTS 256 /* prompts of one completions request */
+#define STRATA_API_MAX_CHOICES 1024 /* prompts x n */
 #define STRATA_API_MAX_STOP 16
 
 /* Parses body[0..len) as a request of kind. 0, or -1 with err filled (400,

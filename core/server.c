@@ -61,19 +61,25 @@ struct sreq {
   char id[64];
   int64_t created;
   double t0;
-  strata_engine_req_t *h;
+  int32_t np, nc; /* prompts (chat: 1); choices, np * req.n */
+  strata_engine_req_t **hs; /* an engine request per prompt */
+  struct sub {
+    struct sreq *s;
+    int32_t base; /* its first choice index */
+  } *subs;
   struct event *wake;
   /* shared with the engine thread, under mu */
   pthread_mutex_t mu;
   struct qev *head, *tail;
   int eng_done, lost, detached;
+  int32_t n_done; /* engine requests finished */
   struct strata_api_usage usage;
   /* libevent thread only */
   struct textbuf *text;       /* per choice (non-streaming) */
   enum strata_finish *finish; /* per choice */
   char *error;                /* text of an ERROR finish */
-  char *echo;
-  size_t echo_len;
+  char **echo; /* per prompt, when echo */
+  size_t *echo_len;
 };
 
 /* Seconds a connection may sit without reading or writing while the engine
@@ -222,13 +228,14 @@ static int chat_tokens(struct server *srv, json_t *messages,
 
 /* Engine thread: copy the event, wake the libevent thread. */
 static void on_engine_event(void *ud, const struct strata_engine_event *ev) {
-  struct sreq *s = ud;
+  const struct sub *sb = ud;
+  struct sreq *s = sb->s;
   struct qev *q = NULL;
   if (ev->text_len || ev->finish != STRATA_FINISH_NONE) {
     q = malloc(sizeof *q + ev->text_len + 1);
     if (q) {
       q->next = NULL;
-      q->index = ev->index;
+      q->index = sb->base + ev->index;
       q->finish = ev->finish;
       q->len = ev->text_len;
       if (ev->text_len) memcpy(q->text, ev->text, ev->text_len);
@@ -248,10 +255,10 @@ static void on_engine_event(void *ud, const struct strata_engine_event *ev) {
       s->lost = 1;
     }
     if (ev->done) {
-      s->eng_done = 1;
-      s->usage.prompt_tokens = ev->prompt_tokens;
-      s->usage.completion_tokens = ev->completion_tokens;
-      s->usage.cached_tokens = ev->cached_tokens;
+      s->eng_done = ++s->n_done == s->np;
+      s->usage.prompt_tokens += ev->prompt_tokens;
+      s->usage.completion_tokens += ev->completion_tokens;
+      s->usage.cached_tokens += ev->cached_tokens;
     }
     event_active(s->wake, EV_READ, 0);
   }
@@ -282,11 +289,12 @@ static void sreq_free(struct sreq *s) {
   pthread_mutex_lock(&s->mu);
   s->detached = 1;
   pthread_mutex_unlock(&s->mu);
-  if (s->h) {
-    strata_engine_release(s->h);
-    s->h = NULL;
-    srv->stats.open_requests--;
-  }
+  for (int32_t i = 0; s->hs && i < s->np; i++)
+    if (s->hs[i]) {
+      strata_engine_release(s->hs[i]);
+      s->hs[i] = NULL;
+      srv->stats.open_requests--;
+    }
   if (s->evcon) evhttp_connection_set_closecb(s->evcon, NULL, NULL);
   if (s->wake) event_free(s->wake);
   for (struct qev *q = s->head, *nx; q; q = nx) {
@@ -299,12 +307,16 @@ static void sreq_free(struct sreq *s) {
     srv->inflight = s->next;
   if (s->next) s->next->prev = s->prev;
   if (s->text)
-    for (int32_t i = 0; i < s->req.n; i++)
+    for (int32_t i = 0; i < s->nc; i++)
       free(s->text[i].p);
   free(s->text);
   free(s->finish);
   free(s->error);
+  for (int32_t i = 0; s->echo && i < s->np; i++) free(s->echo[i]);
   free(s->echo);
+  free(s->echo_len);
+  free(s->hs);
+  free(s->subs);
   strata_api_request_free(&s->req);
   pthread_mutex_destroy(&s->mu);
   free(s);
@@ -339,7 +351,7 @@ static void request_log(struct sreq *s, int status) {
   json_decref(uj);
   char fin[128] = "";
   size_t off = 0;
-  for (int32_t i = 0; i < s->req.n && off + 10 < sizeof fin; i++)
+  for (int32_t i = 0; i < s->nc && off + 10 < sizeof fin; i++)
     off += (size_t)snprintf(fin + off, sizeof fin - off, "%s%s", i ? "," : "",
                             s->finish[i] ? strata_finish_name(s->finish[i])
                                          : "none");
@@ -387,9 +399,9 @@ static void finish_request(struct sreq *s) {
                    s->error ? s->error
                             : "out of memory: part of the answer was lost");
     } else {
-      struct strata_api_choice *ch = calloc((size_t)s->req.n, sizeof *ch);
+      struct strata_api_choice *ch = calloc((size_t)s->nc, sizeof *ch);
       if (ch) {
-        for (int32_t i = 0; i < s->req.n; i++) {
+        for (int32_t i = 0; i < s->nc; i++) {
           ch[i].text = s->text[i].p;
           ch[i].text_len = s->text[i].len;
           ch[i].finish = strata_finish_name(s->finish[i] ? s->finish[i]
@@ -398,7 +410,7 @@ static void finish_request(struct sreq *s) {
       }
       char *json = ch ? strata_api_response_json(
                             s->req.kind, s->id, s->created, srv->model_name, ch,
-                            (size_t)s->req.n, &s->usage, s->req.metadata)
+                            (size_t)s->nc, &s->usage, s->req.metadata)
                       : NULL;
       free(ch);
       reply_json(srv, s->http, 200, json);
@@ -409,7 +421,7 @@ static void finish_request(struct sreq *s) {
 }
 
 static void handle_qev(struct sreq *s, const struct qev *q) {
-  if (q->index < 0 || q->index >= s->req.n) return;
+  if (q->index < 0 || q->index >= s->nc) return;
   const char *finish =
       q->finish != STRATA_FINISH_NONE ? strata_finish_name(q->finish) : NULL;
   if (q->finish != STRATA_FINISH_NONE) s->finish[q->index] = q->finish;
@@ -538,153 +550,180 @@ static void handle_generate(struct server *srv, struct evhttp_request *http,
   snprintf(s->id, sizeof s->id, "%s-%016" PRIx64,
            kind == STRATA_API_CHAT ? "chatcmpl" : "cmpl", srv->next_id++);
   struct strata_api_request *r = &s->req;
+  const int32_t np = kind == STRATA_API_CHAT ? 1 : (int32_t)r->n_prompts;
+  s->np = np;
+  s->nc = np * r->n;
   int32_t *toks = NULL;
   size_t n_toks = 0;
+  void **lparams = NULL;
   char err[512];
+  struct strata_request_params *ps = NULL;
   if (check_model(srv, r->model, &e) != 0) goto fail;
   const char *prompt_param = kind == STRATA_API_CHAT ? "messages" : "prompt";
-  if (kind == STRATA_API_CHAT) {
-    if (chat_tokens(srv, r->messages, r->add_generation_prompt, &toks, &n_toks,
-                    &e) != 0)
-      goto fail;
-  } else if (r->prompt_ids) {
-    toks = r->prompt_ids;
-    n_toks = r->n_prompt_ids;
-    r->prompt_ids = NULL;
-  } else if (strata_tokenize(srv->rt->tok, r->prompt, r->prompt_len,
-                             r->add_special_tokens, 0, &toks, &n_toks, err,
-                             sizeof err) != 0) {
-    strata_api_errorf(&e, 400, NULL, NULL, "prompt", "%s", err);
-    goto fail;
-  }
-  if (n_toks == 0) {
-    strata_api_errorf(&e, 400, NULL, NULL, prompt_param,
-                      "the prompt is empty (and no BOS token is added)");
-    goto fail;
-  }
-  int64_t ctx = srv->ctx_len;
-  if ((int64_t)n_toks >= ctx) {
-    strata_api_errorf(&e, 400, NULL, "context_length_exceeded", prompt_param,
-                      "This model's maximum context length is %" PRId64
-                      " tokens. However, your prompt has "
-                      "%zu tokens, leaving no room for the completion.",
-                      ctx, n_toks);
-    goto fail;
-  }
-  int32_t max_tokens = r->max_tokens ? r->max_tokens
-                       : kind == STRATA_API_CHAT
-                           ? (int32_t)(ctx - (int64_t)n_toks)
-                           : 16;
-  if (!r->max_tokens && max_tokens > ctx - (int64_t)n_toks)
-    max_tokens = (int32_t)(ctx - (int64_t)n_toks);
-  if (!r->max_tokens && r->n > 1) {
-    /* "the rest of the context" for each of n choices must also fit the KV
-     * cache, which may hold fewer than n full contexts */
-    struct strata_engine_metrics met;
-    strata_engine_get_metrics(srv->eng, &met);
-    int64_t per = (int64_t)(met.kv.n_blocks / r->n) * met.kv.block_size - (int64_t)n_toks;
-    if (per >= 1 && max_tokens > per) max_tokens = (int32_t)per;
-  }
-  if ((int64_t)n_toks + max_tokens > ctx) {
-    strata_api_errorf(&e, 400, NULL, "context_length_exceeded",
-                      kind == STRATA_API_CHAT &&
-                              !json_object_get(r->root, "max_tokens")
-                          ? "max_completion_tokens"
-                          : "max_tokens",
-                      "This model's maximum context length is %" PRId64
-                      " tokens. However, you requested %" PRId64
-                      " tokens (%zu in the %s, %d for the completion). Please "
-                      "reduce the length of the %s or "
-                      "the completion.",
-                      ctx, (int64_t)n_toks + max_tokens, n_toks, prompt_param,
-                      max_tokens, prompt_param);
-    goto fail;
-  }
-  if (r->echo) {
-    if (r->prompt) {
-      s->echo = strata_strndup(r->prompt, r->prompt_len);
-      s->echo_len = r->prompt_len;
-    } else {
-      s->echo =
-          strata_detokenize_len(srv->rt->tok, toks, n_toks, 0, 1, &s->echo_len);
-    }
-    if (!s->echo) {
-      strata_api_errorf(&e, 500, NULL, NULL, NULL, "out of memory");
-      goto fail;
-    }
-  }
-  s->text = calloc((size_t)r->n, sizeof *s->text);
-  s->finish = calloc((size_t)r->n, sizeof *s->finish);
+  s->hs = calloc((size_t)np, sizeof *s->hs);
+  s->subs = calloc((size_t)np, sizeof *s->subs);
+  s->echo = calloc((size_t)np, sizeof *s->echo);
+  s->echo_len = calloc((size_t)np, sizeof *s->echo_len);
+  s->text = calloc((size_t)s->nc, sizeof *s->text);
+  s->finish = calloc((size_t)s->nc, sizeof *s->finish);
   s->wake = event_new(srv->base, -1, 0, on_wake, s);
-  if (!s->text || !s->finish || !s->wake) {
+  ps = calloc((size_t)np, sizeof *ps);
+  if (!s->hs || !s->subs || !s->echo || !s->echo_len || !s->text || !s->finish || !s->wake ||
+      !ps) {
     strata_api_errorf(&e, 500, NULL, NULL, NULL, "out of memory");
     goto fail;
   }
-  if (s->echo && !r->stream)
-    for (int32_t i = 0; i < r->n; i++)
-      if (textbuf_add(&s->text[i], s->echo, s->echo_len) != 0) {
+  uint64_t group = r->group_id ? fnv1a(r->group_id) : 0;
+  int64_t ctx = srv->ctx_len;
+  /* every prompt is checked (and its logits parameters compiled) before
+   * any is submitted: a batch is accepted or refused whole */
+  for (int32_t pi = 0; pi < np; pi++) {
+    /* "prompt 3: ..." in a batch's messages */
+    char where[32] = "";
+    if (np > 1) snprintf(where, sizeof where, "prompt %d: ", pi);
+    const struct strata_api_prompt *q = kind == STRATA_API_CHAT ? NULL : &r->prompts[pi];
+    if (kind == STRATA_API_CHAT) {
+      if (chat_tokens(srv, r->messages, r->add_generation_prompt, &toks, &n_toks, &e) != 0)
+        goto fail;
+    } else if (q->ids) {
+      toks = malloc(q->n_ids * sizeof *toks);
+      if (!toks) {
         strata_api_errorf(&e, 500, NULL, NULL, NULL, "out of memory");
         goto fail;
       }
-  uint64_t group = r->group_id ? fnv1a(r->group_id) : 0;
-  if (r->min_tokens > max_tokens) {
-    strata_api_errorf(&e, 400, NULL, NULL, "min_tokens",
-                      "min_tokens (%d) must not be more than max_tokens (%d)", r->min_tokens,
-                      max_tokens);
-    goto fail;
+      memcpy(toks, q->ids, q->n_ids * sizeof *toks);
+      n_toks = q->n_ids;
+    } else if (strata_tokenize(srv->rt->tok, q->text, q->len, r->add_special_tokens, 0, &toks,
+                               &n_toks, err, sizeof err) != 0) {
+      strata_api_errorf(&e, 400, NULL, NULL, "prompt", "%s%s", where, err);
+      goto fail;
+    }
+    if (n_toks == 0) {
+      strata_api_errorf(&e, 400, NULL, NULL, prompt_param,
+                        "%sthe prompt is empty (and no BOS token is added)", where);
+      goto fail;
+    }
+    if ((int64_t)n_toks >= ctx) {
+      strata_api_errorf(&e, 400, NULL, "context_length_exceeded", prompt_param,
+                        "%sThis model's maximum context length is %" PRId64
+                        " tokens. However, your prompt has "
+                        "%zu tokens, leaving no room for the completion.",
+                        where, ctx, n_toks);
+      goto fail;
+    }
+    int32_t max_tokens = r->max_tokens              ? r->max_tokens
+                         : kind == STRATA_API_CHAT ? (int32_t)(ctx - (int64_t)n_toks)
+                                                   : 16;
+    if (!r->max_tokens && max_tokens > ctx - (int64_t)n_toks)
+      max_tokens = (int32_t)(ctx - (int64_t)n_toks);
+    if (!r->max_tokens && r->n > 1) {
+      /* "the rest of the context" for each of n choices must also fit the
+       * KV cache, which may hold fewer than n full contexts */
+      struct strata_engine_metrics met;
+      strata_engine_get_metrics(srv->eng, &met);
+      int64_t per = (int64_t)(met.kv.n_blocks / r->n) * met.kv.block_size - (int64_t)n_toks;
+      if (per >= 1 && max_tokens > per) max_tokens = (int32_t)per;
+    }
+    if ((int64_t)n_toks + max_tokens > ctx) {
+      strata_api_errorf(&e, 400, NULL, "context_length_exceeded",
+                        kind == STRATA_API_CHAT && !json_object_get(r->root, "max_tokens")
+                            ? "max_completion_tokens"
+                            : "max_tokens",
+                        "%sThis model's maximum context length is %" PRId64
+                        " tokens. However, you requested %" PRId64
+                        " tokens (%zu in the %s, %d for the completion). Please "
+                        "reduce the length of the %s or "
+                        "the completion.",
+                        where, ctx, (int64_t)n_toks + max_tokens, n_toks, prompt_param,
+                        max_tokens, prompt_param);
+      goto fail;
+    }
+    if (r->min_tokens > max_tokens) {
+      strata_api_errorf(&e, 400, NULL, NULL, "min_tokens",
+                        "%smin_tokens (%d) must not be more than max_tokens (%d)", where,
+                        r->min_tokens, max_tokens);
+      goto fail;
+    }
+    if (r->echo) {
+      if (q && q->text) {
+        s->echo[pi] = strata_strndup(q->text, q->len);
+        s->echo_len[pi] = q->len;
+      } else {
+        s->echo[pi] = strata_detokenize_len(srv->rt->tok, toks, n_toks, 0, 1, &s->echo_len[pi]);
+      }
+      if (!s->echo[pi]) {
+        strata_api_errorf(&e, 500, NULL, NULL, NULL, "out of memory");
+        goto fail;
+      }
+      if (!r->stream)
+        for (int32_t i = 0; i < r->n; i++)
+          if (textbuf_add(&s->text[pi * r->n + i], s->echo[pi], s->echo_len[pi]) != 0) {
+            strata_api_errorf(&e, 500, NULL, NULL, NULL, "out of memory");
+            goto fail;
+          }
+    }
+    const char *lfield = NULL;
+    if (strata_engine_logits_compile(srv->eng, (const strata_json_t *)r->root, &lparams, &lfield,
+                                     err, sizeof err) != 0) {
+      strata_api_errorf(&e, 400, NULL, NULL, lfield, "%s", err);
+      goto fail;
+    }
+    ps[pi] = (struct strata_request_params){
+        .prompt = toks,
+        .n_prompt = (int32_t)n_toks,
+        .max_tokens = max_tokens,
+        .n = r->n,
+        .sampling = r->sampling,
+        .has_seed = r->has_seed,
+        .stop = r->stop,
+        .n_stop = r->n_stop,
+        .stop_token_ids = r->stop_token_ids,
+        .n_stop_token_ids = r->n_stop_token_ids,
+        .ignore_eos = r->ignore_eos,
+        .priority = r->priority,
+        .cache_salt = r->cache_salt,
+        .group = group,
+        .logits = lparams,
+        .affinity = r->affinity_hint,
+        .min_tokens = r->min_tokens,
+    };
+    toks = NULL;
+    lparams = NULL;
+    s->subs[pi] = (struct sub){.s = s, .base = pi * r->n};
   }
-  void **lparams = NULL;
-  const char *lfield = NULL;
-  if (strata_engine_logits_compile(srv->eng, (const strata_json_t *)r->root, &lparams, &lfield,
-                                   err, sizeof err) != 0) {
-    strata_api_errorf(&e, 400, NULL, NULL, lfield, "%s", err);
-    goto fail;
-  }
-  struct strata_request_params p = {
-      .prompt = toks,
-      .n_prompt = (int32_t)n_toks,
-      .max_tokens = max_tokens,
-      .n = r->n,
-      .sampling = r->sampling,
-      .has_seed = r->has_seed,
-      .stop = r->stop,
-      .n_stop = r->n_stop,
-      .stop_token_ids = r->stop_token_ids,
-      .n_stop_token_ids = r->n_stop_token_ids,
-      .ignore_eos = r->ignore_eos,
-      .priority = r->priority,
-      .cache_salt = r->cache_salt,
-      .group = group,
-      .logits = lparams,
-      .affinity = r->affinity_hint,
-      .min_tokens = r->min_tokens,
-  };
   /* Linked in before submit: the engine may call back at once (the wake
    * event then runs once this handler has returned). */
   s->next = srv->inflight;
   if (srv->inflight) srv->inflight->prev = s;
   srv->inflight = s;
-  int rc = strata_engine_submit(srv->eng, &p, on_engine_event, s, &s->h, err,
-                                sizeof err);
-  free(toks);
-  toks = NULL;
-  if (rc != 0) {
-    if (rc == STRATA_ENGINE_EFULL) {
-      srv->stats.rejected_full++;
-      strata_api_errorf(&e, 429, NULL, "queue_full", NULL,
-                        "the server is busy (%s); retry later", err);
-    } else if (rc == STRATA_ENGINE_ESTOP) {
-      strata_api_errorf(&e, 503, NULL, NULL, NULL,
-                        "the engine is stopping (%s)", err);
-    } else {
-      strata_api_errorf(&e, 400, NULL, NULL, NULL, "%s", err);
+  for (int32_t pi = 0; pi < np; pi++) {
+    int rc = strata_engine_submit(srv->eng, &ps[pi], on_engine_event, &s->subs[pi], &s->hs[pi],
+                                  err, sizeof err);
+    /* the engine owns the logits parameters from here, submitted or not */
+    ps[pi].logits = NULL;
+    if (rc != 0) {
+      s->hs[pi] = NULL;
+      if (rc == STRATA_ENGINE_EFULL) {
+        srv->stats.rejected_full++;
+        strata_api_errorf(&e, 429, NULL, "queue_full",
+                          NULL, "the server is busy (%s); retry later", err);
+      } else if (rc == STRATA_ENGINE_ESTOP) {
+        strata_api_errorf(&e, 503, NULL, NULL, NULL, "the engine is stopping (%s)", err);
+      } else {
+        strata_api_errorf(&e, 400, NULL, NULL, NULL, "%s", err);
+      }
+      /* the batch is refused whole: the prompts submitted before go too */
+      for (int32_t k = pi + 1; k < np; k++) strata_engine_logits_free(srv->eng, ps[k].logits);
+      for (int32_t k = 0; k < np; k++) free((void *)ps[k].prompt);
+      free(ps);
+      reply_error(srv, http, &e);
+      sreq_free(s);
+      return;
     }
-    s->h = NULL;
-    reply_error(srv, http, &e);
-    sreq_free(s);
-    return;
+    srv->stats.open_requests++;
   }
-  srv->stats.open_requests++;
+  for (int32_t k = 0; k < np; k++) free((void *)ps[k].prompt);
+  free(ps);
   s->http = http;
   s->evcon = evhttp_request_get_connection(http);
   if (s->evcon) {
@@ -702,15 +741,15 @@ static void handle_generate(struct server *srv, struct evhttp_request *http,
     evhttp_add_header(h, "X-Request-Id", s->id);
     count_status(srv, 200);
     evhttp_send_reply_start(http, 200, "OK");
-    for (int32_t i = 0; i < r->n; i++) {
+    for (int32_t i = 0; i < s->nc; i++) {
       if (kind == STRATA_API_CHAT)
         sse_send_json(s, strata_api_chunk_json(kind, s->id, s->created,
                                                srv->model_name, i, 1, NULL, 0,
                                                NULL, r->include_usage));
-      if (s->echo)
-        sse_send_json(s, strata_api_chunk_json(
-                             kind, s->id, s->created, srv->model_name, i, 0,
-                             s->echo, s->echo_len, NULL, r->include_usage));
+      if (s->echo[i / r->n])
+        sse_send_json(s, strata_api_chunk_json(kind, s->id, s->created, srv->model_name, i, 0,
+                                               s->echo[i / r->n], s->echo_len[i / r->n], NULL,
+                                               r->include_usage));
     }
   } else {
     evhttp_add_header(evhttp_request_get_output_headers(http), "X-Request-Id",
@@ -719,14 +758,15 @@ static void handle_generate(struct server *srv, struct evhttp_request *http,
   return;
 fail:
   free(toks);
+  strata_engine_logits_free(srv->eng, lparams);
+  if (ps)
+    for (int32_t k = 0; k < np; k++) {
+      free((void *)ps[k].prompt);
+      strata_engine_logits_free(srv->eng, ps[k].logits);
+    }
+  free(ps);
   reply_error(srv, http, &e);
-  strata_api_request_free(&s->req);
-  free(s->text);
-  free(s->finish);
-  free(s->echo);
-  if (s->wake) event_free(s->wake);
-  pthread_mutex_destroy(&s->mu);
-  free(s);
+  sreq_free(s);
 }
 
 /* ---- other endpoints
@@ -1045,7 +1085,8 @@ static void on_request(struct evhttp_request *http, void *arg) {
 
 static void cancel_all(struct server *srv) {
   for (struct sreq *s = srv->inflight; s; s = s->next)
-    if (s->h) strata_engine_cancel(s->h);
+    for (int32_t i = 0; s->hs && i < s->np; i++)
+      if (s->hs[i]) strata_engine_cancel(s->hs[i]);
 }
 
 static void on_grace(evutil_socket_t fd, short what, void *arg) {

@@ -33,6 +33,15 @@ check('completion text = strata generate', c.choices[0].text === expect, c.choic
 check('completion finish_reason', c.choices[0].finish_reason === 'length', c.choices[0].finish_reason);
 check('completion usage', c.usage?.prompt_tokens === 5 && c.usage?.completion_tokens === 20, c.usage);
 
+// a batch of prompts: choices 2i, 2i + 1 answer prompt i
+const batch = await client.completions.create({
+  model, prompt: ['Once upon a time', 'The dog'], n: 2, max_tokens: 20, temperature: 0 });
+check('batch: 4 choices in order', batch.choices.map((x) => x.index).join() === '0,1,2,3', batch.choices);
+check('batch: prompt 0 = strata generate', batch.choices[0].text === expect && batch.choices[1].text === expect,
+      batch.choices);
+check('batch: usage of both prompts', batch.usage?.prompt_tokens > 5 && batch.usage?.completion_tokens === 80,
+      batch.usage);
+
 const cs = await client.completions.create({
   model, prompt: 'Once upon a time', max_tokens: 20, temperature: 0, stream: true,
   stream_options: { include_usage: true },

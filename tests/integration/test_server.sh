@@ -203,6 +203,40 @@ check "chat stream object" test "$(sed -n 's/^data: \({.*\)$/\1/p' "$T/s3" | hea
 check "chat stream text = non-stream" test "$(stream_text "$T/s3" chat)" = "$(jq -r '.choices[0].message.content' "$T/chat3")"
 check "chat stream usage" test "$(sed -n 's/^data: \({.*\)$/\1/p' "$T/s3" | tail -1 | jq -r .usage.completion_tokens)" = "$(jq -r .usage.completion_tokens "$T/chat3")"
 
+# ---- a batch of prompts in one completions request --------------------------------------------
+# OpenAI's prompt may be an array of prompts (strings or token ids): prompt i
+# answers as choices i * n .. i * n + n - 1, each equal to its solo answer.
+BATCH='{"prompt":["Once upon a time","The dog",[1,403,407]],"n":2,"max_tokens":12,"temperature":0}'
+post /v1/completions "$BATCH" >"$T/batch"
+check "batch: 200" test "$(status)" = 200
+check "batch: 6 choices indexed 0..5" jqe '[.choices[].index] == [0,1,2,3,4,5]' "$T/batch"
+nsame=0
+ptoks=0
+for pi in 0 1 2; do
+  one=$(jq -c --argjson i "$pi" '{prompt: .prompt[$i], max_tokens: 12, temperature: 0}' <<<"$BATCH")
+  post /v1/completions "$one" >"$T/batch.$pi"
+  ptoks=$((ptoks + $(jq -r .usage.prompt_tokens "$T/batch.$pi")))
+  for c in 0 1; do
+    [ "$(jq -r --argjson k $((pi * 2 + c)) '.choices[$k].text' "$T/batch")" = "$(jq -r '.choices[0].text' "$T/batch.$pi")" ] && nsame=$((nsame + 1))
+  done
+done
+check "batch: every choice equals its prompt's solo answer ($nsame of 6)" test "$nsame" -eq 6
+check "batch: usage sums the prompts" test "$(jq -r .usage.prompt_tokens "$T/batch")" = "$ptoks"
+curl -sN -H 'Content-Type: application/json' -d "$(jq -c '. + {stream: true, stream_options: {include_usage: true}}' <<<"$BATCH")" \
+  "$U/v1/completions" >"$T/batch.s"
+nsame=0
+for k in 0 1 2 3 4 5; do
+  got=$(sed -n 's/^data: \({.*\)$/\1/p' "$T/batch.s" | jq -j --argjson k "$k" 'select(.choices | length > 0) | .choices[] | select(.index == $k) | .text')
+  [ "$got" = "$(jq -r --argjson k "$k" '.choices[$k].text' "$T/batch")" ] && nsame=$((nsame + 1))
+done
+check "batch: streamed choices equal the non-streamed ($nsame of 6)" test "$nsame" -eq 6
+check "batch stream: DONE" test "$(grep -v '^$' "$T/batch.s" | tail -1)" = "data: [DONE]"
+expect_error "batch: one bad prompt refuses the batch" 400 /v1/completions '{"prompt":["Once",[1,999999]],"max_tokens":2}' "prompt[1]"
+expect_error "batch: too many prompts" 400 /v1/completions "$(jq -nc '{prompt: [range(257) | "x"], max_tokens: 1}')" prompt
+long=$(printf 'Once upon a time %.0s' $(seq 1 200))
+expect_error "batch: a too-long prompt is named" 400 /v1/completions "$(jq -nc --arg l "$long" '{prompt: ["Once", $l], max_tokens: 4}')" prompt
+check "batch: the message names prompt 1" grep -q '"prompt 1: ' "$T/body"
+
 # ---- 32 concurrent requests equal their solo answers --------------------------------
 PROMPTS=("Once upon a time" "Lily" "Ben went to the park" "The cat" "One day" "Tom had a big red ball" "Sue" "The dog barked")
 body_i() {

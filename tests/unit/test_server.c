@@ -101,6 +101,16 @@ START_TEST(valid_completion_fields) {
   ck_assert(!r.has_seed && !r.stream && r.add_special_tokens);
   strata_api_request_free(&r);
 
+  /* a batch: strings and token-id arrays, each its own prompt */
+  const char *b3 = "{\"prompt\":[\"Once\",[5,6,7],\"upon\"],\"n\":2}";
+  ck_assert_int_eq(strata_api_parse_request(STRATA_API_COMPLETIONS, b3, strlen(b3), &lim, &r, &e),
+                   0);
+  ck_assert_uint_eq(r.n_prompts, 3);
+  ck_assert(r.prompts[0].text && r.prompts[0].len == 4 && !r.prompts[0].ids);
+  ck_assert(!r.prompts[1].text && r.prompts[1].n_ids == 3 && r.prompts[1].ids[2] == 7);
+  ck_assert(r.prompts[2].text && memcmp(r.prompts[2].text, "upon", 4) == 0);
+  strata_api_request_free(&r);
+
   /* a batch of one prompt, string or ids */
   ck_assert_int_eq(cmpl("{\"prompt\":[\"x\"]}", &e), 200);
   ck_assert_int_eq(cmpl("{\"prompt\":[[5,6]]}", &e), 200);
@@ -270,8 +280,10 @@ START_TEST(out_of_range) {
   want_400("{\"prompt\":[512]}", "prompt");
   want_400("{\"prompt\":[]}", "prompt");
   want_400("{\"prompt\":[[]]}", "prompt");
-  want_400("{\"prompt\":[\"a\",\"b\"]}", "prompt");
-  want_400("{\"prompt\":[[1],[2]]}", "prompt");
+  want_400("{\"prompt\":[\"a\",7]}", "prompt");
+  want_400("{\"prompt\":[\"a\",[]]}", "prompt");
+  want_400("{\"prompt\":[[1],[1,512]]}", "prompt[1]");
+  want_400("{\"prompt\":[\"a\",\"b\",\"c\",\"d\",\"e\",\"f\",\"g\",\"h\",\"i\"],\"n\":128}", "n");
   want_400("{}", "prompt");
   want_400("{\"prompt\":null}", "prompt");
   want_400("{\"prompt\":\"x\",\"stop\":[\"\"]}", "stop");
