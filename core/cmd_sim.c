@@ -189,11 +189,12 @@ static void sim_usage(FILE *f) {
           "usage: strata sim --trace FILE [--policy NAME]... [--config FILE]\n"
           "         [--vocab N] [--context N] [--block-size N] [--kv-tokens N]\n"
           "         [--max-running N] [--max-batch-tokens N]\n"
-          "         [--step-ms X] [--prefill-ms X] [--decode-ms X] [--json]\n"
+          "         [--step-ms X] [--prefill-ms X] [--decode-ms X] [--attn-ms X] [--json]\n"
           "         [--expand FILE]  (write the trace with token-id prompts and stop)\n"
           "Replays a JSONL trace through each scheduler policy (default: every\n"
           "installed one) and the real engine core with a cost model per step:\n"
-          "step-ms + prefill tokens x prefill-ms + decoding sequences x decode-ms.\n");
+          "step-ms + prefill tokens x prefill-ms + decoding sequences x decode-ms\n"
+          "+ attn-ms x (each computed token's context position / 1000).\n");
 }
 
 static int dbl_arg(const char *opt, const char *s, double *out) {
@@ -234,6 +235,7 @@ int strata_cmd_sim(int argc, char **argv) {
                                        {"step-ms", required_argument, 0, 'S'},
                                        {"prefill-ms", required_argument, 0, 'P'},
                                        {"decode-ms", required_argument, 0, 'D'},
+                                       {"attn-ms", required_argument, 0, 'A'},
                                        {"json", no_argument, 0, 'j'},
                                        {"expand", required_argument, 0, 'E'},
                                        {"help", no_argument, 0, 'h'},
@@ -287,6 +289,10 @@ int strata_cmd_sim(int argc, char **argv) {
     case 'D':
       if (dbl_arg("--decode-ms", optarg, &ms)) return 2;
       sim.decode_s_per_seq = ms / 1e3;
+      break;
+    case 'A':
+      if (dbl_arg("--attn-ms", optarg, &ms)) return 2;
+      sim.attn_s_per_pos = ms / 1e6; /* ms per token per 1,000 positions */
       break;
     case 'j': json = 1; break;
     case 'E': expand = optarg; break;
@@ -357,10 +363,11 @@ int strata_cmd_sim(int argc, char **argv) {
         policies[n_pol++] = reg.plugins[i].desc->name;
   if (!json) {
     printf("trace %s: %zu requests; KV cache %lld tokens in blocks of %d, %d running, %d tokens "
-           "per step; cost %.1f ms/step + %.2f ms/prefill token + %.2f ms/decoding sequence\n",
+           "per step; cost %.1f ms/step + %.2f ms/prefill token + %.2f ms/decoding sequence "
+           "+ %.2f ms/token per 1,000 context positions\n",
            trace, tr.n, (long long)ec.kv_tokens, ec.block_size, ec.max_running,
            ec.max_batch_tokens, sim.step_s * 1e3, sim.prefill_s_per_token * 1e3,
-           sim.decode_s_per_seq * 1e3);
+           sim.decode_s_per_seq * 1e3, sim.attn_s_per_pos * 1e6);
     printf("%-16s %6s %9s %9s %9s %9s %9s %9s %8s %7s %7s %8s %7s\n", "policy", "done",
            "TTFT mean", "p50", "p99", "ITL mean", "E2E p50", "p99", "tok/s", "hit%", "group%",
            "preempt", "steps");

@@ -1306,6 +1306,7 @@ static int32_t run_batch(strata_engine_t *e) {
     /* the cost model instead of the model: a fixed part per step, prefill
      * tokens, decoding sequences */
     int64_t P = 0, D = 0;
+    double pos = 0; /* sum over computed tokens of the context before each */
     for (size_t q = 0; q < e->n_sched; q++)
       for (int32_t j = 0; j < e->sched[q]->n; j++) {
         const struct choice *c = &e->sched[q]->ch[j];
@@ -1314,9 +1315,10 @@ static int32_t run_batch(strata_engine_t *e) {
           D++;
         else
           P += c->k;
+        pos += (double)c->k * c->seq.n_computed + (double)c->k * (c->k - 1) / 2;
       }
     e->sim_step = e->sim.step_s + (double)P * e->sim.prefill_s_per_token +
-                  (double)D * e->sim.decode_s_per_seq;
+                  (double)D * e->sim.decode_s_per_seq + pos * e->sim.attn_s_per_pos;
     e->sim_now += e->sim_step;
   } else if (e->failpoint_step >= 0 && e->n_forward >= e->failpoint_step &&
              (e->failpoint_end < 0 || e->n_forward < e->failpoint_end)) {

@@ -172,6 +172,10 @@ int strata_engine_start(struct strata_runtime *rt, const struct strata_engine_co
 struct strata_engine_sim {
   double step_s, prefill_s_per_token, decode_s_per_seq;
   int32_t n_vocab, ctx_len;
+  /* attention: seconds per computed token per token of context before it
+   * (a prefill chunk at a long context costs more than one at the start;
+   * 0: off) */
+  double attn_s_per_pos;
 };
 /* KV cache: cfg->kv_tokens (else max_running full contexts), in blocks of
  * cfg->block_size. reg holds the scheduler plugin; cfgfile its settings

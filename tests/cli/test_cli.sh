@@ -83,6 +83,13 @@ has "sim bad trace file:line" "$T/err" "bad.jsonl:2: prompt\[0\]: must be a toke
 run "sim unknown policy" 1 "$STRATA" sim --trace "$TR/random.jsonl" --policy nope
 has "sim unknown policy message" "$T/err" "unknown scheduler 'nope'"
 run "sim no trace" 2 "$STRATA" sim
+# the attention term: long contexts cost more, so the same trace runs slower
+run "sim without attention" 0 "$STRATA" sim --trace "$TR/multi_agent.jsonl" --policy fcfs --json
+t0=$(jq -r .ttft_mean "$T/out")
+run "sim with attention" 0 "$STRATA" sim --trace "$TR/multi_agent.jsonl" --policy fcfs --json --attn-ms 5
+t1=$(jq -r .ttft_mean "$T/out")
+if awk -v a="$t0" -v b="$t1" 'BEGIN { exit !(b > a * 1.05) }'; then ok; else bad "sim --attn-ms 5: TTFT mean $t1 not above $t0"; fi
+run "sim bad attn-ms" 2 "$STRATA" sim --trace "$TR/random.jsonl" --attn-ms -1
 
 # ---- plugins ---------------------------------------------------------------
 run "plugins" 0 "$STRATA" plugins
