@@ -575,6 +575,12 @@ static void handle_generate(struct server *srv, struct evhttp_request *http,
   }
   uint64_t group = r->group_id ? fnv1a(r->group_id) : 0;
   int64_t ctx = srv->ctx_len;
+  int64_t kv_per_choice = 0; /* KV tokens for each of n choices (n > 1, no max_tokens) */
+  if (!r->max_tokens && r->n > 1) {
+    struct strata_engine_metrics met;
+    strata_engine_get_metrics(srv->eng, &met);
+    kv_per_choice = (int64_t)(met.kv.n_blocks / r->n) * met.kv.block_size;
+  }
   /* every prompt is checked (and its logits parameters compiled) before
    * any is submitted: a batch is accepted or refused whole */
   for (int32_t pi = 0; pi < np; pi++) {
@@ -616,12 +622,10 @@ static void handle_generate(struct server *srv, struct evhttp_request *http,
                                                    : 16;
     if (!r->max_tokens && max_tokens > ctx - (int64_t)n_toks)
       max_tokens = (int32_t)(ctx - (int64_t)n_toks);
-    if (!r->max_tokens && r->n > 1) {
+    if (kv_per_choice > 0) {
       /* "the rest of the context" for each of n choices must also fit the
        * KV cache, which may hold fewer than n full contexts */
-      struct strata_engine_metrics met;
-      strata_engine_get_metrics(srv->eng, &met);
-      int64_t per = (int64_t)(met.kv.n_blocks / r->n) * met.kv.block_size - (int64_t)n_toks;
+      int64_t per = kv_per_choice - (int64_t)n_toks;
       if (per >= 1 && max_tokens > per) max_tokens = (int32_t)per;
     }
     if ((int64_t)n_toks + max_tokens > ctx) {
