@@ -639,6 +639,28 @@ START_TEST(cache_stats_bodies) {
 }
 END_TEST
 
+/* One random edit of buf[0..*len) (capacity cap): a byte replaced,
+ * inserted or deleted, the byte drawn from alphabet[0..n_alpha). */
+static void mutate(char *buf, size_t *len, size_t cap, const char *alphabet, size_t n_alpha,
+                   uint64_t *rng) {
+  *rng ^= *rng << 13;
+  *rng ^= *rng >> 7;
+  *rng ^= *rng << 17;
+  size_t pos = *rng % *len;
+  int op = (int)((*rng >> 20) % 3);
+  char ch = alphabet[(*rng >> 32) % n_alpha];
+  if (op == 0) {
+    buf[pos] = ch;
+  } else if (op == 1 && *len + 1 < cap) {
+    memmove(buf + pos + 1, buf + pos, *len - pos);
+    buf[pos] = ch;
+    (*len)++;
+  } else if (*len > 1) {
+    memmove(buf + pos, buf + pos + 1, *len - pos - 1);
+    (*len)--;
+  }
+}
+
 /* The cache stats parser reads token-id prompts itself: on valid, hostile
  * and randomly mutated bodies it must give exactly what jansson's tree
  * gives (the ids, model and salt, or the same status, param and message). */
@@ -714,24 +736,8 @@ START_TEST(cache_stats_fast_ids) {
   for (int iter = 0; iter < 5000; iter++) {
     size_t len = (size_t)n;
     memcpy(buf, seed, len);
-    for (int k = 0; k < 1 + iter % 3; k++) {
-      rng ^= rng << 13;
-      rng ^= rng >> 7;
-      rng ^= rng << 17;
-      size_t pos = rng % len;
-      char ch = alphabet[(rng >> 32) % (sizeof alphabet - 1)];
-      int op = (int)((rng >> 24) % 3);
-      if (op == 0) {
-        buf[pos] = ch;
-      } else if (op == 1 && len + 1 < sizeof buf) {
-        memmove(buf + pos + 1, buf + pos, len - pos);
-        buf[pos] = ch;
-        len++;
-      } else if (len > 1) {
-        memmove(buf + pos, buf + pos + 1, len - pos - 1);
-        len--;
-      }
-    }
+    for (int k = 0; k < 1 + iter % 3; k++)
+      mutate(buf, &len, sizeof buf, alphabet, sizeof alphabet - 1, &rng);
     same_as_tree(buf, len, &fast_ok);
   }
   ck_assert_int_gt(fast_ok, 100);
@@ -761,24 +767,7 @@ START_TEST(mutation_fuzz) {
     size_t len = strlen(seed);
     memcpy(buf, seed, len);
     int muts = 1 + iter % 4;
-    for (int k = 0; k < muts; k++) {
-      rng ^= rng << 13;
-      rng ^= rng >> 7;
-      rng ^= rng << 17;
-      size_t pos = rng % len;
-      int op = (int)((rng >> 20) % 3);
-      char ch = alphabet[(rng >> 32) % n_alpha];
-      if (op == 0)
-        buf[pos] = ch;
-      else if (op == 1 && len + 1 < sizeof buf) {
-        memmove(buf + pos + 1, buf + pos, len - pos);
-        buf[pos] = ch;
-        len++;
-      } else if (len > 1) {
-        memmove(buf + pos, buf + pos + 1, len - pos - 1);
-        len--;
-      }
-    }
+    for (int k = 0; k < muts; k++) mutate(buf, &len, sizeof buf, alphabet, n_alpha, &rng);
     struct strata_api_error e;
     int st = status_of(iter % 3 ? STRATA_API_COMPLETIONS : STRATA_API_CHAT, buf,
                        len, &e);
