@@ -215,13 +215,20 @@ static int check_id(const char *param, size_t i, json_int_t x, int32_t n_vocab,
              param, i, x, n_vocab);
 }
 
+#define MAX_IDS ((size_t)16 << 20) /* token ids in one field */
+
+/* A count of len token ids in param: neither none nor more than max. */
+static int check_n_ids(const char *param, size_t len, size_t max, struct strata_api_error *e) {
+  if (len == 0) return bad(e, param, "'%s' must not be empty", param);
+  if (len > max)
+    return bad(e, param, "'%s' has %zu entries, at most %zu allowed", param, len, max);
+  return 0;
+}
+
 static int get_ids(json_t *arr, const char *param, int32_t n_vocab, size_t max,
                    int32_t **out, size_t *n, struct strata_api_error *e) {
   size_t len = json_array_size(arr);
-  if (len == 0) return bad(e, param, "'%s' must not be empty", param);
-  if (len > max)
-    return bad(e, param, "'%s' has %zu entries, at most %zu allowed", param,
-               len, max);
+  if (check_n_ids(param, len, max, e)) return -1;
   int32_t *ids = malloc(len * sizeof *ids);
   if (!ids) return strata_api_errorf(e, 500, NULL, NULL, NULL, "out of memory");
   for (size_t i = 0; i < len; i++) {
@@ -362,7 +369,7 @@ static int parse_one_prompt(json_t *p, const char *param, const struct strata_ap
   if (!json_is_array(p))
     return bad(e, "prompt", "'%s' must be a string or an array of token ids, got %s", param,
                json_kind(p));
-  return get_ids(p, param, lim->n_vocab, (size_t)16 << 20, &q->ids, &q->n_ids, e);
+  return get_ids(p, param, lim->n_vocab, MAX_IDS, &q->ids, &q->n_ids, e);
 }
 
 static int parse_prompt(json_t *o, const struct strata_api_limits *lim,
@@ -691,11 +698,7 @@ static int split_ids(const char *body, size_t len, struct split_ids *s) {
         if (s->n == cap) {
           cap = cap ? 2 * cap : 1024;
           int64_t *g = realloc(s->ids, cap * sizeof *g);
-          if (!g) {
-            free(s->ids);
-            s->ids = NULL;
-            return -1;
-          }
+          if (!g) goto oom;
           s->ids = g;
         }
         s->ids[s->n++] = neg ? -v : v;
@@ -722,11 +725,7 @@ static int split_ids(const char *body, size_t len, struct split_ids *s) {
   if (!a0 || ws_skip(p + 1, end) != end) goto decline;
   s->rest_len = (size_t)(a0 - body) + 2 + (size_t)(end - a1);
   s->rest = malloc(s->rest_len);
-  if (!s->rest) {
-    free(s->ids);
-    s->ids = NULL;
-    return -1;
-  }
+  if (!s->rest) goto oom;
   memcpy(s->rest, body, (size_t)(a0 - body));
   memcpy(s->rest + (a0 - body), "[]", 2);
   memcpy(s->rest + (a0 - body) + 2, a1, (size_t)(end - a1));
@@ -735,6 +734,10 @@ decline:
   free(s->ids);
   memset(s, 0, sizeof *s);
   return 0;
+oom:
+  free(s->ids);
+  memset(s, 0, sizeof *s);
+  return -1;
 }
 
 static int parse_tokenize_like(const char *body, size_t len, int32_t n_vocab, int fast,
@@ -777,10 +780,7 @@ static int parse_tokenize_like(const char *body, size_t len, int32_t n_vocab, in
     }
     if (n_vocab > 0 && json_is_array(p) && sp.ids) {
       /* split_ids read them (and jansson sees []) */
-      if (sp.n > (size_t)16 << 20) {
-        bad(e, "prompt", "'prompt' has %zu entries, at most %zu allowed", sp.n, (size_t)16 << 20);
-        goto fail;
-      }
+      if (check_n_ids("prompt", sp.n, MAX_IDS, e)) goto fail;
       if (!(t->prompt_ids = malloc(sp.n * sizeof *t->prompt_ids))) {
         strata_api_errorf(e, 500, NULL, NULL, NULL, "out of memory");
         goto fail;
@@ -791,7 +791,7 @@ static int parse_tokenize_like(const char *body, size_t len, int32_t n_vocab, in
       }
       t->n_prompt_ids = sp.n;
     } else if (n_vocab > 0 && json_is_array(p)) {
-      if (get_ids(p, "prompt", n_vocab, (size_t)16 << 20, &t->prompt_ids, &t->n_prompt_ids, e))
+      if (get_ids(p, "prompt", n_vocab, MAX_IDS, &t->prompt_ids, &t->n_prompt_ids, e))
         goto fail;
     } else if (!json_is_string(p)) {
       bad(e, "prompt", "'prompt' must be a string%s, got %s",
@@ -857,7 +857,7 @@ int strata_api_parse_detokenize(const char *body, size_t len, int32_t n_vocab,
         json_kind(t));
     goto fail;
   }
-  if (json_array_size(t) && get_ids(t, "tokens", n_vocab, (size_t)16 << 20,
+  if (json_array_size(t) && get_ids(t, "tokens", n_vocab, MAX_IDS,
                                     &d->tokens, &d->n_tokens, e))
     goto fail;
   return 0;
