@@ -191,6 +191,7 @@ static void sim_usage(FILE *f) {
           "         [--max-running N] [--max-batch-tokens N]\n"
           "         [--step-ms X] [--prefill-ms X] [--decode-ms X] [--attn-ms X] [--json]\n"
           "         [--expand FILE]  (write the trace with token-id prompts and stop)\n"
+          "         [--calibrate STEPLOG]  (fit the cost model to a STRATA_STEP_LOG)\n"
           "Replays a JSONL trace through each scheduler policy (default: every\n"
           "installed one) and the real engine core with a cost model per step:\n"
           "step-ms + prefill tokens x prefill-ms + decoding sequences x decode-ms\n"
@@ -209,7 +210,9 @@ static int dbl_arg(const char *opt, const char *s, double *out) {
 }
 
 int strata_cmd_sim(int argc, char **argv) {
-  const char *trace = NULL, *config = NULL, *expand = NULL, *policies[MAX_POLICIES];
+  const char *trace = NULL, *config = NULL, *expand = NULL, *calibrate = NULL,
+             *policies[MAX_POLICIES];
+  int set_cost[4] = {0}; /* step, prefill, decode, attn given on the command line */
   int n_pol = 0, json = 0;
   long v;
   struct strata_engine_config ec;
@@ -238,6 +241,7 @@ int strata_cmd_sim(int argc, char **argv) {
                                        {"attn-ms", required_argument, 0, 'A'},
                                        {"json", no_argument, 0, 'j'},
                                        {"expand", required_argument, 0, 'E'},
+                                       {"calibrate", required_argument, 0, 'K'},
                                        {"help", no_argument, 0, 'h'},
                                        {0, 0, 0, 0}};
   optind = 1;
@@ -281,24 +285,50 @@ int strata_cmd_sim(int argc, char **argv) {
     case 'S':
       if (dbl_arg("--step-ms", optarg, &ms)) return 2;
       sim.step_s = ms / 1e3;
+      set_cost[0] = 1;
       break;
     case 'P':
       if (dbl_arg("--prefill-ms", optarg, &ms)) return 2;
       sim.prefill_s_per_token = ms / 1e3;
+      set_cost[1] = 1;
       break;
     case 'D':
       if (dbl_arg("--decode-ms", optarg, &ms)) return 2;
       sim.decode_s_per_seq = ms / 1e3;
+      set_cost[2] = 1;
       break;
     case 'A':
       if (dbl_arg("--attn-ms", optarg, &ms)) return 2;
       sim.attn_s_per_pos = ms / 1e6; /* ms per token per 1,000 positions */
+      set_cost[3] = 1;
       break;
     case 'j': json = 1; break;
     case 'E': expand = optarg; break;
+    case 'K': calibrate = optarg; break;
     case 'h': sim_usage(stdout); return 0;
     default: sim_usage(stderr); return 2;
     }
+  }
+  if (calibrate) {
+    /* the cost model fitted to the steps a real engine logged; flags given
+     * explicitly still win */
+    struct strata_sim_fit fit;
+    char ferr[512];
+    if (strata_sim_calibrate_load(calibrate, &fit, ferr, sizeof ferr) != 0) {
+      fprintf(stderr, "strata: sim: --calibrate: %s\n", ferr);
+      return 2;
+    }
+    FILE *o = trace ? stderr : stdout;
+    fprintf(o,
+            "calibrated from %s: %zu steps, %.1f s measured, %.1f s by the model, R^2 %.3f\n"
+            "  --step-ms %.2f --prefill-ms %.3f --decode-ms %.3f --attn-ms %.3f\n",
+            calibrate, fit.n_steps, fit.measured_s, fit.predicted_s, fit.r2, fit.step_s * 1e3,
+            fit.prefill_s_per_token * 1e3, fit.decode_s_per_seq * 1e3, fit.attn_s_per_pos * 1e6);
+    if (!set_cost[0]) sim.step_s = fit.step_s;
+    if (!set_cost[1]) sim.prefill_s_per_token = fit.prefill_s_per_token;
+    if (!set_cost[2]) sim.decode_s_per_seq = fit.decode_s_per_seq;
+    if (!set_cost[3]) sim.attn_s_per_pos = fit.attn_s_per_pos;
+    if (!trace && optind == argc) return 0;
   }
   if (optind < argc || !trace) {
     if (optind < argc)
@@ -373,12 +403,22 @@ int strata_cmd_sim(int argc, char **argv) {
            "preempt", "steps");
   }
   rc = 0;
+  /* a step log per policy when there are several: FILE.POLICY */
+  const char *sl = getenv("STRATA_STEP_LOG");
+  char *step_log = sl && *sl && n_pol > 1 ? strata_strdup(sl) : NULL;
   for (int k = 0; k < n_pol; k++) {
     struct strata_engine_config pc = ec;
     pc.scheduler = policies[k];
     pc.n_logits = 0;
     struct sim_result r = {0};
-    if (run_policy(&reg, cfg, &pc, &sim, &tr, &r) != 0) {
+    if (step_log) {
+      char path[4096];
+      snprintf(path, sizeof path, "%s.%s", step_log, policies[k]);
+      setenv("STRATA_STEP_LOG", path, 1);
+    }
+    int prc = run_policy(&reg, cfg, &pc, &sim, &tr, &r);
+    if (step_log) setenv("STRATA_STEP_LOG", step_log, 1);
+    if (prc != 0) {
       rc = 1;
       continue;
     }
@@ -399,6 +439,7 @@ int strata_cmd_sim(int argc, char **argv) {
              r.e2e[2], r.throughput, 100 * r.hit_rate, 100 * r.group_hit_rate,
              (unsigned long long)r.preemptions, (unsigned long long)r.steps);
   }
+  free(step_log);
 done:
   strata_sim_trace_free(&tr);
   strata_errlist_free(&errs);

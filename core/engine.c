@@ -251,6 +251,11 @@ struct strata_engine {
   int64_t failpoint_step, failpoint_end, n_forward;
   int step_failed;
   char step_err[256];
+  /* STRATA_STEP_LOG=FILE: one JSON line per arrival and per step (research:
+   * compare `strata sim` with the real engine decision by decision) */
+  FILE *step_log;
+  int64_t step_P, step_D; /* this step: prefill tokens, decoding sequences */
+  double step_pos;        /* sum over its tokens of the context before each */
   double sim_now, sim_step;
   struct strata_model *m;
   const strata_tokenizer_t *tok;
@@ -302,6 +307,9 @@ struct strata_engine {
 
 /* The engine's clock: monotonic seconds, or the simulation's virtual time. */
 static double enow(const strata_engine_t *e) { return e->simulated ? e->sim_now : strata_now(); }
+/* The same for the KV cache (group protections lapse on it: in a
+ * simulation, on the virtual clock). */
+static double kv_clock(void *ud) { return enow(ud); }
 
 static void choice_free(struct choice *c) {
   strata_kv_seq_clear(&c->seq);
@@ -1302,9 +1310,8 @@ static int32_t run_batch(strata_engine_t *e) {
                            .block_size = e->bs,
                            .n_out = n_out,
                            .out_rows = e->b_out};
-  if (e->simulated) {
-    /* the cost model instead of the model: a fixed part per step, prefill
-     * tokens, decoding sequences */
+  {
+    /* the step's shape: the cost model's inputs, and the step log's */
     int64_t P = 0, D = 0;
     double pos = 0; /* sum over computed tokens of the context before each */
     for (size_t q = 0; q < e->n_sched; q++)
@@ -1317,8 +1324,16 @@ static int32_t run_batch(strata_engine_t *e) {
           P += c->k;
         pos += (double)c->k * c->seq.n_computed + (double)c->k * (c->k - 1) / 2;
       }
-    e->sim_step = e->sim.step_s + (double)P * e->sim.prefill_s_per_token +
-                  (double)D * e->sim.decode_s_per_seq + pos * e->sim.attn_s_per_pos;
+    e->step_P = P;
+    e->step_D = D;
+    e->step_pos = pos;
+  }
+  if (e->simulated) {
+    /* the cost model instead of the model: a fixed part per step, prefill
+     * tokens, decoding sequences, attention over the context */
+    e->sim_step = e->sim.step_s + (double)e->step_P * e->sim.prefill_s_per_token +
+                  (double)e->step_D * e->sim.decode_s_per_seq +
+                  e->step_pos * e->sim.attn_s_per_pos;
     e->sim_now += e->sim_step;
   } else if (e->failpoint_step >= 0 && e->n_forward >= e->failpoint_step &&
              (e->failpoint_end < 0 || e->n_forward < e->failpoint_end)) {
@@ -1403,6 +1418,38 @@ fail:
 }
 
 /* One engine step. Returns nonzero when anything happened. */
+/* STRATA_STEP_LOG lines. An arrival: its id, time, prompt length, a hash
+ * of the prompt (to pair requests of two runs), group key and priority. */
+static void step_log_arrival(strata_engine_t *e, const struct strata_engine_req *r) {
+  uint64_t h = 0;
+  for (int32_t i = 0; i < r->n_prompt; i++) h = mix64(h ^ (uint32_t)r->prompt[i]);
+  fprintf(e->step_log,
+          "{\"arrive\":%llu,\"t\":%.6f,\"n\":%d,\"hash\":\"%016llx\",\"group\":\"%016llx\","
+          "\"priority\":%d}\n",
+          (unsigned long long)r->id, r->t_arrival, r->n_prompt, (unsigned long long)h,
+          (unsigned long long)r->group, r->priority);
+}
+
+/* A step: its start, duration (0: nothing ran), shape, the view's budgets
+ * and every decision as [id, "run"|"preempt", tokens, cached, inflight]. */
+static void step_log_step(strata_engine_t *e, const struct strata_sched_view *v, int nd,
+                          double dur) {
+  fprintf(e->step_log,
+          "{\"t\":%.6f,\"dur\":%.9f,\"prefill\":%lld,\"decode\":%lld,\"pos\":%.0f,"
+          "\"free\":%d,\"running\":%u,\"waiting\":%u,\"d\":[",
+          v->now, dur, (long long)e->step_P, (long long)e->step_D, e->step_pos, v->free_blocks,
+          v->n_running, v->n_waiting);
+  for (int d = 0, k = 0; d < nd; d++) {
+    const struct strata_sched_decision *dc = &e->dec[d];
+    if (dc->index >= v->n_running + v->n_waiting) continue;
+    const struct strata_sched_req *q = &v->reqs[dc->index];
+    fprintf(e->step_log, "%s[%llu,\"%s\",%d,%d,%d]", k++ ? "," : "", (unsigned long long)q->id,
+            dc->action == STRATA_SCHED_PREEMPT ? "preempt" : "run", dc->n_tokens, q->n_cached,
+            v->n_inflight ? v->n_inflight[dc->index] : 0);
+  }
+  fputs("]}\n", e->step_log);
+}
+
 static int engine_step(strata_engine_t *e) {
   int progress = 0;
   /* intake */
@@ -1413,8 +1460,10 @@ static int engine_step(strata_engine_t *e) {
     strata_log(STRATA_LOG_ERROR, "engine", "out of memory");
     return 0;
   }
-  for (size_t i = 0; i < e->n_incoming; i++)
+  for (size_t i = 0; i < e->n_incoming; i++) {
     waiting_insert(e, e->incoming[i]);
+    if (e->step_log) step_log_arrival(e, e->incoming[i]);
+  }
   progress |= e->n_incoming > 0;
   e->n_incoming = 0;
   pthread_mutex_unlock(&e->mu);
@@ -1549,6 +1598,7 @@ static int engine_step(strata_engine_t *e) {
   e->step_failed = 0;
   int32_t T = run_batch(e);
   t_step = e->simulated ? e->sim_step : strata_now() - t_step;
+  if (e->step_log) step_log_step(e, &view, nd, T > 0 ? t_step : 0);
   progress |= T > 0;
   compact(e->running, &e->n_running);
   compact(e->waiting, &e->n_waiting);
@@ -1661,6 +1711,7 @@ static void engine_free(strata_engine_t *e) {
   free(e->smp_idx);
   free(e->smp_prob);
   free(e->rowbuf);
+  if (e->step_log) fclose(e->step_log);
   free(e);
 }
 
@@ -1691,6 +1742,15 @@ static int engine_create(const struct strata_registry *reg, struct strata_config
   e->cfg = *c;
   e->failpoint_step = -1;
   e->failpoint_end = -1;
+  const char *sl = getenv("STRATA_STEP_LOG");
+  if (sl && *sl) {
+    e->step_log = fopen(sl, "w");
+    if (!e->step_log) {
+      int en = errno;
+      free(e);
+      return strata_errf(err, errlen, "STRATA_STEP_LOG=%s: %s", sl, strerror(en));
+    }
+  }
   e->ctx_len = ctx_len;
   e->n_vocab = n_vocab;
   e->bs = bs;
@@ -1708,6 +1768,8 @@ static int engine_create(const struct strata_registry *reg, struct strata_config
   kc.block_size = e->bs;
   kc.n_blocks = e->n_blocks;
   kc.prefix_caching = c->prefix_caching;
+  kc.clock = kv_clock;
+  kc.clock_ud = e;
   if (m) {
     e->smp_idx = strata_calloc((size_t)e->n_vocab, sizeof *e->smp_idx);
     e->smp_prob = strata_calloc((size_t)e->n_vocab, sizeof *e->smp_prob);

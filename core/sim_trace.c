@@ -149,22 +149,33 @@ static int parse_line(json_t *o, const char *name, int line, int32_t n_vocab, in
   return 0;
 }
 
+/* The next line of text from *pos that is not blank or a '#' comment,
+ * trimmed: [*a, *b). 0 at the end; *line counts every line. */
+static int next_line(const char *text, size_t len, size_t *pos, int *line, size_t *a,
+                     size_t *b) {
+  while (*pos < len) {
+    size_t end = *pos;
+    while (end < len && text[end] != '\n') end++;
+    ++*line;
+    *a = *pos;
+    *b = end;
+    *pos = end + 1;
+    while (*a < *b && (text[*a] == ' ' || text[*a] == '\t' || text[*a] == '\r')) ++*a;
+    while (*b > *a && (text[*b - 1] == ' ' || text[*b - 1] == '\t' || text[*b - 1] == '\r'))
+      --*b;
+    if (*a < *b && text[*a] != '#') return 1;
+  }
+  return 0;
+}
+
 int strata_sim_trace_parse(const char *text, size_t len, const char *name, int32_t n_vocab,
                            int32_t max_prompt, struct strata_sim_trace *out, char *err,
                            size_t errlen) {
   memset(out, 0, sizeof *out);
   if (n_vocab < 4) return strata_errf(err, errlen, "%s: the vocabulary is too small", name);
-  size_t cap = 0, pos = 0;
+  size_t cap = 0, pos = 0, a, b;
   int line = 0;
-  while (pos < len) {
-    size_t end = pos;
-    while (end < len && text[end] != '\n') end++;
-    line++;
-    size_t a = pos, b = end;
-    pos = end + 1;
-    while (a < b && (text[a] == ' ' || text[a] == '\t' || text[a] == '\r')) a++;
-    while (b > a && (text[b - 1] == ' ' || text[b - 1] == '\t' || text[b - 1] == '\r')) b--;
-    if (a == b || text[a] == '#') continue; /* blank lines and comments */
+  while (next_line(text, len, &pos, &line, &a, &b)) {
     if (out->n >= MAX_LINES) {
       strata_sim_trace_free(out);
       return strata_errf(err, errlen, "%s:%d: more than %d requests", name, line, MAX_LINES);
@@ -204,33 +215,147 @@ int strata_sim_trace_parse(const char *text, size_t len, const char *name, int32
 int strata_sim_trace_load(const char *path, int32_t n_vocab, int32_t max_prompt,
                           struct strata_sim_trace *out, char *err, size_t errlen) {
   memset(out, 0, sizeof *out);
-  FILE *f = fopen(path, "rb");
-  if (!f) return strata_errf(err, errlen, "%s: %s", path, strerror(errno));
-  char *buf = NULL;
-  size_t n = 0, cap = 0;
-  for (;;) {
-    if (n + 65536 > cap) {
-      size_t c = cap ? cap * 2 : 1 << 20;
-      char *nb = realloc(buf, c);
-      if (!nb) {
-        free(buf);
-        fclose(f);
-        return strata_errf(err, errlen, "%s: out of memory", path);
-      }
-      buf = nb;
-      cap = c;
-    }
-    size_t got = fread(buf + n, 1, cap - n, f);
-    n += got;
-    if (got == 0) break;
-  }
-  int rd = ferror(f);
-  fclose(f);
-  if (rd) {
-    free(buf);
-    return strata_errf(err, errlen, "%s: read error", path);
-  }
+  char *buf;
+  size_t n;
+  if (strata_read_file(path, &buf, &n, err, errlen) != 0) return -1;
   int rc = strata_sim_trace_parse(buf, n, path, n_vocab, max_prompt, out, err, errlen);
+  free(buf);
+  return rc;
+}
+
+/* ---- cost model calibration ---- */
+
+#define FIT_K 4 /* step, prefill tokens, decoding sequences, positions */
+
+/* Solves the normal equations restricted to the columns in use (Gaussian
+ * elimination with partial pivoting; 4 unknowns need no library). 0, or
+ * 1 + the column that depends on the ones before it (singular). */
+static int solve(const double A[FIT_K][FIT_K], const double y[FIT_K], const int use[FIT_K],
+                 double c[FIT_K]) {
+  int idx[FIT_K], k = 0;
+  for (int i = 0; i < FIT_K; i++)
+    if (use[i]) idx[k++] = i;
+  double M[FIT_K][FIT_K + 1];
+  for (int i = 0; i < k; i++) {
+    for (int j = 0; j < k; j++) M[i][j] = A[idx[i]][idx[j]];
+    M[i][k] = y[idx[i]];
+  }
+  for (int col = 0; col < k; col++) {
+    int p = col;
+    for (int r = col + 1; r < k; r++)
+      if (fabs(M[r][col]) > fabs(M[p][col])) p = r;
+    if (!(fabs(M[p][col]) > 1e-9 * (fabs(A[idx[col]][idx[col]]) + 1e-300))) return 1 + idx[col];
+    for (int j = 0; j <= k; j++) {
+      double t = M[col][j];
+      M[col][j] = M[p][j];
+      M[p][j] = t;
+    }
+    for (int r = 0; r < k; r++) {
+      if (r == col) continue;
+      double f = M[r][col] / M[col][col];
+      for (int j = col; j <= k; j++) M[r][j] -= f * M[col][j];
+    }
+  }
+  for (int i = 0; i < FIT_K; i++) c[i] = 0;
+  for (int i = 0; i < k; i++) c[idx[i]] = M[i][k] / M[i][i];
+  return 0;
+}
+
+/* A non-negative number field of a step line (integer when whole). */
+static int step_num(json_t *o, const char *key, int whole, double *out) {
+  json_t *v = json_object_get(o, key);
+  if (whole ? !json_is_integer(v) : !json_is_number(v)) return -1;
+  double x = json_number_value(v);
+  if (!isfinite(x) || x < 0 || x > 1e15) return -1;
+  *out = x;
+  return 0;
+}
+
+int strata_sim_calibrate_parse(const char *text, size_t len, const char *name,
+                               struct strata_sim_fit *out, char *err, size_t errlen) {
+  memset(out, 0, sizeof *out);
+  double A[FIT_K][FIT_K] = {{0}}, xy[FIT_K] = {0}, sx[FIT_K] = {0}, sy = 0, syy = 0;
+  size_t pos = 0, a, b, n = 0;
+  int line = 0;
+  static const char *const keys[] = {"dur", "prefill", "decode", "pos"};
+  while (next_line(text, len, &pos, &line, &a, &b)) {
+    json_error_t je;
+    json_t *o = json_loadb(text + a, b - a, JSON_REJECT_DUPLICATES, &je);
+    if (!o) return strata_errf(err, errlen, "%s:%d: column %d: %s", name, line, je.column, je.text);
+    if (!json_is_object(o)) {
+      json_decref(o);
+      return strata_errf(err, errlen, "%s:%d: a step log line must be a JSON object", name, line);
+    }
+    if (json_object_get(o, "arrive")) { /* an arrival, not a step */
+      json_decref(o);
+      continue;
+    }
+    double v[FIT_K];
+    for (int i = 0; i < FIT_K; i++)
+      if (step_num(o, keys[i], i == 1 || i == 2, &v[i]) != 0) {
+        json_decref(o);
+        return strata_errf(err, errlen, "%s:%d: %s: expected a %s >= 0", name, line, keys[i],
+                           i == 1 || i == 2 ? "whole number" : "number");
+      }
+    json_decref(o);
+    if (v[0] <= 0) continue; /* nothing ran */
+    double x[FIT_K] = {1, v[1], v[2], v[3] / 1000}; /* positions in thousands */
+    for (int i = 0; i < FIT_K; i++) {
+      for (int j = 0; j < FIT_K; j++) A[i][j] += x[i] * x[j];
+      xy[i] += x[i] * v[0];
+      sx[i] += x[i];
+    }
+    sy += v[0];
+    syy += v[0] * v[0];
+    n++;
+  }
+  if (n < 8)
+    return strata_errf(err, errlen, "%s: %zu steps that ran; a fit needs at least 8", name, n);
+  /* least squares; a negative coefficient (noise, or a term the log does
+   * not exercise) is dropped and the rest fitted again */
+  int use[FIT_K] = {1, 1, 1, 1};
+  double c[FIT_K];
+  for (;;) {
+    int dep = solve(A, xy, use, c);
+    if (dep) {
+      /* a term the steps do not tell apart from the ones before it (no
+       * prefill at all, or attention exactly proportional to decoding
+       * sequences): drop it and retry */
+      if (dep == 1) return strata_errf(err, errlen, "%s: the steps do not determine a fit", name);
+      use[dep - 1] = 0;
+      continue;
+    }
+    int worst = -1;
+    for (int i = 0; i < FIT_K; i++)
+      if (use[i] && c[i] < 0 && (worst < 0 || c[i] < c[worst])) worst = i;
+    if (worst < 0) break;
+    use[worst] = 0;
+  }
+  /* residual sum of squares from the normal equations' sums */
+  double rss = syy, pred = 0;
+  for (int i = 0; i < FIT_K; i++) {
+    rss -= 2 * c[i] * xy[i];
+    pred += c[i] * sx[i];
+    for (int j = 0; j < FIT_K; j++) rss += c[i] * A[i][j] * c[j];
+  }
+  double tss = syy - sy * sy / (double)n;
+  out->step_s = c[0];
+  out->prefill_s_per_token = c[1];
+  out->decode_s_per_seq = c[2];
+  out->attn_s_per_pos = c[3] / 1000;
+  out->n_steps = n;
+  out->measured_s = sy;
+  out->predicted_s = pred;
+  out->r2 = tss > 0 ? 1 - (rss > 0 ? rss : 0) / tss : 1;
+  return 0;
+}
+
+int strata_sim_calibrate_load(const char *path, struct strata_sim_fit *out, char *err,
+                              size_t errlen) {
+  char *buf;
+  size_t n;
+  if (strata_read_file(path, &buf, &n, err, errlen) != 0) return -1;
+  int rc = strata_sim_calibrate_parse(buf, n, path, out, err, errlen);
   free(buf);
   return rc;
 }

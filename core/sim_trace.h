@@ -50,4 +50,24 @@ void strata_sim_trace_free(struct strata_sim_trace *t);
 struct strata_request_params;
 void strata_sim_request(const struct strata_sim_req *q, struct strata_request_params *out);
 
+/* ---- cost model calibration (strata sim --calibrate) ----
+ * A step log (STRATA_STEP_LOG, written by the engine: one JSON object per
+ * step with "dur", "prefill", "decode" and "pos", and per arrival with
+ * "arrive") gives the cost model's four coefficients by least squares over
+ * the steps that ran: dur = step + prefill x P + decode x D + attn x pos.
+ * A coefficient the fit makes negative is dropped (0) and the rest fitted
+ * again. Parses text (name in messages); 0, or -1 with "NAME:LINE: ..." in
+ * err (a malformed line, a field missing or out of range, fewer than 8
+ * steps). */
+struct strata_sim_fit {
+  double step_s, prefill_s_per_token, decode_s_per_seq, attn_s_per_pos;
+  size_t n_steps;
+  double measured_s, predicted_s; /* sums over the steps */
+  double r2;                      /* of the fit over step durations */
+};
+int strata_sim_calibrate_parse(const char *text, size_t len, const char *name,
+                               struct strata_sim_fit *out, char *err, size_t errlen);
+int strata_sim_calibrate_load(const char *path, struct strata_sim_fit *out, char *err,
+                              size_t errlen);
+
 #endif

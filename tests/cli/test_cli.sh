@@ -90,6 +90,20 @@ run "sim with attention" 0 "$STRATA" sim --trace "$TR/multi_agent.jsonl" --polic
 t1=$(jq -r .ttft_mean "$T/out")
 if awk -v a="$t0" -v b="$t1" 'BEGIN { exit !(b > a * 1.05) }'; then ok; else bad "sim --attn-ms 5: TTFT mean $t1 not above $t0"; fi
 run "sim bad attn-ms" 2 "$STRATA" sim --trace "$TR/random.jsonl" --attn-ms -1
+# the step log and calibration: a simulation's own log gives its cost model back
+STRATA_STEP_LOG="$T/steps.log" run "sim step log" 0 "$STRATA" sim --trace "$TR/multi_agent.jsonl" \
+  --policy fcfs --step-ms 30 --prefill-ms 2.5 --decode-ms 8 --attn-ms 4
+n_arr=$(grep -c '^{"arrive":' "$T/steps.log")
+if [ "$n_arr" -eq 76 ]; then ok; else bad "sim step log: $n_arr arrivals, want 76"; fi
+run "sim calibrate" 0 "$STRATA" sim --calibrate "$T/steps.log"
+has "sim calibrate coefficients" "$T/out" '^  --step-ms 30\.00 --prefill-ms 2\.500 --decode-ms 8\.000 --attn-ms 4\.000$'
+has "sim calibrate fit" "$T/out" 'R\^2 1\.000'
+run "sim calibrated run" 0 "$STRATA" sim --trace "$TR/multi_agent.jsonl" --policy fcfs --calibrate "$T/steps.log" --decode-ms 9
+has "sim calibrated run uses the fit, flags win" "$T/out" 'cost 30\.0 ms/step \+ 2\.50 ms/prefill token \+ 9\.00 ms/decoding sequence \+ 4\.00 ms'
+printf '{"dur":0.1,"prefill":3,"decode":1,"pos":9}\n{"dur":"x"}\n' > "$T/bad.log"
+run "sim calibrate bad log" 2 "$STRATA" sim --calibrate "$T/bad.log"
+has "sim calibrate bad log file:line" "$T/err" "bad.log:2: dur: expected a number >= 0"
+run "sim calibrate missing log" 2 "$STRATA" sim --calibrate "$T/nope.log"
 
 # ---- plugins ---------------------------------------------------------------
 run "plugins" 0 "$STRATA" plugins

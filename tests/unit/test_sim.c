@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "engine.h"
 #include "engine_util.h"
@@ -101,6 +102,118 @@ START_TEST(trace_parsing) {
     int rc = strata_sim_trace_parse(buf, len, "m", 512, 500, &tr, err, sizeof err);
     ck_assert(rc == 0 || rc == -1);
     if (rc == 0) strata_sim_trace_free(&tr);
+  }
+}
+END_TEST
+
+/* ---- cost model calibration from a step log ---- */
+
+/* A step log of n steps from known costs (seconds; attn per position),
+ * with up to +- noise seconds of deterministic noise, an arrival and a
+ * blank line. */
+static char *synth_log(int n, const double c[4], double noise) {
+  size_t cap = (size_t)n * 200 + 256, len = 0;
+  char *t = malloc(cap);
+  ck_assert_ptr_nonnull(t);
+  len += (size_t)snprintf(t + len, cap - len, "{\"arrive\":1,\"t\":0,\"n\":5}\n\n");
+  uint64_t x = 7;
+  for (int i = 0; i < n; i++) {
+    x = x * 6364136223846793005ull + 1442695040888963407ull;
+    long P = i % 3 == 0 ? (long)((x >> 20) % 1500) : 0, D = (long)((x >> 40) % 9);
+    double pos = (double)((x >> 8) % 3000) * (double)(P + D);
+    double dur = c[0] + c[1] * (double)P + c[2] * (double)D + c[3] * pos;
+    dur += noise * ((double)((x >> 50) % 1000) / 500.0 - 1); /* +- noise seconds */
+    len += (size_t)snprintf(t + len, cap - len,
+                            "{\"t\":%d,\"dur\":%.9f,\"prefill\":%ld,\"decode\":%ld,\"pos\":%.0f,"
+                            "\"d\":[]}\n",
+                            i, dur, P, D, pos);
+  }
+  return t;
+}
+
+START_TEST(calibration) {
+  struct strata_sim_fit fit;
+  char err[512];
+  /* known costs come back */
+  const double c[4] = {0.040, 0.004, 0.009, 6.5e-6};
+  char *t = synth_log(600, c, 0.003);
+  ck_assert_int_eq(strata_sim_calibrate_parse(t, strlen(t), "s.log", &fit, err, sizeof err), 0);
+  free(t);
+  ck_assert_uint_eq(fit.n_steps, 600);
+  ck_assert_msg(fabs(fit.step_s - c[0]) < 0.1 * c[0], "step %g", fit.step_s);
+  ck_assert_msg(fabs(fit.prefill_s_per_token - c[1]) < 0.05 * c[1], "prefill %g",
+                fit.prefill_s_per_token);
+  ck_assert_msg(fabs(fit.decode_s_per_seq - c[2]) < 0.1 * c[2], "decode %g", fit.decode_s_per_seq);
+  ck_assert_msg(fabs(fit.attn_s_per_pos - c[3]) < 0.05 * c[3], "attn %g", fit.attn_s_per_pos);
+  ck_assert(fit.r2 > 0.99 && fit.r2 <= 1);
+  ck_assert(fabs(fit.predicted_s - fit.measured_s) < 0.01 * fit.measured_s);
+  /* a term that costs nothing fits to 0, never below */
+  const double c0[4] = {0.030, 0.005, 0, 0};
+  t = synth_log(300, c0, 0.003);
+  ck_assert_int_eq(strata_sim_calibrate_parse(t, strlen(t), "s.log", &fit, err, sizeof err), 0);
+  free(t);
+  ck_assert(fit.decode_s_per_seq >= 0 && fit.attn_s_per_pos >= 0 && fit.step_s > 0);
+  ck_assert_msg(fabs(fit.prefill_s_per_token - c0[1]) < 0.05 * c0[1], "prefill %g",
+                fit.prefill_s_per_token);
+  /* decode-only steps: no prefill column to fit, still a model */
+  const char *dec =
+      "{\"dur\":0.05,\"prefill\":0,\"decode\":1,\"pos\":100}\n"
+      "{\"dur\":0.06,\"prefill\":0,\"decode\":2,\"pos\":200}\n"
+      "{\"dur\":0.07,\"prefill\":0,\"decode\":3,\"pos\":300}\n"
+      "{\"dur\":0.08,\"prefill\":0,\"decode\":4,\"pos\":400}\n"
+      "{\"dur\":0.05,\"prefill\":0,\"decode\":1,\"pos\":100}\n"
+      "{\"dur\":0.06,\"prefill\":0,\"decode\":2,\"pos\":200}\n"
+      "{\"dur\":0.07,\"prefill\":0,\"decode\":3,\"pos\":300}\n"
+      "{\"dur\":0,\"prefill\":0,\"decode\":0,\"pos\":0}\n"
+      "{\"dur\":0.08,\"prefill\":0,\"decode\":4,\"pos\":400}\n";
+  ck_assert_int_eq(strata_sim_calibrate_parse(dec, strlen(dec), "d.log", &fit, err, sizeof err), 0);
+  ck_assert_uint_eq(fit.n_steps, 8);
+  ck_assert(fit.prefill_s_per_token == 0);
+  ck_assert(fabs(fit.step_s + fit.decode_s_per_seq + fit.attn_s_per_pos * 100 - 0.05) < 1e-9);
+
+  static const struct {
+    const char *text, *want;
+  } bad[] = {
+      {"not json\n", "b.log:1: column"},
+      {"[1]\n", "b.log:1: a step log line must be a JSON object"},
+      {"{\"prefill\":1,\"decode\":1,\"pos\":1}\n", "b.log:1: dur:"},
+      {"{\"dur\":-1,\"prefill\":1,\"decode\":1,\"pos\":1}\n", "dur:"},
+      {"{\"dur\":\"x\",\"prefill\":1,\"decode\":1,\"pos\":1}\n", "dur:"},
+      {"{\"dur\":1,\"prefill\":1.5,\"decode\":1,\"pos\":1}\n", "prefill:"},
+      {"{\"dur\":1,\"prefill\":1,\"decode\":-2,\"pos\":1}\n", "decode:"},
+      {"{\"dur\":1,\"prefill\":1,\"decode\":1,\"pos\":1e300}\n", "pos:"},
+      {"{\"dur\":1,\"dur\":2,\"prefill\":1,\"decode\":1,\"pos\":1}\n", "duplicate"},
+      {"# nothing\n", "0 steps that ran"},
+      {"", "0 steps that ran"},
+      {"{\"dur\":1,\"prefill\":1,\"decode\":1,\"pos\":1}\n", "1 steps that ran"},
+  };
+  for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+    err[0] = 0;
+    ck_assert_msg(strata_sim_calibrate_parse(bad[i].text, strlen(bad[i].text), "b.log", &fit, err,
+                                             sizeof err) == -1,
+                  "accepted: %s", bad[i].text);
+    ck_assert_msg(strstr(err, bad[i].want), "'%s': got '%s'", bad[i].text, err);
+  }
+  /* the same step repeated: no variation to fit anything but a constant */
+  char same[1024] = "";
+  for (int i = 0; i < 10; i++)
+    strcat(same, "{\"dur\":0.5,\"prefill\":10,\"decode\":1,\"pos\":50}\n");
+  ck_assert_int_eq(strata_sim_calibrate_parse(same, strlen(same), "s", &fit, err, sizeof err), 0);
+  ck_assert(fabs(fit.step_s + 10 * fit.prefill_s_per_token + fit.decode_s_per_seq +
+                 50 * fit.attn_s_per_pos - 0.5) < 1e-9);
+  /* mutations never crash */
+  char buf[1024];
+  uint64_t x = 5;
+  for (int it = 0; it < 3000; it++) {
+    strcpy(buf, same);
+    size_t len = strlen(buf);
+    for (int k = 0; k < 1 + it % 6; k++) {
+      x = x * 6364136223846793005ull + 1442695040888963407ull;
+      buf[(x >> 33) % len] = "{}[]\":,0123456789.-e tnulsx\n\x00\xff"[(x >> 13) % 31];
+    }
+    int rc = strata_sim_calibrate_parse(buf, len, "m", &fit, err, sizeof err);
+    ck_assert(rc == 0 || rc == -1);
+    if (rc == 0) ck_assert(fit.step_s >= 0 && fit.prefill_s_per_token >= 0 && isfinite(fit.r2));
   }
 }
 END_TEST
@@ -254,6 +367,104 @@ START_TEST(sim_matches_engine) {
 }
 END_TEST
 
+/* STRATA_STEP_LOG from the simulation itself: calibrating on it gives back
+ * the cost model that produced it, and it names every arrival. */
+START_TEST(step_log_roundtrip) {
+  static const char *text =
+      "{\"t\": 0, \"segments\": [{\"shared\": \"sys\", \"tokens\": 100}, {\"tokens\": 30}], \"output\": 20}\n"
+      "{\"t\": 0.01, \"segments\": [{\"shared\": \"sys\", \"tokens\": 100}, {\"tokens\": 200}], \"output\": 9}\n"
+      "{\"t\": 0.02, \"segments\": [{\"tokens\": 300}], \"output\": 30}\n"
+      "{\"t\": 0.5, \"segments\": [{\"tokens\": 50}], \"output\": 12}\n";
+  struct strata_sim_trace tr;
+  char err[512];
+  ck_assert_int_eq(strata_sim_trace_parse(text, strlen(text), "t", 512, 511, &tr, err, sizeof err), 0);
+  struct strata_engine_config cfg = defaults();
+  char path[] = "/tmp/strata-steplog-XXXXXX";
+  int fd = mkstemp(path);
+  ck_assert_int_ge(fd, 0);
+  close(fd);
+  struct strata_engine_sim sim = {.n_vocab = 512, .ctx_len = 512, .step_s = 0.011,
+                                  .prefill_s_per_token = 0.0021, .decode_s_per_seq = 0.0033,
+                                  .attn_s_per_pos = 1.7e-6};
+  static struct rec r[8];
+  start(&cfg);
+  setenv("STRATA_STEP_LOG", path, 1);
+  /* run_sim submits one at a time; the log still covers every step */
+  run_sim(&tr, &sim, r);
+  unsetenv("STRATA_STEP_LOG");
+  stop();
+  char *log;
+  size_t len;
+  ck_assert_int_eq(strata_read_file(path, &log, &len, err, sizeof err), 0);
+  unlink(path);
+  size_t arrivals = 0;
+  for (const char *p = log; (p = strstr(p, "{\"arrive\":")); p++) arrivals++;
+  ck_assert_uint_eq(arrivals, tr.n);
+  ck_assert_ptr_nonnull(strstr(log, "\"run\",300,0,0]"));   /* the unshared prompt at once */
+  ck_assert_ptr_nonnull(strstr(log, "\"run\",204,96,0]"));  /* after 96 cached tokens */
+  struct strata_sim_fit fit;
+  ck_assert_int_eq(strata_sim_calibrate_parse(log, len, path, &fit, err, sizeof err), 0);
+  free(log);
+  /* the log holds durations to the nanosecond */
+  ck_assert_msg(fabs(fit.step_s - sim.step_s) < 1e-4 * sim.step_s, "step %.9f", fit.step_s);
+  ck_assert(fabs(fit.prefill_s_per_token - sim.prefill_s_per_token) < 1e-4 * sim.prefill_s_per_token);
+  ck_assert(fabs(fit.decode_s_per_seq - sim.decode_s_per_seq) < 1e-4 * sim.decode_s_per_seq);
+  ck_assert(fabs(fit.attn_s_per_pos - sim.attn_s_per_pos) < 1e-4 * sim.attn_s_per_pos);
+  ck_assert(fit.r2 > 0.999999);
+  strata_sim_trace_free(&tr);
+}
+END_TEST
+
+/* Group protection lapses on the simulation's clock, not the wall clock:
+ * a group's context survives a background request group_ttl (120 s for
+ * affinity-group) allows, and is evicted first after. */
+static int32_t group_context_cached_after(double pause) {
+  char text[1024];
+  snprintf(text, sizeof text,
+           "{\"t\": 0, \"segments\": [{\"tokens\": 200}], \"output\": 1}\n"
+           "{\"t\": 1, \"segments\": [{\"shared\": \"ctx\", \"tokens\": 200}], \"output\": 1, \"group_id\": \"g\"}\n"
+           "{\"t\": %.1f, \"segments\": [{\"tokens\": 300}], \"output\": 1}\n"
+           "{\"t\": %.1f, \"segments\": [{\"shared\": \"ctx\", \"tokens\": 200}, {\"tokens\": 10}], \"output\": 1, \"group_id\": \"g\"}\n",
+           1 + pause, 2 + pause);
+  struct strata_sim_trace tr;
+  char err[512];
+  ck_assert_int_eq(strata_sim_trace_parse(text, strlen(text), "g", 512, 511, &tr, err, sizeof err), 0);
+  struct strata_engine_config cfg = defaults();
+  cfg.n_logits = 0;
+  cfg.scheduler = "affinity-group";
+  cfg.kv_tokens = 512; /* 32 blocks: the third request must evict 11 */
+  struct strata_engine_sim sim = {.n_vocab = 512, .ctx_len = 512, .step_s = 0.01};
+  ck_assert_msg(strata_engine_start_sim(&rt.reg, NULL, &cfg, &sim, &sim_eng, err, sizeof err) == 0,
+                "%s", err);
+  static struct rec r[4];
+  memset(r, 0, sizeof r);
+  for (size_t i = 0; i < tr.n; i++) {
+    pthread_mutex_init(&r[i].mu, NULL);
+    strata_engine_sim_set_time(sim_eng, tr.reqs[i].t);
+    struct strata_request_params p;
+    strata_sim_request(&tr.reqs[i], &p);
+    strata_engine_req_t *h;
+    ck_assert_int_eq(strata_engine_submit(sim_eng, &p, rec_event, &r[i], &h, err, sizeof err), 0);
+    for (int k = 0; k < 10000 && !r[i].done; k++) strata_engine_sim_step(sim_eng);
+    ck_assert(r[i].done);
+    strata_engine_release(h);
+  }
+  strata_engine_stop(sim_eng);
+  sim_eng = NULL;
+  strata_sim_trace_free(&tr);
+  return r[3].cached;
+}
+
+START_TEST(group_protection_on_sim_clock) {
+  struct strata_engine_config cfg = defaults();
+  start(&cfg); /* the registry */
+  int32_t soon = group_context_cached_after(10), late = group_context_cached_after(200);
+  stop();
+  ck_assert_int_eq(soon, 192); /* 12 whole blocks of the 200-token context */
+  ck_assert_msg(late < 192, "the context survived 200 simulated seconds: %d cached", late);
+}
+END_TEST
+
 int main(void) {
   char *model = test_shared_path("models/stories260K.gguf");
   FILE *f = fopen(model, "rb");
@@ -262,9 +473,12 @@ int main(void) {
   TCase *tc = tcase_create("sim");
   tcase_set_timeout(tc, 300);
   tcase_add_test(tc, trace_parsing);
+  tcase_add_test(tc, calibration);
   if (f) {
     fclose(f);
     tcase_add_test(tc, sim_matches_engine);
+    tcase_add_test(tc, step_log_roundtrip);
+    tcase_add_test(tc, group_protection_on_sim_clock);
   } else {
     fprintf(stderr, "stories260K missing: the engine comparison is skipped\n");
   }
