@@ -55,7 +55,9 @@ static void load_with(const char *so, const char *name, const char *settings) {
   ck_assert_int_eq(vt->create(node, &state, err, sizeof err), 0);
 }
 
-static void load(void) { load_with("fcfs", "fcfs", NULL); }
+/* Without the admission reserve, so that block arithmetic in a test is
+ * only what the test spells out (test reserve_keeps_room covers it). */
+static void load(void) { load_with("fcfs", "fcfs", "reserve_ratio = 0.0;"); }
 
 static void unload(void) {
   vt->destroy(state);
@@ -245,7 +247,7 @@ START_TEST(no_start_in_a_step_that_preempts) {
   static const char *so[] = {"fcfs", "prefix_aware", "affinity_group"};
   static const char *name[] = {"fcfs", "prefix-aware", "affinity-group"};
   for (int k = 0; k < 3; k++) {
-    load_with(so[k], name[k], NULL);
+    load_with(so[k], name[k], "reserve_ratio = 0.0;");
     struct strata_sched_req r[4] = {
         running_req(1, 33, 32, 2),
         running_req(2, 33, 32, 2),
@@ -262,6 +264,59 @@ START_TEST(no_start_in_a_step_that_preempts) {
     n = run(r, 3, 1, 1000, 64, 3, d);
     ck_assert_int_eq(n, 4);
     CK_DEC(d[3], 3, STRATA_SCHED_RUN, 5);
+    unload();
+  }
+}
+END_TEST
+
+START_TEST(reserve_keeps_room) {
+  /* One request decodes (20 tokens, 2 blocks, up to 100 more tokens). At
+   * the default ratio 0.7 admission keeps the blocks of 70 more tokens
+   * free for it: ceil(90/16) - ceil(20/16) = 4 blocks. */
+  static const char *so[] = {"fcfs", "prefix_aware", "affinity_group"};
+  static const char *name[] = {"fcfs", "prefix-aware", "affinity-group"};
+  for (int k = 0; k < 3; k++) {
+    load_with(so[k], name[k], NULL);
+    struct strata_sched_req r[4] = {
+        running_req(1, 20, 19, 2),
+        waiting_req(2, 0, 64, 0), /* 4 blocks */
+        running_req(3, 33, 32, 2), /* for the preempting step below */
+        running_req(4, 60, 59, 4),
+    };
+    struct strata_sched_decision d[4];
+    int n = run(r, 1, 1, 1000, 64, 8, d); /* 8 - 4 free: all of it */
+    ck_assert_int_eq(n, 2);
+    CK_DEC(d[1], 1, STRATA_SCHED_RUN, 64);
+    n = run(r, 1, 1, 1000, 64, 6, d); /* 6 - 4: a 2-block chunk */
+    ck_assert_int_eq(n, 2);
+    CK_DEC(d[1], 1, STRATA_SCHED_RUN, 32);
+    n = run(r, 1, 1, 1000, 64, 4, d); /* nothing left beyond the reserve */
+    ck_assert_int_eq(n, 1);
+    /* a request that will not generate more needs no reserve */
+    r[0].n_generated = 100;
+    n = run(r, 1, 1, 1000, 64, 4, d);
+    ck_assert_int_eq(n, 2);
+    CK_DEC(d[1], 1, STRATA_SCHED_RUN, 64);
+    r[0].n_generated = 0;
+    /* a step that preempts for blocks raises the ratio to 0.8: 5 blocks */
+    struct strata_sched_req p[3] = {r[2], r[2], r[3]};
+    p[1].id = 5;
+    n = run(p, 3, 0, 1000, 64, 0, d);
+    ck_assert_int_ge(n, 1);
+    CK_DEC(d[0], 2, STRATA_SCHED_PREEMPT, 0);
+    n = run(r, 1, 1, 1000, 64, 8, d); /* 8 - 5: 3 blocks */
+    ck_assert_int_eq(n, 2);
+    CK_DEC(d[1], 1, STRATA_SCHED_RUN, 48);
+    /* ... and it decays back by 0.001 a step */
+    for (int i = 0; i < 120; i++) run(r, 1, 0, 1000, 64, 8, d);
+    n = run(r, 1, 1, 1000, 64, 8, d);
+    CK_DEC(d[1], 1, STRATA_SCHED_RUN, 64);
+    unload();
+    /* reserve_ratio = 0: no reserve */
+    load_with(so[k], name[k], "reserve_ratio = 0.0;");
+    n = run(r, 1, 1, 1000, 64, 4, d);
+    ck_assert_int_eq(n, 2);
+    CK_DEC(d[1], 1, STRATA_SCHED_RUN, 64);
     unload();
   }
 }
@@ -446,6 +501,7 @@ int main(void) {
   tcase_add_test(tc, max_running_and_blocks_limit_starts);
   tcase_add_test(tc, preempts_latest_started);
   tcase_add_test(tc, no_start_in_a_step_that_preempts);
+  tcase_add_test(tc, reserve_keeps_room);
   tcase_add_test(tc, n_choices_cost_budget);
   tcase_add_test(tc, prefix_aware_longest_cached_first);
   tcase_add_test(tc, prefix_aware_no_starvation);

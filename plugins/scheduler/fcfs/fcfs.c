@@ -8,7 +8,15 @@
  *   3. waiting requests start in (priority, arrival) order while the budget,
  *      max_running and the free blocks allow; a prompt longer than what is
  *      left gets a chunk. The first one that cannot start stops the pass, so
- *      a later request never overtakes an earlier one.
+ *      a later request never overtakes an earlier one. Admission leaves a
+ *      reserve free: the blocks for `ratio` of the tokens the running
+ *      requests (and those started before in the step) may still generate,
+ *      with the ratio adapting as SGLang's new-token ratio (up after a step
+ *      that preempted for blocks, decaying otherwise). Without it a prompt
+ *      started into the last free blocks is preempted a step later when the
+ *      decoders need them, its prefill wasted (seen on the multi-agent
+ *      trace replayed on the real engine: the same prompt recomputed three
+ *      times).
  * When a running request cannot get the blocks of its next tokens, the
  * running request with the lowest priority that started last (not yet
  * scheduled this step) is preempted, repeatedly; when that is the request
@@ -55,6 +63,12 @@
 
 static const struct strata_host_api *host;
 
+/* admission reserve defaults (the params table repeats them as text) */
+#define RESERVE_RATIO 0.7
+#define RESERVE_MIN_RATIO 0.1
+#define RESERVE_DECAY 0.001
+#define RESERVE_MAX_TOKENS 256
+
 #if defined(SCHED_PREFIX_AWARE)
 #define SCHED_NAME "prefix-aware"
 #elif defined(SCHED_AFFINITY)
@@ -69,11 +83,19 @@ struct fcfs {
   double max_wait; /* prefix-aware: aging bound in seconds */
   double group_ttl; /* affinity-group: protection of a finished group's blocks */
   int wait_for_inflight; /* prefix-aware */
+  /* admission reserve (SGLang's new-token ratio): a waiting request starts
+   * only if the blocks left afterwards cover `ratio` of what the running
+   * requests will still generate; the ratio decays by ratio_decay a step
+   * toward min_ratio, and a step that preempts for blocks raises it by
+   * ratio_step (up to 1) */
+  double ratio, init_ratio, min_ratio, ratio_decay, ratio_step;
+  int32_t reserve_max_tokens; /* the estimate per request is clipped here */
   /* scratch, grown as needed */
   uint32_t cap;
   uint32_t *order;
   unsigned char *mark; /* 1: scheduled, 2: preempted */
   uint64_t *started_next; /* prefix-aware: next_block of requests started this step */
+  int32_t *got;            /* running requests: tokens scheduled this step */
 };
 
 static int fcfs_init(const struct strata_host_api *h,
@@ -103,11 +125,22 @@ static int fcfs_create(const strata_config_node_t *cfg, void **state, char *err,
 #ifdef SCHED_AFFINITY
     f->group_ttl = host->config_float(cfg, "group_ttl");
 #endif
+    f->init_ratio = host->config_float(cfg, "reserve_ratio");
+    f->min_ratio = host->config_float(cfg, "reserve_min_ratio");
+    f->ratio_decay = host->config_float(cfg, "reserve_decay");
+    f->reserve_max_tokens = (int32_t)host->config_int(cfg, "reserve_max_tokens");
   } else {
     f->max_wait = 5.0;
     f->wait_for_inflight = 1;
-    f->group_ttl = 30.0;
+    f->group_ttl = 120.0;
+    f->init_ratio = RESERVE_RATIO;
+    f->min_ratio = RESERVE_MIN_RATIO;
+    f->ratio_decay = RESERVE_DECAY;
+    f->reserve_max_tokens = RESERVE_MAX_TOKENS;
   }
+  if (f->min_ratio > f->init_ratio) f->min_ratio = f->init_ratio;
+  f->ratio = f->init_ratio;
+  f->ratio_step = f->init_ratio > 0 ? 0.1 : 0; /* reserve_ratio 0: off for good */
   *state = f;
   return 0;
 }
@@ -118,6 +151,7 @@ static void fcfs_destroy(void *state) {
   free(f->order);
   free(f->mark);
   free(f->started_next);
+  free(f->got);
   free(f);
 }
 
@@ -132,6 +166,9 @@ static int grow(struct fcfs *f, uint32_t n) {
   uint64_t *sn = realloc(f->started_next, sizeof *sn * n);
   if (!sn) return -1;
   f->started_next = sn;
+  int32_t *g = realloc(f->got, sizeof *g * n);
+  if (!g) return -1;
+  f->got = g;
   f->cap = n;
   return 0;
 }
@@ -143,6 +180,7 @@ struct ctx {
   uint32_t n_out, cap;
   int32_t budget, free_blocks, n_running;
   uint32_t preempted; /* running requests preempted for lack of blocks */
+  int32_t reserve;    /* blocks admission leaves for running requests to grow */
 };
 
 static void emit(struct ctx *c, uint32_t i, enum strata_sched_action a,
@@ -208,12 +246,40 @@ static int group_running(const struct strata_sched_view *v, uint64_t g) {
 }
 #endif
 
+/* The reserve for request i once it holds n_held tokens: the blocks of
+ * ratio x the tokens it may still generate (each choice, at most
+ * reserve_max_tokens), clamped to the context, beyond the blocks of its known tokens (blocks_for counts only
+ * known tokens; this counts the ones still to come). */
+static int32_t grow_blocks(struct ctx *c, uint32_t i, int32_t n_held) {
+  const struct strata_sched_req *r = &c->v->reqs[i];
+  const int64_t bs = c->v->block_size > 0 ? c->v->block_size : 1;
+  if (c->f->ratio <= 0) return 0;
+  int64_t per = r->n_choices > 0 ? r->n_choices : 1;
+  int64_t left = (int64_t)r->max_tokens - r->n_generated / per;
+  /* a chat request without max_tokens may generate up to the context but
+   * rarely does: its estimate is clipped (as SGLang clips its own) */
+  if (left > c->f->reserve_max_tokens) left = c->f->reserve_max_tokens;
+  if (left <= 0) return 0;
+  int64_t more = (int64_t)(c->f->ratio * (double)left + 0.999);
+  int64_t room = (int64_t)c->v->total_blocks * bs - r->n_prompt;
+  if (more > room) more = room;
+  if (more <= 0) return 0;
+  /* the known tokens not held yet are charged when they are scheduled */
+  int64_t from = r->n_prompt > n_held ? r->n_prompt : n_held;
+  int64_t b = ((from + more + bs - 1) / bs - (from + bs - 1) / bs) * per;
+  return b > c->v->total_blocks ? c->v->total_blocks : (int32_t)b;
+}
+
 /* Starts waiting request i with as many tokens as fit: 1 if it started. */
 static int try_start(struct ctx *c, uint32_t i) {
   const struct strata_sched_req *r = &c->v->reqs[i];
   int32_t k = chunk_limit(c, r, r->n_prompt - r->n_cached);
   if (k <= 0) return 0;
+  /* what the running requests will need stays free: the reserve */
+  int32_t all = c->free_blocks;
+  c->free_blocks -= c->reserve;
   k = fit_chunk(c, i, r->n_cached, k);
+  c->free_blocks = all;
   if (k <= 0) return 0;
   int32_t need = c->v->blocks_for(c->v, i, r->n_cached + k);
   emit(c, i, STRATA_SCHED_RUN, k);
@@ -221,6 +287,7 @@ static int try_start(struct ctx *c, uint32_t i) {
   c->budget -= k * (r->n_choices > 0 ? r->n_choices : 1);
   c->free_blocks -= need;
   c->n_running++;
+  c->reserve += grow_blocks(c, i, r->n_cached + k);
   return 1;
 }
 
@@ -335,10 +402,17 @@ static int fcfs_schedule(void *state, const struct strata_sched_view *v,
       int32_t need = v->blocks_for(v, i, r->n_computed + got);
       emit(&c, i, STRATA_SCHED_RUN, got);
       f->mark[i] = 1;
+      f->got[i] = got;
       c.budget -= got * (r->n_choices > 0 ? r->n_choices : 1);
       c.free_blocks -= need;
     }
   }
+
+  /* the reserve: blocks the running requests will grow into */
+  c.reserve = 0;
+  for (uint32_t i = 0; i < v->n_running; i++)
+    if (f->mark[i] != 2)
+      c.reserve += grow_blocks(&c, i, v->reqs[i].n_computed + (f->mark[i] ? f->got[i] : 0));
 
   /* 3: waiting requests in admission order, unless a running request had
    * to be preempted for blocks this step (vLLM V1's rule: admitting more
@@ -370,6 +444,12 @@ static int fcfs_schedule(void *state, const struct strata_sched_view *v,
     }
 #endif
   }
+  /* the reserve adapts: up after a step that ran out of blocks, slowly
+   * down while none does */
+  if (c.preempted)
+    f->ratio = f->ratio + f->ratio_step < 1 ? f->ratio + f->ratio_step : 1;
+  else if (v->n_running)
+    f->ratio = f->ratio - f->ratio_decay > f->min_ratio ? f->ratio - f->ratio_decay : f->min_ratio;
   return (int)c.n_out;
 }
 
@@ -378,6 +458,16 @@ static const struct strata_param fcfs_params[] = {
      "most tokens one request prefills in a step; 0: up to the step's budget"},
     {"priority_preemption", STRATA_PARAM_BOOL, 0, "false", 1, 0,
      "a waiting request that cannot start preempts running requests of lower priority"},
+    {"reserve_ratio", STRATA_PARAM_FLOAT, 0, "0.7", 0, 1,
+     "share of the tokens running requests may still generate whose blocks admission keeps "
+     "free (the starting value; it adapts: SGLang's new-token ratio); 0: no reserve"},
+    {"reserve_max_tokens", STRATA_PARAM_INT, 0, "256", 0, 16777216,
+     "the reserve counts at most this many more tokens per request (one without max_tokens "
+     "may run to the context but rarely does)"},
+    {"reserve_min_ratio", STRATA_PARAM_FLOAT, 0, "0.1", 0, 1,
+     "the reserve ratio decays to this while no step runs out of blocks"},
+    {"reserve_decay", STRATA_PARAM_FLOAT, 0, "0.001", 0, 1,
+     "the reserve ratio's decay per step; a step that preempts for blocks adds 0.1"},
 #ifdef SCHED_PREFIX_AWARE
     {"max_wait", STRATA_PARAM_FLOAT, 0, "5", 0, 86400,
      "seconds after which a waiting request goes before every luckier one (aging)"},
@@ -385,7 +475,7 @@ static const struct strata_param fcfs_params[] = {
      "a request whose next prompt blocks are being computed waits for them"},
 #endif
 #ifdef SCHED_AFFINITY
-    {"group_ttl", STRATA_PARAM_FLOAT, 0, "30", 0, 86400,
+    {"group_ttl", STRATA_PARAM_FLOAT, 0, "120", 0, 86400,
      "seconds a finished group request's cached blocks are evicted last (renewed by each "
      "finish of the group); 0: engine.kv_cache.group_ttl"},
 #endif
