@@ -1029,13 +1029,15 @@ static void check_attention(struct attn_case ac, uint64_t seed) {
 
 /* _i: tier x kv type x block size x group x head_dim */
 START_TEST(kv_store_attention_paged) {
-  const int bss[] = {1, 16, 32}, groups[] = {1, 2, 4}, hds[] = {64, 20};
+  /* groups 8 and 4 take the grouped kernel's unrolled paths, 5 its
+   * general one, 12 two subgroups (8 + 4); head_dim 20 the per-head one */
+  const int bss[] = {1, 16, 32}, groups[] = {1, 2, 4, 5, 8, 12}, hds[] = {64, 20};
   int i = _i;
   struct attn_case ac;
   ac.head_dim = hds[i % 2];
   i /= 2;
-  ac.group = groups[i % 3];
-  i /= 3;
+  ac.group = groups[i % 6];
+  i /= 6;
   ac.block_size = bss[i % 3];
   i /= 3;
   ac.kv_type = i % 2 ? STRATA_TYPE_F16 : STRATA_TYPE_F32;
@@ -1170,7 +1172,7 @@ static Suite *backend_cpu_suite(void) {
   tcase_add_test(tc, rmsnorm_matches);
   tcase_add_test(tc, add_add_bias_swiglu);
   tcase_add_test(tc, rope_both_modes);
-  tcase_add_loop_test(tc, kv_store_attention_paged, 0, N_TIERS * 2 * 3 * 3 * 2);
+  tcase_add_loop_test(tc, kv_store_attention_paged, 0, N_TIERS * 2 * 3 * 6 * 2);
   tcase_add_test(tc, errors_are_reported);
   suite_add_tcase(s, tc);
   return s;

@@ -132,6 +132,10 @@ struct cpu_kernels {
                    int32_t npos, float *sc, float *out);
   /* one q8_0 block, bit for bit the reference quantizer; NULL: use the plugin */
   int (*q8_block)(const float *x, int8_t *qs, uint16_t *h, int *sum);
+  /* the G <= 8 heads of one kv head at once (head_dim a multiple of 8;
+   * sc: npos x 8 floats); NULL: attn_one per head */
+  void (*attn_group)(const struct cpu_attn *c, const int32_t *bt, const float *q, int G, int kvh,
+                     int32_t npos, float *sc, float *out);
 };
 
 struct strata_backend {
@@ -441,10 +445,10 @@ static int cpu_open(int index, const struct strata_backend_params *params, strat
 #if defined(__x86_64__)
   if (b->tier == CPU_VNNI) {
     b->kern = (struct cpu_kernels){q_direct_rows_vnni, q_tile_rows_vnni, f_rows_vnni, attn_one_vnni,
-                                   q8_block_vnni};
+                                   q8_block_vnni, attn_group_vnni};
   } else if (b->tier == CPU_AVX2) {
     b->kern = (struct cpu_kernels){q_direct_rows_avx2, q_tile_rows_avx2, f_rows_avx2, attn_one_avx2,
-                                   q8_block_avx2};
+                                   q8_block_avx2, attn_group_avx2};
   }
 #endif
   if (b->host->log)
@@ -865,7 +869,9 @@ static int cpu_attention(strata_backend_t *b, const struct strata_tensor *q,
   const int64_t T = B->n_tokens, H = a->n_heads;
   const int group = a->n_heads / a->n_kv_heads;
   const int nt = cpu_nt(b, (double)T * H * a->head_dim * (b->max_ctx > 0 ? b->max_ctx : 1));
-  const size_t sc_bytes = cpu_align64((size_t)(b->max_ctx > 0 ? b->max_ctx : 1) * sizeof(float));
+  /* scores: a position's 8 lanes for the grouped kernel, 1 for the other */
+  const size_t sc_bytes =
+      cpu_align64((size_t)(b->max_ctx > 0 ? b->max_ctx : 1) * 8 * sizeof(float));
   uint8_t *ws = cpu_ws(b, (size_t)nt * sc_bytes + cpu_align64((size_t)T * sizeof(int32_t)));
   if (!ws) return -1;
   int32_t *tok_seq = (int32_t *)(void *)(ws + (size_t)nt * sc_bytes);
@@ -874,6 +880,23 @@ static int cpu_attention(strata_backend_t *b, const struct strata_tensor *q,
   const struct cpu_attn c = {.k = kc, .v = vc, .krow = krb, .vrow = vrb,
                              .ktype = k_cache->type, .vtype = v_cache->type,
                              .head_dim = a->head_dim, .block_size = bs, .scale = a->scale};
+  if (b->kern.attn_group && a->head_dim % 8 == 0) {
+    /* the heads of one kv head together, in subgroups of up to 8: each
+     * K/V row is read and converted once per subgroup */
+    const int64_t KVH = a->n_kv_heads, nsub = (group + 7) / 8, per = KVH * nsub;
+    CPU_OMP(omp parallel for num_threads(nt) schedule(dynamic, 1))
+    for (int64_t it = 0; it < T * per; it++) {
+      const int64_t i = it / per;
+      const int kvh = (int)(it % per / nsub), sub = (int)(it % nsub);
+      const int h0 = kvh * group + sub * 8, G = group - sub * 8 < 8 ? group - sub * 8 : 8;
+      const int32_t s = tok_seq[i];
+      float *sc = (float *)(void *)(ws + (size_t)cpu_tid() * sc_bytes);
+      b->kern.attn_group(&c, B->block_tables + (size_t)s * B->max_blocks,
+                         qp + i * qd + (int64_t)h0 * a->head_dim, G, kvh, B->positions[i] + 1, sc,
+                         op + i * qd + (int64_t)h0 * a->head_dim);
+    }
+    return 0;
+  }
   void (*one)(const struct cpu_attn *, const int32_t *, const float *, int, int32_t, float *,
               float *) = b->kern.attn_one;
   /* heads of one kv group are adjacent in the loop, so a cached K/V row is

@@ -741,4 +741,115 @@ static void K(attn_one)(const struct cpu_attn *c, const int32_t *bt, const float
     K(attn_t)(STRATA_TYPE_F16, STRATA_TYPE_F32, c, bt, q, kvh, npos, sc, out);
 }
 
+/* ---- attention: one query row, the heads that share one kv head ------------- */
+
+/* e^x, 8 lanes, for the softmax: Cephes' expf (range reduction by ln 2 in
+ * two parts, a degree-6 polynomial, the exponent added in the integer
+ * domain), within 2 ulp of expf; x is clamped to [-87, 88], so the result
+ * is a normal float (a score 87 below the row's maximum weighs 1e-38
+ * instead of 0). Written here: no SIMD math library is a dependency, and
+ * a scalar expf per position and head cost as much as the dot product. */
+CPU_INLINE __m256 K(expv)(__m256 x) {
+  x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0f)), _mm256_set1_ps(88.0f));
+  const __m256 fx = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 y = _mm256_set1_ps(1.9875691500e-4f);
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.3981999507e-3f));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(8.3334519073e-3f));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(4.1665795894e-2f));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.6666665459e-1f));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(5.0000001201e-1f));
+  y = _mm256_fmadd_ps(y, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+  const __m256i e =
+      _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(fx), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+}
+
+/* Lane g: the sum of a[g]'s lanes. */
+CPU_INLINE __m256 K(hsum8)(const __m256 *a) {
+  const __m256 u0 = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
+  const __m256 u1 = _mm256_hadd_ps(_mm256_hadd_ps(a[4], a[5]), _mm256_hadd_ps(a[6], a[7]));
+  return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+}
+
+/* One query row of the G (1..8) heads that share kv head kvh: every K and V
+ * row is loaded and converted once for all of them (the per-head kernel
+ * read each G times), a position's G scores form one vector (lane g: head
+ * g; lanes from G on compute zeros nobody reads) and the softmax runs on
+ * those vectors. q and out: G rows of head_dim, adjacent; head_dim a
+ * multiple of 8; sc: npos x 8 floats. G is a constant where it is inlined
+ * with one, so the head loops unroll into registers. */
+CPU_INLINE void K(attn_g_t)(const uint32_t kt, const uint32_t vt, const int G,
+                            const struct cpu_attn *c, const int32_t *bt, const float *q, int kvh,
+                            int32_t npos, float *sc, float *out) {
+  const int hd = c->head_dim;
+  const size_t kes = kt == STRATA_TYPE_F32 ? 4 : 2, ves = vt == STRATA_TYPE_F32 ? 4 : 2;
+  const size_t koff = (size_t)kvh * hd * kes, voff = (size_t)kvh * hd * ves;
+  const int32_t bs = c->block_size;
+  const __m256 scale = _mm256_set1_ps(c->scale);
+  __m256 mx = _mm256_set1_ps(-INFINITY);
+  for (int32_t p0 = 0, b = 0; p0 < npos; p0 += bs, b++) {
+    const int32_t n = npos - p0 < bs ? npos - p0 : bs;
+    const uint8_t *kb = c->k + (size_t)bt[b] * bs * c->krow + koff;
+    for (int32_t j = 0; j < n; j++) {
+      const uint8_t *k = kb + (size_t)j * c->krow;
+      __m256 a[8];
+      for (int g = 0; g < 8; g++) a[g] = _mm256_setzero_ps();
+      for (int d = 0; d < hd; d += 8) {
+        const __m256 kv = K(kvload)(kt, k + (size_t)d * kes);
+        for (int g = 0; g < G; g++)
+          a[g] = _mm256_fmadd_ps(_mm256_loadu_ps(q + (size_t)g * hd + d), kv, a[g]);
+      }
+      const __m256 s = _mm256_mul_ps(K(hsum8)(a), scale);
+      _mm256_storeu_ps(sc + (size_t)(p0 + j) * 8, s);
+      mx = _mm256_max_ps(mx, s);
+    }
+  }
+  __m256 sum = _mm256_setzero_ps();
+  for (int32_t p = 0; p < npos; p++) {
+    const __m256 e = K(expv)(_mm256_sub_ps(_mm256_loadu_ps(sc + (size_t)p * 8), mx));
+    _mm256_storeu_ps(sc + (size_t)p * 8, e);
+    sum = _mm256_add_ps(sum, e);
+  }
+  float inv[8];
+  _mm256_storeu_ps(inv, _mm256_div_ps(_mm256_set1_ps(1.0f), sum));
+  for (int d = 0; d < hd; d += 8) {
+    __m256 o[8];
+    for (int g = 0; g < 8; g++) o[g] = _mm256_setzero_ps();
+    for (int32_t p0 = 0, b = 0; p0 < npos; p0 += bs, b++) {
+      const int32_t n = npos - p0 < bs ? npos - p0 : bs;
+      const uint8_t *vb = c->v + (size_t)bt[b] * bs * c->vrow + voff + (size_t)d * ves;
+      for (int32_t j = 0; j < n; j++) {
+        const __m256 v = K(kvload)(vt, vb + (size_t)j * c->vrow);
+        const float *e = sc + (size_t)(p0 + j) * 8;
+        for (int g = 0; g < G; g++) o[g] = _mm256_fmadd_ps(_mm256_broadcast_ss(e + g), v, o[g]);
+      }
+    }
+    for (int g = 0; g < G; g++)
+      _mm256_storeu_ps(out + (size_t)g * hd + d, _mm256_mul_ps(o[g], _mm256_set1_ps(inv[g])));
+  }
+}
+
+#define CPU_ATTN_G(KT, VT)                                                                        \
+  do {                                                                                            \
+    if (G == 8) K(attn_g_t)(KT, VT, 8, c, bt, q, kvh, npos, sc, out);                            \
+    else if (G == 4) K(attn_g_t)(KT, VT, 4, c, bt, q, kvh, npos, sc, out);                       \
+    else K(attn_g_t)(KT, VT, G, c, bt, q, kvh, npos, sc, out);                                   \
+  } while (0)
+
+static void K(attn_group)(const struct cpu_attn *c, const int32_t *bt, const float *q, int G,
+                          int kvh, int32_t npos, float *sc, float *out) {
+  if (c->ktype == STRATA_TYPE_F32 && c->vtype == STRATA_TYPE_F32)
+    CPU_ATTN_G(STRATA_TYPE_F32, STRATA_TYPE_F32);
+  else if (c->ktype == STRATA_TYPE_F16 && c->vtype == STRATA_TYPE_F16)
+    CPU_ATTN_G(STRATA_TYPE_F16, STRATA_TYPE_F16);
+  else if (c->ktype == STRATA_TYPE_F32)
+    CPU_ATTN_G(STRATA_TYPE_F32, STRATA_TYPE_F16);
+  else
+    CPU_ATTN_G(STRATA_TYPE_F16, STRATA_TYPE_F32);
+}
+#undef CPU_ATTN_G
+
 #undef KF_C
