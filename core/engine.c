@@ -1417,7 +1417,13 @@ fail:
   return T;
 }
 
-/* One engine step. Returns nonzero when anything happened. */
+/* CPU seconds this process has used, all threads. */
+static double process_cpu(void) {
+  struct timespec ts;
+  if (clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts) != 0) return 0;
+  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
 /* STRATA_STEP_LOG lines. An arrival: its id, time, prompt length, a hash
  * of the prompt (to pair requests of two runs), group key and priority. */
 static void step_log_arrival(strata_engine_t *e, const struct strata_engine_req *r) {
@@ -1430,15 +1436,17 @@ static void step_log_arrival(strata_engine_t *e, const struct strata_engine_req 
           (unsigned long long)r->group, r->priority);
 }
 
-/* A step: its start, duration (0: nothing ran), shape, the view's budgets
- * and every decision as [id, "run"|"preempt", tokens, cached, inflight]. */
+/* A step: its start, duration (0: nothing ran), the process CPU seconds it
+ * took (cpu / dur well under the backend's threads: the machine was
+ * busy elsewhere), shape, the view's budgets and every decision as [id,
+ * "run"|"preempt", tokens, cached, inflight]. */
 static void step_log_step(strata_engine_t *e, const struct strata_sched_view *v, int nd,
-                          double dur) {
+                          double dur, double cpu) {
   fprintf(e->step_log,
-          "{\"t\":%.6f,\"dur\":%.9f,\"prefill\":%lld,\"decode\":%lld,\"pos\":%.0f,"
-          "\"free\":%d,\"running\":%u,\"waiting\":%u,\"d\":[",
-          v->now, dur, (long long)e->step_P, (long long)e->step_D, e->step_pos, v->free_blocks,
-          v->n_running, v->n_waiting);
+          "{\"t\":%.6f,\"dur\":%.9f,\"cpu\":%.6f,\"prefill\":%lld,\"decode\":%lld,"
+          "\"pos\":%.0f,\"free\":%d,\"running\":%u,\"waiting\":%u,\"d\":[",
+          v->now, dur, cpu, (long long)e->step_P, (long long)e->step_D, e->step_pos,
+          v->free_blocks, v->n_running, v->n_waiting);
   for (int d = 0, k = 0; d < nd; d++) {
     const struct strata_sched_decision *dc = &e->dec[d];
     if (dc->index >= v->n_running + v->n_waiting) continue;
@@ -1450,6 +1458,7 @@ static void step_log_step(strata_engine_t *e, const struct strata_sched_view *v,
   fputs("]}\n", e->step_log);
 }
 
+/* One engine step. Returns nonzero when anything happened. */
 static int engine_step(strata_engine_t *e) {
   int progress = 0;
   /* intake */
@@ -1594,11 +1603,13 @@ static int engine_step(strata_engine_t *e) {
   }
 
   /* the forward pass, sampling, events */
-  double t_step = strata_now();
+  double t_step = strata_now(), c_step = e->step_log ? process_cpu() : 0;
   e->step_failed = 0;
   int32_t T = run_batch(e);
   t_step = e->simulated ? e->sim_step : strata_now() - t_step;
-  if (e->step_log) step_log_step(e, &view, nd, T > 0 ? t_step : 0);
+  if (e->step_log)
+    step_log_step(e, &view, nd, T > 0 ? t_step : 0,
+                  T > 0 && !e->simulated ? process_cpu() - c_step : 0);
   progress |= T > 0;
   compact(e->running, &e->n_running);
   compact(e->waiting, &e->n_waiting);
