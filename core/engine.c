@@ -1437,8 +1437,8 @@ static void step_log_arrival(strata_engine_t *e, const struct strata_engine_req 
 }
 
 /* A step: its start, duration (0: nothing ran), the process CPU seconds it
- * took (cpu / dur well under the backend's threads: the machine was
- * busy elsewhere), shape, the view's budgets and every decision as [id,
+ * took (cpu / dur well under the backend's threads: other processes took
+ * the CPU), shape, the view's budgets and every decision as [id,
  * "run"|"preempt", tokens, cached, inflight]. */
 static void step_log_step(strata_engine_t *e, const struct strata_sched_view *v, int nd,
                           double dur, double cpu) {
@@ -1761,6 +1761,7 @@ static int engine_create(const struct strata_registry *reg, struct strata_config
       free(e);
       return strata_errf(err, errlen, "STRATA_STEP_LOG=%s: %s", sl, strerror(en));
     }
+    setvbuf(e->step_log, NULL, _IOLBF, 0); /* whole lines: it can be followed live */
   }
   e->ctx_len = ctx_len;
   e->n_vocab = n_vocab;
