@@ -212,14 +212,14 @@ static void preempt(struct ctx *c, uint32_t j) {
   c->n_running--;
 }
 
-/* Largest chunk <= want whose blocks fit in the free blocks (0: none). */
-static int32_t fit_chunk(struct ctx *c, uint32_t i, int32_t base,
-                         int32_t want) {
-  if (c->v->blocks_for(c->v, i, base + want) <= c->free_blocks) return want;
+/* Largest chunk <= want whose blocks fit in `avail` blocks (0: none). */
+static int32_t fit_chunk(struct ctx *c, uint32_t i, int32_t base, int32_t want,
+                         int32_t avail) {
+  if (c->v->blocks_for(c->v, i, base + want) <= avail) return want;
   int32_t lo = 0, hi = want; /* lo fits, hi does not */
   while (hi - lo > 1) {
     int32_t mid = lo + (hi - lo) / 2;
-    if (c->v->blocks_for(c->v, i, base + mid) <= c->free_blocks)
+    if (c->v->blocks_for(c->v, i, base + mid) <= avail)
       lo = mid;
     else
       hi = mid;
@@ -248,8 +248,9 @@ static int group_running(const struct strata_sched_view *v, uint64_t g) {
 
 /* The reserve for request i once it holds n_held tokens: the blocks of
  * ratio x the tokens it may still generate (each choice, at most
- * reserve_max_tokens), clamped to the context, beyond the blocks of its known tokens (blocks_for counts only
- * known tokens; this counts the ones still to come). */
+ * reserve_max_tokens), clamped to the context, beyond the blocks of its
+ * known tokens (blocks_for counts only known tokens; this counts the ones
+ * still to come). */
 static int32_t grow_blocks(struct ctx *c, uint32_t i, int32_t n_held) {
   const struct strata_sched_req *r = &c->v->reqs[i];
   const int64_t bs = c->v->block_size > 0 ? c->v->block_size : 1;
@@ -276,10 +277,7 @@ static int try_start(struct ctx *c, uint32_t i) {
   int32_t k = chunk_limit(c, r, r->n_prompt - r->n_cached);
   if (k <= 0) return 0;
   /* what the running requests will need stays free: the reserve */
-  int32_t all = c->free_blocks;
-  c->free_blocks -= c->reserve;
-  k = fit_chunk(c, i, r->n_cached, k);
-  c->free_blocks = all;
+  k = fit_chunk(c, i, r->n_cached, k, c->free_blocks - c->reserve);
   if (k <= 0) return 0;
   int32_t need = c->v->blocks_for(c->v, i, r->n_cached + k);
   emit(c, i, STRATA_SCHED_RUN, k);
@@ -390,13 +388,13 @@ static int fcfs_schedule(void *state, const struct strata_sched_view *v,
       if ((remaining == 1) != (pass == 0) || remaining < 1) continue;
       int32_t k = chunk_limit(&c, r, remaining);
       if (k <= 0) continue;
-      int32_t got = fit_chunk(&c, i, r->n_computed, k);
+      int32_t got = fit_chunk(&c, i, r->n_computed, k, c.free_blocks);
       while (got == 0) {
         int64_t victim = pick_victim(&c);
         if (victim < 0) break;
         preempt(&c, (uint32_t)victim);
         if (victim == i) break;
-        got = fit_chunk(&c, i, r->n_computed, k);
+        got = fit_chunk(&c, i, r->n_computed, k, c.free_blocks);
       }
       if (got == 0) continue;
       int32_t need = v->blocks_for(v, i, r->n_computed + got);
