@@ -168,6 +168,50 @@ async function prefixTest() {
   console.log(`second request TTFT ${ms(b.ttft)} (${(100 * b.ttft / a.ttft).toFixed(1)}% of the first)`);
 }
 
+// The cache stats probe (see load()): asks about the same N-token prompt
+// one request at a time, a request every ~20 ms (not a flood that would
+// itself load a small machine), until told to stop; then posts its samples.
+const PROBE_SRC = `
+const { parentPort, workerData } = require('node:worker_threads');
+const net = require('node:net');
+const u = new URL(workerData.url);
+const ids = Array.from({ length: workerData.n }, (_, i) => 3 + ((i * 7919) % 500));
+const body = Buffer.from(JSON.stringify({ model: workerData.model || undefined, prompt: ids }));
+const req = Buffer.concat([Buffer.from('POST /v1/cache/stats HTTP/1.1\\r\\nHost: ' + u.host +
+  '\\r\\nContent-Type: application/json\\r\\nContent-Length: ' + body.length + '\\r\\n\\r\\n'), body]);
+let stop = false;
+parentPort.on('message', () => { stop = true; });
+const samples = [];
+const sock = net.connect({ host: u.hostname, port: Number(u.port) || 80, noDelay: true });
+let buf = Buffer.alloc(0), want = null;
+sock.on('data', (c) => {
+  buf = Buffer.concat([buf, c]);
+  const k = buf.indexOf('\\r\\n\\r\\n');
+  if (k < 0) return;
+  const h = buf.subarray(0, k).toString();
+  const m = /content-length:\\s*(\\d+)/i.exec(h);
+  if (!m || buf.length < k + 4 + Number(m[1])) return;
+  const status = Number(h.split(' ')[1]), text = buf.subarray(k + 4, k + 4 + Number(m[1])).toString();
+  buf = buf.subarray(k + 4 + Number(m[1]));
+  const w = want; want = null;
+  w({ status, text });
+});
+sock.on('error', (e) => { throw e; });
+sock.once('connect', async () => {
+  while (!stop) {
+    const t = performance.now();
+    const r = await new Promise((res) => { want = res; sock.write(req); });
+    const dt = (performance.now() - t) / 1e3;
+    if (r.status !== 200) throw new Error('/v1/cache/stats: HTTP ' + r.status + ': ' + r.text);
+    JSON.parse(r.text);
+    samples.push(dt);
+    await new Promise(res => setTimeout(res, 20));
+  }
+  sock.end();
+  parentPort.postMessage(samples);
+});
+`;
+
 async function load() {
   const prompts = [];
   for (let i = 0; i < Math.min(args.requests, 64); i++) prompts.push(await textOfTokens(args.promptTokens));
@@ -181,47 +225,28 @@ async function load() {
       res.push(await streamOne(prompts[i % prompts.length]));
     }
   }
-  let loadDone = false;
-  const probes = [];
-  // The probe: one kept-alive TCP connection, each request written at once
-  // and timed until its whole answer is in (Content-Length), so the figure
-  // is the server's latency, not the HTTP client library's.
-  async function probe() {
-    const net = await import('node:net');
-    const u = new URL(args.url);
-    const ids = Array.from({ length: args.cacheStatsProbe }, (_, i) => 3 + ((i * 7919) % 500));
-    const body = Buffer.from(JSON.stringify({ model: args.model || undefined, prompt: ids }));
-    const head = Buffer.from(`POST /v1/cache/stats HTTP/1.1\r\nHost: ${u.host}\r\n` +
-                             `Content-Type: application/json\r\nContent-Length: ${body.length}\r\n\r\n`);
-    const req = Buffer.concat([head, body]);
-    const sock = net.connect({ host: u.hostname, port: Number(u.port) || 80, noDelay: true });
-    await new Promise((res, rej) => { sock.once('connect', res); sock.once('error', rej); });
-    let buf = Buffer.alloc(0), want = null;
-    sock.on('data', (c) => {
-      buf = Buffer.concat([buf, c]);
-      const k = buf.indexOf('\r\n\r\n');
-      if (k < 0) return;
-      const h = buf.subarray(0, k).toString();
-      const m = /content-length:\s*(\d+)/i.exec(h);
-      if (!m || buf.length < k + 4 + Number(m[1])) return;
-      const status = Number(h.split(' ')[1]), text = buf.subarray(k + 4, k + 4 + Number(m[1])).toString();
-      buf = buf.subarray(k + 4 + Number(m[1]));
-      const w = want; want = null;
-      w({ status, text });
+  // The probe runs on a worker thread with its own event loop and heap, so
+  // the clients' stream handling and garbage collection on the main thread
+  // do not show up in its figures. One kept-alive TCP connection, each
+  // request written at once and timed until its whole answer is in
+  // (Content-Length): the server's latency, not an HTTP library's.
+  let probeWorker = null, probeDone = null;
+  if (args.cacheStatsProbe) {
+    const { Worker } = await import('node:worker_threads');
+    probeWorker = new Worker(PROBE_SRC, { eval: true, workerData: {
+      url: args.url, model: args.model, n: args.cacheStatsProbe } });
+    probeDone = new Promise((res, rej) => {
+      probeWorker.on('message', res);
+      probeWorker.on('error', rej);
     });
-    while (!loadDone) {
-      const t = performance.now();
-      const r = await new Promise((res) => { want = res; sock.write(req); });
-      const dt = (performance.now() - t) / 1e3;
-      if (r.status !== 200) throw new Error(`/v1/cache/stats: HTTP ${r.status}: ${r.text}`);
-      JSON.parse(r.text);
-      probes.push(dt);
-      await new Promise(res => setTimeout(res, 20)); // a probe every ~20 ms, not a flood
-    }
-    sock.end();
   }
-  const clients = Promise.all(Array.from({ length: args.clients }, client)).then(() => { loadDone = true; });
-  await Promise.all(args.cacheStatsProbe ? [clients, probe()] : [clients]);
+  await Promise.all(Array.from({ length: args.clients }, client));
+  let probes = [];
+  if (probeWorker) {
+    probeWorker.postMessage('stop');
+    probes = await probeDone;
+    await probeWorker.terminate();
+  }
   const dt = (performance.now() - t0) / 1e3;
   const out = res.reduce((s, r) => s + r.outTokens, 0);
   console.log(`clients ${args.clients}, requests ${res.length}, prompt ~${args.promptTokens} tokens, ` +
