@@ -106,18 +106,19 @@ out:
 
 int strata_cmd_bench(int argc, char **argv) {
   struct strata_runtime_opts ro = {0};
-  long n_prompt = 512, n_gen = 32, batch = 16, v;
-  int logits_mode = 0, set_p = 0, set_g = 0, set_b = 0;
+  long n_prompt = 512, n_gen = 32, batch = 16, batch_ctx = 16, v;
+  int logits_mode = 0, set_p = 0, set_g = 0, set_b = 0, set_bc = 0;
   static const struct option opts[] = {
       {"model", required_argument, 0, 'm'},  {"prompt-tokens", required_argument, 0, 'p'},
       {"gen-tokens", required_argument, 0, 'g'}, {"threads", required_argument, 0, 't'},
-      {"batch", required_argument, 0, 'B'},  {"quant", required_argument, 0, 'q'},
+      {"batch", required_argument, 0, 'B'},  {"batch-context", required_argument, 0, 'C'},
+      {"quant", required_argument, 0, 'q'},
       {"backend", required_argument, 0, 'b'}, {"config", required_argument, 0, 'c'},
       {"logits", no_argument, 0, 'L'},       {"help", no_argument, 0, 'h'},
       {0, 0, 0, 0}};
   optind = 1;
   int c;
-  while ((c = getopt_long(argc, argv, "m:p:g:t:B:q:b:c:Lh", opts, NULL)) != -1) {
+  while ((c = getopt_long(argc, argv, "m:p:g:t:B:C:q:b:c:Lh", opts, NULL)) != -1) {
     switch (c) {
     case 'm': ro.model_path = optarg; break;
     case 'p':
@@ -136,14 +137,20 @@ int strata_cmd_bench(int argc, char **argv) {
       if (strata_cli_parse_long("bench", "--batch", optarg, 1, 4096, &batch)) return 2;
       set_b = 1;
       break;
+    case 'C':
+      if (strata_cli_parse_long("bench", "--batch-context", optarg, 1, 1 << 20, &batch_ctx)) return 2;
+      set_bc = 1;
+      break;
     case 'L': logits_mode = 1; break;
     case 'q': ro.quant = optarg; break;
     case 'b': ro.backend = optarg; break;
     case 'c': ro.config_path = optarg; break;
     case 'h':
       printf("usage: strata bench --model FILE [--prompt-tokens N] [--gen-tokens N] [--threads N]\n"
-             "         [--batch B] [--quant Q] [--backend NAME] [--config FILE] [--logits]\n"
-             "Measures prefill of N tokens, decode at 1 and at B sequences, and the\n"
+             "         [--batch B] [--batch-context N] [--quant Q] [--backend NAME]\n"
+             "         [--config FILE] [--logits]\n"
+             "Measures prefill of N tokens, decode at 1 sequence after them and at B\n"
+             "sequences of --batch-context tokens each (default 16, at most N), and the\n"
              "decode roofline from this machine's measured read bandwidth.\n"
              "--logits: instead, the serving engine's step time with and without logits\n"
              "processors over B requests (defaults: B 64, prompt 32, 16 generated).\n");
@@ -153,6 +160,11 @@ int strata_cmd_bench(int argc, char **argv) {
   }
   if (optind < argc) {
     fprintf(stderr, "strata: bench: unexpected argument '%s'\n", argv[optind]);
+    return 2;
+  }
+  if (set_bc && batch_ctx > n_prompt) {
+    fprintf(stderr, "strata: bench: --batch-context %ld is more than --prompt-tokens %ld\n", batch_ctx,
+            n_prompt);
     return 2;
   }
   if (logits_mode)
@@ -196,14 +208,16 @@ int strata_cmd_bench(int argc, char **argv) {
   printf("prefill/decode per-token speed: %.1fx\n", pf / d1);
   double dB = 0;
   if (batch > 1) {
-    /* B sequences with a short context each, decoding together */
-    double tpb = prefill(m, (int)batch, 16, bt, per, logits, err, sizeof err);
+    /* B sequences of batch_ctx tokens each (a short context by default),
+     * decoding together */
+    double tpb = prefill(m, (int)batch, (int)batch_ctx, bt, per, logits, err, sizeof err);
     if (tpb < 0) goto fail;
-    double tdb = decode_steps(m, (int)batch, 16, (int)n_gen, bt, per, logits, err, sizeof err);
+    double tdb = decode_steps(m, (int)batch, (int)batch_ctx, (int)n_gen, bt, per, logits, err, sizeof err);
     if (tdb < 0) goto fail;
     dB = batch * n_gen / tdb;
-    printf("decode:   %ld sequences, %ld steps in %.3f s: %.2f tokens/s aggregate (%.1fx one sequence)\n", batch,
-           n_gen, tdb, dB, dB / d1);
+    printf("decode:   %ld sequences at %ld positions, %ld steps in %.3f s: %.2f tokens/s aggregate "
+           "(%.1fx one sequence; %.1f ms/step)\n",
+           batch, batch_ctx, n_gen, tdb, dB, dB / d1, 1e3 * tdb / n_gen);
   }
   int threads = ro.threads > 0 ? ro.threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
   double bw = strata_read_bandwidth((size_t)1 << 30, threads);

@@ -194,17 +194,55 @@ START_TEST(max_running_and_blocks_limit_starts) {
   int n = run(r, 1, 2, 1000, 2, 100, d);
   ck_assert_int_eq(n, 2); /* max_running 2: only one starts */
   CK_DEC(d[1], 1, STRATA_SCHED_RUN, 64);
-  /* two free blocks: the first waiting request gets a 32-token chunk and
-   * the next one must not overtake it */
+  /* two free blocks: the first waiting request's whole prompt needs four,
+   * so it does not start, and the next one must not overtake it */
   n = run(r, 1, 2, 1000, 64, 2, d);
-  ck_assert_int_eq(n, 2);
+  ck_assert_int_eq(n, 1);
   CK_DEC(d[0], 0, STRATA_SCHED_RUN, 1);
-  CK_DEC(d[1], 1, STRATA_SCHED_RUN, 32);
   /* no free block at all: nothing starts */
   n = run(r, 1, 2, 1000, 64, 0, d);
   ck_assert_int_eq(n, 1);
   CK_DEC(d[0], 0, STRATA_SCHED_RUN, 1);
   unload();
+  /* without admit_whole_prompt it gets a 32-token chunk, still in order */
+  load_with("fcfs", "fcfs", "reserve_ratio = 0.0; admit_whole_prompt = false;");
+  n = run(r, 1, 2, 1000, 64, 2, d);
+  ck_assert_int_eq(n, 2);
+  CK_DEC(d[0], 0, STRATA_SCHED_RUN, 1);
+  CK_DEC(d[1], 1, STRATA_SCHED_RUN, 32);
+  unload();
+}
+END_TEST
+
+START_TEST(whole_prompt_admission) {
+  /* A waiting prompt starts only when the blocks of all of it are free
+   * (beyond the reserve), unless nothing runs; its cached prefix is not
+   * charged. In every build. */
+  static const char *so[] = {"fcfs", "prefix_aware", "affinity_group"};
+  static const char *name[] = {"fcfs", "prefix-aware", "affinity-group"};
+  for (int k = 0; k < 3; k++) {
+    load_with(so[k], name[k], "reserve_ratio = 0.0;");
+    struct strata_sched_req r[2] = {
+        running_req(1, 20, 19, 2),
+        waiting_req(2, 0, 64, 0), /* 4 blocks */
+    };
+    struct strata_sched_decision d[2];
+    int n = run(r, 1, 1, 32, 64, 3, d); /* budget 32: chunked either way */
+    ck_assert_int_eq(n, 1);
+    n = run(r, 1, 1, 32, 64, 4, d);
+    ck_assert_int_eq(n, 2);
+    CK_DEC(d[1], 1, STRATA_SCHED_RUN, 31); /* the decode took 1 of 32 */
+    /* nothing running: the chunk that fits starts */
+    n = run(r + 1, 0, 1, 1000, 64, 3, d);
+    ck_assert_int_eq(n, 1);
+    CK_DEC(d[0], 0, STRATA_SCHED_RUN, 48);
+    /* 32 tokens cached: the 2 blocks of the rest suffice */
+    r[1].n_cached = 32;
+    n = run(r, 1, 1, 1000, 64, 2, d);
+    ck_assert_int_eq(n, 2);
+    CK_DEC(d[1], 1, STRATA_SCHED_RUN, 32);
+    unload();
+  }
 }
 END_TEST
 
@@ -276,7 +314,9 @@ START_TEST(reserve_keeps_room) {
   static const char *so[] = {"fcfs", "prefix_aware", "affinity_group"};
   static const char *name[] = {"fcfs", "prefix-aware", "affinity-group"};
   for (int k = 0; k < 3; k++) {
-    load_with(so[k], name[k], NULL);
+    /* the reserve's effect on the chunk that fits (whole_prompt_admission
+     * tests the rule that would hold these prompts back) */
+    load_with(so[k], name[k], "admit_whole_prompt = false;");
     struct strata_sched_req r[4] = {
         running_req(1, 20, 19, 2),
         waiting_req(2, 0, 64, 0), /* 4 blocks */
@@ -313,7 +353,7 @@ START_TEST(reserve_keeps_room) {
     CK_DEC(d[1], 1, STRATA_SCHED_RUN, 64);
     unload();
     /* reserve_ratio = 0: no reserve */
-    load_with(so[k], name[k], "reserve_ratio = 0.0;");
+    load_with(so[k], name[k], "reserve_ratio = 0.0; admit_whole_prompt = false;");
     n = run(r, 1, 1, 1000, 64, 4, d);
     ck_assert_int_eq(n, 2);
     CK_DEC(d[1], 1, STRATA_SCHED_RUN, 64);
@@ -502,6 +542,7 @@ int main(void) {
   tcase_add_test(tc, preempts_latest_started);
   tcase_add_test(tc, no_start_in_a_step_that_preempts);
   tcase_add_test(tc, reserve_keeps_room);
+  tcase_add_test(tc, whole_prompt_admission);
   tcase_add_test(tc, n_choices_cost_budget);
   tcase_add_test(tc, prefix_aware_longest_cached_first);
   tcase_add_test(tc, prefix_aware_no_starvation);
