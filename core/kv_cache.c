@@ -682,6 +682,19 @@ int32_t strata_kv_cached_prefix(strata_kv_t *kv, const struct strata_kv_hash *ha
   return i;
 }
 
+void strata_kv_keep_prefix(strata_kv_t *kv, const struct strata_kv_hash *hashes, int32_t n) {
+  if (!kv || !hashes || n <= 0 || !kv->caching) return;
+  pthread_mutex_lock(&kv->mu);
+  for (int32_t j = n - 1; j >= 0; j--) {
+    int32_t b = ht_find(kv, hashes[j]);
+    if (b >= 0 && kv->b[b].list == L_NORMAL) {
+      list_unlink(kv, b);
+      push_tail(kv, L_NORMAL, b);
+    }
+  }
+  pthread_mutex_unlock(&kv->mu);
+}
+
 int32_t strata_kv_cached_blocks(strata_kv_t *kv, const struct strata_kv_hash *hashes, int32_t n) {
   return strata_kv_cached_prefix(kv, hashes, n, 0, NULL);
 }

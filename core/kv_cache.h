@@ -240,6 +240,13 @@ int32_t strata_kv_cached_blocks(strata_kv_t *kv, const struct strata_kv_hash *ha
  * scheduler counts as free). Pure. */
 int32_t strata_kv_cached_prefix(strata_kv_t *kv, const struct strata_kv_hash *hashes, int32_t n,
                                 int32_t max_idle, int32_t *n_idle);
+/* A waiting request will reuse the first n blocks of this chain: those that
+ * are idle in the ordinary tier move to its most recently used end, the
+ * chain's first block last (so a prefix loses its tail before its head).
+ * Hinted and protected blocks keep their place. Called each step for each
+ * waiting request's cached prefix, so blocks someone is queued for are not
+ * the least recently used ones. */
+void strata_kv_keep_prefix(strata_kv_t *kv, const struct strata_kv_hash *hashes, int32_t n);
 /* Whether a block with this hash is cached. Pure. */
 int strata_kv_contains(strata_kv_t *kv, struct strata_kv_hash hash);
 void strata_kv_get_stats(strata_kv_t *kv, struct strata_kv_stats *out);

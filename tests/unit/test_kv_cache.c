@@ -381,6 +381,38 @@ START_TEST(cached_prefix_counts_idle_blocks) {
 }
 END_TEST
 
+/* A queued request's cached prefix is not least recently used: without
+ * keep_prefix the older of two released prompts is evicted first, with it
+ * the other one is. */
+START_TEST(keep_prefix_moves_to_recent_end) {
+  for (int keep = 0; keep < 2; keep++) {
+    strata_kv_t *kv = mk(8, 2, 1); /* 8 blocks of 2 tokens */
+    int32_t ta[4], tb[4], tc[12];
+    ramp(ta, 4, 100);
+    ramp(tb, 4, 200);
+    ramp(tc, 12, 300);
+    struct strata_kv_hash ha[2], hb[2];
+    ck_assert_int_eq(strata_kv_hash_chain(ta, 4, 2, NULL, ha), 2);
+    ck_assert_int_eq(strata_kv_hash_chain(tb, 4, 2, NULL, hb), 2);
+    struct strata_kv_seq a, b, c;
+    run_prompt(kv, &a, ta, 4, NULL);
+    run_prompt(kv, &b, tb, 4, NULL);
+    strata_kv_free_seq(kv, &a); /* released first: least recently used */
+    strata_kv_free_seq(kv, &b);
+    if (keep) strata_kv_keep_prefix(kv, ha, 2);
+    check(kv);
+    run_prompt(kv, &c, tc, 12, NULL); /* 6 blocks: 4 free + 2 evicted */
+    ck_assert_int_eq(strata_kv_cached_blocks(kv, ha, 2), keep ? 2 : 0);
+    ck_assert_int_eq(strata_kv_cached_blocks(kv, hb, 2), keep ? 0 : 2);
+    strata_kv_free_seq(kv, &c);
+    strata_kv_keep_prefix(kv, NULL, 2); /* no-ops */
+    strata_kv_keep_prefix(kv, ha, 0);
+    check(kv);
+    strata_kv_destroy(kv);
+  }
+}
+END_TEST
+
 /* ---- failure is atomic -------------------------------------------------- */
 
 static void assert_same_stats(struct strata_kv_stats a,
@@ -1175,6 +1207,7 @@ int main(void) {
   tcase_add_test(tc, reuse_refreshes_lru);
   tcase_add_test(tc, pure_lookup_changes_nothing);
   tcase_add_test(tc, cached_prefix_counts_idle_blocks);
+  tcase_add_test(tc, keep_prefix_moves_to_recent_end);
   tcase_add_test(tc, out_of_blocks_changes_nothing);
   tcase_add_test(tc, fork_shares_full_blocks_copies_partial);
   tcase_add_test(tc, counters_exact);
