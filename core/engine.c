@@ -1027,19 +1027,18 @@ static void req_view(strata_engine_t *e, struct strata_engine_req *r,
   if (any_unstarted && shortest) {
     /* the prompt's chain is hashed once; only a preempted request that
      * holds generated tokens too is hashed again (its idle blocks are then
-     * not counted: a slight undercharge the core's allocation catches) */
+     * not counted: a slight undercharge the core's allocation catches).
+     * The lookup also keeps the cached prefix off the evicting end: blocks
+     * a queued request will reuse are not least recently used (in strata
+     * sim on the multi-agent traces: equal or better TTFT and hit rate for
+     * fcfs and prefix-aware in 20 of 20 configurations) */
     int32_t cap = (shortest->n_known - 1) / e->bs * e->bs;
     int32_t cached = shortest->n_known == r->n_prompt && prompt_hashes(e, r) == 0
-                         ? strata_kv_cached_prefix(e->kv, r->ph, r->n_ph, cap / e->bs,
-                                                   &r->view_idle) * e->bs
+                         ? strata_kv_keep_prefix(e->kv, r->ph, r->n_ph, cap / e->bs,
+                                                 &r->view_idle) * e->bs
                          : strata_kv_cached_tokens(e->kv, shortest->toks, shortest->n_known,
                                                    r->salt);
     r->view_cached = cached < cap ? cached : cap;
-    /* blocks a queued request will reuse are not least recently used (in
-     * strata sim on the multi-agent traces: equal or better TTFT and hit
-     * rate for fcfs and prefix-aware in 20 of 20 configurations) */
-    if (cached > 0 && shortest->n_known == r->n_prompt && r->ph)
-      strata_kv_keep_prefix(e->kv, r->ph, cached / e->bs);
   }
   *v = (struct strata_sched_req){
       .id = r->id,

@@ -669,30 +669,40 @@ int32_t strata_kv_cached_tokens(strata_kv_t *kv, const int32_t *tokens,
   return hits * kv->bs;
 }
 
-int32_t strata_kv_cached_prefix(strata_kv_t *kv, const struct strata_kv_hash *hashes, int32_t n,
-                                int32_t max_idle, int32_t *n_idle) {
+/* The cached prefix of a chain (see strata_kv_cached_prefix); with keep,
+ * also moves its idle ordinary-tier blocks to the most recently used end,
+ * each one just before the block moved before it, so the chain's first
+ * block ends up last in line. One walk, under the lock. */
+static int32_t cached_prefix(strata_kv_t *kv, const struct strata_kv_hash *hashes, int32_t n,
+                             int32_t max_idle, int32_t *n_idle, int keep) {
   if (n_idle) *n_idle = 0;
   if (!kv || !hashes || n <= 0 || !kv->caching) return 0;
   pthread_mutex_lock(&kv->mu);
-  int32_t i = 0, idle = 0;
-  for (int32_t b; i < n && (b = ht_find(kv, hashes[i])) >= 0; i++)
+  int32_t i = 0, idle = 0, moved = -1;
+  for (int32_t b; i < n && (b = ht_find(kv, hashes[i])) >= 0; i++) {
     if (i < max_idle && kv->b[b].ref == 0) idle++;
+    if (keep && kv->b[b].list == L_NORMAL) {
+      list_unlink(kv, b);
+      if (moved < 0)
+        push_tail(kv, L_NORMAL, b);
+      else
+        list_insert_after(kv, L_NORMAL, kv->b[moved].prev, b);
+      moved = b;
+    }
+  }
   pthread_mutex_unlock(&kv->mu);
   if (n_idle) *n_idle = idle;
   return i;
 }
 
-void strata_kv_keep_prefix(strata_kv_t *kv, const struct strata_kv_hash *hashes, int32_t n) {
-  if (!kv || !hashes || n <= 0 || !kv->caching) return;
-  pthread_mutex_lock(&kv->mu);
-  for (int32_t j = n - 1; j >= 0; j--) {
-    int32_t b = ht_find(kv, hashes[j]);
-    if (b >= 0 && kv->b[b].list == L_NORMAL) {
-      list_unlink(kv, b);
-      push_tail(kv, L_NORMAL, b);
-    }
-  }
-  pthread_mutex_unlock(&kv->mu);
+int32_t strata_kv_cached_prefix(strata_kv_t *kv, const struct strata_kv_hash *hashes, int32_t n,
+                                int32_t max_idle, int32_t *n_idle) {
+  return cached_prefix(kv, hashes, n, max_idle, n_idle, 0);
+}
+
+int32_t strata_kv_keep_prefix(strata_kv_t *kv, const struct strata_kv_hash *hashes, int32_t n,
+                              int32_t max_idle, int32_t *n_idle) {
+  return cached_prefix(kv, hashes, n, max_idle, n_idle, 1);
 }
 
 int32_t strata_kv_cached_blocks(strata_kv_t *kv, const struct strata_kv_hash *hashes, int32_t n) {

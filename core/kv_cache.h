@@ -240,13 +240,15 @@ int32_t strata_kv_cached_blocks(strata_kv_t *kv, const struct strata_kv_hash *ha
  * scheduler counts as free). Pure. */
 int32_t strata_kv_cached_prefix(strata_kv_t *kv, const struct strata_kv_hash *hashes, int32_t n,
                                 int32_t max_idle, int32_t *n_idle);
-/* A waiting request will reuse the first n blocks of this chain: those that
- * are idle in the ordinary tier move to its most recently used end, the
- * chain's first block last (so a prefix loses its tail before its head).
- * Hinted and protected blocks keep their place. Called each step for each
- * waiting request's cached prefix, so blocks someone is queued for are not
- * the least recently used ones. */
-void strata_kv_keep_prefix(strata_kv_t *kv, const struct strata_kv_hash *hashes, int32_t n);
+/* strata_kv_cached_prefix for a request that waits to reuse that prefix:
+ * in the same walk its cached blocks that are idle in the ordinary tier
+ * move to the tier's most recently used end, the chain's first block last
+ * (so a prefix loses its tail before its head); hinted and protected
+ * blocks keep their place. Called each step for each waiting request, so
+ * blocks someone is queued for are not the least recently used ones. Not
+ * pure: it changes the eviction order (no counter). */
+int32_t strata_kv_keep_prefix(strata_kv_t *kv, const struct strata_kv_hash *hashes, int32_t n,
+                              int32_t max_idle, int32_t *n_idle);
 /* Whether a block with this hash is cached. Pure. */
 int strata_kv_contains(strata_kv_t *kv, struct strata_kv_hash hash);
 void strata_kv_get_stats(strata_kv_t *kv, struct strata_kv_stats *out);

@@ -383,7 +383,7 @@ END_TEST
 
 /* A queued request's cached prefix is not least recently used: without
  * keep_prefix the older of two released prompts is evicted first, with it
- * the other one is. */
+ * the other one is; it counts the cached prefix as cached_prefix does. */
 START_TEST(keep_prefix_moves_to_recent_end) {
   for (int keep = 0; keep < 2; keep++) {
     strata_kv_t *kv = mk(8, 2, 1); /* 8 blocks of 2 tokens */
@@ -399,14 +399,14 @@ START_TEST(keep_prefix_moves_to_recent_end) {
     run_prompt(kv, &b, tb, 4, NULL);
     strata_kv_free_seq(kv, &a); /* released first: least recently used */
     strata_kv_free_seq(kv, &b);
-    if (keep) strata_kv_keep_prefix(kv, ha, 2);
+    if (keep) ck_assert_int_eq(strata_kv_keep_prefix(kv, ha, 2, 0, NULL), 2);
     check(kv);
     run_prompt(kv, &c, tc, 12, NULL); /* 6 blocks: 4 free + 2 evicted */
     ck_assert_int_eq(strata_kv_cached_blocks(kv, ha, 2), keep ? 2 : 0);
     ck_assert_int_eq(strata_kv_cached_blocks(kv, hb, 2), keep ? 0 : 2);
     strata_kv_free_seq(kv, &c);
-    strata_kv_keep_prefix(kv, NULL, 2); /* no-ops */
-    strata_kv_keep_prefix(kv, ha, 0);
+    ck_assert_int_eq(strata_kv_keep_prefix(kv, NULL, 2, 0, NULL), 0); /* no-ops */
+    ck_assert_int_eq(strata_kv_keep_prefix(kv, ha, 0, 0, NULL), 0);
     check(kv);
     strata_kv_destroy(kv);
   }
