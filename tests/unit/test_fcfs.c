@@ -57,6 +57,10 @@ static void load_with(const char *so, const char *name, const char *settings) {
 
 /* Without the admission reserve, so that block arithmetic in a test is
  * only what the test spells out (test reserve_keeps_room covers it). */
+/* The three builds of fcfs.c: shared object and plugin name. */
+static const char *const build_so[] = {"fcfs", "prefix_aware", "affinity_group"};
+static const char *const build_name[] = {"fcfs", "prefix-aware", "affinity-group"};
+
 static void load(void) { load_with("fcfs", "fcfs", "reserve_ratio = 0.0;"); }
 
 static void unload(void) {
@@ -218,10 +222,8 @@ START_TEST(whole_prompt_admission) {
   /* A waiting prompt starts only when the blocks of all of it are free
    * (beyond the reserve), unless nothing runs; its cached prefix is not
    * charged. In every build. */
-  static const char *so[] = {"fcfs", "prefix_aware", "affinity_group"};
-  static const char *name[] = {"fcfs", "prefix-aware", "affinity-group"};
   for (int k = 0; k < 3; k++) {
-    load_with(so[k], name[k], "reserve_ratio = 0.0;");
+    load_with(build_so[k], build_name[k], "reserve_ratio = 0.0;");
     struct strata_sched_req r[2] = {
         running_req(1, 20, 19, 2),
         waiting_req(2, 0, 64, 0), /* 4 blocks */
@@ -282,10 +284,8 @@ START_TEST(no_start_in_a_step_that_preempts) {
    * one's new block leaves 2 free after both decodes, enough for the
    * waiting request's 1 block, but a step that had to preempt starts no
    * one (vLLM V1's rule: it would only preempt again next step) */
-  static const char *so[] = {"fcfs", "prefix_aware", "affinity_group"};
-  static const char *name[] = {"fcfs", "prefix-aware", "affinity-group"};
   for (int k = 0; k < 3; k++) {
-    load_with(so[k], name[k], "reserve_ratio = 0.0;");
+    load_with(build_so[k], build_name[k], "reserve_ratio = 0.0;");
     struct strata_sched_req r[4] = {
         running_req(1, 33, 32, 2),
         running_req(2, 33, 32, 2),
@@ -311,12 +311,10 @@ START_TEST(reserve_keeps_room) {
   /* One request decodes (20 tokens, 2 blocks, up to 100 more tokens). At
    * the default ratio 0.7 admission keeps the blocks of 70 more tokens
    * free for it: ceil(90/16) - ceil(20/16) = 4 blocks. */
-  static const char *so[] = {"fcfs", "prefix_aware", "affinity_group"};
-  static const char *name[] = {"fcfs", "prefix-aware", "affinity-group"};
   for (int k = 0; k < 3; k++) {
     /* the reserve's effect on the chunk that fits (whole_prompt_admission
      * tests the rule that would hold these prompts back) */
-    load_with(so[k], name[k], "admit_whole_prompt = false;");
+    load_with(build_so[k], build_name[k], "admit_whole_prompt = false;");
     struct strata_sched_req r[4] = {
         running_req(1, 20, 19, 2),
         waiting_req(2, 0, 64, 0), /* 4 blocks */
@@ -353,7 +351,7 @@ START_TEST(reserve_keeps_room) {
     CK_DEC(d[1], 1, STRATA_SCHED_RUN, 64);
     unload();
     /* reserve_ratio = 0: no reserve */
-    load_with(so[k], name[k], "reserve_ratio = 0.0; admit_whole_prompt = false;");
+    load_with(build_so[k], build_name[k], "reserve_ratio = 0.0; admit_whole_prompt = false;");
     n = run(r, 1, 1, 1000, 64, 4, d);
     ck_assert_int_eq(n, 2);
     CK_DEC(d[1], 1, STRATA_SCHED_RUN, 64);
