@@ -924,6 +924,21 @@ int strata_gguf_open(const char *path, strata_gguf_t **out, char *err,
   return open_common(g, path, out, err, errlen);
 }
 
+void strata_gguf_release(strata_gguf_t *g, const void *p, uint64_t bytes) {
+  if (!g || !g->map || !p) return;
+  const uintptr_t m0 = (uintptr_t)g->map, m1 = m0 + g->map_len;
+  uintptr_t a = (uintptr_t)p, e = a + bytes;
+  if (a < m0 || e > m1 || e < a) return;
+  const long pg = sysconf(_SC_PAGESIZE);
+  if (pg <= 0) return;
+  a = (a + (uintptr_t)pg - 1) / (uintptr_t)pg * (uintptr_t)pg;
+  e = e / (uintptr_t)pg * (uintptr_t)pg;
+  /* MADV_DONTNEED on a private mapping nobody wrote: the pages are the
+   * file's, read back on demand (posix_madvise's DONTNEED is a no-op in
+   * glibc). A failure only leaves them resident. */
+  if (e > a) (void)madvise((void *)a, e - a, MADV_DONTNEED);
+}
+
 void strata_gguf_close(strata_gguf_t *g) {
   if (!g) return;
   if (g->map) munmap(g->map, g->map_len);

@@ -78,6 +78,11 @@ int strata_gguf_open(const char *path, strata_gguf_t **out, char *err,
 int strata_gguf_open_memory(const void *data, size_t size, strata_gguf_t **out,
                             char *err, size_t errlen);
 void strata_gguf_close(strata_gguf_t *g);
+/* The caller will not read [p, p + bytes) of the file's mapping again (a
+ * tensor it has copied elsewhere): the whole pages inside leave the process's
+ * resident memory (a later read faults them back in from the file). Nothing
+ * for a caller's buffer. */
+void strata_gguf_release(strata_gguf_t *g, const void *p, uint64_t bytes);
 
 uint32_t strata_gguf_version(const strata_gguf_t *g);
 uint64_t strata_gguf_alignment(const strata_gguf_t *g);

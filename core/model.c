@@ -3,6 +3,7 @@
 #include "model.h"
 
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -124,16 +125,60 @@ static int track_host(struct strata_model *m, void *p) {
   return 0;
 }
 
+/* The mapped tensor bytes at p will not be read again (see release_mapped);
+ * ranges are kept as addresses. */
+static int mark_released(struct strata_model *m, const void *p, uint64_t bytes) {
+  uint64_t(*nr)[2] = strata_reallocarray(m->released, m->n_released + 1, sizeof *nr);
+  if (!nr) return -1;
+  m->released = nr;
+  const uint64_t at = (uint64_t)(uintptr_t)p;
+  m->released[m->n_released][0] = at;
+  m->released[m->n_released][1] = at + bytes;
+  m->n_released++;
+  return 0;
+}
+
+static int cmp_range(const void *a, const void *b) {
+  const uint64_t x = ((const uint64_t *)a)[0], y = ((const uint64_t *)b)[0];
+  return x < y ? -1 : x > y;
+}
+
+/* Weights that live elsewhere now (packed by the backend, copied, or
+ * requantized) leave the process's resident memory, in runs as long as
+ * possible: the page cache maps files in large folios (2 MiB), and a release
+ * that covers only part of one, or a later read next to it (a norm vector
+ * left in place), kept or brought back the whole folio. */
+static void release_mapped(struct strata_model *m) {
+  if (m->n_released == 0) return;
+  qsort(m->released, m->n_released, sizeof *m->released, cmp_range);
+  const uint64_t align = strata_gguf_alignment(m->gguf);
+  uint64_t s = m->released[0][0], e = m->released[0][1];
+  for (size_t i = 1; i <= m->n_released; i++) {
+    /* tensors are `align`-padded: a gap below that is padding */
+    if (i < m->n_released && m->released[i][0] <= e + align) {
+      if (m->released[i][1] > e) e = m->released[i][1];
+      continue;
+    }
+    strata_gguf_release(m->gguf, (const void *)(uintptr_t)s, e - s);
+    if (i < m->n_released) {
+      s = m->released[i][0];
+      e = m->released[i][1];
+    }
+  }
+}
+
 static uint64_t tensor_bytes(uint32_t type, int64_t ne0, int64_t ne1) {
   uint32_t bs, ts;
   if (strata_ggml_type_layout(type, &bs, &ts) != 0) return 0;
   return (uint64_t)(ne0 / bs) * ts * (uint64_t)ne1;
 }
 
-/* Puts host data on the device: in place when the backend can read it. */
-static int place(struct strata_model *m, const void *data, uint64_t bytes, strata_buf_t **out,
-                 char *err, size_t errlen) {
-  strata_buf_t *b = m->be->buf_wrap_host ? m->be->buf_wrap_host(m->bk, data, bytes) : NULL;
+/* Puts host data on the device: in place when the backend can read it and
+ * copy is 0. */
+static int place(struct strata_model *m, const void *data, uint64_t bytes, int copy,
+                 strata_buf_t **out, char *err, size_t errlen) {
+  strata_buf_t *b =
+      m->be->buf_wrap_host && !copy ? m->be->buf_wrap_host(m->bk, data, bytes) : NULL;
   if (!b) {
     b = m->be->buf_alloc(m->bk, bytes);
     if (!b) return strata_errf(err, errlen, "out of device memory for %llu bytes", (unsigned long long)bytes);
@@ -216,8 +261,34 @@ static int load_weight(struct strata_model *m, const struct strata_registry *reg
     return strata_errf(err, errlen, "tensor %s: the backend has no matmul for type %s", name,
                        strata_ggml_type_name(type));
   strata_buf_t *b = NULL;
-  if (place(m, data, bytes, &b, err, errlen) != 0) return -1;
+  /* vectors are copied: a norm read in place each step kept the file's
+   * large folio around it resident (see release_mapped) */
+  if (place(m, data, bytes, is_vector, &b, err, errlen) != 0) return -1;
+  if (is_vector && mark_released(m, t->data, t->nbytes) != 0)
+    return strata_errf(err, errlen, "out of memory");
   *out = (struct strata_tensor){.buf = b, .offset = 0, .type = type, .ne = {ne0, ne1}};
+  /* A matrix that only matmul reads (not the embedding table, which the
+   * embedding lookup reads too) may go into the backend's own layout; the
+   * original bytes are then never read again and leave memory. */
+  const struct strata_backend_vtable *be = m->be;
+  if (!is_vector && strcmp(name, "token_embd.weight") != 0 &&
+      be->size >= offsetof(struct strata_backend_vtable, prepare_weight) + sizeof be->prepare_weight &&
+      be->prepare_weight) {
+    struct strata_tensor prep;
+    int rc = be->prepare_weight(m->bk, out, &prep);
+    if (rc < 0) return strata_errf(err, errlen, "tensor %s: %s", name, be->last_error(m->bk));
+    if (rc > 0) {
+      /* b is the last tracked buffer: put the prepared one in its place */
+      be->buf_free(m->bk, b);
+      m->bufs[m->n_bufs - 1] = prep.buf;
+      if (data == t->data) {
+        if (mark_released(m, data, bytes) != 0) return strata_errf(err, errlen, "out of memory");
+      } else { /* requantized above: the last host allocation */
+        free(m->host_allocs[--m->n_host_allocs]);
+      }
+      *out = prep;
+    }
+  }
   m->weight_bytes += bytes;
   return 0;
 }
@@ -326,6 +397,7 @@ int strata_model_load(const char *path, const struct strata_model_opts *opts,
       alloc_act(m, &m->xo, hp->dim, m->opts.max_out, STRATA_TYPE_F32, err, errlen) ||
       alloc_act(m, &m->logits, hp->n_vocab, m->opts.max_out, STRATA_TYPE_F32, err, errlen))
     goto fail;
+  release_mapped(m);
   *out = m;
   return 0;
 fail:
@@ -358,6 +430,7 @@ void strata_model_free(struct strata_model *m) {
   free(m->bufs);
   for (size_t i = 0; i < m->n_host_allocs; i++) free(m->host_allocs[i]);
   free(m->host_allocs);
+  free(m->released);
   free(m->layers);
   strata_gguf_close(m->gguf);
   free(m);

@@ -10,7 +10,9 @@
  *     from the last-level cache, and the same as a fraction of the bandwidth;
  *   - 16 tokens at once (16 sequences decoding together): tokens/s relative
  *     to 16 single-token matvecs;
- *   - prefill, 512 tokens through 2048 -> 5632: GFLOP/s (2 * K * N * T).
+ *   - prefill, 512 tokens through 2048 -> 5632: GFLOP/s (2 * K * N * T);
+ * each with the rows as they lie in the GGUF and packed by the backend's
+ * prepare_weight (what a loaded model uses).
  *
  * Not built by `make check`. From a configured build tree:
  *   ./libtool --mode=link gcc -O2 -I. -Icore/include -Icore \
@@ -72,6 +74,8 @@ struct mat {
   int copies;     /* enough for >= 1 GiB */
   uint8_t *host;  /* copies back to back */
   strata_buf_t *buf;
+  struct strata_tensor packed; /* all copies, prepared as one matrix; buf NULL: none */
+  size_t pbytes;               /* bytes of one packed copy */
 };
 
 static void make_mat(strata_backend_t *b, struct mat *m, uint32_t type, int64_t K, int64_t N,
@@ -93,11 +97,19 @@ static void make_mat(strata_backend_t *b, struct mat *m, uint32_t type, int64_t 
   free(row);
   for (int c = 1; c < m->copies; c++) memcpy(m->host + c * m->bytes, m->host, m->bytes);
   m->buf = be->buf_wrap_host(b, m->host, m->bytes * m->copies);
+  /* the copies as one matrix of N * copies rows: copy c's rows are whole
+   * row groups (N is a multiple of 4), one copy's share of the bytes each */
+  const struct strata_tensor all = {.buf = m->buf, .type = type, .ne = {K, N * m->copies}};
+  memset(&m->packed, 0, sizeof m->packed);
+  if (be->prepare_weight && be->prepare_weight(b, &all, &m->packed) != 1) m->packed.buf = NULL;
+  const int64_t nbp = (K / 32 + 15) / 16 * 16;
+  m->pbytes = (size_t)nbp * q->type_size * (size_t)N;
 }
 
 /* Seconds per matmul of T tokens, cycling through the copies (cold) or on
  * copy 0 only (hot). */
-static double time_matmul(strata_backend_t *b, struct mat *m, int64_t T, int cold, double secs) {
+static double time_matmul(strata_backend_t *b, struct mat *m, int64_t T, int cold, double secs,
+                          int packed) {
   float *x = malloc(T * m->K * sizeof *x);
   for (int64_t i = 0; i < T * m->K; i++) x[i] = frand();
   strata_buf_t *xb = be->buf_alloc(b, T * m->K * 4), *ob = be->buf_alloc(b, T * m->N * 4);
@@ -105,9 +117,14 @@ static double time_matmul(strata_backend_t *b, struct mat *m, int64_t T, int col
   struct strata_tensor tx = {.buf = xb, .type = STRATA_TYPE_F32, .ne = {m->K, T}};
   struct strata_tensor to = {.buf = ob, .type = STRATA_TYPE_F32, .ne = {m->N, T}};
   struct strata_tensor tw = {.buf = m->buf, .type = m->type, .ne = {m->K, m->N}};
+  const size_t stride = packed ? m->pbytes : m->bytes;
+  if (packed) {
+    tw = m->packed;
+    tw.ne[1] = m->N;
+  }
   /* warm up (page faults, thread pool) */
   for (int c = 0; c < m->copies; c++) {
-    tw.offset = (uint64_t)c * m->bytes;
+    tw.offset = (uint64_t)c * stride;
     if (be->matmul(b, &tw, &tx, &to) != 0) die("matmul", be->last_error(b));
     if (!cold) break;
   }
@@ -115,7 +132,7 @@ static double time_matmul(strata_backend_t *b, struct mat *m, int64_t T, int col
   int c = 0;
   double t0 = now(), dt;
   do {
-    tw.offset = cold ? (uint64_t)c * m->bytes : 0;
+    tw.offset = cold ? (uint64_t)c * stride : 0;
     c = (c + 1) % m->copies;
     be->matmul(b, &tw, &tx, &to);
     n++;
@@ -176,19 +193,24 @@ int main(int argc, char **argv) {
       for (int s = 0; s < 2; s++) {
         struct mat m;
         make_mat(b, &m, types[k], shapes[s][0], shapes[s][1], (size_t)1 << 30);
-        const double cold = time_matmul(b, &m, 1, 1, secs), hot = time_matmul(b, &m, 1, 0, secs);
-        const double t16 = time_matmul(b, &m, 16, 1, secs);
-        printf("  %s %5lld -> %5lld  matvec: %6.1f GB/s from DRAM (%3.0f%% of bandwidth), "
-               "%6.1f GB/s from cache; 16 tokens: %.1fx the tokens/s of 1\n",
-               k ? "q4_0" : "q8_0", (long long)m.K, (long long)m.N, m.bytes / cold / 1e9,
-               100.0 * m.bytes / cold / bw, m.bytes / hot / 1e9, 16.0 * cold / t16);
-        if (s == 0) {
-          const double tp = time_matmul(b, &m, 512, 0, secs);
-          printf("  %s %5lld -> %5lld  prefill 512 tokens: %6.1f GFLOP/s, %.1fx the tokens/s "
-                 "of decode\n",
-                 k ? "q4_0" : "q8_0", (long long)m.K, (long long)m.N,
-                 2.0 * m.K * m.N * 512 / tp / 1e9, 512.0 * cold / tp);
+        for (int pk = 0; pk < 1 + (m.packed.buf != NULL); pk++) {
+          const char *lay = pk ? "packed" : "gguf  ";
+          const double cold = time_matmul(b, &m, 1, 1, secs, pk);
+          const double hot = time_matmul(b, &m, 1, 0, secs, pk);
+          const double t16 = time_matmul(b, &m, 16, 1, secs, pk);
+          printf("  %s %5lld -> %5lld %s matvec: %6.1f GB/s from DRAM (%3.0f%% of bandwidth), "
+                 "%6.1f GB/s from cache; 16 tokens: %.1fx the tokens/s of 1\n",
+                 k ? "q4_0" : "q8_0", (long long)m.K, (long long)m.N, lay, m.bytes / cold / 1e9,
+                 100.0 * m.bytes / cold / bw, m.bytes / hot / 1e9, 16.0 * cold / t16);
+          if (s == 0) {
+            const double tp = time_matmul(b, &m, 512, 0, secs, pk);
+            printf("  %s %5lld -> %5lld %s prefill 512 tokens: %6.1f GFLOP/s, %.1fx the tokens/s "
+                   "of decode\n",
+                   k ? "q4_0" : "q8_0", (long long)m.K, (long long)m.N, lay,
+                   2.0 * m.K * m.N * 512 / tp / 1e9, 512.0 * cold / tp);
+          }
         }
+        if (m.packed.buf) be->buf_free(b, m.packed.buf);
         be->buf_free(b, m.buf);
         free(m.host);
       }

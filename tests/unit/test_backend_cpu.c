@@ -226,7 +226,10 @@ START_TEST(descriptor_and_device) {
   ck_assert_int_eq(d->params[1].type, STRATA_PARAM_INT);
   ck_assert_str_eq(d->params[1].defval, "65536");
   ck_assert(d->params[1].min == 0);
-  ck_assert_int_eq(d->params[2].type, STRATA_PARAM_END);
+  ck_assert_str_eq(d->params[2].name, "pack_weights");
+  ck_assert_int_eq(d->params[2].type, STRATA_PARAM_BOOL);
+  ck_assert_str_eq(d->params[2].defval, "true");
+  ck_assert_int_eq(d->params[3].type, STRATA_PARAM_END);
 
   ck_assert_int_eq(be->n_devices(), 1);
   struct strata_backend_device info = {.size = sizeof info};
@@ -388,15 +391,42 @@ static void check_matmul(strata_backend_t *b, const char *tier, struct mm_case c
   if (c.type == STRATA_TYPE_F32 || !qact) bound_x = 1e-5;
   if (c.type == STRATA_TYPE_F16) bound_x = bound = scalar ? 2e-3 : 1e-5;
   if (c.type == STRATA_TYPE_BF16) bound_x = bound = scalar ? 1e-2 : 1e-5;
-  const double e = mm_err(o, ref, n, m2), ex = mm_err(o, ref_x, n, m2);
-  ck_assert_msg(count_nan(o, n) == 0, "type %u tier %s K=%lld N=%lld T=%lld: %zu outputs unwritten",
-                c.type, tier_name(tier), (long long)c.K, (long long)c.N,
-                (long long)c.T, count_nan(o, n));
-  ck_assert_msg(e <= bound && ex <= bound_x,
-                "type %u tier %s K=%lld N=%lld T=%lld: rel L2 error %.3g (bound %.1g), vs f32 "
-                "activations %.3g (bound %.1g)",
-                c.type, tier_name(tier), (long long)c.K, (long long)c.N, (long long)c.T, e, bound,
-                ex, bound_x);
+  /* the weights as given, then in the backend's own layout: the SIMD tiers
+   * pack exactly the matrices that take 8-bit activations */
+  struct strata_tensor tp;
+  const int prep = be->prepare_weight(b, &tw, &tp);
+  ck_assert_msg(prep == (!scalar && qact), "type %u tier %s K=%lld N=%lld: prepare_weight %d (%s)",
+                c.type, tier_name(tier), (long long)c.K, (long long)c.N, prep, be->last_error(b));
+  for (int pass = 0; pass < 1 + prep; pass++) {
+    if (pass) {
+      float *o0 = o;
+      be->buf_free(b, ob);
+      ob = nan_buf(b, n);
+      to = tensor(ob, STRATA_TYPE_F32, c.N, c.T);
+      ck_assert_int_eq(tp.ne[0], c.K);
+      ck_assert_int_eq(tp.ne[1], c.N);
+      ck_assert_msg(be->matmul(b, &tp, &tx, &to) == 0, "%s", be->last_error(b));
+      o = fetch(b, ob, n);
+      /* more tokens than the direct kernel takes: both ran the tile kernel
+       * on the same packed rows */
+      if (c.T > 3)
+        ck_assert_msg(memcmp(o, o0, n * sizeof *o) == 0,
+                      "type %u tier %s K=%lld N=%lld T=%lld: packed weights give other bits",
+                      c.type, tier_name(tier), (long long)c.K, (long long)c.N, (long long)c.T);
+      free(o0);
+    }
+    const double e = mm_err(o, ref, n, m2), ex = mm_err(o, ref_x, n, m2);
+    ck_assert_msg(count_nan(o, n) == 0,
+                  "type %u tier %s K=%lld N=%lld T=%lld%s: %zu outputs unwritten", c.type,
+                  tier_name(tier), (long long)c.K, (long long)c.N, (long long)c.T,
+                  pass ? " packed" : "", count_nan(o, n));
+    ck_assert_msg(e <= bound && ex <= bound_x,
+                  "type %u tier %s K=%lld N=%lld T=%lld%s: rel L2 error %.3g (bound %.1g), vs f32 "
+                  "activations %.3g (bound %.1g)",
+                  c.type, tier_name(tier), (long long)c.K, (long long)c.N, (long long)c.T,
+                  pass ? " packed" : "", e, bound, ex, bound_x);
+  }
+  if (prep) be->buf_free(b, tp.buf);
   be->buf_free(b, wb);
   be->buf_free(b, xb);
   be->buf_free(b, ob);
@@ -445,7 +475,8 @@ END_TEST
  * any quant that differs from the plugin's by one or more. The activations
  * include ties (x.5 after scaling, both signs), zeros, tiny blocks (subnormal
  * fp16 scales) and one NaN block (the reference's own handling); T = 1..3
- * take the direct kernel, 4+ the tile kernel. */
+ * take the direct kernel, 4+ the tile kernel, and the packed weights
+ * (prepare_weight, SIMD tiers) the tile kernel for every T. */
 START_TEST(matmul_activation_quants_exact) {
   const char *tier = tiers[_i];
   strata_backend_t *b = open_backend(tier, 2);
@@ -482,27 +513,34 @@ START_TEST(matmul_activation_quants_exact) {
     strata_buf_t *ob = nan_buf(b, (size_t)T * K);
     struct strata_tensor tw = tensor(wb, STRATA_TYPE_Q8_0, K, K),
                          tx = tensor(xb, STRATA_TYPE_F32, K, T), to = tensor(ob, STRATA_TYPE_F32, K, T);
-    ck_assert_msg(be->matmul(b, &tw, &tx, &to) == 0, "%s", be->last_error(b));
-    float *o = fetch(b, ob, (size_t)T * K);
-    for (int64_t t = 0; t < T; t++) {
-      q8->quantize_row(x + t * K, xq, K);
-      for (int r = 0; r < K; r++) {
-        const uint8_t *blk = xq + (size_t)(r / 32) * 34;
-        uint16_t h;
-        memcpy(&h, blk, 2);
-        const float da = strata_fp16_to_fp32(h);
-        const float want = (float)(int8_t)blk[2 + r % 32] * da;
-        const float got = o[t * K + r];
-        if (t == 1 && r / 32 == NAN_BLOCK) continue; /* NaN poisons the block's dot */
-        ck_assert_msg(fabsf(got - want) <= 0.25f * da,
-                      "tier %s T=%lld token %lld element %d: %.9g, the plugin's quants give %.9g",
-                      tier_name(tier), (long long)T, (long long)t, r, (double)got, (double)want);
+    struct strata_tensor tp;
+    const int prep = be->prepare_weight(b, &tw, &tp);
+    ck_assert_int_eq(prep, strcmp(tier_name(tier), "scalar") != 0);
+    for (int pass = 0; pass < 1 + prep; pass++) {
+      ck_assert_msg(be->matmul(b, pass ? &tp : &tw, &tx, &to) == 0, "%s", be->last_error(b));
+      float *o = fetch(b, ob, (size_t)T * K);
+      for (int64_t t = 0; t < T; t++) {
+        q8->quantize_row(x + t * K, xq, K);
+        for (int r = 0; r < K; r++) {
+          const uint8_t *blk = xq + (size_t)(r / 32) * 34;
+          uint16_t h;
+          memcpy(&h, blk, 2);
+          const float da = strata_fp16_to_fp32(h);
+          const float want = (float)(int8_t)blk[2 + r % 32] * da;
+          const float got = o[t * K + r];
+          if (t == 1 && r / 32 == NAN_BLOCK) continue; /* NaN poisons the block's dot */
+          ck_assert_msg(fabsf(got - want) <= 0.25f * da,
+                        "tier %s T=%lld%s token %lld element %d: %.9g, the plugin's quants give %.9g",
+                        tier_name(tier), (long long)T, pass ? " packed" : "", (long long)t, r,
+                        (double)got, (double)want);
+        }
       }
+      free(o);
     }
+    if (prep) be->buf_free(b, tp.buf);
     be->buf_free(b, wb);
     be->buf_free(b, xb);
     be->buf_free(b, ob);
-    free(o);
     free(xq);
     free(x);
   }
@@ -1154,6 +1192,83 @@ START_TEST(errors_are_reported) {
 }
 END_TEST
 
+/* prepare_weight: what it packs, and the checks on what it is given and on
+ * the packed tensor afterwards (only matmul reads it). */
+START_TEST(prepare_weight_checks) {
+  strata_backend_t *b = open_backend(NULL, 2);
+  const struct strata_quant_vtable *q8 = quant(STRATA_TYPE_Q8_0);
+  enum { K = 512, N = 130 };
+  const size_t wrb = row_bytes(STRATA_TYPE_Q8_0, K);
+  uint64_t s = 99;
+  float *wf = rand_floats(&s, (size_t)N * K, 1.0f);
+  uint8_t *wq = malloc(wrb * N);
+  for (int r = 0; r < N; r++) q8->quantize_row(wf + (size_t)r * K, wq + r * wrb, K);
+  strata_buf_t *wb = mkbuf(b, wq, wrb * N);
+  struct strata_tensor w = tensor(wb, STRATA_TYPE_Q8_0, K, N), p;
+  EXPECT_FAIL(be->prepare_weight(b, NULL, &p), "no tensor");
+  w.ne[1] = N + 1; /* one row past the buffer */
+  EXPECT_FAIL(be->prepare_weight(b, &w, &p), "outside");
+  w.ne[1] = N;
+  w.ne[0] = 48; /* not whole blocks */
+  EXPECT_FAIL(be->prepare_weight(b, &w, &p), "blocks");
+  w.ne[0] = K;
+  /* float weights stay as they are */
+  strata_buf_t *fb = nan_buf(b, (size_t)K * 8);
+  struct strata_tensor wf32 = tensor(fb, STRATA_TYPE_F32, K, 8);
+  ck_assert_int_eq(be->prepare_weight(b, &wf32, &p), 0);
+  const int rc = be->prepare_weight(b, &w, &p);
+  ck_assert_msg(rc >= 0, "%s", be->last_error(b));
+  if (rc == 1) { /* a SIMD tier */
+    ck_assert_uint_ge(p.type, STRATA_TYPE_BACKEND_PRIVATE);
+    ck_assert_int_eq(p.ne[0], K);
+    ck_assert_int_eq(p.ne[1], N);
+    strata_buf_t *xb = nan_buf(b, (size_t)K * 4), *ob = nan_buf(b, (size_t)N * 4);
+    struct strata_tensor x = tensor(xb, STRATA_TYPE_F32, K, 1), o = tensor(ob, STRATA_TYPE_F32, N, 1);
+    /* the packed matrix's rows are whole row groups: 132 fit, 133 do not */
+    struct strata_tensor big = p;
+    big.ne[1] = 133;
+    struct strata_tensor o133 = tensor(nan_buf(b, 133), STRATA_TYPE_F32, 133, 1);
+    EXPECT_FAIL(be->matmul(b, &big, &x, &o133), "outside");
+    be->buf_free(b, o133.buf);
+    struct strata_tensor x2 = tensor(xb, STRATA_TYPE_F32, K / 2, 1);
+    EXPECT_FAIL(be->matmul(b, &p, &x2, &o), "matmul x");
+    /* only matmul reads it */
+    int32_t toks[1] = {3}, pos[1] = {0}, slots[1] = {0};
+    struct strata_batch batch = {.size = sizeof batch, .n_tokens = 1, .tokens = toks,
+                                 .positions = pos, .slots = slots};
+    ck_assert_int_eq(be->set_batch(b, &batch), 0);
+    struct strata_tensor e = tensor(xb, STRATA_TYPE_F32, K, 1);
+    EXPECT_FAIL(be->embed(b, &p, &e), "dequantizer");
+    /* a prepared copy no longer depends on the original bytes */
+    float *xv = rand_floats(&s, K, 1.0f);
+    ck_assert_int_eq(be->upload(b, xb, 0, xv, (size_t)K * 4), 0);
+    ck_assert_msg(be->matmul(b, &w, &x, &o) == 0, "%s", be->last_error(b));
+    float *want = fetch(b, ob, N);
+    memset(wq, 0, wrb * N);
+    ck_assert_int_eq(be->upload(b, wb, 0, wq, wrb * N), 0);
+    ck_assert_msg(be->matmul(b, &p, &x, &o) == 0, "%s", be->last_error(b));
+    float *got = fetch(b, ob, N);
+    double e2 = 0, r2 = 0;
+    for (int r = 0; r < N; r++) {
+      e2 += (double)(got[r] - want[r]) * (got[r] - want[r]);
+      r2 += (double)want[r] * want[r];
+    }
+    ck_assert_msg(r2 > 0 && sqrt(e2 / r2) < 1e-5, "packed vs direct: rel L2 %.3g", sqrt(e2 / r2));
+    free(want);
+    free(got);
+    free(xv);
+    be->buf_free(b, p.buf);
+    be->buf_free(b, xb);
+    be->buf_free(b, ob);
+  }
+  be->buf_free(b, fb);
+  be->buf_free(b, wb);
+  free(wq);
+  free(wf);
+  be->close(b);
+}
+END_TEST
+
 static Suite *backend_cpu_suite(void) {
   Suite *s = suite_create("backend_cpu");
   TCase *tc = tcase_create("core");
@@ -1174,6 +1289,7 @@ static Suite *backend_cpu_suite(void) {
   tcase_add_test(tc, rope_both_modes);
   tcase_add_loop_test(tc, kv_store_attention_paged, 0, N_TIERS * 2 * 3 * 6 * 2);
   tcase_add_test(tc, errors_are_reported);
+  tcase_add_test(tc, prepare_weight_checks);
   suite_add_tcase(s, tc);
   return s;
 }

@@ -9,6 +9,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
+
+#include <strata/backend.h>
+#include <strata/quant.h>
 
 #include "runtime.h"
 #include "sampler.h"
@@ -216,6 +220,99 @@ START_TEST(q8_0_within_tolerance) {
 }
 END_TEST
 
+/* Opens stories260K in q8_0 with the cpu backend's settings `cpu_cfg`. */
+static void open_model_cfg(const char *cpu_cfg) {
+  char cfg[] = "/tmp/strata-test-model-XXXXXX";
+  int fd = mkstemp(cfg);
+  ck_assert_int_ge(fd, 0);
+  char text[256];
+  int n = snprintf(text, sizeof text, "plugins: { backend: { cpu: { %s }; }; };\n", cpu_cfg);
+  ck_assert_int_eq(write(fd, text, (size_t)n), n);
+  close(fd);
+  char *model = test_shared_path("models/stories260K.gguf");
+  struct strata_runtime_opts o = {.model_path = model, .backend = "cpu", .quant = "q8_0", .threads = 2,
+                                  .config_path = cfg};
+  o.model.max_tokens = 256;
+  o.model.block_size = 16;
+  o.model.n_blocks = 16 * 64; /* every reference at once (all_logits) */
+  ck_assert_int_eq(strata_runtime_open(&rt, &o), 0);
+  unlink(cfg);
+  free(model);
+}
+
+/* Logits of every prompt position of every reference, prompts run together
+ * in chunks of 3 tokens (so both the 1..3-token and the 4+-token kernels
+ * run); n_out floats returned. */
+static float *all_logits(size_t *n_out) {
+  struct strata_model *m = rt.model;
+  int bs = m->opts.block_size, per = (m->ctx_len + bs - 1) / bs;
+  int32_t *bt = malloc(sizeof *bt * (size_t)per * n_refs);
+  for (int i = 0; i < per * n_refs; i++) bt[i] = i;
+  size_t total = 0;
+  for (int i = 0; i < n_refs; i++) total += (size_t)refs[i].n_prompt;
+  float *out = malloc(sizeof *out * total * (size_t)n_vocab_ref), *o = out;
+  int32_t toks[64], pos[64], slots[64], outr[64], start[17], lens[16];
+  char err[512];
+  for (int done = 0;; done += 3) {
+    int T = 0;
+    for (int s = 0; s < n_refs; s++) {
+      start[s] = T;
+      for (int p = done; p < done + 3 && p < refs[s].n_prompt; p++) {
+        toks[T] = refs[s].prompt_tokens[p];
+        pos[T] = p;
+        slots[T] = bt[s * per + p / bs] * bs + p % bs;
+        outr[T] = T;
+        T++;
+      }
+      lens[s] = done + (T - start[s]);
+    }
+    if (T == 0) break;
+    start[n_refs] = T;
+    struct strata_batch b = {.size = sizeof b, .n_tokens = T, .tokens = toks, .positions = pos, .slots = slots,
+                             .n_seqs = n_refs, .seq_start = start, .seq_len = lens, .block_tables = bt,
+                             .max_blocks = per, .block_size = bs, .n_out = T, .out_rows = outr};
+    ck_assert_msg(strata_model_forward(m, &b, o, err, sizeof err) == 0, "%s", err);
+    o += (size_t)T * n_vocab_ref;
+  }
+  *n_out = (size_t)(o - out);
+  free(bt);
+  return out;
+}
+
+/* Every matrix of stories260K (dim 64) is small enough that the cpu backend
+ * keeps it as it is and dequantizes it to f32; with q8_activations_min = 0
+ * they take 8-bit activations, the path of every matrix of a real model, and
+ * are packed at load (prepare_weight) unless pack_weights is off. Packed and
+ * in place must agree (both are exact integer dots; only the float sums run
+ * in another order), and stay near the reference (8-bit activations on a
+ * model this small add error: the bound of q8_0_within_tolerance, 2e-2, is
+ * for the default settings). */
+START_TEST(packed_weights_match_in_place) {
+  open_model_cfg("q8_activations_min = 0; pack_weights = false;");
+  ck_assert_uint_eq(rt.model->layers[0].wq.type, STRATA_TYPE_Q8_0);
+  size_t n0, n1;
+  float *in_place = all_logits(&n0);
+  strata_runtime_close(&rt);
+  open_model_cfg("q8_activations_min = 0;");
+  ck_assert_uint_ge(rt.model->layers[0].wq.type, STRATA_TYPE_BACKEND_PRIVATE);
+  ck_assert_uint_ge(rt.model->output.type, STRATA_TYPE_BACKEND_PRIVATE);
+  float *packed = all_logits(&n1);
+  ck_assert_uint_eq(n0, n1);
+  double e = rel_l2(packed, in_place, (int)n0);
+  fprintf(stderr, "packed vs in place: rel L2 %.3g over %zu logits\n", e, n0);
+  ck_assert_msg(e <= 1e-5, "packed vs in place: rel L2 %.3g", e);
+  double worst = 0;
+  for (int i = 0; i < n_refs; i++) {
+    double w = run(&i, 1, 512, 5e-2, 0);
+    if (w > worst) worst = w;
+  }
+  fprintf(stderr, "packed q8_0, 8-bit activations: worst prompt-logit rel L2 %.3g\n", worst);
+  strata_runtime_close(&rt);
+  free(in_place);
+  free(packed);
+}
+END_TEST
+
 START_TEST(f16_kv_cache_close) {
   open_model(NULL, 16, 0, 1);
   for (int i = 0; i < n_refs; i++) run(&i, 1, 512, 2e-3, 0);
@@ -271,6 +368,7 @@ int main(void) {
   tcase_add_loop_test(tc, batched_exact_any_block_size, 0, (int)(sizeof block_sizes / sizeof block_sizes[0]));
   tcase_add_test(tc, chunked_prefill_exact);
   tcase_add_test(tc, q8_0_within_tolerance);
+  tcase_add_test(tc, packed_weights_match_in_place);
   tcase_add_test(tc, f16_kv_cache_close);
   tcase_add_test(tc, generate_command_matches_reference);
   suite_add_tcase(s, tc);

@@ -33,6 +33,10 @@ extern "C" {
 typedef struct strata_backend strata_backend_t; /* an open device instance */
 typedef struct strata_buf strata_buf_t;         /* device memory */
 
+/* Tensor types from here on are a backend's own: layouts that only the
+ * instance that made them (prepare_weight) reads. */
+#define STRATA_TYPE_BACKEND_PRIVATE 0x40000000u
+
 struct strata_tensor {
   strata_buf_t *buf;
   uint64_t offset; /* bytes from the start of buf */
@@ -153,6 +157,16 @@ struct strata_backend_vtable {
   /* out[j] = x[out_rows[j]] */
   int (*get_rows)(strata_backend_t *b, const struct strata_tensor *x,
                   struct strata_tensor *out);
+
+  /* ---- (optional; the host checks size) weight layout ---- */
+  /* Puts matmul weight w ([n_in, n_out], a type matmul accepts) into the
+   * layout this instance's matmul reads fastest, in new memory of its own:
+   * returns 1 with *out filled (same shape; type may be >=
+   * STRATA_TYPE_BACKEND_PRIVATE; the caller frees out->buf with buf_free and
+   * need not keep w's memory), 0 when w is best used as it is (out
+   * untouched), -1 on error. Only matmul accepts the result. */
+  int (*prepare_weight)(strata_backend_t *b, const struct strata_tensor *w,
+                        struct strata_tensor *out);
 };
 
 #ifdef __cplusplus

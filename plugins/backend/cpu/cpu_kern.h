@@ -11,21 +11,23 @@
  *
  * Quantized matmul (q8_0 / q4_0 weights x q8_0 activations). Two kernels:
  *
- * - direct (1..3 tokens, decode): reads the weight rows as they lie in the
- *   GGUF, four rows at a time; per block an exact int32 dot in 8 lanes,
- *   converted and scaled by d_w * d_a. Memory-bound: the point is to stream
- *   the rows once with few instructions per block. For q4_0 the VNNI tier
- *   has a 512-bit version (qdirect_z) that permutes 64-byte windows of the
- *   rows.
+ * - tile: reads weights packed (cpu.c, "packed weights"): per group of four
+ *   rows, chunks of 16 blocks in a "lane" layout in which 32-bit lane j of
+ *   each step holds four quants of block j, then the chunk's fp16 scales;
+ *   activations are packed the same way (cpu_qpack, CPU_QL_LANES). One int32
+ *   vector accumulates 16 blocks (8 per ymm on AVX2), so the float conversion
+ *   and scaling happen once per chunk instead of once per block, and the
+ *   integer dot is nearly all the work. Matrices packed at load
+ *   (prepare_weight) are read as they are for every token count, one
+ *   sequential stream per row group, prefetched ahead; matrices left in the
+ *   GGUF layout are packed one row group at a time into scratch that stays
+ *   in L1 while every token of the tile streams past (4+ tokens).
  *
- * - tile (4+ tokens, prefill and batched decode): first repacks four weight
- *   rows into a scratch "lane" layout in which 32-bit lane j of each vector
- *   holds four quants of block j of a group of 8 blocks; activations are
- *   packed the same way. Then one vector of int32 accumulates 8 different
- *   blocks, so the float conversion and scaling happen once per 8 blocks
- *   instead of once per block, and the integer dot is nearly all the work.
- *   The repacked rows stay in L1 while every token of the tile streams past.
- *   On the VNNI tier a group is 16 blocks (one zmm lane each).
+ * - direct (1..3 tokens of a matrix in the GGUF layout, pack_weights off):
+ *   reads the weight rows as they lie in the GGUF, four rows at a time; per
+ *   block an exact int32 dot in 8 lanes, converted and scaled by d_w * d_a.
+ *   For q4_0 the VNNI tier has a 512-bit version (qdirect_z) that permutes
+ *   64-byte windows of the rows.
  *
  * The u8 x s8 multiply needs one unsigned operand. The weights are made
  * unsigned: q4_0 nibbles are already (value + 8); q8_0 quants get +128 (xor
@@ -391,53 +393,66 @@ CPU_INLINE void K(transpose8)(__m256i v[8]) {
   v[7] = _mm256_permute2x128_si256(u3, u7, 0x31);
 }
 
-/* CPU_QR weight rows into the lane layout: wl[r][nbp * 32] quants, dw[r][nbp]
- * scales (0 in the padding past nb blocks). It also prefetches the same
- * bytes of the rows pf bytes on (the next row group): the tiles that follow
- * a repack compute long enough for those loads to land, where without them
- * every repack waited on DRAM (16 sequences decoding read the weights at a
- * sixth of the machine's bandwidth, repack loads the hottest instructions). */
-CPU_INLINE void K(qrepack)(const int mode, const uint8_t *const *w, int64_t nb, size_t bbytes,
-                           int64_t nbp, uint8_t *wl, float *dw, size_t pf) {
-  const size_t kp = (size_t)nbp * 32;
+/* CPU_QR weight rows (w[r]) into the packed layout (see cpu.c, "packed
+ * weights"): ngr chunks of CPU_PG blocks, each [row 0..3 quants][row 0..3
+ * fp16 scales]. Step s (0..7) of a row's chunk is 64 bytes whose 32-bit lane
+ * j holds quants 4s..4s+3 of block j; q4_0 keeps two steps per 64 bytes,
+ * step s (s < 4) in the low nibbles and step s + 4 in the high ones. q8_0
+ * quants are stored as the mode wants them (+128 for CPU_QM_Q8_XOR). Blocks
+ * from nb on are zeros with scale 0. With pf, it also prefetches the same
+ * bytes of the rows pf bytes on (the next row group of a run-time repack:
+ * the tiles that follow compute long enough for those loads to land). */
+CPU_INLINE void K(qpack_rg)(const int mode, const uint8_t *const *w, int64_t nb, size_t bbytes,
+                            int64_t ngr, uint8_t *dst, size_t pf) {
+  const size_t qb = mode == CPU_QM_Q4 ? CPU_PQ4 : CPU_PQ8, chunk = CPU_QR * (qb + 2 * CPU_PG);
   CPU_UNROLL
   for (int r = 0; r < CPU_QR; r++) {
-    const size_t row_bytes = (size_t)nb * bbytes;
-    for (size_t off = 0; off < row_bytes; off += 64)
-      _mm_prefetch((const char *)(w[r] + pf + off), _MM_HINT_T0);
-    for (int64_t g = 0; g < nbp; g += 8) {
-      const int n = nb - g < 8 ? (int)(nb - g) : 8;
-      __m256i v[8];
-      CPU_UNROLL
-      for (int j = 0; j < 8; j++)
-        v[j] = j < n ? K(wload)(mode, w[r] + (g + j) * bbytes) : _mm256_setzero_si256();
-      K(transpose8)(v);
-#if CPU_TIER == 2
-      /* 16-block groups: step s of the group is 64 bytes, these 8 blocks'
-       * lanes in its first or second half (see qtile) */
-      uint8_t *d = wl + r * kp + (size_t)(g - g % 16) * 32 + (size_t)(g % 16) * 4;
-      CPU_UNROLL
-      for (int s = 0; s < 8; s++) _mm256_storeu_si256((__m256i *)(d + s * 64), v[s]);
-#else
-      uint8_t *d = wl + r * kp + (size_t)g * 32;
-      CPU_UNROLL
-      for (int s = 0; s < 8; s++) _mm256_storeu_si256((__m256i *)(d + s * 32), v[s]);
-#endif
-      _mm256_storeu_ps(dw + r * nbp + g, K(scales8)(w[r] + g * bbytes, bbytes, n));
+    if (pf)
+      for (size_t off = 0; off < (size_t)nb * bbytes; off += 64)
+        _mm_prefetch((const char *)(w[r] + pf + off), _MM_HINT_T0);
+    for (int64_t c = 0; c < ngr; c++) {
+      uint8_t *d = dst + (size_t)c * chunk;
+      for (int h = 0; h < 2; h++) {
+        const int64_t g = c * CPU_PG + h * 8;
+        const int n = nb - g >= 8 ? 8 : nb - g > 0 ? (int)(nb - g) : 0;
+        __m256i v[8];
+        CPU_UNROLL
+        for (int j = 0; j < 8; j++)
+          v[j] = j < n ? K(wload)(mode, w[r] + (g + j) * bbytes) : _mm256_setzero_si256();
+        K(transpose8)(v);
+        if (mode == CPU_QM_Q4) {
+          /* nibbles are < 16: the 16-bit shift moves no bits across bytes */
+          CPU_UNROLL
+          for (int s = 0; s < 4; s++)
+            _mm256_storeu_si256((__m256i *)(d + r * qb + s * 64 + h * 32),
+                                _mm256_or_si256(v[s], _mm256_slli_epi16(v[s + 4], 4)));
+        } else {
+          CPU_UNROLL
+          for (int s = 0; s < 8; s++)
+            _mm256_storeu_si256((__m256i *)(d + r * qb + s * 64 + h * 32), v[s]);
+        }
+      }
+      uint16_t sc[CPU_PG];
+      for (int j = 0; j < CPU_PG; j++) {
+        const int64_t bi = c * CPU_PG + j;
+        sc[j] = bi < nb ? (uint16_t)cpu_rd16(w[r] + bi * bbytes) : 0;
+      }
+      memcpy(d + CPU_QR * qb + (size_t)r * 2 * CPU_PG, sc, sizeof sc);
     }
   }
 }
 
-/* out[t0 + c][r] for the CPU_QR repacked rows and C tokens (lane layout). */
+/* out[t0 + c][r] for one packed row group (pw: its first chunk) and C
+ * tokens; the activations in the lane layout (cpu_qpack, CPU_QL_LANES). One
+ * int32 lane accumulates one block, so the float conversion and the scaling
+ * happen once per 8 or 16 blocks, not once per block. */
 #if CPU_TIER == 2
-/* With 512-bit vectors a group is 16 blocks: one int32 lane per block, so
- * the float conversion and scaling happen once per 16 blocks and no lanes
- * need folding (nbp is a multiple of 16 on this tier). */
-CPU_INLINE void K(qtile)(const int mode, const int C, const uint8_t *wl, const float *dw,
-                         int64_t nbp, const struct cpu_qact *A, int64_t t0, float *o, int64_t ldo,
-                         int nr) {
-  (void)mode;
-  const size_t kp = (size_t)nbp * 32;
+/* 512-bit: one chunk is one group of 16 lanes; no lanes need folding. */
+CPU_INLINE void K(qtile)(const int mode, const int C, const uint8_t *pw, int64_t ngr,
+                         const struct cpu_qact *A, int64_t t0, float *o, int64_t ldo, int nr,
+                         size_t pf) {
+  const size_t qb = mode == CPU_QM_Q4 ? CPU_PQ4 : CPU_PQ8, chunk = CPU_QR * (qb + 2 * CPU_PG);
+  const __m512i lo4 = _mm512_set1_epi8(0x0f);
   __m512 acc[CPU_QR][3];
   CPU_UNROLL
   for (int r = 0; r < CPU_QR; r++)
@@ -451,34 +466,56 @@ CPU_INLINE void K(qtile)(const int mode, const int C, const uint8_t *wl, const f
     ada[c] = A->da + (t0 + c) * A->nbp;
     acf[c] = A->cf + (t0 + c) * A->nbp;
   }
-  for (int64_t g = 0; g < nbp; g += 16) {
+  for (int64_t k = 0; k < ngr; k++) {
+    const uint8_t *d = pw + (size_t)k * chunk;
+    const int64_t g = k * CPU_PG;
+    const size_t off = (size_t)g * 32;
+    if (pf)
+      for (size_t l = 0; l < chunk; l += 64) _mm_prefetch((const char *)(d + pf + l), _MM_HINT_T0);
     __m512i ia[CPU_QR][3];
     CPU_UNROLL
     for (int r = 0; r < CPU_QR; r++)
       CPU_UNROLL
       for (int c = 0; c < C; c++) ia[r][c] = _mm512_setzero_si512();
-    const size_t off = (size_t)g * 32;
-    CPU_UNROLL
-    for (int s = 0; s < 8; s++) {
-      __m512i wv[CPU_QR];
+    if (mode == CPU_QM_Q4) {
       CPU_UNROLL
-      for (int r = 0; r < CPU_QR; r++)
-        wv[r] = _mm512_loadu_si512((const void *)(wl + r * kp + off + s * 64));
-      CPU_UNROLL
-      for (int c = 0; c < C; c++) {
-        const __m512i a = _mm512_loadu_si512((const void *)(aq[c] + off + s * 64));
+      for (int s = 0; s < 4; s++)
         CPU_UNROLL
-        for (int r = 0; r < CPU_QR; r++) ia[r][c] = _mm512_dpbusd_epi32(ia[r][c], wv[r], a);
+        for (int r = 0; r < CPU_QR; r++) {
+          const __m512i v = _mm512_loadu_si512((const void *)(d + r * qb + s * 64));
+          const __m512i wl = _mm512_and_si512(v, lo4);
+          const __m512i wh = _mm512_and_si512(_mm512_srli_epi16(v, 4), lo4);
+          CPU_UNROLL
+          for (int c = 0; c < C; c++) {
+            const __m512i al = _mm512_loadu_si512((const void *)(aq[c] + off + s * 64));
+            const __m512i ah = _mm512_loadu_si512((const void *)(aq[c] + off + (s + 4) * 64));
+            ia[r][c] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(ia[r][c], wl, al), wh, ah);
+          }
+        }
+    } else {
+      CPU_UNROLL
+      for (int s = 0; s < 8; s++) {
+        __m512i wv[CPU_QR];
+        CPU_UNROLL
+        for (int r = 0; r < CPU_QR; r++)
+          wv[r] = _mm512_loadu_si512((const void *)(d + r * qb + s * 64));
+        CPU_UNROLL
+        for (int c = 0; c < C; c++) {
+          const __m512i a = _mm512_loadu_si512((const void *)(aq[c] + off + s * 64));
+          CPU_UNROLL
+          for (int r = 0; r < CPU_QR; r++) ia[r][c] = _mm512_dpbusd_epi32(ia[r][c], wv[r], a);
+        }
       }
     }
     CPU_UNROLL
     for (int r = 0; r < CPU_QR; r++) {
-      const __m512 d = _mm512_loadu_ps(dw + r * nbp + g);
+      const __m512 dw = _mm512_cvtph_ps(
+          _mm256_loadu_si256((const __m256i *)(d + CPU_QR * qb + (size_t)r * 2 * CPU_PG)));
       CPU_UNROLL
       for (int c = 0; c < C; c++) {
         const __m512 t = _mm512_fmsub_ps(_mm512_cvtepi32_ps(ia[r][c]), _mm512_loadu_ps(ada[c] + g),
                                          _mm512_loadu_ps(acf[c] + g));
-        acc[r][c] = _mm512_fmadd_ps(t, d, acc[r][c]);
+        acc[r][c] = _mm512_fmadd_ps(t, dw, acc[r][c]);
       }
     }
   }
@@ -488,10 +525,12 @@ CPU_INLINE void K(qtile)(const int mode, const int C, const uint8_t *wl, const f
     for (int c = 0; c < C; c++) o[(t0 + c) * ldo + r] = _mm512_reduce_add_ps(acc[r][c]);
 }
 #else
-CPU_INLINE void K(qtile)(const int mode, const int C, const uint8_t *wl, const float *dw,
-                         int64_t nbp, const struct cpu_qact *A, int64_t t0, float *o, int64_t ldo,
-                         int nr) {
-  const size_t kp = (size_t)nbp * 32;
+/* 256-bit: each chunk is two groups of 8 lanes, the halves of its steps. */
+CPU_INLINE void K(qtile)(const int mode, const int C, const uint8_t *pw, int64_t ngr,
+                         const struct cpu_qact *A, int64_t t0, float *o, int64_t ldo, int nr,
+                         size_t pf) {
+  const size_t qb = mode == CPU_QM_Q4 ? CPU_PQ4 : CPU_PQ8, chunk = CPU_QR * (qb + 2 * CPU_PG);
+  const __m256i lo4 = _mm256_set1_epi8(0x0f);
   __m256 acc[CPU_QR][3];
   CPU_UNROLL
   for (int r = 0; r < CPU_QR; r++)
@@ -505,40 +544,51 @@ CPU_INLINE void K(qtile)(const int mode, const int C, const uint8_t *wl, const f
     ada[c] = A->da + (t0 + c) * A->nbp;
     acf[c] = A->cf + (t0 + c) * A->nbp;
   }
-  for (int64_t g = 0; g < nbp; g += 8) {
-    __m256i ia[CPU_QR][3];
-    CPU_UNROLL
-    for (int r = 0; r < CPU_QR; r++)
+  for (int64_t k = 0; k < ngr; k++) {
+    const uint8_t *d = pw + (size_t)k * chunk;
+    for (int h = 0; h < 2; h++) {
+      const int64_t g = k * CPU_PG + h * 8;
+      const size_t off = (size_t)k * CPU_PG * 32 + (size_t)h * 32;
+      __m256i ia[CPU_QR][3];
       CPU_UNROLL
-      for (int c = 0; c < C; c++) ia[r][c] = _mm256_setzero_si256();
-    const size_t off = (size_t)g * 32;
-    CPU_UNROLL
-    for (int s = 0; s < 8; s++) {
-      __m256i wv[CPU_QR], aw[CPU_QR];
+      for (int r = 0; r < CPU_QR; r++)
+        CPU_UNROLL
+        for (int c = 0; c < C; c++) ia[r][c] = _mm256_setzero_si256();
       CPU_UNROLL
-      for (int r = 0; r < CPU_QR; r++) {
-        wv[r] = _mm256_loadu_si256((const __m256i *)(wl + r * kp + off + s * 32));
-        aw[r] = mode == CPU_QM_Q8_SIGN ? _mm256_abs_epi8(wv[r]) : wv[r];
-      }
-      CPU_UNROLL
-      for (int c = 0; c < C; c++) {
-        const __m256i a = _mm256_loadu_si256((const __m256i *)(aq[c] + off + s * 32));
+      for (int s = 0; s < 8; s++) {
+        __m256i wv[CPU_QR], aw[CPU_QR];
         CPU_UNROLL
         for (int r = 0; r < CPU_QR; r++) {
-          const __m256i sa = mode == CPU_QM_Q8_SIGN ? _mm256_sign_epi8(a, wv[r]) : a;
-          ia[r][c] = K(dpbusd)(ia[r][c], aw[r], sa);
+          if (mode == CPU_QM_Q4) {
+            const __m256i v =
+                _mm256_loadu_si256((const __m256i *)(d + r * qb + (s % 4) * 64 + h * 32));
+            wv[r] = _mm256_and_si256(s < 4 ? v : _mm256_srli_epi16(v, 4), lo4);
+          } else {
+            wv[r] = _mm256_loadu_si256((const __m256i *)(d + r * qb + s * 64 + h * 32));
+          }
+          aw[r] = mode == CPU_QM_Q8_SIGN ? _mm256_abs_epi8(wv[r]) : wv[r];
+        }
+        CPU_UNROLL
+        for (int c = 0; c < C; c++) {
+          const __m256i a = _mm256_loadu_si256((const __m256i *)(aq[c] + off + s * 64));
+          CPU_UNROLL
+          for (int r = 0; r < CPU_QR; r++) {
+            const __m256i sa = mode == CPU_QM_Q8_SIGN ? _mm256_sign_epi8(a, wv[r]) : a;
+            ia[r][c] = K(dpbusd)(ia[r][c], aw[r], sa);
+          }
         }
       }
-    }
-    /* lane j now holds block g + j's integer dot: scale all 8 at once */
-    CPU_UNROLL
-    for (int r = 0; r < CPU_QR; r++) {
-      const __m256 d = _mm256_loadu_ps(dw + r * nbp + g);
+      /* lane j now holds block g + j's integer dot: scale all 8 at once */
       CPU_UNROLL
-      for (int c = 0; c < C; c++) {
-        const __m256 t = _mm256_fmsub_ps(_mm256_cvtepi32_ps(ia[r][c]), _mm256_loadu_ps(ada[c] + g),
-                                         _mm256_loadu_ps(acf[c] + g));
-        acc[r][c] = _mm256_fmadd_ps(t, d, acc[r][c]);
+      for (int r = 0; r < CPU_QR; r++) {
+        const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128(
+            (const __m128i *)(d + CPU_QR * qb + (size_t)r * 2 * CPU_PG + (size_t)h * 16)));
+        CPU_UNROLL
+        for (int c = 0; c < C; c++) {
+          const __m256 t = _mm256_fmsub_ps(_mm256_cvtepi32_ps(ia[r][c]),
+                                           _mm256_loadu_ps(ada[c] + g), _mm256_loadu_ps(acf[c] + g));
+          acc[r][c] = _mm256_fmadd_ps(t, dw, acc[r][c]);
+        }
       }
     }
   }
@@ -549,51 +599,79 @@ CPU_INLINE void K(qtile)(const int mode, const int C, const uint8_t *wl, const f
 }
 #endif
 
-/* Rows [r0, r1) of out for tokens [t0, t1) of A (lane layout). scratch holds
- * CPU_QR rows of nbp * 32 quants and nbp floats each. */
-static void K(q_tile_rows)(int mode, const uint8_t *wbase, size_t row_bytes, int64_t nb,
-                           size_t bbytes, int64_t r0, int64_t r1, const struct cpu_qact *A,
-                           int64_t t0, int64_t t1, float *out, int64_t ldo, uint8_t *scratch) {
-  const int64_t nbp = A->nbp;
-  uint8_t *wl = scratch;
-  float *dw = (float *)(scratch + (size_t)CPU_QR * nbp * 32);
+/* The q8_0 mode of this tier's packed and repacked rows. */
+#if CPU_TIER == 2
+#define CPU_M8 CPU_QM_Q8_XOR
+#else
+#define CPU_M8 CPU_QM_Q8_SIGN
+#endif
+
+/* Rows [r0, r1) (r0 a multiple of CPU_QR) of a q8_0 or q4_0 matrix (mode
+ * CPU_QM_Q4 or not) into the packed layout at dst, which holds row group
+ * r0 / CPU_QR. Rows past r1 repeat row r1 - 1. */
+static void K(q_pack_rows)(int mode, const uint8_t *wbase, size_t row_bytes, int64_t nb,
+                           size_t bbytes, int64_t r0, int64_t r1, uint8_t *dst) {
+  const int64_t ngr = (nb + CPU_PG - 1) / CPU_PG;
+  const size_t rgb = (size_t)ngr * CPU_QR * ((mode == CPU_QM_Q4 ? CPU_PQ4 : CPU_PQ8) + 2 * CPU_PG);
   for (int64_t r = r0; r < r1; r += CPU_QR) {
     const int nr = r1 - r < CPU_QR ? (int)(r1 - r) : CPU_QR;
     const uint8_t *w[CPU_QR];
-    CPU_UNROLL
     for (int i = 0; i < CPU_QR; i++) w[i] = wbase + (size_t)(r + (i < nr ? i : nr - 1)) * row_bytes;
-    float *o = out + r;
-#if CPU_TIER == 2
-    const int m8 = CPU_QM_Q8_XOR;
-#else
-    const int m8 = CPU_QM_Q8_SIGN;
-#endif
-    /* the next row group: with the static schedule mostly this thread's
-     * next call (a prefetch past the weights' end does not fault) */
-    const size_t pf = CPU_QR * row_bytes;
+    uint8_t *d = dst + (size_t)((r - r0) / CPU_QR) * rgb;
     if (mode == CPU_QM_Q4)
-      K(qrepack)(CPU_QM_Q4, w, nb, bbytes, nbp, wl, dw, pf);
+      K(qpack_rg)(CPU_QM_Q4, w, nb, bbytes, ngr, d, 0);
     else
-      K(qrepack)(m8, w, nb, bbytes, nbp, wl, dw, pf);
+      K(qpack_rg)(CPU_M8, w, nb, bbytes, ngr, d, 0);
+  }
+}
+
+/* Rows [r0, r1) of out for tokens [t0, t1) of A (lane layout). With packed
+ * set, wbase is the packed matrix (r0 a multiple of CPU_QR); else the rows
+ * as they lie in the GGUF, each row group packed into scratch first. */
+static void K(q_tile_rows)(int mode, const uint8_t *wbase, size_t row_bytes, int64_t nb,
+                           size_t bbytes, int64_t r0, int64_t r1, const struct cpu_qact *A,
+                           int64_t t0, int64_t t1, float *out, int64_t ldo, uint8_t *scratch,
+                           int packed) {
+  const int64_t ngr = A->nbp / CPU_PG;
+  const size_t rgb = (size_t)ngr * CPU_QR * ((mode == CPU_QM_Q4 ? CPU_PQ4 : CPU_PQ8) + 2 * CPU_PG);
+  for (int64_t r = r0; r < r1; r += CPU_QR) {
+    const int nr = r1 - r < CPU_QR ? (int)(r1 - r) : CPU_QR;
+    float *o = out + r;
+    const uint8_t *pw = wbase + (size_t)(r / CPU_QR) * rgb;
+    if (!packed) {
+      const uint8_t *w[CPU_QR];
+      CPU_UNROLL
+      for (int i = 0; i < CPU_QR; i++)
+        w[i] = wbase + (size_t)(r + (i < nr ? i : nr - 1)) * row_bytes;
+      /* the next row group: with the static schedule mostly this thread's
+       * next call (a prefetch past the weights' end does not fault) */
+      const size_t pf = CPU_QR * row_bytes;
+      if (mode == CPU_QM_Q4)
+        K(qpack_rg)(CPU_QM_Q4, w, nb, bbytes, ngr, scratch, pf);
+      else
+        K(qpack_rg)(CPU_M8, w, nb, bbytes, ngr, scratch, pf);
+      pw = scratch;
+    }
     /* tiles of 3 tokens; 4 left go as 2 + 2, not 3 + 1: a 1-token tile
      * loads as many weights as a 3-token one (16 sequences: 3,3,3,3,2,2) */
     for (int64_t t = t0, C; t < t1; t += C) {
       const int64_t left = t1 - t;
       C = left == 4 ? 2 : left < 3 ? left : 3;
-#define CPU_QT(M, C) K(qtile)(M, C, wl, dw, nbp, A, t, o, ldo, nr)
+#define CPU_QT(M, C) K(qtile)(M, C, pw, ngr, A, t, o, ldo, nr, t == t0 && packed ? CPU_PF_DIST : 0)
       if (mode == CPU_QM_Q4) {
         if (C == 3) CPU_QT(CPU_QM_Q4, 3);
         else if (C == 2) CPU_QT(CPU_QM_Q4, 2);
         else CPU_QT(CPU_QM_Q4, 1);
       } else {
-        if (C == 3) CPU_QT(m8, 3);
-        else if (C == 2) CPU_QT(m8, 2);
-        else CPU_QT(m8, 1);
+        if (C == 3) CPU_QT(CPU_M8, 3);
+        else if (C == 2) CPU_QT(CPU_M8, 2);
+        else CPU_QT(CPU_M8, 1);
       }
 #undef CPU_QT
     }
   }
 }
+#undef CPU_M8
 
 /* ---- float weights (f32, f16, bf16) x f32 activations ------------------------ */
 
