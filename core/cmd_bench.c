@@ -35,15 +35,23 @@ static long rss_kib(void) {
 
 /* ---- the benchmark ---------------------------------------------------------------- */
 
+static int cmp_double(const void *a, const void *b) {
+  const double x = *(const double *)a, y = *(const double *)b;
+  return x < y ? -1 : x > y;
+}
+
 /* Decodes `steps` tokens for n_seqs sequences that already hold `ctx`
- * tokens each; returns seconds. */
+ * tokens each; returns seconds, and the median step's seconds in *median
+ * (when not NULL): on a shared machine a neighbour's burst stretches a few
+ * steps, which the mean carries and the median does not. */
 static double decode_steps(struct strata_model *m, int n_seqs, int ctx, int steps, int32_t *bt, int per,
-                           float *logits, char *err, size_t errlen) {
+                           float *logits, double *median, char *err, size_t errlen) {
   int bs = m->opts.block_size;
   int32_t *tok = malloc(sizeof *tok * n_seqs), *pos = malloc(sizeof *pos * n_seqs),
           *slots = malloc(sizeof *slots * n_seqs), *start = malloc(sizeof *start * (n_seqs + 1)),
           *lens = malloc(sizeof *lens * n_seqs), *outr = malloc(sizeof *outr * n_seqs);
-  double t0 = strata_now(), dt = -1;
+  double *st = malloc(sizeof *st * (size_t)steps);
+  double t0 = strata_now(), dt = -1, ts = t0;
   for (int s = 0; s < n_seqs; s++) tok[s] = 1 + s;
   for (int step = 0; step < steps; step++) {
     for (int s = 0; s < n_seqs; s++) {
@@ -61,9 +69,17 @@ static double decode_steps(struct strata_model *m, int n_seqs, int ctx, int step
                              .out_rows = outr};
     if (strata_model_forward(m, &b, logits, err, errlen) != 0) goto out;
     for (int s = 0; s < n_seqs; s++) tok[s] = strata_argmax(logits + (size_t)s * m->hp.n_vocab, m->hp.n_vocab);
+    const double te = strata_now();
+    st[step] = te - ts;
+    ts = te;
   }
   dt = strata_now() - t0;
+  if (median) {
+    qsort(st, (size_t)steps, sizeof *st, cmp_double);
+    *median = steps % 2 ? st[steps / 2] : 0.5 * (st[steps / 2 - 1] + st[steps / 2]);
+  }
 out:
+  free(st);
   free(tok);
   free(pos);
   free(slots);
@@ -197,14 +213,16 @@ int strata_cmd_bench(int argc, char **argv) {
   printf("backend: %s, threads %d\n", rt.device.name, ro.threads);
 
   /* warm-up: faults in the mmapped weights */
-  if (decode_steps(m, 1, 0, 2, bt, per, logits, err, sizeof err) < 0) goto fail;
+  if (decode_steps(m, 1, 0, 2, bt, per, logits, NULL, err, sizeof err) < 0) goto fail;
   double tp = prefill(m, 1, (int)n_prompt, bt, per, logits, err, sizeof err);
   if (tp < 0) goto fail;
-  double td1 = decode_steps(m, 1, (int)n_prompt, (int)n_gen, bt, per, logits, err, sizeof err);
+  double med1 = 0;
+  double td1 = decode_steps(m, 1, (int)n_prompt, (int)n_gen, bt, per, logits, &med1, err, sizeof err);
   if (td1 < 0) goto fail;
   double pf = n_prompt / tp, d1 = n_gen / td1;
   printf("prefill:  %ld tokens in %.3f s: %.1f tokens/s (%.2f ms/token)\n", n_prompt, tp, pf, 1e3 / pf);
-  printf("decode:   1 sequence, %ld tokens in %.3f s: %.2f tokens/s (%.1f ms/token)\n", n_gen, td1, d1, 1e3 / d1);
+  printf("decode:   1 sequence, %ld tokens in %.3f s: %.2f tokens/s (%.1f ms/token; median step %.1f ms)\n",
+         n_gen, td1, d1, 1e3 / d1, 1e3 * med1);
   printf("prefill/decode per-token speed: %.1fx\n", pf / d1);
   double dB = 0;
   if (batch > 1) {
@@ -212,12 +230,13 @@ int strata_cmd_bench(int argc, char **argv) {
      * decoding together */
     double tpb = prefill(m, (int)batch, (int)batch_ctx, bt, per, logits, err, sizeof err);
     if (tpb < 0) goto fail;
-    double tdb = decode_steps(m, (int)batch, (int)batch_ctx, (int)n_gen, bt, per, logits, err, sizeof err);
+    double medB = 0;
+    double tdb = decode_steps(m, (int)batch, (int)batch_ctx, (int)n_gen, bt, per, logits, &medB, err, sizeof err);
     if (tdb < 0) goto fail;
     dB = batch * n_gen / tdb;
     printf("decode:   %ld sequences at %ld positions, %ld steps in %.3f s: %.2f tokens/s aggregate "
-           "(%.1fx one sequence; %.1f ms/step)\n",
-           batch, batch_ctx, n_gen, tdb, dB, dB / d1, 1e3 * tdb / n_gen);
+           "(%.1fx one sequence; %.1f ms/step; median step %.1f ms, %.1fx one sequence's)\n",
+           batch, batch_ctx, n_gen, tdb, dB, dB / d1, 1e3 * tdb / n_gen, 1e3 * medB, batch * med1 / medB);
   }
   int threads = ro.threads > 0 ? ro.threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
   double bw = strata_read_bandwidth((size_t)1 << 30, threads);
@@ -225,7 +244,8 @@ int strata_cmd_bench(int argc, char **argv) {
   double roof = bw / bytes_step;
   printf("roofline: %.1f MB of weights per decode step, read bandwidth %.2f GB/s (%d threads): %.2f tokens/s max\n",
          bytes_step / 1e6, bw / 1e9, threads, roof);
-  printf("decode at 1 sequence reaches %.0f%% of the roofline\n", 100.0 * d1 / roof);
+  printf("decode at 1 sequence reaches %.0f%% of the roofline (%.0f%% at the median step)\n",
+         100.0 * d1 / roof, 100.0 / med1 / roof);
   long rss = rss_kib();
   double file_mib = file_mb * 1e6 / 1048576.0, kv_mib = m->kv_bytes / 1048576.0;
   printf("memory: resident %.1f MiB; model file %.1f MiB + KV cache %.1f MiB = %.1f MiB (%.1f%% over); at start %.1f MiB\n",

@@ -472,11 +472,17 @@ CPU_INLINE void K(qtile)(const int mode, const int C, const uint8_t *pw, int64_t
     const size_t off = (size_t)g * 32;
     if (pf)
       for (size_t l = 0; l < chunk; l += 64) _mm_prefetch((const char *)(d + pf + l), _MM_HINT_T0);
-    __m512i ia[CPU_QR][3];
+    /* One token alone has only CPU_QR independent dot chains, each 8
+     * vpdpbusd long: latency-bound (q4_0 ran at half the speed of q8_0 from
+     * cache). Then odd steps (q4_0: the high nibbles) go to a second
+     * accumulator, added at the end of the chunk. */
+    __m512i ia[CPU_QR][3], ib[CPU_QR];
     CPU_UNROLL
-    for (int r = 0; r < CPU_QR; r++)
+    for (int r = 0; r < CPU_QR; r++) {
+      ib[r] = _mm512_setzero_si512();
       CPU_UNROLL
       for (int c = 0; c < C; c++) ia[r][c] = _mm512_setzero_si512();
+    }
     if (mode == CPU_QM_Q4) {
       CPU_UNROLL
       for (int s = 0; s < 4; s++)
@@ -489,7 +495,12 @@ CPU_INLINE void K(qtile)(const int mode, const int C, const uint8_t *pw, int64_t
           for (int c = 0; c < C; c++) {
             const __m512i al = _mm512_loadu_si512((const void *)(aq[c] + off + s * 64));
             const __m512i ah = _mm512_loadu_si512((const void *)(aq[c] + off + (s + 4) * 64));
-            ia[r][c] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(ia[r][c], wl, al), wh, ah);
+            if (C == 1) {
+              ia[r][c] = _mm512_dpbusd_epi32(ia[r][c], wl, al);
+              ib[r] = _mm512_dpbusd_epi32(ib[r], wh, ah);
+            } else {
+              ia[r][c] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(ia[r][c], wl, al), wh, ah);
+            }
           }
         }
     } else {
@@ -503,9 +514,18 @@ CPU_INLINE void K(qtile)(const int mode, const int C, const uint8_t *pw, int64_t
         for (int c = 0; c < C; c++) {
           const __m512i a = _mm512_loadu_si512((const void *)(aq[c] + off + s * 64));
           CPU_UNROLL
-          for (int r = 0; r < CPU_QR; r++) ia[r][c] = _mm512_dpbusd_epi32(ia[r][c], wv[r], a);
+          for (int r = 0; r < CPU_QR; r++) {
+            if (C == 1 && s % 2)
+              ib[r] = _mm512_dpbusd_epi32(ib[r], wv[r], a);
+            else
+              ia[r][c] = _mm512_dpbusd_epi32(ia[r][c], wv[r], a);
+          }
         }
       }
+    }
+    if (C == 1) {
+      CPU_UNROLL
+      for (int r = 0; r < CPU_QR; r++) ia[r][0] = _mm512_add_epi32(ia[r][0], ib[r]);
     }
     CPU_UNROLL
     for (int r = 0; r < CPU_QR; r++) {
@@ -878,15 +898,38 @@ CPU_INLINE void K(attn_g_t)(const uint32_t kt, const uint32_t vt, const int G,
   const int32_t bs = c->block_size;
   const __m256 scale = _mm256_set1_ps(c->scale);
   __m256 mx = _mm256_set1_ps(-INFINITY);
+  /* Rows of a head are a few cache lines each, one cache row (all kv heads)
+   * apart, in blocks scattered over the cache: the loads of each position
+   * waited on memory (half the attention time at 512 positions). While a
+   * block's K rows are dotted, the next block's K rows are prefetched into
+   * L1 and its V rows into L2, where the V pass below finds them. */
+  const size_t kbytes = (size_t)hd * kes, vbytes = (size_t)hd * ves;
   for (int32_t p0 = 0, b = 0; p0 < npos; p0 += bs, b++) {
     const int32_t n = npos - p0 < bs ? npos - p0 : bs;
     const uint8_t *kb = c->k + (size_t)bt[b] * bs * c->krow + koff;
+    if (b == 0)
+      for (int32_t j = 0; j < n; j++) {
+        const uint8_t *vr = c->v + ((size_t)bt[0] * bs + (size_t)j) * c->vrow + voff;
+        for (size_t l = 0; l < vbytes; l += 64) _mm_prefetch((const char *)(vr + l), _MM_HINT_T1);
+      }
+    if (p0 + bs < npos) {
+      const int32_t n1 = npos - p0 - bs < bs ? npos - p0 - bs : bs;
+      const size_t r1 = (size_t)bt[b + 1] * bs;
+      for (int32_t j = 0; j < n1; j++) {
+        const uint8_t *kr = c->k + (r1 + (size_t)j) * c->krow + koff;
+        const uint8_t *vr = c->v + (r1 + (size_t)j) * c->vrow + voff;
+        for (size_t l = 0; l < kbytes; l += 64) _mm_prefetch((const char *)(kr + l), _MM_HINT_T0);
+        for (size_t l = 0; l < vbytes; l += 64) _mm_prefetch((const char *)(vr + l), _MM_HINT_T1);
+      }
+    }
     for (int32_t j = 0; j < n; j++) {
       const uint8_t *k = kb + (size_t)j * c->krow;
       __m256 a[8];
+      CPU_UNROLL
       for (int g = 0; g < 8; g++) a[g] = _mm256_setzero_ps();
       for (int d = 0; d < hd; d += 8) {
         const __m256 kv = K(kvload)(kt, k + (size_t)d * kes);
+        CPU_UNROLL
         for (int g = 0; g < G; g++)
           a[g] = _mm256_fmadd_ps(_mm256_loadu_ps(q + (size_t)g * hd + d), kv, a[g]);
       }
@@ -905,6 +948,7 @@ CPU_INLINE void K(attn_g_t)(const uint32_t kt, const uint32_t vt, const int G,
   _mm256_storeu_ps(inv, _mm256_div_ps(_mm256_set1_ps(1.0f), sum));
   for (int d = 0; d < hd; d += 8) {
     __m256 o[8];
+    CPU_UNROLL
     for (int g = 0; g < 8; g++) o[g] = _mm256_setzero_ps();
     for (int32_t p0 = 0, b = 0; p0 < npos; p0 += bs, b++) {
       const int32_t n = npos - p0 < bs ? npos - p0 : bs;
@@ -912,9 +956,11 @@ CPU_INLINE void K(attn_g_t)(const uint32_t kt, const uint32_t vt, const int G,
       for (int32_t j = 0; j < n; j++) {
         const __m256 v = K(kvload)(vt, vb + (size_t)j * c->vrow);
         const float *e = sc + (size_t)(p0 + j) * 8;
+        CPU_UNROLL
         for (int g = 0; g < G; g++) o[g] = _mm256_fmadd_ps(_mm256_broadcast_ss(e + g), v, o[g]);
       }
     }
+    CPU_UNROLL
     for (int g = 0; g < G; g++)
       _mm256_storeu_ps(out + (size_t)g * hd + d, _mm256_mul_ps(o[g], _mm256_set1_ps(inv[g])));
   }
