@@ -145,11 +145,14 @@ static int cmp_range(const void *a, const void *b) {
 
 /* Weights that live elsewhere now (packed by the backend, copied, or
  * requantized) leave the process's resident memory, in runs as long as
- * possible: the page cache maps files in large folios (2 MiB), and a release
- * that covers only part of one, or a later read next to it (a norm vector
- * left in place), kept or brought back the whole folio. */
-static void release_mapped(struct strata_model *m) {
+ * possible: the page cache maps files in large folios (2 MiB), and a read
+ * next to a released range (the next tensor, a norm vector left in place)
+ * brought the whole folio back. During the load (final 0) only the whole
+ * 2 MiB pages inside each run go, which no later read shares, so the load
+ * never holds much more than the model; at the end (final 1) the rest. */
+static void release_mapped(struct strata_model *m, int final) {
   if (m->n_released == 0) return;
+  const uint64_t gran = final ? 1 : (uint64_t)2 << 20;
   qsort(m->released, m->n_released, sizeof *m->released, cmp_range);
   const uint64_t align = strata_gguf_alignment(m->gguf);
   uint64_t s = m->released[0][0], e = m->released[0][1];
@@ -159,7 +162,8 @@ static void release_mapped(struct strata_model *m) {
       if (m->released[i][1] > e) e = m->released[i][1];
       continue;
     }
-    strata_gguf_release(m->gguf, (const void *)(uintptr_t)s, e - s);
+    const uint64_t a = (s + gran - 1) / gran * gran, z = e / gran * gran;
+    if (z > a) strata_gguf_release(m->gguf, (const void *)(uintptr_t)a, z - a);
     if (i < m->n_released) {
       s = m->released[i][0];
       e = m->released[i][1];
@@ -283,6 +287,7 @@ static int load_weight(struct strata_model *m, const struct strata_registry *reg
       m->bufs[m->n_bufs - 1] = prep.buf;
       if (data == t->data) {
         if (mark_released(m, data, bytes) != 0) return strata_errf(err, errlen, "out of memory");
+        release_mapped(m, 0);
       } else { /* requantized above: the last host allocation */
         free(m->host_allocs[--m->n_host_allocs]);
       }
@@ -397,7 +402,7 @@ int strata_model_load(const char *path, const struct strata_model_opts *opts,
       alloc_act(m, &m->xo, hp->dim, m->opts.max_out, STRATA_TYPE_F32, err, errlen) ||
       alloc_act(m, &m->logits, hp->n_vocab, m->opts.max_out, STRATA_TYPE_F32, err, errlen))
     goto fail;
-  release_mapped(m);
+  release_mapped(m, 1);
   *out = m;
   return 0;
 fail:
