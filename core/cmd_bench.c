@@ -195,6 +195,9 @@ int strata_cmd_bench(int argc, char **argv) {
   ro.model.n_blocks = per * (int)batch;
   ro.model.max_tokens = n_prompt < 512 ? (int)n_prompt : 512;
   if (ro.model.max_tokens < batch) ro.model.max_tokens = (int)batch;
+  /* logits rows: one per sequence (a prefill wants its last row only); the
+   * default, one per workspace token, held 64 MiB of logits nobody reads */
+  ro.model.max_out = (int)batch;
   struct strata_runtime rt;
   int rc = strata_runtime_open(&rt, &ro);
   if (rc != 0) return rc;
