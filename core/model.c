@@ -268,7 +268,8 @@ static int load_weight(struct strata_model *m, const struct strata_registry *reg
   /* vectors are copied: a norm read in place each step kept the file's
    * large folio around it resident (see release_mapped) */
   if (place(m, data, bytes, is_vector, &b, err, errlen) != 0) return -1;
-  if (is_vector && mark_released(m, t->data, t->nbytes) != 0)
+  /* the file's bytes are not read again once copied, converted or requantized */
+  if ((is_vector || data != t->data) && mark_released(m, t->data, t->nbytes) != 0)
     return strata_errf(err, errlen, "out of memory");
   *out = (struct strata_tensor){.buf = b, .offset = 0, .type = type, .ne = {ne0, ne1}};
   /* A matrix that only matmul reads (not the embedding table, which the

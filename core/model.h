@@ -72,7 +72,7 @@ struct strata_model {
   size_t n_bufs;
   void **host_allocs; /* requantized weights */
   size_t n_host_allocs;
-  uint64_t (*released)[2]; /* [start, end) file offsets of weights copied out of the mapping */
+  uint64_t (*released)[2]; /* [start, end) addresses of mapped weights copied elsewhere */
   size_t n_released;
   uint64_t weight_bytes;  /* bytes of weights read per full forward */
   uint64_t kv_bytes;

@@ -86,7 +86,7 @@ struct strata_buf {
   uint8_t *data;
   uint64_t size;
   int owned; /* 0: wraps host memory (the mmapped model), read-only; 1: host
-              * alloc; 2: mmap (cpu_map) */
+              * alloc; 2: its own mmap (prepare_weight) */
 };
 
 enum { CPU_SCALAR = 0, CPU_AVX2 = 1, CPU_VNNI = 2 };
