@@ -483,15 +483,25 @@ int strata_model_forward(struct strata_model *m, const struct strata_batch *batc
   struct strata_attention at = {.n_heads = hp->n_heads, .n_kv_heads = hp->n_kv_heads,
                                 .head_dim = hp->head_dim,
                                 .scale = 1.0f / sqrtf((float)hp->head_dim)};
+  /* Q, K and V (gate and up) in one pass where the backend has one */
+  const int fused =
+      be->size >= offsetof(struct strata_backend_vtable, matmul_n) + sizeof be->matmul_n &&
+      be->matmul_n != NULL;
   OP(be->set_batch(b, batch));
   OP(be->embed(b, &m->tok_embd, &x));
   for (int l = 0; l < hp->n_layers; l++) {
     struct strata_layer *L = &m->layers[l];
     /* attention block */
     OP(be->rmsnorm(b, &x, &L->attn_norm, hp->rms_eps, &xb));
-    OP(be->matmul(b, &L->wq, &xb, &q));
-    OP(be->matmul(b, &L->wk, &xb, &k));
-    OP(be->matmul(b, &L->wv, &xb, &v));
+    if (fused) {
+      const struct strata_tensor *w3[3] = {&L->wq, &L->wk, &L->wv};
+      struct strata_tensor *o3[3] = {&q, &k, &v};
+      OP(be->matmul_n(b, 3, w3, &xb, o3));
+    } else {
+      OP(be->matmul(b, &L->wq, &xb, &q));
+      OP(be->matmul(b, &L->wk, &xb, &k));
+      OP(be->matmul(b, &L->wv, &xb, &v));
+    }
     if (hp->qkv_bias) {
       OP(be->add_bias(b, &q, &L->bq));
       OP(be->add_bias(b, &k, &L->bk));
@@ -505,8 +515,14 @@ int strata_model_forward(struct strata_model *m, const struct strata_batch *batc
     OP(be->add(b, &x, &xb, &x));
     /* feed-forward block */
     OP(be->rmsnorm(b, &x, &L->ffn_norm, hp->rms_eps, &xb));
-    OP(be->matmul(b, &L->w_gate, &xb, &hb));
-    OP(be->matmul(b, &L->w_up, &xb, &hb2));
+    if (fused) {
+      const struct strata_tensor *w2[2] = {&L->w_gate, &L->w_up};
+      struct strata_tensor *o2[2] = {&hb, &hb2};
+      OP(be->matmul_n(b, 2, w2, &xb, o2));
+    } else {
+      OP(be->matmul(b, &L->w_gate, &xb, &hb));
+      OP(be->matmul(b, &L->w_up, &xb, &hb2));
+    }
     OP(be->swiglu(b, &hb, &hb2, &hb));
     OP(be->matmul(b, &L->w_down, &hb, &xb));
     OP(be->add(b, &x, &xb, &x));

@@ -1269,6 +1269,93 @@ START_TEST(prepare_weight_checks) {
 }
 END_TEST
 
+/* matmul_n: Q, K, V (three heights, one row length) in one pass give the
+ * bits of three matmul calls, for weights in the GGUF layout and packed, at
+ * 1, 3 and 7 tokens, on every tier; and its argument checks. */
+START_TEST(matmul_n_matches_separate) {
+  const char *tier = tiers[_i];
+  strata_backend_t *b = open_backend(tier, 2);
+  const uint32_t types[] = {STRATA_TYPE_Q8_0, STRATA_TYPE_Q4_0, STRATA_TYPE_F16};
+  enum { K = 320 };
+  const int64_t Ns[3] = {130, 36, 33};
+  uint64_t s = 321;
+  for (size_t ti = 0; ti < 3; ti++) {
+    const struct strata_quant_vtable *q = quant(types[ti]);
+    const size_t wrb = row_bytes(types[ti], K);
+    strata_buf_t *wb[3];
+    struct strata_tensor tw[3], tp[3];
+    int np = 0;
+    for (int i = 0; i < 3; i++) {
+      float *wf = rand_floats(&s, (size_t)Ns[i] * K, 1.0f);
+      uint8_t *wq = malloc(wrb * Ns[i]);
+      for (int64_t r = 0; r < Ns[i]; r++) q->quantize_row(wf + r * K, wq + r * wrb, K);
+      wb[i] = mkbuf(b, wq, wrb * Ns[i]);
+      tw[i] = tensor(wb[i], types[ti], K, Ns[i]);
+      np += be->prepare_weight(b, &tw[i], &tp[i]);
+      free(wq);
+      free(wf);
+    }
+    ck_assert(np == 0 || np == 3);
+    for (int pk = 0; pk < 1 + (np == 3); pk++) {
+      const int64_t Ts[] = {1, 3, 7};
+      for (int k = 0; k < 3; k++) {
+        const int64_t T = Ts[k];
+        float *x = rand_floats(&s, (size_t)T * K, 1.0f);
+        strata_buf_t *xb = mkbuf(b, x, (size_t)T * K * 4), *ob[3], *sb[3];
+        struct strata_tensor tx = tensor(xb, STRATA_TYPE_F32, K, T), to[3];
+        const struct strata_tensor *wp[3];
+        struct strata_tensor *op[3];
+        for (int i = 0; i < 3; i++) {
+          ob[i] = nan_buf(b, (size_t)T * Ns[i]);
+          sb[i] = nan_buf(b, (size_t)T * Ns[i]);
+          to[i] = tensor(ob[i], STRATA_TYPE_F32, Ns[i], T);
+          wp[i] = pk ? &tp[i] : &tw[i];
+          op[i] = &to[i];
+        }
+        ck_assert_msg(be->matmul_n(b, 3, wp, &tx, op) == 0, "%s", be->last_error(b));
+        for (int i = 0; i < 3; i++) {
+          struct strata_tensor ts = tensor(sb[i], STRATA_TYPE_F32, Ns[i], T);
+          ck_assert_msg(be->matmul(b, wp[i], &tx, &ts) == 0, "%s", be->last_error(b));
+          float *got = fetch(b, ob[i], (size_t)T * Ns[i]), *want = fetch(b, sb[i], (size_t)T * Ns[i]);
+          ck_assert_msg(count_nan(got, (size_t)T * Ns[i]) == 0 &&
+                            memcmp(got, want, sizeof *got * (size_t)T * Ns[i]) == 0,
+                        "tier %s type %u%s T=%lld weight %d: matmul_n differs from matmul",
+                        tier_name(tier), types[ti], pk ? " packed" : "", (long long)T, i);
+          free(got);
+          free(want);
+        }
+        if (k == 0 && pk == 0 && ti == 0) {
+          /* the checks */
+          EXPECT_FAIL(be->matmul_n(b, 0, wp, &tx, op), "weights");
+          EXPECT_FAIL(be->matmul_n(b, 5, wp, &tx, op), "weights");
+          struct strata_tensor other = tw[1];
+          other.ne[0] = K / 2;
+          other.ne[1] = 2 * Ns[1];
+          const struct strata_tensor *wx[2] = {&tw[0], &other};
+          EXPECT_FAIL(be->matmul_n(b, 2, wx, &tx, op), "rows of");
+          struct strata_tensor *same[2] = {&to[0], &to[0]};
+          const struct strata_tensor *w00[2] = {&tw[0], &tw[0]};
+          EXPECT_FAIL(be->matmul_n(b, 2, w00, &tx, same), "overlap");
+          struct strata_tensor *wrong[2] = {&to[0], &to[0]};
+          EXPECT_FAIL(be->matmul_n(b, 2, wp, &tx, wrong), "matmul out");
+        }
+        for (int i = 0; i < 3; i++) {
+          be->buf_free(b, ob[i]);
+          be->buf_free(b, sb[i]);
+        }
+        be->buf_free(b, xb);
+        free(x);
+      }
+    }
+    for (int i = 0; i < 3; i++) {
+      if (np) be->buf_free(b, tp[i].buf);
+      be->buf_free(b, wb[i]);
+    }
+  }
+  be->close(b);
+}
+END_TEST
+
 static Suite *backend_cpu_suite(void) {
   Suite *s = suite_create("backend_cpu");
   TCase *tc = tcase_create("core");
@@ -1290,6 +1377,7 @@ static Suite *backend_cpu_suite(void) {
   tcase_add_loop_test(tc, kv_store_attention_paged, 0, N_TIERS * 2 * 3 * 6 * 2);
   tcase_add_test(tc, errors_are_reported);
   tcase_add_test(tc, prepare_weight_checks);
+  tcase_add_loop_test(tc, matmul_n_matches_separate, 0, N_TIERS);
   suite_add_tcase(s, tc);
   return s;
 }

@@ -167,6 +167,11 @@ struct strata_backend_vtable {
    * untouched), -1 on error. Only matmul accepts the result. */
   int (*prepare_weight)(strata_backend_t *b, const struct strata_tensor *w,
                         struct strata_tensor *out);
+  /* (optional; the host checks size) out[i] = x w[i] for n (1..4) weights of
+   * one row length, as n matmul calls would give, in one pass where the
+   * device can (Q, K and V; gate and up). No out[i] may alias another. */
+  int (*matmul_n)(strata_backend_t *b, int n, const struct strata_tensor *const *w,
+                  const struct strata_tensor *x, struct strata_tensor *const *out);
 };
 
 #ifdef __cplusplus

@@ -96,6 +96,7 @@ enum { CPU_QM_Q4 = 0, CPU_QM_Q8_XOR = 1, CPU_QM_Q8_SIGN = 2 };
 #define CPU_QR 4 /* weight rows per quantized microkernel */
 #define CPU_FR 4 /* weight rows per float microkernel */
 #define CPU_QDIRECT_MAX 3 /* up to this many tokens use the direct kernel */
+#define CPU_MAXN 4        /* weights of one matmul_n */
 
 /* Packed weights (prepare_weight, and the tile kernel's run-time repack): a
  * q8_0 or q4_0 matrix as row groups of CPU_QR rows (the last padded by
@@ -1107,11 +1108,20 @@ static int cpu_q_kernels(struct strata_backend *b, uint32_t type) {
          qw->block_size == 32 && qw->type_size == (type == STRATA_TYPE_Q4_0 ? 18u : 34u);
 }
 
-/* q8_0 / q4_0 weights (type: the GGUF type; packed: wd is cpu-packed). */
-static int cpu_matmul_q(struct strata_backend *b, const struct strata_tensor *w, uint32_t type,
-                        int packed, const uint8_t *wd, size_t wrb, const float *xd, int64_t T,
-                        float *od) {
-  const int64_t K = w->ne[0], N = w->ne[1];
+/* q8_0 / q4_0 weights w[0..n) of one row length and type (type: the GGUF
+ * type; packed: wd[i] are cpu-packed; wrb: their row bytes): the activations
+ * are quantized once, then one parallel loop runs over the row groups of all
+ * of them (Q, K and V, or gate and up, as one stream). */
+static int cpu_matmul_q(struct strata_backend *b, int n, const struct strata_tensor *const *w,
+                        uint32_t type, int packed, const uint8_t *const *wd, size_t wrb,
+                        const float *xd, int64_t T, float *const *od) {
+  const int64_t K = w[0]->ne[0];
+  int64_t Ntot = 0, nrb[CPU_MAXN], nrb_all = 0;
+  for (int i = 0; i < n; i++) {
+    Ntot += w[i]->ne[1];
+    nrb[i] = (w[i]->ne[1] + CPU_QR - 1) / CPU_QR;
+    nrb_all += nrb[i];
+  }
   const struct strata_quant_vtable *q8 = cpu_quant(b, STRATA_TYPE_Q8_0);
   const int64_t lg = CPU_PG;
   const int64_t nb = K / 32, nbp = (nb + lg - 1) / lg * lg;
@@ -1122,7 +1132,7 @@ static int cpu_matmul_q(struct strata_backend *b, const struct strata_tensor *w,
   const float m = mode == CPU_QM_Q4 ? 8.0f : mode == CPU_QM_Q8_XOR ? 128.0f : 0.0f;
   /* packed rows need no repack, so the tile kernel serves every T */
   const int tile = packed || T > CPU_QDIRECT_MAX;
-  const int nt = cpu_nt(b, (double)N * K * T);
+  const int nt = cpu_nt(b, (double)Ntot * K * T);
   const size_t q_bytes = cpu_align64(kp * (size_t)T);
   const size_t s_bytes = cpu_align64((size_t)nbp * (size_t)T * sizeof(float));
   const size_t tmp_bytes = cpu_align64((size_t)nb * 34);
@@ -1138,7 +1148,6 @@ static int cpu_matmul_q(struct strata_backend *b, const struct strata_tensor *w,
                              .cf = (float *)(void *)(ws + q_bytes + s_bytes),
                              .corr = c_bytes ? (int32_t *)(void *)(ws + q_bytes + 2 * s_bytes) : NULL};
   uint8_t *tmp0 = ws + q_bytes + 2 * s_bytes + c_bytes, *scr0 = tmp0 + (size_t)nt * tmp_bytes;
-  const int64_t nrb = (N + CPU_QR - 1) / CPU_QR;
   const int64_t TT = cpu_token_tile(kp + 2 * (size_t)nbp * sizeof(float), T, 3);
   /* With fewer tokens than threads (decode), each token's blocks are split
    * between the threads, in whole lane groups, instead of leaving all but
@@ -1153,21 +1162,20 @@ static int cpu_matmul_q(struct strata_backend *b, const struct strata_tensor *w,
       if (b0 < b1)
         cpu_qpack(b, q8, xd + t * K, tmp0 + (size_t)tid * tmp_bytes, &A, t, m, layout, b0, b1);
     }
-    if (!tile) {
-      CPU_OMP(omp for schedule(static))
-      for (int64_t rb = 0; rb < nrb; rb++) {
-        const int64_t r0 = rb * CPU_QR, r1 = r0 + CPU_QR < N ? r0 + CPU_QR : N;
-        b->kern.q_direct_rows(mode, wd, wrb, nb, bbytes, r0, r1, &A, T, od, N);
-      }
-    } else {
-      uint8_t *scr = scr0 + (size_t)tid * scr_bytes;
-      for (int64_t t0 = 0; t0 < T; t0 += TT) {
-        const int64_t t1 = t0 + TT < T ? t0 + TT : T;
-        CPU_OMP(omp for schedule(static) nowait)
-        for (int64_t rb = 0; rb < nrb; rb++) {
-          const int64_t r0 = rb * CPU_QR, r1 = r0 + CPU_QR < N ? r0 + CPU_QR : N;
-          b->kern.q_tile_rows(mode, wd, wrb, nb, bbytes, r0, r1, &A, t0, t1, od, N, scr, packed);
-        }
+    uint8_t *scr = scr0 + (size_t)tid * scr_bytes;
+    for (int64_t t0 = 0; t0 < T; t0 += tile ? TT : T) {
+      const int64_t t1 = !tile || t0 + TT >= T ? T : t0 + TT;
+      CPU_OMP(omp for schedule(static) nowait)
+      for (int64_t it = 0; it < nrb_all; it++) {
+        int i = 0;
+        int64_t rb = it;
+        while (rb >= nrb[i]) rb -= nrb[i++];
+        const int64_t N = w[i]->ne[1], r0 = rb * CPU_QR, r1 = r0 + CPU_QR < N ? r0 + CPU_QR : N;
+        if (tile)
+          b->kern.q_tile_rows(mode, wd[i], wrb, nb, bbytes, r0, r1, &A, t0, t1, od[i], N, scr,
+                              packed);
+        else
+          b->kern.q_direct_rows(mode, wd[i], wrb, nb, bbytes, r0, r1, &A, T, od[i], N);
       }
     }
   }
@@ -1219,35 +1227,75 @@ static int cpu_matmul_deq(struct strata_backend *b, const struct strata_tensor *
   return 0;
 }
 
-static int cpu_matmul(strata_backend_t *b, const struct strata_tensor *w,
-                      const struct strata_tensor *x, struct strata_tensor *out) {
-  if (!b) return -1;
-  size_t wrb;
-  const uint8_t *wd = cpu_view(b, w, "matmul weight", 0, &wrb);
-  if (!wd) return -1;
+/* One weight, its views checked. */
+static int cpu_matmul_one(struct strata_backend *b, const struct strata_tensor *w,
+                          const uint8_t *wd, size_t wrb, const float *xd, int64_t T, float *od) {
   const int64_t K = w->ne[0], N = w->ne[1];
-  const float *xd = cpu_f32(b, x, "matmul x", 0, K, -1);
-  if (!xd) return -1;
-  const int64_t T = x->ne[1];
-  float *od = cpu_f32(b, out, "matmul out", 1, N, T);
-  if (!od) return -1;
-  if (cpu_overlap(out, (size_t)N * 4, x, (size_t)K * 4) || cpu_overlap(out, (size_t)N * 4, w, wrb))
-    return cpu_fail(b, "matmul: out overlaps an input");
   if (T == 0 || N == 0) return 0;
   if (w->type == CPU_TYPE_Q8_0_PACKED || w->type == CPU_TYPE_Q4_0_PACKED) {
     if (b->tier == CPU_SCALAR) return cpu_fail(b, "matmul: packed weights on the scalar tier");
-    return cpu_matmul_q(b, w, w->type - STRATA_TYPE_BACKEND_PRIVATE, 1, wd, wrb, xd, T, od);
+    return cpu_matmul_q(b, 1, &w, w->type - STRATA_TYPE_BACKEND_PRIVATE, 1, &wd, wrb, xd, T, &od);
   }
   if ((w->type == STRATA_TYPE_Q8_0 || w->type == STRATA_TYPE_Q4_0) && N * K < cpu_cfg_qact_min) {
     const struct strata_quant_vtable *qw = cpu_quant(b, w->type);
     if (qw && qw->dequantize_row) return cpu_matmul_deq(b, w, wd, wrb, xd, T, od);
   }
-  if (cpu_q_kernels(b, w->type)) return cpu_matmul_q(b, w, w->type, 0, wd, wrb, xd, T, od);
+  if (cpu_q_kernels(b, w->type)) return cpu_matmul_q(b, 1, &w, w->type, 0, &wd, wrb, xd, T, &od);
   if (b->tier != CPU_SCALAR) {
     if (w->type == STRATA_TYPE_F32 || w->type == STRATA_TYPE_F16 || w->type == STRATA_TYPE_BF16)
       return cpu_matmul_f(b, w, wd, wrb, xd, T, od);
   }
   return cpu_matmul_generic(b, w, wd, wrb, xd, T, od);
+}
+
+static int cpu_matmul_n(strata_backend_t *b, int n, const struct strata_tensor *const *w,
+                        const struct strata_tensor *x, struct strata_tensor *const *out) {
+  if (!b) return -1;
+  if (n < 1 || n > CPU_MAXN || !w || !out)
+    return cpu_fail(b, "matmul: %d weights (1 to %d)", n, CPU_MAXN);
+  const uint8_t *wd[CPU_MAXN];
+  size_t wrb[CPU_MAXN];
+  float *od[CPU_MAXN];
+  for (int i = 0; i < n; i++) {
+    wd[i] = cpu_view(b, w[i], "matmul weight", 0, &wrb[i]);
+    if (!wd[i]) return -1;
+    if (w[i]->ne[0] != w[0]->ne[0])
+      return cpu_fail(b, "matmul: weight %d has rows of %lld, weight 0 of %lld", i,
+                      (long long)w[i]->ne[0], (long long)w[0]->ne[0]);
+  }
+  const int64_t K = w[0]->ne[0];
+  const float *xd = cpu_f32(b, x, "matmul x", 0, K, -1);
+  if (!xd) return -1;
+  const int64_t T = x->ne[1];
+  int same = 1;
+  for (int i = 0; i < n; i++) {
+    const int64_t N = w[i]->ne[1];
+    od[i] = cpu_f32(b, out[i], "matmul out", 1, N, T);
+    if (!od[i]) return -1;
+    if (cpu_overlap(out[i], (size_t)N * 4, x, (size_t)K * 4) ||
+        cpu_overlap(out[i], (size_t)N * 4, w[i], wrb[i]))
+      return cpu_fail(b, "matmul: out overlaps an input");
+    for (int j = 0; j < i; j++)
+      if (cpu_overlap(out[i], (size_t)N * 4, out[j], (size_t)w[j]->ne[1] * 4))
+        return cpu_fail(b, "matmul: outputs %d and %d overlap", j, i);
+    same = same && w[i]->type == w[0]->type && w[i]->ne[1] * K >= cpu_cfg_qact_min;
+  }
+  if (T == 0) return 0;
+  /* one pass when every weight takes the same quantized kernel */
+  const uint32_t ty = w[0]->type;
+  if (n > 1 && same && (ty == CPU_TYPE_Q8_0_PACKED || ty == CPU_TYPE_Q4_0_PACKED) &&
+      b->tier != CPU_SCALAR)
+    return cpu_matmul_q(b, n, w, ty - STRATA_TYPE_BACKEND_PRIVATE, 1, wd, wrb[0], xd, T, od);
+  if (n > 1 && same && cpu_q_kernels(b, ty))
+    return cpu_matmul_q(b, n, w, ty, 0, wd, wrb[0], xd, T, od);
+  for (int i = 0; i < n; i++)
+    if (cpu_matmul_one(b, w[i], wd[i], wrb[i], xd, T, od[i]) != 0) return -1;
+  return 0;
+}
+
+static int cpu_matmul(strata_backend_t *b, const struct strata_tensor *w,
+                      const struct strata_tensor *x, struct strata_tensor *out) {
+  return cpu_matmul_n(b, 1, &w, x, &out);
 }
 
 /* q8_0 and q4_0 matrices that the quantized kernels take are packed (see
@@ -1332,6 +1380,7 @@ static const struct strata_backend_vtable cpu_vtable = {
     .add = cpu_add,
     .get_rows = cpu_get_rows,
     .prepare_weight = cpu_prepare_weight,
+    .matmul_n = cpu_matmul_n,
 };
 
 static int cpu_init(const struct strata_host_api *host, const strata_config_node_t *cfg, char *err,
