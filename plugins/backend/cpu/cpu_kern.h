@@ -475,34 +475,45 @@ CPU_INLINE void K(qtile)(const int mode, const int C, const uint8_t *pw, int64_t
     /* One token alone has only CPU_QR independent dot chains, each 8
      * vpdpbusd long: latency-bound (q4_0 ran at half the speed of q8_0 from
      * cache). Then odd steps (q4_0: the high nibbles) go to a second
-     * accumulator, added at the end of the chunk. */
-    __m512i ia[CPU_QR][3], ib[CPU_QR];
+     * accumulator, added at the end of the chunk. For q4_0 with up to 2
+     * tokens (registers allow) the high nibbles are not shifted down: masked
+     * in place they are 16 x the quant, so their accumulator holds exactly
+     * 16 x the dot and one shift per chunk replaces one per step. */
+    __m512i ia[CPU_QR][3], ib[CPU_QR][3];
+    const int hi16 = mode == CPU_QM_Q4 && C <= 2;
     CPU_UNROLL
-    for (int r = 0; r < CPU_QR; r++) {
-      ib[r] = _mm512_setzero_si512();
+    for (int r = 0; r < CPU_QR; r++)
       CPU_UNROLL
-      for (int c = 0; c < C; c++) ia[r][c] = _mm512_setzero_si512();
-    }
+      for (int c = 0; c < C; c++) ia[r][c] = ib[r][c] = _mm512_setzero_si512();
     if (mode == CPU_QM_Q4) {
+      const __m512i hi4 = _mm512_set1_epi8((char)0xf0);
       CPU_UNROLL
       for (int s = 0; s < 4; s++)
         CPU_UNROLL
         for (int r = 0; r < CPU_QR; r++) {
           const __m512i v = _mm512_loadu_si512((const void *)(d + r * qb + s * 64));
           const __m512i wl = _mm512_and_si512(v, lo4);
-          const __m512i wh = _mm512_and_si512(_mm512_srli_epi16(v, 4), lo4);
+          const __m512i wh = hi16 ? _mm512_and_si512(v, hi4)
+                                  : _mm512_and_si512(_mm512_srli_epi16(v, 4), lo4);
           CPU_UNROLL
           for (int c = 0; c < C; c++) {
             const __m512i al = _mm512_loadu_si512((const void *)(aq[c] + off + s * 64));
             const __m512i ah = _mm512_loadu_si512((const void *)(aq[c] + off + (s + 4) * 64));
-            if (C == 1) {
+            if (hi16) {
               ia[r][c] = _mm512_dpbusd_epi32(ia[r][c], wl, al);
-              ib[r] = _mm512_dpbusd_epi32(ib[r], wh, ah);
+              ib[r][c] = _mm512_dpbusd_epi32(ib[r][c], wh, ah);
             } else {
               ia[r][c] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(ia[r][c], wl, al), wh, ah);
             }
           }
         }
+      if (hi16) {
+        CPU_UNROLL
+        for (int r = 0; r < CPU_QR; r++)
+          CPU_UNROLL
+          for (int c = 0; c < C; c++)
+            ia[r][c] = _mm512_add_epi32(ia[r][c], _mm512_srai_epi32(ib[r][c], 4));
+      }
     } else {
       CPU_UNROLL
       for (int s = 0; s < 8; s++) {
@@ -516,16 +527,16 @@ CPU_INLINE void K(qtile)(const int mode, const int C, const uint8_t *pw, int64_t
           CPU_UNROLL
           for (int r = 0; r < CPU_QR; r++) {
             if (C == 1 && s % 2)
-              ib[r] = _mm512_dpbusd_epi32(ib[r], wv[r], a);
+              ib[r][0] = _mm512_dpbusd_epi32(ib[r][0], wv[r], a);
             else
               ia[r][c] = _mm512_dpbusd_epi32(ia[r][c], wv[r], a);
           }
         }
       }
-    }
-    if (C == 1) {
-      CPU_UNROLL
-      for (int r = 0; r < CPU_QR; r++) ia[r][0] = _mm512_add_epi32(ia[r][0], ib[r]);
+      if (C == 1) {
+        CPU_UNROLL
+        for (int r = 0; r < CPU_QR; r++) ia[r][0] = _mm512_add_epi32(ia[r][0], ib[r][0]);
+      }
     }
     CPU_UNROLL
     for (int r = 0; r < CPU_QR; r++) {
