@@ -881,6 +881,7 @@ struct attn_case {
   const char *tier;
   uint32_t kv_type;
   int block_size, group, head_dim;
+  int long_decode; /* one-token decodes at 257..1000 positions instead */
 };
 
 static float kv_round(uint32_t type, float v) {
@@ -898,14 +899,18 @@ static void kv_put(uint32_t type, uint8_t *row, int64_t i, float v) {
 
 /* Four sequences in one batch: a prefill from 0, a one-token decode, and two
  * prefill chunks that start mid-sequence, over shuffled blocks of a shared
- * pool. Past context is written straight into the caches; the new tokens go
- * through kv_store. Unused cache rows hold NaN, so reading a wrong row
+ * pool; or (long_decode) four one-token decodes over long contexts, which
+ * the grouped kernel splits by position range between the threads and
+ * merges. Past context is written straight into the caches; the new tokens
+ * go through kv_store. Unused cache rows hold NaN, so reading a wrong row
  * shows. */
 static void check_attention(struct attn_case ac, uint64_t seed) {
   strata_backend_t *b = open_backend(ac.tier, 2);
   enum { NS = 4 };
-  const int32_t start[NS] = {0, 40, 13, 50}; /* first new position */
-  const int32_t count[NS] = {9, 1, 5, 7};    /* new tokens */
+  const int32_t short_start[NS] = {0, 40, 13, 50}, long_start[NS] = {999, 300, 256, 700};
+  const int32_t short_count[NS] = {9, 1, 5, 7}, long_count[NS] = {1, 1, 1, 1};
+  const int32_t *start = ac.long_decode ? long_start : short_start; /* first new position */
+  const int32_t *count = ac.long_decode ? long_count : short_count; /* new tokens */
   const int n_kv = 2, n_heads = n_kv * ac.group, hd = ac.head_dim, bs = ac.block_size;
   const int64_t kvd = (int64_t)n_kv * hd, qd = (int64_t)n_heads * hd;
   const uint32_t kt = ac.kv_type;
@@ -1004,7 +1009,7 @@ static void check_attention(struct attn_case ac, uint64_t seed) {
   ck_assert_msg(be->attention(b, &tq, &tkc, &tvc, &at, &to) == 0, "%s", be->last_error(b));
   float *o = fetch(b, ob, (size_t)T * qd);
 
-  double *ref = malloc((size_t)T * qd * sizeof *ref), *w = malloc(64 * sizeof *w);
+  double *ref = malloc((size_t)T * qd * sizeof *ref), *w = malloc(1024 * sizeof *w);
   for (int q = 0; q < NS; q++)
     for (int32_t i = seq_start[q]; i < seq_start[q + 1]; i++)
       for (int h = 0; h < n_heads; h++) {
@@ -1026,13 +1031,13 @@ static void check_attention(struct attn_case ac, uint64_t seed) {
         }
       }
   const size_t n = (size_t)T * qd;
-  ck_assert_msg(count_nan(o, n) == 0, "tier %s kv %s bs %d group %d hd %d: %zu NaN outputs",
+  ck_assert_msg(count_nan(o, n) == 0, "tier %s kv %s bs %d group %d hd %d%s: %zu NaN outputs",
                 tier_name(ac.tier), kt == STRATA_TYPE_F16 ? "f16" : "f32", bs, ac.group, hd,
-                count_nan(o, n));
+                ac.long_decode ? " long" : "", count_nan(o, n));
   ck_assert_msg(max_abs_err(o, ref, n) <= 1e-5 && rel_l2(o, ref, n) <= 1e-5,
-                "tier %s kv %s bs %d group %d hd %d: max err %g rel %g", tier_name(ac.tier),
-                kt == STRATA_TYPE_F16 ? "f16" : "f32", bs, ac.group, hd, max_abs_err(o, ref, n),
-                rel_l2(o, ref, n));
+                "tier %s kv %s bs %d group %d hd %d%s: max err %g rel %g", tier_name(ac.tier),
+                kt == STRATA_TYPE_F16 ? "f16" : "f32", bs, ac.group, hd,
+                ac.long_decode ? " long" : "", max_abs_err(o, ref, n), rel_l2(o, ref, n));
 
   /* a block table entry past the cache is refused, not read */
   bt[1 * max_blocks + 0] = pool;
@@ -1079,6 +1084,8 @@ START_TEST(kv_store_attention_paged) {
   ac.block_size = bss[i % 3];
   i /= 3;
   ac.kv_type = i % 2 ? STRATA_TYPE_F16 : STRATA_TYPE_F32;
+  i /= 2;
+  ac.long_decode = i % 2;
   i /= 2;
   ac.tier = tiers[i];
   check_attention(ac, 100 + (uint64_t)_i);
@@ -1374,7 +1381,7 @@ static Suite *backend_cpu_suite(void) {
   tcase_add_test(tc, rmsnorm_matches);
   tcase_add_test(tc, add_add_bias_swiglu);
   tcase_add_test(tc, rope_both_modes);
-  tcase_add_loop_test(tc, kv_store_attention_paged, 0, N_TIERS * 2 * 3 * 6 * 2);
+  tcase_add_loop_test(tc, kv_store_attention_paged, 0, N_TIERS * 2 * 2 * 3 * 6 * 2);
   tcase_add_test(tc, errors_are_reported);
   tcase_add_test(tc, prepare_weight_checks);
   tcase_add_loop_test(tc, matmul_n_matches_separate, 0, N_TIERS);

@@ -97,6 +97,7 @@ enum { CPU_QM_Q4 = 0, CPU_QM_Q8_XOR = 1, CPU_QM_Q8_SIGN = 2 };
 #define CPU_FR 4 /* weight rows per float microkernel */
 #define CPU_QDIRECT_MAX 3 /* up to this many tokens use the direct kernel */
 #define CPU_MAXN 4        /* weights of one matmul_n */
+#define CPU_MAXS 64       /* position ranges of one decode attention (threads) */
 
 /* Packed weights (prepare_weight, and the tile kernel's run-time repack): a
  * q8_0 or q4_0 matrix as row groups of CPU_QR rows (the last padded by
@@ -167,7 +168,7 @@ struct cpu_kernels {
   /* the G <= 8 heads of one kv head at once (head_dim a multiple of 8;
    * sc: npos x 8 floats); NULL: attn_one per head */
   void (*attn_group)(const struct cpu_attn *c, const int32_t *bt, const float *q, int G, int kvh,
-                     int32_t npos, float *sc, float *out);
+                     int32_t p0, int32_t p1, float *sc, float *out, float *ml);
 };
 
 struct strata_backend {
@@ -920,31 +921,80 @@ static int cpu_attention(strata_backend_t *b, const struct strata_tensor *q,
   const int64_t T = B->n_tokens, H = a->n_heads;
   const int group = a->n_heads / a->n_kv_heads;
   const int nt = cpu_nt(b, (double)T * H * a->head_dim * (b->max_ctx > 0 ? b->max_ctx : 1));
+  const int grouped = b->kern.attn_group && a->head_dim % 8 == 0;
+  const int64_t KVH = a->n_kv_heads, nsub = (group + 7) / 8, per = KVH * nsub;
+  /* Few queries over a long context (decode): each thread takes one range
+   * of positions of every (query, kv head) instead of whole kv heads, so it
+   * reads its part of the cache rows once, whole (one kv head's part of a
+   * row is a few of its lines: thread by kv head, every thread fetched every
+   * row), and the ranges' softmaxes are merged after. */
+  const int S = grouped && nt > 1 && T * per <= 4 * nt && b->max_ctx >= 256
+                    ? (nt < CPU_MAXS ? nt : CPU_MAXS)
+                    : 1;
+  const size_t part = (size_t)8 * a->head_dim + 16; /* floats: out of 8 heads, max, sum */
   /* scores: a position's 8 lanes for the grouped kernel, 1 for the other */
   const size_t sc_bytes =
       cpu_align64((size_t)(b->max_ctx > 0 ? b->max_ctx : 1) * 8 * sizeof(float));
-  uint8_t *ws = cpu_ws(b, (size_t)nt * sc_bytes + cpu_align64((size_t)T * sizeof(int32_t)));
+  const size_t p_bytes = S > 1 ? cpu_align64((size_t)T * per * S * part * sizeof(float)) : 0;
+  uint8_t *ws = cpu_ws(b, (size_t)nt * sc_bytes + p_bytes + cpu_align64((size_t)T * sizeof(int32_t)));
   if (!ws) return -1;
-  int32_t *tok_seq = (int32_t *)(void *)(ws + (size_t)nt * sc_bytes);
+  float *parts = (float *)(void *)(ws + (size_t)nt * sc_bytes);
+  int32_t *tok_seq = (int32_t *)(void *)(ws + (size_t)nt * sc_bytes + p_bytes);
   for (int32_t s = 0; s < B->n_seqs; s++)
     for (int32_t i = B->seq_start[s]; i < B->seq_start[s + 1]; i++) tok_seq[i] = s;
   const struct cpu_attn c = {.k = kc, .v = vc, .krow = krb, .vrow = vrb,
                              .ktype = k_cache->type, .vtype = v_cache->type,
                              .head_dim = a->head_dim, .block_size = bs, .scale = a->scale};
-  if (b->kern.attn_group && a->head_dim % 8 == 0) {
+  if (grouped) {
     /* the heads of one kv head together, in subgroups of up to 8: each
-     * K/V row is read and converted once per subgroup */
-    const int64_t KVH = a->n_kv_heads, nsub = (group + 7) / 8, per = KVH * nsub;
-    CPU_OMP(omp parallel for num_threads(nt) schedule(dynamic, 1))
-    for (int64_t it = 0; it < T * per; it++) {
-      const int64_t i = it / per;
-      const int kvh = (int)(it % per / nsub), sub = (int)(it % nsub);
+     * K/V row is read and converted once per subgroup. Causal rows differ
+     * in length, hence the dynamic schedule; split-major order in chunks of
+     * a whole range, so that a thread takes one range of every row. */
+    const int hd = a->head_dim;
+    const int64_t chunk = S > 1 ? T * per : 1;
+    CPU_OMP(omp parallel for num_threads(nt) schedule(dynamic, chunk))
+    for (int64_t it = 0; it < S * T * per; it++) {
+      const int64_t sp = it / (T * per), i = it % (T * per) / per, w = it % per;
+      const int kvh = (int)(w / nsub), sub = (int)(w % nsub);
       const int h0 = kvh * group + sub * 8, G = group - sub * 8 < 8 ? group - sub * 8 : 8;
-      const int32_t s = tok_seq[i];
+      const int32_t s = tok_seq[i], npos = B->positions[i] + 1;
       float *sc = (float *)(void *)(ws + (size_t)cpu_tid() * sc_bytes);
-      b->kern.attn_group(&c, B->block_tables + (size_t)s * B->max_blocks,
-                         qp + i * qd + (int64_t)h0 * a->head_dim, G, kvh, B->positions[i] + 1, sc,
-                         op + i * qd + (int64_t)h0 * a->head_dim);
+      const int32_t *bt = B->block_tables + (size_t)s * B->max_blocks;
+      const float *qi = qp + i * qd + (int64_t)h0 * hd;
+      if (S == 1) {
+        b->kern.attn_group(&c, bt, qi, G, kvh, 0, npos, sc, op + i * qd + (int64_t)h0 * hd, NULL);
+      } else {
+        float *pt = parts + ((size_t)(i * per + w) * S + (size_t)sp) * part;
+        const int32_t p0 = (int32_t)((int64_t)npos * sp / S), p1 = (int32_t)((int64_t)npos * (sp + 1) / S);
+        b->kern.attn_group(&c, bt, qi, G, kvh, p0, p1, sc, pt, pt + (size_t)8 * hd);
+      }
+    }
+    if (S > 1) {
+      /* out = sum_s e^(m_s - M) o_s / sum_s e^(m_s - M) l_s per head */
+      for (int64_t i = 0; i < T; i++)
+        for (int64_t w = 0; w < per; w++) {
+          const int kvh = (int)(w / nsub), sub = (int)(w % nsub);
+          const int h0 = kvh * group + sub * 8, G = group - sub * 8 < 8 ? group - sub * 8 : 8;
+          const float *pt = parts + (size_t)(i * per + w) * S * part;
+          for (int g = 0; g < G; g++) {
+            float M = -INFINITY, L = 0.0f, f[CPU_MAXS];
+            for (int sp = 0; sp < S; sp++) {
+              const float m = pt[(size_t)sp * part + (size_t)8 * hd + g];
+              M = m > M ? m : M;
+            }
+            for (int sp = 0; sp < S; sp++) {
+              const float *ml = pt + (size_t)sp * part + (size_t)8 * hd;
+              f[sp] = ml[g] == -INFINITY ? 0.0f : expf(ml[g] - M);
+              L += f[sp] * ml[8 + g];
+            }
+            float *o = op + i * qd + (int64_t)(h0 + g) * hd;
+            for (int d = 0; d < hd; d++) {
+              float acc = 0.0f;
+              for (int sp = 0; sp < S; sp++) acc += f[sp] * pt[(size_t)sp * part + (size_t)g * hd + d];
+              o[d] = acc / L;
+            }
+          }
+        }
     }
     return 0;
   }

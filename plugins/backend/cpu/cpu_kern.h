@@ -893,16 +893,19 @@ CPU_INLINE __m256 K(hsum8)(const __m256 *a) {
   return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
 }
 
-/* One query row of the G (1..8) heads that share kv head kvh: every K and V
- * row is loaded and converted once for all of them (the per-head kernel
- * read each G times), a position's G scores form one vector (lane g: head
- * g; lanes from G on compute zeros nobody reads) and the softmax runs on
- * those vectors. q and out: G rows of head_dim, adjacent; head_dim a
- * multiple of 8; sc: npos x 8 floats. G is a constant where it is inlined
- * with one, so the head loops unroll into registers. */
+/* One query row of the G (1..8) heads that share kv head kvh, over the
+ * positions [p0, p1): every K and V row is loaded and converted once for all
+ * of them (the per-head kernel read each G times), a position's G scores
+ * form one vector (lane g: head g; lanes from G on compute zeros nobody
+ * reads) and the softmax runs on those vectors. q and out: G rows of
+ * head_dim, adjacent; head_dim a multiple of 8; sc: (p1 - p0) x 8 floats.
+ * With ml NULL, out is the normalized result; else out is the sum of e^(s -
+ * max) v unnormalized and ml[g] = max, ml[8 + g] = sum of e^(s - max), for
+ * cpu_attention to merge ranges. G is a constant where it is inlined with
+ * one, so the head loops unroll into registers. */
 CPU_INLINE void K(attn_g_t)(const uint32_t kt, const uint32_t vt, const int G,
                             const struct cpu_attn *c, const int32_t *bt, const float *q, int kvh,
-                            int32_t npos, float *sc, float *out) {
+                            int32_t p0, int32_t p1, float *sc, float *out, float *ml) {
   const int hd = c->head_dim;
   const size_t kes = kt == STRATA_TYPE_F32 ? 4 : 2, ves = vt == STRATA_TYPE_F32 ? 4 : 2;
   const size_t koff = (size_t)kvh * hd * kes, voff = (size_t)kvh * hd * ves;
@@ -913,18 +916,20 @@ CPU_INLINE void K(attn_g_t)(const uint32_t kt, const uint32_t vt, const int G,
    * apart, in blocks scattered over the cache: the loads of each position
    * waited on memory (half the attention time at 512 positions). While a
    * block's K rows are dotted, the next block's K rows are prefetched into
-   * L1 and its V rows into L2, where the V pass below finds them. */
+   * L1 and its V rows into L2, where the V pass below finds them. Positions
+   * walk the block table block by block (a division per position cost as
+   * much as the dot at head_dim 64). */
   const size_t kbytes = (size_t)hd * kes, vbytes = (size_t)hd * ves;
-  for (int32_t p0 = 0, b = 0; p0 < npos; p0 += bs, b++) {
-    const int32_t n = npos - p0 < bs ? npos - p0 : bs;
+  for (int32_t p = p0; p < p1;) {
+    const int32_t b = p / bs, j0 = p % bs, n = p1 - p < bs - j0 ? p1 - p : bs - j0;
     const uint8_t *kb = c->k + (size_t)bt[b] * bs * c->krow + koff;
-    if (b == 0)
-      for (int32_t j = 0; j < n; j++) {
-        const uint8_t *vr = c->v + ((size_t)bt[0] * bs + (size_t)j) * c->vrow + voff;
+    if (p == p0)
+      for (int32_t j = j0; j < j0 + n; j++) {
+        const uint8_t *vr = c->v + ((size_t)bt[b] * bs + (size_t)j) * c->vrow + voff;
         for (size_t l = 0; l < vbytes; l += 64) _mm_prefetch((const char *)(vr + l), _MM_HINT_T1);
       }
-    if (p0 + bs < npos) {
-      const int32_t n1 = npos - p0 - bs < bs ? npos - p0 - bs : bs;
+    if (p + n < p1) {
+      const int32_t n1 = p1 - p - n < bs ? p1 - p - n : bs;
       const size_t r1 = (size_t)bt[b + 1] * bs;
       for (int32_t j = 0; j < n1; j++) {
         const uint8_t *kr = c->k + (r1 + (size_t)j) * c->krow + koff;
@@ -933,7 +938,7 @@ CPU_INLINE void K(attn_g_t)(const uint32_t kt, const uint32_t vt, const int G,
         for (size_t l = 0; l < vbytes; l += 64) _mm_prefetch((const char *)(vr + l), _MM_HINT_T1);
       }
     }
-    for (int32_t j = 0; j < n; j++) {
+    for (int32_t j = j0; j < j0 + n; j++) {
       const uint8_t *k = kb + (size_t)j * c->krow;
       __m256 a[8];
       CPU_UNROLL
@@ -945,31 +950,39 @@ CPU_INLINE void K(attn_g_t)(const uint32_t kt, const uint32_t vt, const int G,
           a[g] = _mm256_fmadd_ps(_mm256_loadu_ps(q + (size_t)g * hd + d), kv, a[g]);
       }
       const __m256 s = _mm256_mul_ps(K(hsum8)(a), scale);
-      _mm256_storeu_ps(sc + (size_t)(p0 + j) * 8, s);
+      _mm256_storeu_ps(sc + (size_t)(p - p0 + j - j0) * 8, s);
       mx = _mm256_max_ps(mx, s);
     }
+    p += n;
   }
   __m256 sum = _mm256_setzero_ps();
-  for (int32_t p = 0; p < npos; p++) {
+  for (int32_t p = 0; p < p1 - p0; p++) {
     const __m256 e = K(expv)(_mm256_sub_ps(_mm256_loadu_ps(sc + (size_t)p * 8), mx));
     _mm256_storeu_ps(sc + (size_t)p * 8, e);
     sum = _mm256_add_ps(sum, e);
   }
   float inv[8];
-  _mm256_storeu_ps(inv, _mm256_div_ps(_mm256_set1_ps(1.0f), sum));
+  if (ml) {
+    _mm256_storeu_ps(ml, mx);
+    _mm256_storeu_ps(ml + 8, sum);
+    _mm256_storeu_ps(inv, _mm256_set1_ps(1.0f));
+  } else {
+    _mm256_storeu_ps(inv, _mm256_div_ps(_mm256_set1_ps(1.0f), sum));
+  }
   for (int d = 0; d < hd; d += 8) {
     __m256 o[8];
     CPU_UNROLL
     for (int g = 0; g < 8; g++) o[g] = _mm256_setzero_ps();
-    for (int32_t p0 = 0, b = 0; p0 < npos; p0 += bs, b++) {
-      const int32_t n = npos - p0 < bs ? npos - p0 : bs;
+    for (int32_t p = p0; p < p1;) {
+      const int32_t b = p / bs, j0 = p % bs, n = p1 - p < bs - j0 ? p1 - p : bs - j0;
       const uint8_t *vb = c->v + (size_t)bt[b] * bs * c->vrow + voff + (size_t)d * ves;
-      for (int32_t j = 0; j < n; j++) {
+      for (int32_t j = j0; j < j0 + n; j++) {
         const __m256 v = K(kvload)(vt, vb + (size_t)j * c->vrow);
-        const float *e = sc + (size_t)(p0 + j) * 8;
+        const float *e = sc + (size_t)(p - p0 + j - j0) * 8;
         CPU_UNROLL
         for (int g = 0; g < G; g++) o[g] = _mm256_fmadd_ps(_mm256_broadcast_ss(e + g), v, o[g]);
       }
+      p += n;
     }
     CPU_UNROLL
     for (int g = 0; g < G; g++)
@@ -979,13 +992,13 @@ CPU_INLINE void K(attn_g_t)(const uint32_t kt, const uint32_t vt, const int G,
 
 #define CPU_ATTN_G(KT, VT)                                                                        \
   do {                                                                                            \
-    if (G == 8) K(attn_g_t)(KT, VT, 8, c, bt, q, kvh, npos, sc, out);                            \
-    else if (G == 4) K(attn_g_t)(KT, VT, 4, c, bt, q, kvh, npos, sc, out);                       \
-    else K(attn_g_t)(KT, VT, G, c, bt, q, kvh, npos, sc, out);                                   \
+    if (G == 8) K(attn_g_t)(KT, VT, 8, c, bt, q, kvh, p0, p1, sc, out, ml);                      \
+    else if (G == 4) K(attn_g_t)(KT, VT, 4, c, bt, q, kvh, p0, p1, sc, out, ml);                 \
+    else K(attn_g_t)(KT, VT, G, c, bt, q, kvh, p0, p1, sc, out, ml);                             \
   } while (0)
 
 static void K(attn_group)(const struct cpu_attn *c, const int32_t *bt, const float *q, int G,
-                          int kvh, int32_t npos, float *sc, float *out) {
+                          int kvh, int32_t p0, int32_t p1, float *sc, float *out, float *ml) {
   if (c->ktype == STRATA_TYPE_F32 && c->vtype == STRATA_TYPE_F32)
     CPU_ATTN_G(STRATA_TYPE_F32, STRATA_TYPE_F32);
   else if (c->ktype == STRATA_TYPE_F16 && c->vtype == STRATA_TYPE_F16)
