@@ -131,10 +131,11 @@ int strata_cmd_bench(int argc, char **argv) {
       {"quant", required_argument, 0, 'q'},
       {"backend", required_argument, 0, 'b'}, {"config", required_argument, 0, 'c'},
       {"logits", no_argument, 0, 'L'},       {"help", no_argument, 0, 'h'},
+      {"kv-f16", no_argument, 0, 'F'},
       {0, 0, 0, 0}};
   optind = 1;
   int c;
-  while ((c = getopt_long(argc, argv, "m:p:g:t:B:C:q:b:c:Lh", opts, NULL)) != -1) {
+  while ((c = getopt_long(argc, argv, "m:p:g:t:B:C:q:b:c:LFh", opts, NULL)) != -1) {
     switch (c) {
     case 'm': ro.model_path = optarg; break;
     case 'p':
@@ -158,16 +159,18 @@ int strata_cmd_bench(int argc, char **argv) {
       set_bc = 1;
       break;
     case 'L': logits_mode = 1; break;
+    case 'F': ro.model.kv_f16 = 1; break;
     case 'q': ro.quant = optarg; break;
     case 'b': ro.backend = optarg; break;
     case 'c': ro.config_path = optarg; break;
     case 'h':
       printf("usage: strata bench --model FILE [--prompt-tokens N] [--gen-tokens N] [--threads N]\n"
              "         [--batch B] [--batch-context N] [--quant Q] [--backend NAME]\n"
-             "         [--config FILE] [--logits]\n"
+             "         [--config FILE] [--kv-f16] [--logits]\n"
              "Measures prefill of N tokens, decode at 1 sequence after them and at B\n"
              "sequences of --batch-context tokens each (default 16, at most N), and the\n"
              "decode roofline from this machine's measured read bandwidth.\n"
+             "--kv-f16: the KV cache in f16 instead of f32.\n"
              "--logits: instead, the serving engine's step time with and without logits\n"
              "processors over B requests (defaults: B 64, prompt 32, 16 generated).\n");
       return 0;

@@ -82,6 +82,9 @@ static const struct strata_param kv_cache_params[] = {
      "KV cache size in tokens when memory is 0; 0: max_running full contexts, at most 1 GiB"},
     {"prefix_caching", STRATA_PARAM_BOOL, 0, "true", NO_RANGE,
      "reuse the KV blocks of a prompt prefix computed before"},
+    {"dtype", STRATA_PARAM_STRING, 0, "f32", NO_RANGE,
+     "element type of the cached K and V: f32, or f16 (half the bytes per token: twice the "
+     "tokens in the same memory)"},
     {"group_ttl", STRATA_PARAM_FLOAT, 0, "0", 0, 86400,
      "seconds a finished grouped request's cached blocks are evicted last; 0: off (the "
      "affinity-group scheduler sets its own)"},
@@ -754,6 +757,13 @@ int strata_config_validate(strata_config_t *cfg, const struct strata_registry *r
     check_plugin_ref(cfg, engine, "quant", STRATA_PLUGIN_QUANT, NULL, reg, errs);
     check_plugin_ref(cfg, engine, "scheduler", STRATA_PLUGIN_SCHEDULER, NULL, reg, errs);
     check_plugin_list(cfg, engine, "logits", STRATA_PLUGIN_LOGITS, reg, errs);
+  }
+  config_setting_t *kvd = config_lookup(&cfg->lc, "engine.kv_cache.dtype");
+  if (kvd && config_setting_type(kvd) == CONFIG_TYPE_STRING) {
+    const char *v = config_setting_get_string(kvd);
+    if (strcmp(v, "f32") != 0 && strcmp(v, "f16") != 0)
+      strata_errlist_add(errs, setting_file(cfg, kvd), setting_line(kvd),
+                         "engine.kv_cache.dtype: '%.40s' is not f32 or f16", v);
   }
   /* The model file is checked for readability, not loaded. */
   config_setting_t *model = engine && config_setting_type(engine) == CONFIG_TYPE_GROUP

@@ -75,6 +75,8 @@ int strata_engine_config_from(struct strata_config *cfg,
     out->kv_tokens = strata_config_int(kvc, "tokens");
     out->prefix_caching = strata_config_bool(kvc, "prefix_caching");
     out->group_ttl = strata_config_float(kvc, "group_ttl");
+    const char *dt = strata_config_string(kvc, "dtype");
+    out->kv_f16 = dt && strcmp(dt, "f16") == 0;
   }
   return 0;
 }
@@ -96,6 +98,7 @@ int strata_engine_model_opts(const struct strata_engine_config *c,
   strata_gguf_close(g);
   if (rc != 0) return strata_errf(err, errlen, "%s: %s", model_path, gerr);
   int32_t ctx = context_length > 0 ? context_length : hp.ctx_len;
+  if (c->kv_f16) mo->kv_f16 = 1;
   uint64_t bpt = strata_kv_bytes_per_token(hp.n_layers, hp.n_kv_heads,
                                            hp.head_dim, mo->kv_f16 ? 2 : 4);
   if (!bpt)

@@ -46,6 +46,7 @@ struct strata_engine_config {
   int64_t kv_tokens;        /* KV cache size in tokens when kv_memory is 0;
                                0: max_running full contexts, capped */
   int prefix_caching;       /* automatic prefix caching on/off */
+  int kv_f16;               /* engine.kv_cache.dtype = "f16" */
   double group_ttl;         /* seconds a finished grouped request's blocks
                                stay protected from eviction; 0: off */
   const char *scheduler;    /* scheduler plugin name ("fcfs") */
@@ -73,7 +74,8 @@ int strata_engine_config_from(struct strata_config *cfg, struct strata_engine_co
  * else kv_tokens, else max_running full contexts capped at 1 GiB (but at
  * least one full context). Reads the model's hyperparameters from the GGUF
  * file; context_length as given to the runtime (0: the model's). Other
- * fields of *mo are kept (kv_f16 sets the element size). 0 or -1 with err. */
+ * fields of *mo are kept (kv_f16, or c->kv_f16, sets the element size). 0 or -1
+ * with err. */
 int strata_engine_model_opts(const struct strata_engine_config *c, const char *model_path,
                              int32_t context_length, struct strata_model_opts *mo, char *err,
                              size_t errlen);

@@ -155,6 +155,7 @@ START_TEST(nested_engine_kv_cache) {
   kv = strata_config_group(cfg, "engine.kv_cache");
   ck_assert_int_eq(strata_config_int(kv, "block_size"), 16);
   ck_assert_int_eq(strata_config_bool(kv, "prefix_caching"), 1);
+  ck_assert_str_eq(strata_config_string(kv, "dtype"), "f32");
   strata_config_free(cfg);
   free(p2);
   strata_errlist_free(&e2);
@@ -164,6 +165,8 @@ START_TEST(nested_engine_kv_cache) {
              "'engine.kv_cache' must be a group");
   expect_one("kv5.conf", "engine: {\n  kv_cache: { block_size = 0; };\n};\n", NULL, 2,
              "engine.kv_cache.block_size = 0 is out of range");
+  expect_one("kv8.conf", "engine: {\n  kv_cache: {\n    dtype = \"bf16\";\n  };\n};\n", NULL, 3,
+             "engine.kv_cache.dtype: 'bf16' is not f32 or f16");
   expect_one("kv6.conf", "engine: {\n  scheduler = \"fifo\";\n};\n", NULL, 2,
              "engine.scheduler: unknown scheduler plugin 'fifo'");
   expect_one("kv7.conf", "server: {\n  max_body_bytes = \"lots\";\n};\n", NULL, 2,

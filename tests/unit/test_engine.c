@@ -739,6 +739,16 @@ START_TEST(config_and_sizing) {
   ck_assert_int_eq(strata_engine_model_opts(&c, model, 0, &mo, err, sizeof err),
                    0);
   ck_assert_int_eq(mo.n_blocks, 63);
+  /* f16 entries: the same memory holds twice the tokens */
+  c.kv_tokens = 0;
+  c.kv_memory = 1 << 20;
+  ck_assert_int_eq(strata_engine_model_opts(&c, model, 0, &mo, err, sizeof err), 0);
+  const int32_t nb32 = mo.n_blocks;
+  ck_assert_int_eq(mo.kv_f16, 0);
+  c.kv_f16 = 1;
+  ck_assert_int_eq(strata_engine_model_opts(&c, model, 0, &mo, err, sizeof err), 0);
+  ck_assert_int_eq(mo.kv_f16, 1);
+  ck_assert_int_eq(mo.n_blocks, 2 * nb32);
   c.kv_memory = 1; /* not even one block */
   ck_assert_int_eq(strata_engine_model_opts(&c, model, 0, &mo, err, sizeof err),
                    -1);
