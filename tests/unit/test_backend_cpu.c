@@ -588,42 +588,55 @@ END_TEST
 /* The work is split over output rows, so the thread count must not change a
  * single bit. */
 START_TEST(matmul_threads_agree) {
-  strata_backend_t *b1 = open_backend(NULL, 1), *b2 = open_backend(NULL, 2);
+  /* 3 and 5 threads split the work unevenly, and decode (1..3 tokens) hands
+   * out row groups by work stealing: every row must still be computed once,
+   * the same way */
+  enum { NB = 4 };
+  const int threads[NB] = {1, 2, 3, 5};
+  strata_backend_t *bs[NB];
+  for (int k = 0; k < NB; k++) bs[k] = open_backend(NULL, threads[k]);
   const struct mm_case cases[] = {
       {STRATA_TYPE_Q8_0, 512, 203, 1}, {STRATA_TYPE_Q4_0, 512, 203, 64},
       {STRATA_TYPE_F16, 256, 203, 2},  {STRATA_TYPE_F32, 300, 203, 33},
+      {STRATA_TYPE_Q4_0, 2048, 259, 3}, {STRATA_TYPE_Q8_0, 1024, 1001, 2},
   };
   uint64_t s = 5;
   for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
     const struct mm_case c = cases[i];
-    const size_t wrb = row_bytes(c.type, c.K);
+    const size_t wrb = row_bytes(c.type, c.K), n = (size_t)c.T * c.N;
     float *wf = rand_floats(&s, (size_t)c.N * c.K, 1.0f);
     float *x = rand_floats(&s, (size_t)c.T * c.K, 1.0f);
     uint8_t *wq = malloc(wrb * c.N);
     for (int64_t r = 0; r < c.N; r++) quant(c.type)->quantize_row(wf + r * c.K, wq + r * wrb, c.K);
-    float *o[2];
-    strata_backend_t *bs[2] = {b1, b2};
-    for (int k = 0; k < 2; k++) {
-      strata_buf_t *wb = mkbuf(bs[k], wq, wrb * c.N);
-      strata_buf_t *xb = mkbuf(bs[k], x, (size_t)c.T * c.K * 4);
-      strata_buf_t *ob = nan_buf(bs[k], (size_t)c.T * c.N);
-      struct strata_tensor tw = tensor(wb, c.type, c.K, c.N), tx = tensor(xb, STRATA_TYPE_F32, c.K, c.T),
-                           to = tensor(ob, STRATA_TYPE_F32, c.N, c.T);
-      ck_assert_int_eq(be->matmul(bs[k], &tw, &tx, &to), 0);
-      o[k] = fetch(bs[k], ob, (size_t)c.T * c.N);
-      be->buf_free(bs[k], wb);
-      be->buf_free(bs[k], xb);
-      be->buf_free(bs[k], ob);
+    for (int pk = 0; pk < 2; pk++) {
+      float *o[NB];
+      for (int k = 0; k < NB; k++) {
+        strata_buf_t *wb = mkbuf(bs[k], wq, wrb * c.N);
+        strata_buf_t *xb = mkbuf(bs[k], x, (size_t)c.T * c.K * 4);
+        strata_buf_t *ob = nan_buf(bs[k], n);
+        struct strata_tensor tw = tensor(wb, c.type, c.K, c.N), tx = tensor(xb, STRATA_TYPE_F32, c.K, c.T),
+                             to = tensor(ob, STRATA_TYPE_F32, c.N, c.T), tp;
+        const int prep = pk ? be->prepare_weight(bs[k], &tw, &tp) : 0;
+        ck_assert_int_ge(prep, 0);
+        ck_assert_int_eq(be->matmul(bs[k], prep ? &tp : &tw, &tx, &to), 0);
+        o[k] = fetch(bs[k], ob, n);
+        ck_assert_msg(count_nan(o[k], n) == 0, "case %zu%s, %d threads: rows unwritten", i,
+                      pk ? " packed" : "", threads[k]);
+        if (prep) be->buf_free(bs[k], tp.buf);
+        be->buf_free(bs[k], wb);
+        be->buf_free(bs[k], xb);
+        be->buf_free(bs[k], ob);
+      }
+      for (int k = 1; k < NB; k++)
+        ck_assert_msg(memcmp(o[0], o[k], n * 4) == 0, "case %zu%s: %d threads differ from 1", i,
+                      pk ? " packed" : "", threads[k]);
+      for (int k = 0; k < NB; k++) free(o[k]);
     }
-    ck_assert_msg(memcmp(o[0], o[1], (size_t)c.T * c.N * 4) == 0, "case %zu differs", i);
-    free(o[0]);
-    free(o[1]);
     free(wq);
     free(x);
     free(wf);
   }
-  be->close(b1);
-  be->close(b2);
+  for (int k = 0; k < NB; k++) be->close(bs[k]);
 }
 END_TEST
 

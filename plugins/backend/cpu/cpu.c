@@ -27,6 +27,7 @@
 
 #include <math.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -171,6 +172,14 @@ struct cpu_kernels {
                      int32_t p0, int32_t p1, float *sc, float *out, float *ml);
 };
 
+/* A thread's remaining work items [lo, hi), lo in the low 32 bits: the
+ * owner takes from lo, a thief splits off the upper half. One cache line
+ * each. */
+struct cpu_range {
+  _Atomic uint64_t v;
+  char pad[64 - sizeof(uint64_t)];
+};
+
 struct strata_backend {
   const struct strata_host_api *host;
   int threads;
@@ -180,6 +189,7 @@ struct strata_backend {
   int have_batch;
   int32_t max_ctx; /* longest seq_len of the batch */
   void *ws;        /* grow-only scratch, used by one op at a time */
+  struct cpu_range *ranges; /* [threads]: the row ranges of one decode matmul */
   size_t ws_cap;
   char err[512];
 };
@@ -488,6 +498,12 @@ static int cpu_open(int index, const struct strata_backend_params *params, strat
   if (threads > 1024) threads = 1024;
   b->threads = threads;
   b->tier = cpu_detect_tier();
+  b->ranges = aligned_alloc(64, sizeof *b->ranges * (size_t)threads);
+  if (!b->ranges) {
+    free(b);
+    snprintf(err, errlen, "cpu backend: out of memory");
+    return -1;
+  }
   b->kern.attn_one = cpu_attn_one_scalar;
 #if defined(__x86_64__)
   if (b->tier == CPU_VNNI) {
@@ -509,6 +525,7 @@ static int cpu_open(int index, const struct strata_backend_params *params, strat
 
 static void cpu_close(strata_backend_t *b) {
   if (!b) return;
+  free(b->ranges);
   b->host->free(b->ws);
   free(b);
 }
@@ -1158,6 +1175,62 @@ static int cpu_q_kernels(struct strata_backend *b, uint32_t type) {
          qw->block_size == 32 && qw->type_size == (type == STRATA_TYPE_Q4_0 ? 18u : 34u);
 }
 
+/* Work stealing over items [0, n) for nt threads: each starts on its own
+ * contiguous share (one ascending stream of rows, which the prefetches
+ * follow); a thread out of work splits off the upper half of the largest
+ * share left and goes on ascending there. With a static split the faster
+ * thread of a decode matmul waited at the barrier for the slower one (the
+ * two rarely get the same share of the memory bandwidth). */
+static void cpu_ranges_init(struct strata_backend *b, int nt, int64_t n) {
+  for (int t = 0; t < nt; t++) {
+    const uint64_t lo = (uint64_t)(n * t / nt), hi = (uint64_t)(n * (t + 1) / nt);
+    atomic_store_explicit(&b->ranges[t].v, lo | hi << 32, memory_order_relaxed);
+  }
+}
+
+/* The next item for thread tid, or -1 when no work is left anywhere. */
+static int64_t cpu_ranges_next(struct strata_backend *b, int nt, int tid) {
+  _Atomic uint64_t *own = &b->ranges[tid].v;
+  for (;;) {
+    uint64_t v = atomic_load_explicit(own, memory_order_relaxed);
+    while ((uint32_t)v < (uint32_t)(v >> 32))
+      if (atomic_compare_exchange_weak_explicit(own, &v, v + 1, memory_order_relaxed,
+                                                memory_order_relaxed))
+        return (int64_t)(uint32_t)v;
+    /* own share done: steal the upper half of the largest */
+    int victim = -1;
+    uint32_t most = 1;
+    for (int t = 0; t < nt; t++) {
+      const uint64_t u = atomic_load_explicit(&b->ranges[t].v, memory_order_relaxed);
+      const uint32_t left = (uint32_t)(u >> 32) - (uint32_t)u;
+      if ((uint32_t)u < (uint32_t)(u >> 32) && left > most) {
+        most = left;
+        victim = t;
+      }
+    }
+    if (victim < 0) {
+      /* one item left somewhere (or none): take it whole */
+      for (int t = 0; t < nt; t++) {
+        _Atomic uint64_t *r = &b->ranges[t].v;
+        uint64_t u = atomic_load_explicit(r, memory_order_relaxed);
+        while ((uint32_t)u < (uint32_t)(u >> 32))
+          if (atomic_compare_exchange_weak_explicit(r, &u, u + 1, memory_order_relaxed,
+                                                    memory_order_relaxed))
+            return (int64_t)(uint32_t)u;
+      }
+      return -1;
+    }
+    _Atomic uint64_t *r = &b->ranges[victim].v;
+    uint64_t u = atomic_load_explicit(r, memory_order_relaxed);
+    const uint32_t lo = (uint32_t)u, hi = (uint32_t)(u >> 32);
+    if (lo >= hi || hi - lo < 2) continue;
+    const uint32_t mid = lo + (hi - lo + 1) / 2;
+    if (atomic_compare_exchange_strong_explicit(r, &u, (uint64_t)lo | (uint64_t)mid << 32,
+                                                memory_order_relaxed, memory_order_relaxed))
+      atomic_store_explicit(own, (uint64_t)mid | (uint64_t)hi << 32, memory_order_relaxed);
+  }
+}
+
 /* q8_0 / q4_0 weights w[0..n) of one row length and type (type: the GGUF
  * type; packed: wd[i] are cpu-packed; wrb: their row bytes): the activations
  * are quantized once, then one parallel loop runs over the row groups of all
@@ -1203,6 +1276,10 @@ static int cpu_matmul_q(struct strata_backend *b, int n, const struct strata_ten
    * between the threads, in whole lane groups, instead of leaving all but
    * one waiting at the barrier. */
   const int64_t nch = T < nt ? nt : 1, chb = (nbp / lg + nch - 1) / nch * lg;
+  /* decode: the row groups by work stealing (the threads meet at the
+   * qpack barrier first, so the ranges are set before anyone takes) */
+  const int steal = nt > 1 && T <= CPU_QDIRECT_MAX && T <= TT;
+  if (steal) cpu_ranges_init(b, nt, nrb_all);
   CPU_OMP(omp parallel num_threads(nt))
   {
     const int tid = cpu_tid();
@@ -1213,21 +1290,29 @@ static int cpu_matmul_q(struct strata_backend *b, int n, const struct strata_ten
         cpu_qpack(b, q8, xd + t * K, tmp0 + (size_t)tid * tmp_bytes, &A, t, m, layout, b0, b1);
     }
     uint8_t *scr = scr0 + (size_t)tid * scr_bytes;
-    for (int64_t t0 = 0; t0 < T; t0 += tile ? TT : T) {
-      const int64_t t1 = !tile || t0 + TT >= T ? T : t0 + TT;
-      CPU_OMP(omp for schedule(static) nowait)
-      for (int64_t it = 0; it < nrb_all; it++) {
-        int i = 0;
-        int64_t rb = it;
-        while (rb >= nrb[i]) rb -= nrb[i++];
-        const int64_t N = w[i]->ne[1], r0 = rb * CPU_QR, r1 = r0 + CPU_QR < N ? r0 + CPU_QR : N;
-        if (tile)
-          b->kern.q_tile_rows(mode, wd[i], wrb, nb, bbytes, r0, r1, &A, t0, t1, od[i], N, scr,
-                              packed);
-        else
-          b->kern.q_direct_rows(mode, wd[i], wrb, nb, bbytes, r0, r1, &A, T, od[i], N);
+/* row group `it` of all the weights, tokens [t0, t1) */
+#define CPU_QROWS(it, t0, t1)                                                                    \
+  do {                                                                                           \
+    int i = 0;                                                                                   \
+    int64_t rb = (it);                                                                           \
+    while (rb >= nrb[i]) rb -= nrb[i++];                                                         \
+    const int64_t N = w[i]->ne[1], r0 = rb * CPU_QR, r1 = r0 + CPU_QR < N ? r0 + CPU_QR : N;     \
+    if (tile)                                                                                    \
+      b->kern.q_tile_rows(mode, wd[i], wrb, nb, bbytes, r0, r1, &A, t0, t1, od[i], N, scr,       \
+                          packed);                                                               \
+    else                                                                                         \
+      b->kern.q_direct_rows(mode, wd[i], wrb, nb, bbytes, r0, r1, &A, T, od[i], N);              \
+  } while (0)
+    if (steal) { /* one pass over every token (T <= TT) */
+      for (int64_t it; (it = cpu_ranges_next(b, nt, tid)) >= 0;) CPU_QROWS(it, 0, T);
+    } else {
+      for (int64_t t0 = 0; t0 < T; t0 += tile ? TT : T) {
+        const int64_t t1 = !tile || t0 + TT >= T ? T : t0 + TT;
+        CPU_OMP(omp for schedule(static) nowait)
+        for (int64_t it = 0; it < nrb_all; it++) CPU_QROWS(it, t0, t1);
       }
     }
+#undef CPU_QROWS
   }
   return 0;
 }
