@@ -35,16 +35,24 @@ static double rel_l2(const float *a, const float *ref, int n) {
 
 static struct strata_runtime rt;
 
-static void open_model(const char *quant, int block_size, int n_blocks, int kv_f16) {
+/* Opens stories260K into rt (config_path may be NULL); the runtime's status. */
+static int open_model_at(const char *quant, int block_size, int n_blocks, int kv_f16,
+                         const char *config_path) {
   char *model = test_shared_path("models/stories260K.gguf");
-  struct strata_runtime_opts o = {.model_path = model, .backend = "cpu", .quant = quant, .threads = 2};
+  struct strata_runtime_opts o = {.model_path = model, .backend = "cpu", .quant = quant, .threads = 2,
+                                  .config_path = config_path};
   o.model.max_tokens = 256;
   o.model.block_size = block_size;
   o.model.n_blocks = n_blocks;
   o.model.kv_f16 = kv_f16;
-  ck_assert_int_eq(strata_runtime_open(&rt, &o), 0);
-  ck_assert_int_eq(rt.model->hp.n_vocab, n_vocab_ref);
+  const int rc = strata_runtime_open(&rt, &o);
   free(model);
+  return rc;
+}
+
+static void open_model(const char *quant, int block_size, int n_blocks, int kv_f16) {
+  ck_assert_int_eq(open_model_at(quant, block_size, n_blocks, kv_f16, NULL), 0);
+  ck_assert_int_eq(rt.model->hp.n_vocab, n_vocab_ref);
 }
 
 /* Runs sequences together: prefill in rounds of at most `chunk` tokens per
@@ -170,13 +178,20 @@ START_TEST(prompt_tokens_match) {
 }
 END_TEST
 
-START_TEST(single_sequence_exact) {
-  open_model(NULL, 16, 0, 0);
+/* Each reference alone (run at tol, greedy tokens checked when
+ * check_tokens); the worst rel L2 seen. */
+static double run_each(double tol, int check_tokens) {
   double worst = 0;
   for (int i = 0; i < n_refs; i++) {
-    double w = run(&i, 1, 512, 1e-4, 1);
+    double w = run(&i, 1, 512, tol, check_tokens);
     if (w > worst) worst = w;
   }
+  return worst;
+}
+
+START_TEST(single_sequence_exact) {
+  open_model(NULL, 16, 0, 0);
+  double worst = run_each(1e-4, 1);
   fprintf(stderr, "single sequence: worst prompt-logit rel L2 %.3g\n", worst);
   strata_runtime_close(&rt);
 }
@@ -209,11 +224,7 @@ END_TEST
 
 START_TEST(q8_0_within_tolerance) {
   open_model("q8_0", 16, 0, 0);
-  double worst = 0;
-  for (int i = 0; i < n_refs; i++) {
-    double w = run(&i, 1, 512, 2e-2, 0);
-    if (w > worst) worst = w;
-  }
+  double worst = run_each(2e-2, 0);
   fprintf(stderr, "q8_0: worst prompt-logit rel L2 %.3g\n", worst);
   ck_assert(worst > 0); /* requantization really happened */
   strata_runtime_close(&rt);
@@ -229,15 +240,9 @@ static void open_model_cfg(const char *cpu_cfg) {
   int n = snprintf(text, sizeof text, "plugins: { backend: { cpu: { %s }; }; };\n", cpu_cfg);
   ck_assert_int_eq(write(fd, text, (size_t)n), n);
   close(fd);
-  char *model = test_shared_path("models/stories260K.gguf");
-  struct strata_runtime_opts o = {.model_path = model, .backend = "cpu", .quant = "q8_0", .threads = 2,
-                                  .config_path = cfg};
-  o.model.max_tokens = 256;
-  o.model.block_size = 16;
-  o.model.n_blocks = 16 * 64; /* every reference at once (all_logits) */
-  const int rc = strata_runtime_open(&rt, &o);
+  /* blocks for every reference at once (all_logits) */
+  const int rc = open_model_at("q8_0", 16, 16 * 64, 0, cfg);
   unlink(cfg); /* before the assertion: a failed open leaves no file behind */
-  free(model);
   ck_assert_int_eq(rc, 0);
 }
 
@@ -302,11 +307,7 @@ START_TEST(packed_weights_match_in_place) {
   double e = rel_l2(packed, in_place, (int)n0);
   fprintf(stderr, "packed vs in place: rel L2 %.3g over %zu logits\n", e, n0);
   ck_assert_msg(e <= 1e-5, "packed vs in place: rel L2 %.3g", e);
-  double worst = 0;
-  for (int i = 0; i < n_refs; i++) {
-    double w = run(&i, 1, 512, 5e-2, 0);
-    if (w > worst) worst = w;
-  }
+  double worst = run_each(5e-2, 0);
   fprintf(stderr, "packed q8_0, 8-bit activations: worst prompt-logit rel L2 %.3g\n", worst);
   strata_runtime_close(&rt);
   free(in_place);
@@ -316,7 +317,7 @@ END_TEST
 
 START_TEST(f16_kv_cache_close) {
   open_model(NULL, 16, 0, 1);
-  for (int i = 0; i < n_refs; i++) run(&i, 1, 512, 2e-3, 0);
+  run_each(2e-3, 0);
   strata_runtime_close(&rt);
 }
 END_TEST

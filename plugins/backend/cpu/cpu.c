@@ -121,6 +121,13 @@ enum { CPU_QM_Q4 = 0, CPU_QM_Q8_XOR = 1, CPU_QM_Q8_SIGN = 2 };
 #define CPU_TYPE_Q8_0_PACKED (STRATA_TYPE_BACKEND_PRIVATE + STRATA_TYPE_Q8_0)
 #define CPU_TYPE_Q4_0_PACKED (STRATA_TYPE_BACKEND_PRIVATE + STRATA_TYPE_Q4_0)
 
+/* The GGUF type of a packed tensor type, 0 for any other type. */
+static inline uint32_t cpu_packed_base(uint32_t type) {
+  return type == CPU_TYPE_Q8_0_PACKED || type == CPU_TYPE_Q4_0_PACKED
+             ? type - STRATA_TYPE_BACKEND_PRIVATE
+             : 0;
+}
+
 /* A matmul's activations, quantized to q8_0 and unpacked. Per token t:
  * q[t * qstride ..] the int8 quants, laid out for the kernel (CPU_QL_*); da[t *
  * nbp + b] block scales and cf[t * nbp + b] = m * da * sum(quants of block b),
@@ -264,7 +271,7 @@ static int cpu_nt(const struct strata_backend *b, double work) {
  * the type is unknown or ne0 is not whole blocks. */
 static size_t cpu_row_bytes(struct strata_backend *b, uint32_t type, int64_t ne0, const char *what) {
   if (type == STRATA_TYPE_F32) return (size_t)ne0 * 4;
-  if (type == CPU_TYPE_Q8_0_PACKED || type == CPU_TYPE_Q4_0_PACKED) {
+  if (cpu_packed_base(type)) {
     if (ne0 % 32 != 0) {
       cpu_fail(b, "%s: packed row of %lld elements is not whole blocks", what, (long long)ne0);
       return 0;
@@ -289,7 +296,7 @@ static size_t cpu_row_bytes(struct strata_backend *b, uint32_t type, int64_t ne0
 
 /* Bytes of a view of rows of row_bytes. */
 static uint64_t cpu_view_bytes(const struct strata_tensor *t, size_t row_bytes) {
-  if (t->type == CPU_TYPE_Q8_0_PACKED || t->type == CPU_TYPE_Q4_0_PACKED) /* whole row groups */
+  if (cpu_packed_base(t->type)) /* whole row groups */
     return (uint64_t)row_bytes * (uint64_t)((t->ne[1] + CPU_QR - 1) / CPU_QR * CPU_QR);
   return (uint64_t)row_bytes * (uint64_t)t->ne[1];
 }
@@ -1367,9 +1374,9 @@ static int cpu_matmul_one(struct strata_backend *b, const struct strata_tensor *
                           const uint8_t *wd, size_t wrb, const float *xd, int64_t T, float *od) {
   const int64_t K = w->ne[0], N = w->ne[1];
   if (T == 0 || N == 0) return 0;
-  if (w->type == CPU_TYPE_Q8_0_PACKED || w->type == CPU_TYPE_Q4_0_PACKED) {
+  if (cpu_packed_base(w->type)) {
     if (b->tier == CPU_SCALAR) return cpu_fail(b, "matmul: packed weights on the scalar tier");
-    return cpu_matmul_q(b, 1, &w, w->type - STRATA_TYPE_BACKEND_PRIVATE, 1, &wd, wrb, xd, T, &od);
+    return cpu_matmul_q(b, 1, &w, cpu_packed_base(w->type), 1, &wd, wrb, xd, T, &od);
   }
   if ((w->type == STRATA_TYPE_Q8_0 || w->type == STRATA_TYPE_Q4_0) && N * K < cpu_cfg_qact_min) {
     const struct strata_quant_vtable *qw = cpu_quant(b, w->type);
@@ -1418,9 +1425,8 @@ static int cpu_matmul_n(strata_backend_t *b, int n, const struct strata_tensor *
   if (T == 0) return 0;
   /* one pass when every weight takes the same quantized kernel */
   const uint32_t ty = w[0]->type;
-  if (n > 1 && same && (ty == CPU_TYPE_Q8_0_PACKED || ty == CPU_TYPE_Q4_0_PACKED) &&
-      b->tier != CPU_SCALAR)
-    return cpu_matmul_q(b, n, w, ty - STRATA_TYPE_BACKEND_PRIVATE, 1, wd, wrb[0], xd, T, od);
+  if (n > 1 && same && cpu_packed_base(ty) && b->tier != CPU_SCALAR)
+    return cpu_matmul_q(b, n, w, cpu_packed_base(ty), 1, wd, wrb[0], xd, T, od);
   if (n > 1 && same && cpu_q_kernels(b, ty))
     return cpu_matmul_q(b, n, w, ty, 0, wd, wrb[0], xd, T, od);
   for (int i = 0; i < n; i++)
