@@ -8,9 +8,10 @@
  *     5632 -> 2048, in q8_0 and q4_0: GB/s of weights read, cycling through
  *     enough copies of the matrix (>= 1 GiB) that they come from DRAM and not
  *     from the last-level cache, and the same as a fraction of the bandwidth;
- *   - 16 tokens at once (16 sequences decoding together): tokens/s relative
- *     to 16 single-token matvecs;
+ *   - 16 tokens at once (16 sequences decoding together): microseconds, and
+ *     tokens/s relative to 16 single-token matvecs;
  *   - prefill, 512 tokens through 2048 -> 5632: GFLOP/s (2 * K * N * T);
+ * every time the median call's (this machine's neighbours stretch a few);
  * each with the rows as they lie in the GGUF and packed by the backend's
  * prepare_weight (what a loaded model uses).
  *
@@ -106,7 +107,12 @@ static void make_mat(strata_backend_t *b, struct mat *m, uint32_t type, int64_t 
   m->pbytes = (size_t)nbp * q->type_size * (size_t)N;
 }
 
-/* Seconds per matmul of T tokens, cycling through the copies (cold) or on
+static int cmp_double(const void *a, const void *b) {
+  const double x = *(const double *)a, y = *(const double *)b;
+  return x < y ? -1 : x > y;
+}
+
+/* Median seconds per matmul of T tokens, cycling through the copies (cold) or on
  * copy 0 only (hot). */
 static double time_matmul(strata_backend_t *b, struct mat *m, int64_t T, int cold, double secs,
                           int packed) {
@@ -128,20 +134,29 @@ static double time_matmul(strata_backend_t *b, struct mat *m, int64_t T, int col
     if (be->matmul(b, &tw, &tx, &to) != 0) die("matmul", be->last_error(b));
     if (!cold) break;
   }
-  long n = 0;
+  /* the median call: a noisy neighbour's burst stretches a few calls,
+   * which a mean carries */
+  size_t n = 0, cap = 1024;
+  double *ts = malloc(cap * sizeof *ts);
   int c = 0;
-  double t0 = now(), dt;
+  double t0 = now(), dt, tc = t0;
   do {
     tw.offset = cold ? (uint64_t)c * stride : 0;
     c = (c + 1) % m->copies;
     be->matmul(b, &tw, &tx, &to);
-    n++;
-    dt = now() - t0;
+    const double t = now();
+    if (n == cap) ts = realloc(ts, (cap *= 2) * sizeof *ts);
+    ts[n++] = t - tc;
+    tc = t;
+    dt = t - t0;
   } while (dt < secs || (cold && c != 0));
+  qsort(ts, n, sizeof *ts, cmp_double);
+  const double med = ts[n / 2];
+  free(ts);
   be->buf_free(b, xb);
   be->buf_free(b, ob);
   free(x);
-  return dt / n;
+  return med;
 }
 
 int main(int argc, char **argv) {
@@ -199,9 +214,9 @@ int main(int argc, char **argv) {
           const double hot = time_matmul(b, &m, 1, 0, secs, pk);
           const double t16 = time_matmul(b, &m, 16, 1, secs, pk);
           printf("  %s %5lld -> %5lld %s matvec: %6.1f GB/s from DRAM (%3.0f%% of bandwidth), "
-                 "%6.1f GB/s from cache; 16 tokens: %.1fx the tokens/s of 1\n",
+                 "%6.1f GB/s from cache; 16 tokens: %.0f us, %.1fx the tokens/s of 1\n",
                  k ? "q4_0" : "q8_0", (long long)m.K, (long long)m.N, lay, m.bytes / cold / 1e9,
-                 100.0 * m.bytes / cold / bw, m.bytes / hot / 1e9, 16.0 * cold / t16);
+                 100.0 * m.bytes / cold / bw, m.bytes / hot / 1e9, t16 * 1e6, 16.0 * cold / t16);
           if (s == 0) {
             const double tp = time_matmul(b, &m, 512, 0, secs, pk);
             printf("  %s %5lld -> %5lld %s prefill 512 tokens: %6.1f GFLOP/s, %.1fx the tokens/s "
