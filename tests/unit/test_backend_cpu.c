@@ -741,12 +741,13 @@ END_TEST
 
 /* ---- row-wise ops -------------------------------------------------------------------- */
 
+/* _i is the tier (loop test); 2051: not whole vectors */
 START_TEST(rmsnorm_matches) {
-  strata_backend_t *b = open_backend(NULL, 2);
-  const int64_t dims[] = {96, 2048};
-  const int64_t Ts[] = {5, 33};
+  strata_backend_t *b = open_backend(tiers[_i], 2);
+  const int64_t dims[] = {96, 2048, 2051};
+  const int64_t Ts[] = {5, 33, 3};
   uint64_t s = 13;
-  for (int k = 0; k < 2; k++) {
+  for (int k = 0; k < 3; k++) {
     const int64_t dim = dims[k], T = Ts[k];
     float *x = rand_floats(&s, (size_t)dim * T, 3.0f), *w = rand_floats(&s, (size_t)dim, 1.0f);
     const float eps = 1e-5f;
@@ -764,8 +765,8 @@ START_TEST(rmsnorm_matches) {
                            to = tensor(ob, STRATA_TYPE_F32, dim, T);
       ck_assert_int_eq(be->rmsnorm(b, &tx, &tw, eps, &to), 0);
       float *o = fetch(b, ob, (size_t)dim * T);
-      ck_assert_msg(max_abs_err(o, ref, (size_t)dim * T) <= 1e-5 * 4, "dim %lld inplace %d",
-                    (long long)dim, inplace);
+      ck_assert_msg(max_abs_err(o, ref, (size_t)dim * T) <= 1e-5 * 4, "tier %s dim %lld inplace %d",
+                    tier_name(tiers[_i]), (long long)dim, inplace);
       ck_assert_double_le(rel_l2(o, ref, (size_t)dim * T), 1e-6);
       free(o);
       /* weight of the wrong length */
@@ -783,12 +784,18 @@ START_TEST(rmsnorm_matches) {
 }
 END_TEST
 
+/* _i is the tier (loop test) */
 START_TEST(add_add_bias_swiglu) {
-  strata_backend_t *b = open_backend(NULL, 2);
-  const int64_t n = 300, T = 130; /* big enough to run threaded */
+  strata_backend_t *b = open_backend(tiers[_i], 2);
+  const int64_t n = 301, T = 131; /* threaded, and not whole vectors */
   uint64_t s = 14;
   const size_t N = (size_t)n * T;
   float *a = rand_floats(&s, N, 4.0f), *c = rand_floats(&s, N, 4.0f), *bias = rand_floats(&s, n, 1.0f);
+  /* swiglu's gates: a, and some far out on both sides, where e^-g
+   * overflows or vanishes */
+  float *g = malloc(N * sizeof *g);
+  memcpy(g, a, N * sizeof *g);
+  for (size_t i = 0; i < N; i += 97) g[i] = i % 2 ? 95.0f + (float)(i % 7) : -95.0f - (float)(i % 7);
   double *ref = malloc(N * sizeof *ref);
   for (int inplace = 0; inplace < 2; inplace++) {
     /* add */
@@ -805,15 +812,20 @@ START_TEST(add_add_bias_swiglu) {
     be->buf_free(b, ab);
 
     /* swiglu: silu(gate) * up, out may be gate */
-    ab = mkbuf(b, a, N * 4);
+    ab = mkbuf(b, g, N * 4);
     ob = inplace ? ab : nan_buf(b, N);
     ta = tensor(ab, STRATA_TYPE_F32, n, T);
     to = tensor(ob, STRATA_TYPE_F32, n, T);
     ck_assert_int_eq(be->swiglu(b, &ta, &tc, &to), 0);
     o = fetch(b, ob, N);
-    for (size_t i = 0; i < N; i++) ref[i] = (double)a[i] / (1.0 + exp(-(double)a[i])) * c[i];
-    ck_assert_double_le(rel_l2(o, ref, N), 1e-6);
-    ck_assert_double_le(max_abs_err(o, ref, N), 1e-5);
+    for (size_t i = 0; i < N; i++) ref[i] = (double)g[i] / (1.0 + exp(-(double)g[i])) * c[i];
+    ck_assert_msg(rel_l2(o, ref, N) <= 1e-6, "tier %s swiglu rel L2 %g", tier_name(tiers[_i]),
+                  rel_l2(o, ref, N));
+    for (size_t i = 0; i < N; i++) {
+      const double e = fabs(o[i] - ref[i]) / (fabs(ref[i]) > 1.0 ? fabs(ref[i]) : 1.0);
+      ck_assert_msg(e <= 1e-5, "tier %s swiglu(%g, %g) = %g, want %g", tier_name(tiers[_i]),
+                    (double)g[i], (double)c[i], (double)o[i], ref[i]);
+    }
     free(o);
     if (!inplace) be->buf_free(b, ob);
     be->buf_free(b, ab);
@@ -833,6 +845,7 @@ START_TEST(add_add_bias_swiglu) {
   be->buf_free(b, bb);
   free(ref);
   free(a);
+  free(g);
   free(c);
   free(bias);
   be->close(b);
@@ -884,6 +897,32 @@ START_TEST(rope_both_modes) {
       free(ref);
       free(x);
     }
+  /* the backend keeps the angles of a batch: a new batch with the same
+   * rope parameters gets its own positions' */
+  const struct strata_rope r = {.theta = 10000.0f, .freq_scale = 1.0f, .neox = 0, .n_dims = 16};
+  float *x = rand_floats(&s, (size_t)16 * T, 1.0f);
+  float *got[2];
+  for (int round = 0; round < 2; round++) {
+    if (round) {
+      for (int t = 0; t < T; t++) sb.positions[t] += 1 + t;
+      ck_assert_int_eq(be->set_batch(b, &sb.b), 0);
+    }
+    strata_buf_t *xb = mkbuf(b, x, (size_t)16 * T * 4);
+    struct strata_tensor tx = tensor(xb, STRATA_TYPE_F32, 16, T);
+    ck_assert_int_eq(be->rope(b, &tx, 1, 16, &r), 0);
+    got[round] = fetch(b, xb, (size_t)16 * T);
+    be->buf_free(b, xb);
+  }
+  for (int t = 1; t < T; t++) {
+    const double ang = (double)sb.positions[t] * pow(10000.0, -2.0 * 3 / 16);
+    const double want = x[t * 16 + 6] * cos(ang) - x[t * 16 + 7] * sin(ang);
+    ck_assert_msg(fabs(got[1][t * 16 + 6] - want) <= 1e-5, "token %d: %g, want %g", t,
+                  got[1][t * 16 + 6], want);
+    ck_assert_msg(got[0][t * 16 + 6] != got[1][t * 16 + 6], "token %d: the old angle", t);
+  }
+  free(got[0]);
+  free(got[1]);
+  free(x);
   be->close(b);
 }
 END_TEST
@@ -1391,8 +1430,8 @@ static Suite *backend_cpu_suite(void) {
   tcase_add_test(tc, matmul_offsets_and_wrapped_in_place);
   tcase_add_test(tc, embed_all_types);
   tcase_add_test(tc, get_rows_selects);
-  tcase_add_test(tc, rmsnorm_matches);
-  tcase_add_test(tc, add_add_bias_swiglu);
+  tcase_add_loop_test(tc, rmsnorm_matches, 0, N_TIERS);
+  tcase_add_loop_test(tc, add_add_bias_swiglu, 0, N_TIERS);
   tcase_add_test(tc, rope_both_modes);
   tcase_add_loop_test(tc, kv_store_attention_paged, 0, N_TIERS * 2 * 2 * 3 * 6 * 2);
   tcase_add_test(tc, errors_are_reported);
