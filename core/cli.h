@@ -13,6 +13,7 @@ int strata_cmd_generate(int argc, char **argv);
 int strata_cmd_bench(int argc, char **argv);
 int strata_cmd_mkmodel(int argc, char **argv);
 int strata_cmd_serve(int argc, char **argv);
+int strata_cmd_route(int argc, char **argv);
 int strata_cmd_estimate(int argc, char **argv);
 int strata_cmd_sim(int argc, char **argv);
 

@@ -115,9 +115,34 @@ static const struct strata_param server_params[] = {
 
 static const struct strata_param router_params[] = {
     {"host", STRATA_PARAM_STRING, 0, "127.0.0.1", NO_RANGE, "listen address"},
-    {"port", STRATA_PARAM_INT, 0, "8080", 1, 65535, "listen port"},
+    {"port", STRATA_PARAM_INT, 0, "8080", 0, 65535, "listen port (0: any free port)"},
     {"policy", STRATA_PARAM_STRING, 0, "round-robin", NO_RANGE,
      "router plugin name"},
+    {"backends", STRATA_PARAM_STRLIST, 0, "", NO_RANGE,
+     "engine instances, each \"http://HOST:PORT\""},
+    {"api_key", STRATA_PARAM_STRING, 0, NULL, NO_RANGE,
+     "require Authorization: Bearer <key> (or STRATA_API_KEY); also sent to the instances' "
+     "health and metrics endpoints"},
+    {"max_body_bytes", STRATA_PARAM_SIZE, 0, "4MiB", 1024, 1073741824,
+     "largest request body; larger gets HTTP 413"},
+    {"health_interval", STRATA_PARAM_FLOAT, 0, "2", 0.05, 3600,
+     "seconds between checks of each instance's /health and /metrics"},
+    {"health_timeout", STRATA_PARAM_FLOAT, 0, "2", 0.05, 600, "seconds a check may take"},
+    {"eject_after", STRATA_PARAM_INT, 0, "2", 1, 1000,
+     "consecutive failed checks or attempts that eject an instance"},
+    {"readmit_after", STRATA_PARAM_INT, 0, "1", 1, 1000,
+     "consecutive passed checks that readmit an ejected instance"},
+    {"max_retries", STRATA_PARAM_INT, 0, "2", 0, 16,
+     "other instances tried when one fails before the first byte reached the client"},
+    {"request_timeout", STRATA_PARAM_FLOAT, 0, "600", 1, 86400,
+     "seconds an instance may take to connect or stay silent in the middle of an answer"},
+    {"idle_timeout", STRATA_PARAM_INT, 0, "60", 1, 86400,
+     "seconds a client connection may stay silent while its request is read or between "
+     "requests"},
+    {"max_pending_bytes", STRATA_PARAM_SIZE, 0, "256KiB", 4096, 1073741824,
+     "unsent bytes to a slow client beyond which reading its answer from the instance pauses"},
+    {"request_log", STRATA_PARAM_BOOL, 0, "false", NO_RANGE,
+     "log one line per finished request to stderr"},
     {NULL, STRATA_PARAM_END, 0, NULL, 0, 0, NULL},
 };
 

@@ -21,6 +21,7 @@ static const struct {
     {"mkmodel", strata_cmd_mkmodel, "write a synthetic GGUF model (random weights, real shape and vocabulary)"},
     {"bench", strata_cmd_bench, "measure prefill and decode speed against the memory roofline"},
     {"serve", strata_cmd_serve, "serve the OpenAI-compatible HTTP API (completions, chat, metrics)"},
+    {"route", strata_cmd_route, "route the OpenAI-compatible API over several engine instances"},
     {"sim", strata_cmd_sim, "replay a request trace through the schedulers with a cost model"},
     {"estimate", strata_cmd_estimate, "memory a model needs (weights, KV cache, workspace), without loading it"},
 };

@@ -17,6 +17,7 @@
 #include <strata/backend.h>
 #include <strata/logits.h>
 #include <strata/quant.h>
+#include <strata/router.h>
 #include <strata/scheduler.h>
 
 #include "conf.h"
@@ -110,15 +111,24 @@ static int check_logits(const struct strata_plugin_desc *d, char *why, size_t ca
   return 0;
 }
 
+static int check_router(const struct strata_plugin_desc *d, char *why, size_t cap) {
+  const struct strata_router_vtable *v = d->vt.router;
+  if (!v) return strata_errf(why, cap, "router plugin without a vtable");
+  if (v->size < offsetof(struct strata_router_vtable, route) + sizeof v->route)
+    return strata_errf(why, cap, "router vtable too small (%u bytes)", v->size);
+  /* on_done is optional. */
+  if (!v->create || !v->destroy || !v->route)
+    return strata_errf(why, cap, "router vtable lacks create, destroy or route");
+  return 0;
+}
+
 static int check_vtable(const struct strata_plugin_desc *d, char *why, size_t cap) {
   switch (d->kind) {
   case STRATA_PLUGIN_QUANT: return check_quant(d, why, cap);
   case STRATA_PLUGIN_BACKEND: return check_backend(d, why, cap);
   case STRATA_PLUGIN_SCHEDULER: return check_scheduler(d, why, cap);
   case STRATA_PLUGIN_LOGITS: return check_logits(d, why, cap);
-  case STRATA_PLUGIN_ROUTER:
-    return strata_errf(why, cap, "plugin kind '%s' is not supported by this host yet",
-                       strata_plugin_kind_name(d->kind));
+  case STRATA_PLUGIN_ROUTER: return check_router(d, why, cap);
   default:
     return strata_errf(why, cap, "unknown plugin kind %d", (int)d->kind);
   }

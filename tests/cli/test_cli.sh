@@ -116,7 +116,20 @@ for l in allowed_token_ids bad_words min_tokens logit_bias repetition_penalty fr
   presence_penalty; do
   has "plugins lists logits $l" "$T/out" "^logits +$l +"
 done
-has "plugins count" "$T/out" "^16 plugin\(s\) loaded, 0 file\(s\) rejected"
+has "plugins count" "$T/out" "^18 plugin\(s\) loaded, 0 file\(s\) rejected"
+
+# ---- strata route: bad setups fail at once, with a reason --------------------
+run "route unknown policy" 2 "$STRATA" route --policy nope --backend http://127.0.0.1:1
+has "route unknown policy" "$T/err" "unknown policy 'nope' \(available:.*round-robin"
+run "route without backends" 1 "$STRATA" route --port 0
+has "route without backends" "$T/err" "no backends"
+run "route bad backend" 1 "$STRATA" route --port 0 --backend ftp://example
+has "route bad backend" "$T/err" "not an http://HOST:PORT address"
+run "route same backend twice" 1 "$STRATA" route --port 0 --backend http://127.0.0.1:9 --backend http://127.0.0.1:9/
+has "route same backend twice" "$T/err" "listed twice"
+printf 'router: { backends = [ "http://127.0.0.1:9" ]; eject_after = 0; };\n' >"$T/r.conf"
+run "route config range" 2 "$STRATA" route --config "$T/r.conf"
+has "route config range" "$T/err" "r.conf:1: .*eject_after"
 # Broken plugins on STRATA_PLUGIN_PATH are listed with their reasons.
 STRATA_PLUGIN_PATH="$B/tests/plugins/.libs" run "plugins with rejects" 0 "$STRATA" plugins
 has "reject abi" "$T/out" "bad_abi.so: ABI version mismatch: plugin has 7, host needs 1"

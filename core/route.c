@@ -1,0 +1,1065 @@
+/* The router host (route.h): client requests in, one routed attempt at a
+ * time out to an engine instance, answers passed through as they arrive. */
+#include "config.h"
+
+#include "route.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+
+#include <netinet/in.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+#include <jansson.h>
+
+#include "http_api.h"
+#include "log.h"
+#include "util.h"
+
+/* ---- state ---------------------------------------------------------------------- */
+
+struct rconn { /* one keep-alive connection to an instance */
+  struct evhttp_connection *c;
+  struct rconn *next;
+};
+
+struct backend {
+  int32_t id;
+  char *url, *host;
+  int port;
+  int healthy;
+  int fails, passes; /* consecutive failed / passed checks and attempts */
+  int32_t inflight, running, waiting;
+  double kv;
+  uint64_t routed, failures, ejections;
+  struct rconn *idle, *all;
+  struct evhttp_connection *check; /* /health and /metrics */
+  int checking;                    /* checks in flight on it */
+};
+
+#define ROUTE_LAT_BUCKETS 12
+static const double lat_bounds[ROUTE_LAT_BUCKETS] = {25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3,
+                                                     2.5e-3, 5e-3, 10e-3, 25e-3, 100e-3, 1.0};
+
+struct decision {
+  const char *reason; /* the plugin's static string */
+  char *copy;
+  uint64_t n;
+};
+
+struct router {
+  const struct strata_route_opts *o;
+  const struct strata_plugin *plugin;
+  const struct strata_router_vtable *vt;
+  void *state;
+  struct event_base *base;
+  struct evhttp *http;
+  struct evhttp_bound_socket *bound;
+  struct event *sig_int, *sig_term, *tick;
+  char *api_key_header;
+  struct backend *be;
+  size_t n_be;
+  struct strata_route_backend *view; /* scratch for route() */
+  struct rreq *inflight;
+  uint64_t next_id, rid_base;
+  int stopping;
+  /* metrics */
+  uint64_t requests, retries, failed, ejections, client_disconnects, by_class[6];
+  uint64_t lat_count, lat_buckets[ROUTE_LAT_BUCKETS];
+  double lat_sum;
+  struct decision decisions[32];
+  size_t n_decisions;
+};
+
+struct rreq { /* one client request */
+  struct router *rt;
+  struct evhttp_request *client;
+  struct evhttp_connection *cevcon;
+  struct rreq *next, *prev;
+  uint64_t id;
+  char rid[80];
+  char *uri;
+  enum evhttp_cmd_type method;
+  char *body;
+  size_t body_len;
+  json_t *json;
+  struct strata_route_request rr;
+  unsigned char *tried; /* [n_be] */
+  int attempts;
+  /* the attempt in flight */
+  struct backend *be;
+  struct rconn *conn;
+  struct evhttp_request *up;
+  enum evhttp_request_error up_err;
+  int up_failed, status, buffering, started, streaming, paused;
+  int in_make, deferred; /* see check */
+  double t0, t_attempt;
+  char last_error[160];
+};
+
+static double now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* ---- replies -------------------------------------------------------------------- */
+
+static void count_status(struct router *rt, int status) {
+  const int c = status / 100;
+  if (c >= 0 && c < 6) rt->by_class[c]++;
+}
+
+static void reply_body(struct router *rt, struct evhttp_request *req, int status, const char *ctype,
+                       const char *body, size_t len) {
+  struct evbuffer *b = evbuffer_new();
+  if (!b) {
+    evhttp_send_error(req, 500, NULL);
+    return;
+  }
+  evbuffer_add(b, body, len);
+  evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", ctype);
+  count_status(rt, status);
+  evhttp_send_reply(req, status, strata_api_status_reason(status), b);
+  evbuffer_free(b);
+}
+
+static void reply_errorf(struct router *rt, struct evhttp_request *req, int status,
+                         const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+static void reply_errorf(struct router *rt, struct evhttp_request *req, int status,
+                         const char *code, const char *fmt, ...) {
+  struct strata_api_error e;
+  char msg[sizeof e.message];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  strata_api_errorf(&e, status, NULL, code, NULL, "%s", msg);
+  struct evkeyvalq *h = evhttp_request_get_output_headers(req);
+  if (status == 401) evhttp_add_header(h, "WWW-Authenticate", "Bearer");
+  if (status == 503) evhttp_add_header(h, "Retry-After", "1");
+  char *j = strata_api_error_json(&e);
+  if (!j) {
+    evhttp_send_error(req, 500, NULL);
+    return;
+  }
+  reply_body(rt, req, status, "application/json", j, strlen(j));
+  free(j);
+}
+
+/* ---- instances ---------------------------------------------------------------------- */
+
+static void set_health(struct router *rt, struct backend *b, int ok, const char *why) {
+  if (ok) {
+    b->fails = 0;
+    if (++b->passes >= rt->o->readmit_after && !b->healthy) {
+      b->healthy = 1;
+      strata_log(STRATA_LOG_INFO, "route", "%s readmitted", b->url);
+    }
+  } else {
+    b->passes = 0;
+    b->failures++;
+    if (++b->fails >= rt->o->eject_after && b->healthy) {
+      b->healthy = 0;
+      b->ejections++;
+      rt->ejections++;
+      strata_log(STRATA_LOG_WARN, "route", "%s ejected: %s", b->url, why);
+    }
+  }
+}
+
+static struct evhttp_connection *new_conn(struct router *rt, struct backend *b, double timeout) {
+  (void)rt;
+  struct evhttp_connection *c = evhttp_connection_base_new(rt->base, NULL, b->host,
+                                                           (ev_uint16_t)b->port);
+  if (!c) return NULL;
+  struct timeval tv = {(time_t)timeout, (suseconds_t)((timeout - (double)(time_t)timeout) * 1e6)};
+  /* (libevent 2.1 has one timeout for connecting and for each read) */
+  evhttp_connection_set_timeout_tv(c, &tv);
+  evhttp_connection_set_retries(c, 0);
+  return c;
+}
+
+/* A free connection to b, or NULL. evhttp runs one request at a time per
+ * connection, so each attempt takes one of its own; it returns to the pool
+ * when the attempt ends (a closed one reconnects on its next use). */
+static struct rconn *take_conn(struct router *rt, struct backend *b) {
+  struct rconn *k = b->idle;
+  if (k) {
+    b->idle = k->next;
+    return k;
+  }
+  k = calloc(1, sizeof *k);
+  if (!k) return NULL;
+  k->c = new_conn(rt, b, rt->o->request_timeout);
+  if (!k->c) {
+    free(k);
+    return NULL;
+  }
+  /* remember it for shutdown: `all` links through a second list */
+  struct rconn *rec = calloc(1, sizeof *rec);
+  if (!rec) {
+    evhttp_connection_free(k->c);
+    free(k);
+    return NULL;
+  }
+  rec->c = k->c;
+  rec->next = b->all;
+  b->all = rec;
+  return k;
+}
+
+static void give_conn(struct backend *b, struct rconn *k) {
+  k->next = b->idle;
+  b->idle = k;
+}
+
+/* Sum of a metric's samples in Prometheus text (every label set), or -1. */
+static double prom_sum(const char *text, size_t len, const char *name) {
+  const size_t nl = strlen(name);
+  double sum = -1;
+  for (size_t i = 0; i < len;) {
+    const char *line = text + i;
+    const char *end = memchr(line, '\n', len - i);
+    const size_t ll = end ? (size_t)(end - line) : len - i;
+    if (ll > nl && memcmp(line, name, nl) == 0 && (line[nl] == '{' || line[nl] == ' ')) {
+      const char *v = line + nl;
+      if (*v == '{') {
+        const char *cb = memchr(v, '}', ll - nl);
+        v = cb ? cb + 1 : line + ll;
+      }
+      char buf[64];
+      const size_t vl = (size_t)(line + ll - v) < sizeof buf - 1 ? (size_t)(line + ll - v)
+                                                                 : sizeof buf - 1;
+      memcpy(buf, v, vl);
+      buf[vl] = 0;
+      char *ep;
+      const double x = strtod(buf, &ep);
+      if (ep != buf) sum = (sum < 0 ? 0 : sum) + x;
+    }
+    i += ll + 1;
+  }
+  return sum;
+}
+
+/* in_make: evhttp_make_request has not returned yet (it may fail the
+ * request through its callback before it does); done: the callback ran */
+struct check { struct router *rt; struct backend *b; int metrics, in_make, done; };
+
+static void on_check_done(struct evhttp_request *req, void *arg) {
+  struct check *ck = arg;
+  struct router *rt = ck->rt;
+  struct backend *b = ck->b;
+  b->checking--;
+  const int code = req ? evhttp_request_get_response_code(req) : 0;
+  if (!ck->metrics) {
+    char why[64];
+    snprintf(why, sizeof why, code ? "/health answered %d" : "/health failed", code);
+    set_health(rt, b, code == 200, why);
+  } else if (code == 200) {
+    struct evbuffer *in = evhttp_request_get_input_buffer(req);
+    const size_t n = evbuffer_get_length(in);
+    const char *t = (const char *)evbuffer_pullup(in, (ev_ssize_t)n);
+    if (t) {
+      const double run = prom_sum(t, n, "vllm:num_requests_running");
+      const double wait = prom_sum(t, n, "vllm:num_requests_waiting");
+      double kv = prom_sum(t, n, "vllm:kv_cache_usage_perc");
+      if (kv < 0) kv = prom_sum(t, n, "vllm:gpu_cache_usage_perc");
+      b->running = run < 0 ? -1 : (int32_t)run;
+      b->waiting = wait < 0 ? -1 : (int32_t)wait;
+      b->kv = kv;
+    }
+  }
+  ck->done = 1;
+  if (!ck->in_make) free(ck);
+}
+
+static void check_one(struct router *rt, struct backend *b, const char *path, int metrics) {
+  struct check *ck = calloc(1, sizeof *ck);
+  if (!ck) return;
+  *ck = (struct check){rt, b, metrics, 1, 0};
+  struct evhttp_request *req = evhttp_request_new(on_check_done, ck);
+  if (!req) {
+    free(ck);
+    return;
+  }
+  struct evkeyvalq *h = evhttp_request_get_output_headers(req);
+  evhttp_add_header(h, "Host", b->host);
+  if (rt->api_key_header) evhttp_add_header(h, "Authorization", rt->api_key_header);
+  b->checking++;
+  const int rc = evhttp_make_request(b->check, req, EVHTTP_REQ_GET, path);
+  ck->in_make = 0;
+  if (rc != 0 && !ck->done) {
+    b->checking--;
+    set_health(rt, b, 0, "cannot connect");
+  }
+  if (rc != 0 || ck->done) free(ck);
+}
+
+static void on_tick(evutil_socket_t fd, short what, void *arg) {
+  (void)fd;
+  (void)what;
+  struct router *rt = arg;
+  for (size_t i = 0; i < rt->n_be; i++) {
+    struct backend *b = &rt->be[i];
+    if (b->checking) continue; /* the last round has not ended (its timeout will) */
+    check_one(rt, b, "/health", 0);
+    check_one(rt, b, "/metrics", 1);
+  }
+}
+
+/* ---- proxying ------------------------------------------------------------------------ */
+
+static void dispatch(struct rreq *r);
+
+static void rreq_free(struct rreq *r) {
+  struct router *rt = r->rt;
+  if (r->cevcon) evhttp_connection_set_closecb(r->cevcon, NULL, NULL);
+  if (r->prev) r->prev->next = r->next;
+  else rt->inflight = r->next;
+  if (r->next) r->next->prev = r->prev;
+  if (r->json) json_decref(r->json);
+  free(r->tried);
+  free(r->body);
+  free(r->uri);
+  free(r);
+  if (rt->stopping && !rt->inflight) event_base_loopexit(rt->base, NULL);
+}
+
+/* The attempt in flight has ended (up is gone or about to be): the
+ * instance's count, the connection back to the pool, the policy told. */
+static void end_attempt(struct rreq *r, int status) {
+  struct router *rt = r->rt;
+  struct backend *b = r->be;
+  b->inflight--;
+  if (r->paused && r->conn) {
+    struct bufferevent *bev = evhttp_connection_get_bufferevent(r->conn->c);
+    if (bev) bufferevent_enable(bev, EV_READ);
+  }
+  r->paused = 0;
+  give_conn(b, r->conn);
+  r->conn = NULL;
+  r->up = NULL;
+  if (rt->vt->on_done) rt->vt->on_done(rt->state, &r->rr, b->id, status, now_s() - r->t_attempt);
+}
+
+static const char *hdr_of(const struct strata_route_request *q, const char *name) {
+  const struct rreq *r = q->host_data;
+  return r->client ? evhttp_find_header(evhttp_request_get_input_headers(r->client), name) : NULL;
+}
+
+static void log_request(struct rreq *r, int status) {
+  if (!r->rt->o->request_log) return;
+  fprintf(stderr, "strata: route: %s %s -> %s: %d, %d attempt%s, %.3f s\n", r->rid, r->uri,
+          r->be ? r->be->url : "-", status, r->attempts, r->attempts == 1 ? "" : "s",
+          now_s() - r->t0);
+}
+
+static void on_client_flushed(struct evhttp_connection *c, void *arg) {
+  (void)c;
+  struct rreq *r = arg;
+  if (r->paused && r->conn) {
+    struct bufferevent *bev = evhttp_connection_get_bufferevent(r->conn->c);
+    if (bev) bufferevent_enable(bev, EV_READ);
+    r->paused = 0;
+  }
+}
+
+static int on_up_header(struct evhttp_request *up, void *arg) {
+  struct rreq *r = arg;
+  struct router *rt = r->rt;
+  r->status = evhttp_request_get_response_code(up);
+  if (r->status >= 500 && r->attempts <= rt->o->max_retries) {
+    r->buffering = 1; /* retried elsewhere: nothing of it goes out */
+    return 0;
+  }
+  if (!r->client) return 0;
+  struct evkeyvalq *in = evhttp_request_get_input_headers(up);
+  struct evkeyvalq *out = evhttp_request_get_output_headers(r->client);
+  static const char *const pass[] = {"Content-Type", "Content-Length", "Retry-After",
+                                     "Cache-Control", "WWW-Authenticate", "Allow"};
+  for (size_t i = 0; i < STRATA_ARRAY_LEN(pass); i++) {
+    const char *v = evhttp_find_header(in, pass[i]);
+    if (v) evhttp_add_header(out, pass[i], v);
+  }
+  evhttp_add_header(out, "X-Request-Id", r->rid);
+  const char *ct = evhttp_find_header(in, "Content-Type");
+  r->streaming = ct && strncmp(ct, "text/event-stream", 17) == 0;
+  count_status(rt, r->status);
+  evhttp_send_reply_start(r->client, r->status, strata_api_status_reason(r->status));
+  r->started = 1;
+  return 0;
+}
+
+static void on_up_chunk(struct evhttp_request *up, void *arg) {
+  struct rreq *r = arg;
+  struct evbuffer *in = evhttp_request_get_input_buffer(up);
+  if (r->buffering || !r->client || !r->started) {
+    evbuffer_drain(in, evbuffer_get_length(in));
+    return;
+  }
+  evhttp_send_reply_chunk_with_cb(r->client, in, on_client_flushed, r);
+  /* back-pressure: stop reading the instance while the client lags */
+  struct bufferevent *cb = evhttp_connection_get_bufferevent(r->cevcon);
+  if (cb && evbuffer_get_length(bufferevent_get_output(cb)) > r->rt->o->max_pending_bytes) {
+    struct bufferevent *ub = evhttp_connection_get_bufferevent(r->conn->c);
+    if (ub) {
+      bufferevent_disable(ub, EV_READ);
+      r->paused = 1;
+    }
+  }
+}
+
+static void on_up_error(enum evhttp_request_error err, void *arg) {
+  struct rreq *r = arg;
+  r->up_failed = 1;
+  r->up_err = err;
+}
+
+static const char *up_error_name(enum evhttp_request_error e) {
+  switch (e) {
+  case EVREQ_HTTP_TIMEOUT: return "timeout";
+  case EVREQ_HTTP_EOF: return "connection closed";
+  case EVREQ_HTTP_INVALID_HEADER: return "invalid answer";
+  case EVREQ_HTTP_BUFFER_ERROR: return "connection error";
+  case EVREQ_HTTP_REQUEST_CANCEL: return "cancelled";
+  case EVREQ_HTTP_DATA_TOO_LONG: return "answer too long";
+  }
+  return "error";
+}
+
+static void finish_attempt(struct rreq *r);
+
+static void on_up_done(struct evhttp_request *up, void *arg) {
+  struct rreq *r = arg;
+  if (!up) r->up_failed = 1;
+  if (r->in_make) { /* failed inside evhttp_make_request: dispatch ends it */
+    r->deferred = 1;
+    return;
+  }
+  finish_attempt(r);
+}
+
+static void finish_attempt(struct rreq *r) {
+  struct router *rt = r->rt;
+  struct backend *b = r->be;
+  const int failed = r->up_failed || r->status == 0;
+  const int status = failed ? 0 : r->status;
+  if (failed) {
+    snprintf(r->last_error, sizeof r->last_error, "%s: %s", b->url,
+             r->up_failed ? up_error_name(r->up_err) : "connection refused or reset");
+    set_health(rt, b, 0, r->last_error);
+  } else if (r->buffering) {
+    snprintf(r->last_error, sizeof r->last_error, "%s answered %d", b->url, r->status);
+  }
+  end_attempt(r, status);
+  if (!r->client) { /* gone meanwhile (cannot be: the close callback cancels) */
+    rreq_free(r);
+    return;
+  }
+  if ((failed || r->buffering) && !r->started) {
+    if (r->attempts <= rt->o->max_retries) {
+      rt->retries++;
+      r->buffering = 0;
+      r->status = 0;
+      r->up_failed = 0;
+      dispatch(r);
+      return;
+    }
+    log_request(r, 502);
+    reply_errorf(rt, r->client, 502, "upstream_failed", "no engine instance answered: %s",
+                 r->last_error);
+    rt->failed++;
+    rreq_free(r);
+    return;
+  }
+  if (failed && r->streaming) {
+    /* bytes already reached the client: end the stream with an error event */
+    struct strata_api_error e;
+    strata_api_errorf(&e, 502, NULL, "upstream_failed", NULL,
+                      "the engine instance failed mid-answer: %s", r->last_error);
+    char *j = strata_api_error_json(&e);
+    struct evbuffer *eb = evbuffer_new();
+    if (eb && j) {
+      evbuffer_add_printf(eb, "data: %s\n\n", j);
+      evhttp_send_reply_chunk(r->client, eb);
+    }
+    if (eb) evbuffer_free(eb);
+    free(j);
+  }
+  log_request(r, failed ? 502 : r->status);
+  evhttp_send_reply_end(r->client);
+  rreq_free(r);
+}
+
+static void on_client_close(struct evhttp_connection *c, void *arg) {
+  (void)c;
+  struct rreq *r = arg;
+  struct router *rt = r->rt;
+  rt->client_disconnects++;
+  /* On EOF evhttp detaches a request the user has not finished from the
+   * dying connection and leaves it to the user to free. */
+  if (r->client && !evhttp_request_get_connection(r->client)) evhttp_request_free(r->client);
+  r->client = NULL;
+  r->cevcon = NULL;
+  if (r->up) {
+    /* the instance sees its client go and cancels (its blocks come back) */
+    evhttp_cancel_request(r->up);
+    end_attempt(r, 0);
+  }
+  log_request(r, 499);
+  rreq_free(r);
+}
+
+static void add_latency(struct router *rt, double s) {
+  rt->lat_count++;
+  rt->lat_sum += s;
+  for (int i = 0; i < ROUTE_LAT_BUCKETS; i++)
+    if (s <= lat_bounds[i]) rt->lat_buckets[i]++;
+}
+
+static void count_decision(struct router *rt, const char *reason) {
+  if (!reason) reason = "unspecified";
+  for (size_t i = 0; i < rt->n_decisions; i++)
+    if (rt->decisions[i].reason == reason || strcmp(rt->decisions[i].copy, reason) == 0) {
+      rt->decisions[i].n++;
+      return;
+    }
+  if (rt->n_decisions == STRATA_ARRAY_LEN(rt->decisions)) return;
+  char *c = strata_strndup(reason, 64);
+  if (!c) return;
+  rt->decisions[rt->n_decisions++] = (struct decision){reason, c, 1};
+}
+
+/* Sends r to the instance the policy picks among those healthy and not yet
+ * tried for it; answers the client itself when none is left. */
+static void dispatch(struct rreq *r) {
+  struct router *rt = r->rt;
+  size_t n = 0;
+  for (size_t i = 0; i < rt->n_be; i++) {
+    struct backend *b = &rt->be[i];
+    if (!b->healthy || r->tried[i]) continue;
+    rt->view[n++] = (struct strata_route_backend){
+        .id = b->id, .url = b->url, .inflight = b->inflight, .running = b->running,
+        .waiting = b->waiting, .kv_usage = b->kv, .routed = b->routed};
+  }
+  if (n == 0) {
+    const int st = r->attempts ? 502 : 503;
+    log_request(r, st);
+    if (r->attempts)
+      reply_errorf(rt, r->client, st, "upstream_failed", "no engine instance answered: %s",
+                   r->last_error);
+    else
+      reply_errorf(rt, r->client, st, "no_backend", "no healthy engine instance");
+    rt->failed++;
+    rreq_free(r);
+    return;
+  }
+  struct strata_route_choice ch = {.id = -1, .reason = NULL};
+  if (rt->vt->route(rt->state, &r->rr, rt->view, n, &ch) != 0) {
+    log_request(r, 503);
+    reply_errorf(rt, r->client, 503, "no_backend", "the %s policy refused the request%s%s",
+                 rt->plugin->desc->name, ch.reason ? ": " : "", ch.reason ? ch.reason : "");
+    rt->failed++;
+    rreq_free(r);
+    return;
+  }
+  struct backend *b = NULL;
+  for (size_t i = 0; i < n; i++)
+    if (rt->view[i].id == ch.id) b = &rt->be[ch.id];
+  if (!b) {
+    log_request(r, 500);
+    reply_errorf(rt, r->client, 500, NULL, "the %s policy chose instance %d, not one offered",
+                 rt->plugin->desc->name, ch.id);
+    rt->failed++;
+    rreq_free(r);
+    return;
+  }
+  count_decision(rt, ch.reason);
+  r->tried[b->id] = 1;
+  r->attempts++;
+  r->be = b;
+  r->conn = take_conn(rt, b);
+  struct evhttp_request *up = r->conn ? evhttp_request_new(on_up_done, r) : NULL;
+  if (!up) {
+    if (r->conn) give_conn(b, r->conn);
+    r->conn = NULL;
+    log_request(r, 500);
+    reply_errorf(rt, r->client, 500, NULL, "out of memory");
+    rreq_free(r);
+    return;
+  }
+  evhttp_request_set_header_cb(up, on_up_header);
+  evhttp_request_set_chunked_cb(up, on_up_chunk);
+  evhttp_request_set_error_cb(up, on_up_error);
+  struct evkeyvalq *h = evhttp_request_get_output_headers(up);
+  struct evkeyvalq *in = evhttp_request_get_input_headers(r->client);
+  evhttp_add_header(h, "Host", b->host);
+  evhttp_add_header(h, "X-Request-Id", r->rid);
+  for (struct evkeyval *kv = in->tqh_first; kv; kv = kv->next.tqe_next) {
+    if (evutil_ascii_strcasecmp(kv->key, "Content-Type") == 0 ||
+        evutil_ascii_strcasecmp(kv->key, "Accept") == 0 ||
+        evutil_ascii_strcasecmp(kv->key, "Authorization") == 0 ||
+        (evutil_ascii_strncasecmp(kv->key, "X-", 2) == 0 &&
+         evutil_ascii_strcasecmp(kv->key, "X-Request-Id") != 0))
+      evhttp_add_header(h, kv->key, kv->value);
+  }
+  if (r->body_len) evbuffer_add(evhttp_request_get_output_buffer(up), r->body, r->body_len);
+  r->up = up;
+  r->t_attempt = now_s();
+  b->inflight++;
+  b->routed++;
+  if (r->attempts == 1) add_latency(rt, r->t_attempt - r->t0);
+  r->in_make = 1;
+  r->deferred = 0;
+  const int rc = evhttp_make_request(r->conn->c, up, r->method, r->uri);
+  r->in_make = 0;
+  if (rc != 0 || r->deferred) {
+    if (!r->up_failed) r->up_err = EVREQ_HTTP_BUFFER_ERROR;
+    r->up_failed = 1;
+    finish_attempt(r);
+  }
+}
+
+/* ---- the router's own endpoints ------------------------------------------------------ */
+
+static void handle_health(struct router *rt, struct evhttp_request *req) {
+  size_t up = 0;
+  for (size_t i = 0; i < rt->n_be; i++) up += rt->be[i].healthy != 0;
+  char body[160];
+  const int n = snprintf(body, sizeof body, "{\"status\":\"%s\",\"healthy_backends\":%zu,\"backends\":%zu}",
+                         up ? "ok" : "unavailable", up, rt->n_be);
+  reply_body(rt, req, up ? 200 : 503, "application/json", body, (size_t)n);
+}
+
+static void handle_admin(struct router *rt, struct evhttp_request *req) {
+  json_t *o = json_object(), *arr = json_array();
+  json_object_set_new(o, "policy", json_string(rt->plugin->desc->name));
+  for (size_t i = 0; i < rt->n_be; i++) {
+    const struct backend *b = &rt->be[i];
+    json_t *e = json_object();
+    json_object_set_new(e, "id", json_integer(b->id));
+    json_object_set_new(e, "url", json_string(b->url));
+    json_object_set_new(e, "healthy", json_boolean(b->healthy));
+    json_object_set_new(e, "inflight", json_integer(b->inflight));
+    json_object_set_new(e, "running", b->running < 0 ? json_null() : json_integer(b->running));
+    json_object_set_new(e, "waiting", b->waiting < 0 ? json_null() : json_integer(b->waiting));
+    json_object_set_new(e, "kv_cache_usage", b->kv < 0 ? json_null() : json_real(b->kv));
+    json_object_set_new(e, "routed", json_integer((json_int_t)b->routed));
+    json_object_set_new(e, "failures", json_integer((json_int_t)b->failures));
+    json_object_set_new(e, "ejections", json_integer((json_int_t)b->ejections));
+    json_object_set_new(e, "consecutive_failures", json_integer(b->fails));
+    json_array_append_new(arr, e);
+  }
+  json_object_set_new(o, "backends", arr);
+  char *s = json_dumps(o, JSON_COMPACT);
+  json_decref(o);
+  if (!s) {
+    reply_errorf(rt, req, 500, NULL, "out of memory");
+    return;
+  }
+  reply_body(rt, req, 200, "application/json", s, strlen(s));
+  free(s);
+}
+
+static void handle_metrics(struct router *rt, struct evhttp_request *req) {
+  struct evbuffer *b = evbuffer_new();
+  if (!b) {
+    evhttp_send_error(req, 500, NULL);
+    return;
+  }
+  const char *pol = rt->plugin->desc->name;
+  evbuffer_add_printf(b,
+                      "# HELP strata_router_requests_total Client requests proxied.\n"
+                      "# TYPE strata_router_requests_total counter\n"
+                      "strata_router_requests_total %llu\n"
+                      "# HELP strata_router_retries_total Attempts repeated on another instance "
+                      "before the first byte.\n"
+                      "# TYPE strata_router_retries_total counter\n"
+                      "strata_router_retries_total %llu\n"
+                      "# HELP strata_router_failed_total Requests no instance answered.\n"
+                      "# TYPE strata_router_failed_total counter\n"
+                      "strata_router_failed_total %llu\n"
+                      "# HELP strata_router_ejections_total Instances ejected by health checks "
+                      "or failed attempts.\n"
+                      "# TYPE strata_router_ejections_total counter\n"
+                      "strata_router_ejections_total %llu\n"
+                      "# HELP strata_router_client_disconnects_total Clients gone before their "
+                      "answer ended.\n"
+                      "# TYPE strata_router_client_disconnects_total counter\n"
+                      "strata_router_client_disconnects_total %llu\n",
+                      (unsigned long long)rt->requests, (unsigned long long)rt->retries,
+                      (unsigned long long)rt->failed, (unsigned long long)rt->ejections,
+                      (unsigned long long)rt->client_disconnects);
+  evbuffer_add_printf(b, "# HELP strata_router_http_responses_total Responses by status class.\n"
+                         "# TYPE strata_router_http_responses_total counter\n");
+  for (int c = 1; c < 6; c++)
+    evbuffer_add_printf(b, "strata_router_http_responses_total{code=\"%dxx\"} %llu\n", c,
+                        (unsigned long long)rt->by_class[c]);
+  evbuffer_add_printf(b, "# HELP strata_router_decisions_total Routing decisions by policy and "
+                         "reason.\n# TYPE strata_router_decisions_total counter\n");
+  for (size_t i = 0; i < rt->n_decisions; i++)
+    evbuffer_add_printf(b, "strata_router_decisions_total{policy=\"%s\",reason=\"%s\"} %llu\n",
+                        pol, rt->decisions[i].copy, (unsigned long long)rt->decisions[i].n);
+  static const char *const gauges[][2] = {
+      {"strata_router_backend_healthy", "1 while the instance takes requests."},
+      {"strata_router_backend_inflight", "Requests this router has open on the instance."},
+      {"strata_router_backend_running", "vllm:num_requests_running as last scraped (-1: unknown)."},
+      {"strata_router_backend_waiting", "vllm:num_requests_waiting as last scraped (-1: unknown)."},
+      {"strata_router_backend_routed_total", "Attempts routed to the instance."},
+      {"strata_router_backend_failures_total", "Failed checks and attempts of the instance."}};
+  for (size_t g = 0; g < STRATA_ARRAY_LEN(gauges); g++) {
+    evbuffer_add_printf(b, "# HELP %s %s\n# TYPE %s %s\n", gauges[g][0], gauges[g][1],
+                        gauges[g][0], g >= 4 ? "counter" : "gauge");
+    for (size_t i = 0; i < rt->n_be; i++) {
+      const struct backend *e = &rt->be[i];
+      const double v = g == 0 ? e->healthy : g == 1 ? e->inflight : g == 2 ? e->running
+                       : g == 3 ? e->waiting : g == 4 ? (double)e->routed : (double)e->failures;
+      evbuffer_add_printf(b, "%s{backend=\"%s\"} %.17g\n", gauges[g][0], e->url, v);
+    }
+  }
+  evbuffer_add_printf(b, "# HELP strata_router_added_latency_seconds Time from a request's "
+                         "arrival to its dispatch to an instance.\n"
+                         "# TYPE strata_router_added_latency_seconds histogram\n");
+  for (int i = 0; i < ROUTE_LAT_BUCKETS; i++)
+    evbuffer_add_printf(b, "strata_router_added_latency_seconds_bucket{le=\"%g\"} %llu\n",
+                        lat_bounds[i], (unsigned long long)rt->lat_buckets[i]);
+  evbuffer_add_printf(b,
+                      "strata_router_added_latency_seconds_bucket{le=\"+Inf\"} %llu\n"
+                      "strata_router_added_latency_seconds_sum %.9f\n"
+                      "strata_router_added_latency_seconds_count %llu\n",
+                      (unsigned long long)rt->lat_count, rt->lat_sum,
+                      (unsigned long long)rt->lat_count);
+  evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
+                    "text/plain; version=0.0.4");
+  count_status(rt, 200);
+  evhttp_send_reply(req, 200, "OK", b);
+  evbuffer_free(b);
+}
+
+/* ---- requests ---------------------------------------------------------------------- */
+
+static int auth_ok(struct router *rt, struct evhttp_request *req) {
+  if (!rt->api_key_header) return 1;
+  const char *h = evhttp_find_header(evhttp_request_get_input_headers(req), "Authorization");
+  if (!h) return 0;
+  /* constant time in the key's length */
+  const size_t a = strlen(h), k = strlen(rt->api_key_header);
+  unsigned diff = a != k;
+  for (size_t i = 0; i < k; i++)
+    diff |= (unsigned)(unsigned char)(i < a ? h[i] : 0) ^ (unsigned char)rt->api_key_header[i];
+  return diff == 0;
+}
+
+static const struct {
+  const char *path;
+  enum evhttp_cmd_type method;
+} proxied[] = {
+    {"/v1/completions", EVHTTP_REQ_POST}, {"/v1/chat/completions", EVHTTP_REQ_POST},
+    {"/v1/models", EVHTTP_REQ_GET},       {"/tokenize", EVHTTP_REQ_POST},
+    {"/detokenize", EVHTTP_REQ_POST},
+};
+
+static void on_request(struct evhttp_request *req, void *arg) {
+  struct router *rt = arg;
+  const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
+  const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
+  if (!path || !*path) path = "/";
+  const enum evhttp_cmd_type m = evhttp_request_get_command(req);
+  if (m == EVHTTP_REQ_GET && strcmp(path, "/health") == 0) {
+    handle_health(rt, req);
+    return;
+  }
+  if (m == EVHTTP_REQ_GET && strcmp(path, "/metrics") == 0) {
+    handle_metrics(rt, req);
+    return;
+  }
+  int known = 0, found = 0;
+  for (size_t i = 0; i < STRATA_ARRAY_LEN(proxied); i++)
+    if (strcmp(path, proxied[i].path) == 0) {
+      known = 1;
+      found |= m == proxied[i].method;
+    }
+  if (strncmp(path, "/v1/models/", 11) == 0 && path[11]) {
+    known = 1;
+    found = m == EVHTTP_REQ_GET;
+  }
+  const int admin = strcmp(path, "/admin/backends") == 0;
+  if (admin) known = 1, found = m == EVHTTP_REQ_GET;
+  if (!found) {
+    if (known)
+      reply_errorf(rt, req, 405, "method_not_allowed", "method not allowed for %.200s", path);
+    else
+      reply_errorf(rt, req, 404, "not_found", "no such endpoint: %.200s", path);
+    return;
+  }
+  if (!auth_ok(rt, req)) {
+    reply_errorf(rt, req, 401, "invalid_api_key",
+                 "missing or wrong API key: send the header 'Authorization: Bearer <key>'");
+    return;
+  }
+  if (admin) {
+    handle_admin(rt, req);
+    return;
+  }
+  if (rt->stopping) {
+    reply_errorf(rt, req, 503, NULL, "the router is stopping");
+    return;
+  }
+  struct rreq *r = calloc(1, sizeof *r);
+  const char *full = evhttp_request_get_uri(req);
+  if (r) r->tried = calloc(rt->n_be, 1);
+  if (r) r->uri = strata_strdup(full ? full : path);
+  if (!r || !r->tried || !r->uri) {
+    if (r) {
+      free(r->tried);
+      free(r->uri);
+      free(r);
+    }
+    reply_errorf(rt, req, 500, NULL, "out of memory");
+    return;
+  }
+  r->rt = rt;
+  r->client = req;
+  r->method = m;
+  r->t0 = now_s();
+  r->id = ++rt->next_id;
+  const char *cid = evhttp_find_header(evhttp_request_get_input_headers(req), "X-Request-Id");
+  if (cid && *cid && strlen(cid) < sizeof r->rid)
+    snprintf(r->rid, sizeof r->rid, "%s", cid);
+  else
+    snprintf(r->rid, sizeof r->rid, "rt-%llx-%llu", (unsigned long long)rt->rid_base,
+             (unsigned long long)r->id);
+  struct evbuffer *in = evhttp_request_get_input_buffer(req);
+  r->body_len = evbuffer_get_length(in);
+  if (r->body_len) {
+    r->body = malloc(r->body_len);
+    if (!r->body) {
+      free(r->tried);
+      free(r->uri);
+      free(r);
+      reply_errorf(rt, req, 500, NULL, "out of memory");
+      return;
+    }
+    evbuffer_copyout(in, r->body, r->body_len);
+  }
+  if (m == EVHTTP_REQ_POST) {
+    json_error_t je;
+    r->json = json_loadb(r->body ? r->body : "", r->body_len, 0, &je);
+    if (!r->json || !json_is_object(r->json)) {
+      reply_errorf(rt, req, 400, "invalid_json", "the body is not a JSON object: %s",
+                   r->json ? "another JSON value" : je.text);
+      if (r->json) json_decref(r->json);
+      free(r->body);
+      free(r->tried);
+      free(r->uri);
+      free(r);
+      return;
+    }
+  }
+  rt->requests++;
+  r->rr = (struct strata_route_request){.id = r->id, .path = path, .body = (const strata_json_t *)r->json,
+                                        .header = hdr_of, .host_data = r};
+  /* rr.path points into the request's URI, which lives as long as it */
+  r->next = rt->inflight;
+  if (rt->inflight) rt->inflight->prev = r;
+  rt->inflight = r;
+  r->cevcon = evhttp_request_get_connection(req);
+  if (r->cevcon) evhttp_connection_set_closecb(r->cevcon, on_client_close, r);
+  dispatch(r);
+}
+
+/* ---- start and stop --------------------------------------------------------------------- */
+
+static void on_signal(evutil_socket_t sig, short what, void *arg) {
+  (void)what;
+  struct router *rt = arg;
+  if (rt->stopping || !rt->inflight) {
+    event_base_loopexit(rt->base, NULL);
+    return;
+  }
+  rt->stopping = 1;
+  strata_log(STRATA_LOG_INFO, "route", "%s: no new requests; waiting for the open ones (again "
+             "to stop at once)", sig == SIGINT ? "SIGINT" : "SIGTERM");
+  if (rt->bound) {
+    evhttp_del_accept_socket(rt->http, rt->bound);
+    rt->bound = NULL;
+  }
+}
+
+static int parse_backend(struct backend *b, const char *url, char *err, size_t errlen) {
+  struct evhttp_uri *u = evhttp_uri_parse(url);
+  const char *scheme = u ? evhttp_uri_get_scheme(u) : NULL, *host = u ? evhttp_uri_get_host(u) : NULL;
+  const char *path = u ? evhttp_uri_get_path(u) : NULL;
+  if (!u || !scheme || strcmp(scheme, "http") != 0 || !host || !*host ||
+      (path && *path && strcmp(path, "/") != 0)) {
+    if (u) evhttp_uri_free(u);
+    return strata_errf(err, errlen, "backend '%s' is not an http://HOST:PORT address", url);
+  }
+  const int port = evhttp_uri_get_port(u);
+  b->host = strata_strdup(host);
+  b->port = port > 0 ? port : 80;
+  evhttp_uri_free(u);
+  char buf[512];
+  snprintf(buf, sizeof buf, "http://%s:%d", b->host ? b->host : "", b->port);
+  b->url = strata_strdup(buf);
+  if (!b->host || !b->url) return strata_errf(err, errlen, "out of memory");
+  return 0;
+}
+
+int strata_route_run(const struct strata_plugin *p, const strata_config_node_t *cfg,
+                     const struct strata_route_opts *o) {
+  struct router rt;
+  memset(&rt, 0, sizeof rt);
+  rt.o = o;
+  rt.plugin = p;
+  rt.vt = p->desc->vt.router;
+  int rc = 1;
+  char err[512];
+  {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    rt.rid_base = ((uint64_t)ts.tv_sec << 20) ^ (uint64_t)ts.tv_nsec;
+  }
+  if (o->n_backends == 0) {
+    fprintf(stderr, "strata: route: no backends: set router.backends or give --backend URL\n");
+    return 1;
+  }
+  rt.be = calloc(o->n_backends, sizeof *rt.be);
+  rt.view = calloc(o->n_backends, sizeof *rt.view);
+  if (!rt.be || !rt.view) {
+    fprintf(stderr, "strata: route: out of memory\n");
+    goto out;
+  }
+  rt.n_be = o->n_backends;
+  for (size_t i = 0; i < rt.n_be; i++) {
+    struct backend *b = &rt.be[i];
+    b->id = (int32_t)i;
+    b->healthy = 1;
+    b->running = b->waiting = -1;
+    b->kv = -1;
+    if (parse_backend(b, o->backends[i], err, sizeof err) != 0) {
+      fprintf(stderr, "strata: route: %s\n", err);
+      goto out;
+    }
+    for (size_t j = 0; j < i; j++)
+      if (strcmp(rt.be[j].url, b->url) == 0) {
+        fprintf(stderr, "strata: route: backend %s is listed twice\n", b->url);
+        goto out;
+      }
+  }
+  if (o->api_key && *o->api_key) {
+    const size_t n = strlen(o->api_key) + 8;
+    rt.api_key_header = malloc(n);
+    if (!rt.api_key_header) goto out;
+    snprintf(rt.api_key_header, n, "Bearer %s", o->api_key);
+  }
+  if (rt.vt->create(cfg, &rt.state, err, sizeof err) != 0) {
+    fprintf(stderr, "strata: route: policy %s: %s\n", p->desc->name, err);
+    goto out;
+  }
+  rt.base = event_base_new();
+  rt.http = rt.base ? evhttp_new(rt.base) : NULL;
+  if (!rt.http) {
+    fprintf(stderr, "strata: route: cannot create the event loop\n");
+    goto out;
+  }
+  for (size_t i = 0; i < rt.n_be; i++) {
+    rt.be[i].check = new_conn(&rt, &rt.be[i], o->health_timeout);
+    if (!rt.be[i].check) {
+      fprintf(stderr, "strata: route: cannot create a connection to %s\n", rt.be[i].url);
+      goto out;
+    }
+  }
+  evhttp_set_max_body_size(rt.http, (ev_ssize_t)o->max_body_bytes);
+  evhttp_set_max_headers_size(rt.http, 64 * 1024);
+  evhttp_set_timeout(rt.http, o->idle_timeout > 0 ? o->idle_timeout : 60);
+  evhttp_set_allowed_methods(rt.http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD |
+                                          EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE |
+                                          EVHTTP_REQ_OPTIONS | EVHTTP_REQ_PATCH);
+  evhttp_set_gencb(rt.http, on_request, &rt);
+  rt.sig_int = evsignal_new(rt.base, SIGINT, on_signal, &rt);
+  rt.sig_term = evsignal_new(rt.base, SIGTERM, on_signal, &rt);
+  rt.tick = event_new(rt.base, -1, EV_PERSIST, on_tick, &rt);
+  if (!rt.sig_int || !rt.sig_term || !rt.tick) {
+    fprintf(stderr, "strata: route: cannot create events\n");
+    goto out;
+  }
+  event_add(rt.sig_int, NULL);
+  event_add(rt.sig_term, NULL);
+  const double hi = o->health_interval;
+  struct timeval tv = {(time_t)hi, (suseconds_t)((hi - (double)(time_t)hi) * 1e6)};
+  event_add(rt.tick, &tv);
+  on_tick(-1, 0, &rt); /* the first checks now */
+  signal(SIGPIPE, SIG_IGN);
+  errno = 0;
+  rt.bound = evhttp_bind_socket_with_handle(rt.http, o->host, (ev_uint16_t)o->port);
+  if (!rt.bound) {
+    fprintf(stderr, "strata: route: cannot listen on %s port %d: %s\n", o->host, o->port,
+            errno ? strerror(errno) : "not a usable address");
+    goto out;
+  }
+  {
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof ss;
+    int real = o->port;
+    if (getsockname(evhttp_bound_socket_get_fd(rt.bound), (struct sockaddr *)&ss, &sl) == 0)
+      real = ss.ss_family == AF_INET6 ? ntohs(((struct sockaddr_in6 *)&ss)->sin6_port)
+                                      : ntohs(((struct sockaddr_in *)&ss)->sin_port);
+    const int v6 = strchr(o->host, ':') != NULL;
+    strata_log(STRATA_LOG_INFO, "route", "policy %s over %zu instance%s", p->desc->name, rt.n_be,
+               rt.n_be == 1 ? "" : "s");
+    fprintf(stderr, "listening on http://%s%s%s:%d\n", v6 ? "[" : "", o->host, v6 ? "]" : "", real);
+    fflush(stderr);
+  }
+  event_base_dispatch(rt.base);
+  rc = 0;
+out:
+  while (rt.inflight) {
+    struct rreq *r = rt.inflight;
+    rt.stopping = 0;
+    if (r->up) {
+      evhttp_cancel_request(r->up);
+      end_attempt(r, 0);
+    }
+    r->client = NULL;
+    rreq_free(r);
+  }
+  if (rt.tick) event_free(rt.tick);
+  if (rt.sig_int) event_free(rt.sig_int);
+  if (rt.sig_term) event_free(rt.sig_term);
+  if (rt.http) evhttp_free(rt.http);
+  for (size_t i = 0; rt.be && i < rt.n_be; i++) {
+    struct backend *b = &rt.be[i];
+    for (struct rconn *k = b->all, *nx; k; k = nx) {
+      nx = k->next;
+      evhttp_connection_free(k->c);
+      free(k);
+    }
+    for (struct rconn *k = b->idle, *nx; k; k = nx) {
+      nx = k->next;
+      free(k);
+    }
+    if (b->check) evhttp_connection_free(b->check);
+    free(b->url);
+    free(b->host);
+  }
+  if (rt.state) rt.vt->destroy(rt.state);
+  if (rt.base) event_base_free(rt.base);
+  for (size_t i = 0; i < rt.n_decisions; i++) free(rt.decisions[i].copy);
+  free(rt.be);
+  free(rt.view);
+  free(rt.api_key_header);
+  return rc;
+}

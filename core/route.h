@@ -1,0 +1,49 @@
+/* The router host of `strata route`: an OpenAI-compatible HTTP front on
+ * libevent that proxies each request to one of several engine instances,
+ * chosen by a router plugin (strata/router.h).
+ *
+ * One libevent thread does everything: it accepts clients, keeps a pool of
+ * keep-alive connections per instance, checks each instance's /health and
+ * scrapes its /metrics on a timer, and passes answers through as they
+ * arrive (an SSE stream chunk by chunk; reading from the instance pauses
+ * while the client's socket has more than a bound unsent). A request is
+ * retried on another instance when the chosen one fails before any byte
+ * reached the client (connect error, reset, timeout, 5xx); after that the
+ * client gets a clean end instead (an SSE error event on a stream). */
+#ifndef STRATA_ROUTE_H
+#define STRATA_ROUTE_H
+
+#include <stddef.h>
+
+#include <strata/router.h>
+
+#include "conf.h"
+#include "plugin_loader.h"
+
+struct strata_route_opts {
+  const char *host;          /* listen address */
+  int port;                  /* 0: any free port (printed) */
+  const char *api_key;       /* NULL or "": none */
+  size_t max_body_bytes;     /* larger bodies get 413 */
+  const char *const *backends; /* "http://host:port" each */
+  size_t n_backends;
+  double health_interval;    /* seconds between /health and /metrics checks */
+  double health_timeout;     /* seconds a check may take */
+  int eject_after;           /* consecutive failures that eject an instance */
+  int readmit_after;         /* consecutive passed checks that readmit it */
+  int max_retries;           /* further instances tried before the first byte */
+  double request_timeout;    /* seconds an instance may stay silent mid-answer */
+  int idle_timeout;          /* seconds a client connection may idle */
+  size_t max_pending_bytes;  /* unsent bytes to a client before reading pauses */
+  int request_log;           /* one stderr line per finished request */
+};
+
+/* Serves until SIGINT or SIGTERM with the policy p (a loaded, initialised
+ * router plugin) on its config subtree cfg: prints "listening on
+ * http://HOST:PORT" to stderr once the socket listens; on the first signal
+ * stops accepting and lets open requests finish (a second signal ends them
+ * at once). Returns 0, or 1 after printing one line when it cannot start. */
+int strata_route_run(const struct strata_plugin *p, const strata_config_node_t *cfg,
+                     const struct strata_route_opts *opts);
+
+#endif

@@ -1,0 +1,198 @@
+#!/usr/bin/env bash
+# strata route end to end: three real engines (stories260K from ../shared)
+# behind the router on loopback. Round-robin spreads requests evenly (seen
+# in /admin/backends and /metrics); streaming through the router equals
+# streaming direct; an engine killed under load fails only what it held,
+# is ejected, and is readmitted once restarted; least-loaded routes away
+# from a busy instance; bad requests get OpenAI-style errors.
+set -u
+B=${STRATA_BUILDDIR:?}
+SH=${STRATA_SHARED:-}
+STRATA="$B/strata"
+MODEL="$SH/models/stories260K.gguf"
+if [ -z "$SH" ] || [ ! -f "$MODEL" ]; then
+  echo "shared dir missing (no $MODEL): skipping the router tests"
+  exit 77
+fi
+for t in curl jq; do
+  if ! command -v "$t" >/dev/null 2>&1; then
+    echo "$t is missing (scripts/install-deps.sh installs it): skipping the router tests"
+    exit 77
+  fi
+done
+T=$(mktemp -d)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
+  wait 2>/dev/null
+  rm -rf "$T"
+}
+trap cleanup EXIT
+pass=0
+fail=0
+ok() { pass=$((pass + 1)); }
+bad() {
+  fail=$((fail + 1))
+  echo "FAIL: $*"
+}
+check() { # check NAME COND...
+  local name=$1
+  shift
+  if "$@"; then ok; else bad "$name"; fi
+}
+
+# start NAME ARGS...: runs strata ARGS, waits for "listening on", sets URL_<NAME>, PID_<NAME>
+start() {
+  local name=$1
+  shift
+  "$STRATA" "$@" >"$T/$name.out" 2>"$T/$name.err" &
+  local pid=$!
+  PIDS+=("$pid")
+  local i
+  for i in $(seq 1 600); do
+    grep -q '^listening on http://' "$T/$name.err" && break
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  local url
+  url=$(sed -n 's/^listening on \(http:[^ ]*\)$/\1/p' "$T/$name.err" | head -1)
+  if [ -z "$url" ]; then
+    echo "FAIL: $name did not start:"
+    cat "$T/$name.err"
+    exit 1
+  fi
+  eval "URL_$name=\$url; PID_$name=\$pid"
+}
+engine() { start "$1" serve --model "$MODEL" --port "${2:-0}" --threads 1; }
+
+engine e0
+engine e1
+engine e2
+cat >"$T/router.conf" <<EOF
+router: {
+  host = "127.0.0.1";
+  port = 0;
+  policy = "round-robin";
+  backends = [ "$URL_e0", "$URL_e1", "$URL_e2" ];
+  health_interval = 0.2;
+  eject_after = 1;
+};
+EOF
+start r route --config "$T/router.conf"
+R=$URL_r
+
+completion() { # completion URL PROMPT N -> the text
+  curl -s "$1/v1/completions" -H 'Content-Type: application/json' \
+    -d "{\"prompt\":\"$2\",\"max_tokens\":$3,\"temperature\":0}" | jq -r '.choices[0].text'
+}
+
+# ---- round-robin: 9 requests, 3 to each ------------------------------------------------
+direct=$(completion "$URL_e0" "Once upon a time" 12)
+same=0
+for i in $(seq 1 9); do
+  [ "$(completion "$R" "Once upon a time" 12)" = "$direct" ] && same=$((same + 1))
+done
+check "9 answers through the router equal the direct one ($same)" [ "$same" -eq 9 ]
+routed=$(curl -s "$R/admin/backends" | jq -c '[.backends[].routed]')
+check "round-robin spreads 9 requests 3/3/3 ($routed)" [ "$routed" = "[3,3,3]" ]
+check "admin names the policy" [ "$(curl -s "$R/admin/backends" | jq -r .policy)" = "round-robin" ]
+dec=$(curl -s "$R/metrics" | sed -n 's/^strata_router_decisions_total{policy="round-robin",reason="round_robin"} //p')
+check "metrics count 9 round-robin decisions ($dec)" [ "$dec" = "9" ]
+
+# ---- request ids ----------------------------------------------------------------------
+rid=$(curl -s -D - -o /dev/null "$R/v1/completions" -H 'X-Request-Id: client-id-7' \
+  -d '{"prompt":"Hi","max_tokens":1}' | tr -d '\r' | sed -n 's/^X-Request-Id: //Ip')
+check "the client's request id comes back ($rid)" [ "$rid" = "client-id-7" ]
+
+# ---- streaming through the router equals streaming direct ------------------------------
+body='{"prompt":"Once upon a time","max_tokens":16,"temperature":0,"stream":true}'
+sd=$(curl -sN "$URL_e1/v1/completions" -d "$body" | sed -n 's/^data: //p' | grep -v DONE | jq -r '.choices[0].text' | tr -d '\n')
+sr=$(curl -sN "$R/v1/completions" -d "$body" | sed -n 's/^data: //p' | grep -v DONE | jq -r '.choices[0].text' | tr -d '\n')
+check "streamed text through the router equals direct ('$sr' vs '$sd')" [ -n "$sd" ] && [ "$sr" = "$sd" ]
+check "the router's stream ends with [DONE]" bash -c "curl -sN '$R/v1/completions' -d '$body' | grep -q '^data: \[DONE\]'"
+chat=$(curl -s "$R/v1/chat/completions" -d '{"messages":[{"role":"user","content":"Hi"}],"max_tokens":4}' | jq -r .object)
+check "chat through the router ($chat)" [ "$chat" = "chat.completion" ]
+check "models through the router" [ "$(curl -s "$R/v1/models" | jq -r '.data[0].id')" = "stories260K" ]
+
+# ---- errors ---------------------------------------------------------------------------
+code=$(curl -s -o "$T/err.json" -w '%{http_code}' "$R/v1/completions" -d '{bad json')
+check "malformed JSON: 400 with an OpenAI error ($code)" [ "$code" = 400 ] && jq -e '.error.message' "$T/err.json" >/dev/null
+code=$(curl -s -o /dev/null -w '%{http_code}' "$R/v1/nothing")
+check "unknown path: 404 ($code)" [ "$code" = 404 ]
+code=$(curl -s -o /dev/null -w '%{http_code}' -X GET "$R/v1/completions")
+check "wrong method: 405 ($code)" [ "$code" = 405 ]
+code=$(curl -s -o "$T/err.json" -w '%{http_code}' "$R/v1/completions" -d '{"prompt":"Hi","max_tokens":-3}')
+check "an engine's 400 passes through ($code)" [ "$code" = 400 ] && jq -e '.error.message' "$T/err.json" >/dev/null
+
+# ---- an engine dies under load: only its requests may fail; ejected; readmitted ---------
+LOADP=()
+for i in $(seq 1 12); do
+  curl -s -o "$T/load$i.json" -w '%{http_code}\n' "$R/v1/completions" \
+    -d '{"prompt":"Once upon a time","max_tokens":200}' >"$T/load$i.code" &
+  LOADP+=($!)
+done
+sleep 0.3
+port2=${URL_e2##*:}
+kill "$PID_e2"
+wait "$PID_e2" 2>/dev/null
+wait "${LOADP[@]}" 2>/dev/null
+okn=0
+for i in $(seq 1 12); do
+  c=$(cat "$T/load$i.code")
+  if [ "$c" = 200 ]; then
+    okn=$((okn + 1))
+  fi
+done
+echo "under a kill: $okn of 12 answered 200"
+check "at least the 8 requests on the other engines succeed ($okn)" [ "$okn" -ge 8 ]
+okafter=0
+for i in $(seq 1 6); do
+  c=$(curl -s -o /dev/null -w '%{http_code}' "$R/v1/completions" -d '{"prompt":"Hi","max_tokens":2}')
+  [ "$c" = 200 ] && okafter=$((okafter + 1))
+done
+check "after the kill every request succeeds ($okafter of 6)" [ "$okafter" -eq 6 ]
+sleep 0.5
+h2=$(curl -s "$R/admin/backends" | jq -r '.backends[2].healthy')
+check "the dead engine is ejected ($h2)" [ "$h2" = false ]
+check "health still ok with 2 of 3" [ "$(curl -s "$R/health" | jq -r .healthy_backends)" = 2 ]
+engine e2b "$port2"
+for i in $(seq 1 50); do
+  [ "$(curl -s "$R/admin/backends" | jq -r '.backends[2].healthy')" = true ] && break
+  sleep 0.1
+done
+check "restarted, it is readmitted" [ "$(curl -s "$R/admin/backends" | jq -r '.backends[2].healthy')" = true ]
+before=$(curl -s "$R/admin/backends" | jq '.backends[2].routed')
+for i in 1 2 3; do completion "$R" "Hi" 2 >/dev/null; done
+after=$(curl -s "$R/admin/backends" | jq '.backends[2].routed')
+check "and gets traffic again ($before -> $after)" [ "$after" -gt "$before" ]
+kill "$PID_r"
+wait "$PID_r" 2>/dev/null
+check "the router exits 0 on SIGTERM" [ $? -eq 0 ]
+
+# ---- least-loaded: a busy instance gets no new requests --------------------------------
+cat >"$T/ll.conf" <<EOF
+router: {
+  port = 0;
+  policy = "least-loaded";
+  backends = [ "$URL_e0", "$URL_e1" ];
+  health_interval = 0.1;
+};
+plugins: { router: { least-loaded: { choices = 0; }; }; };
+EOF
+start ll route --config "$T/ll.conf"
+# long requests straight to e0 (they show in its /metrics, not as the router's)
+for i in $(seq 1 8); do
+  curl -s -o /dev/null "$URL_e0/v1/completions" -d '{"prompt":"Once upon a time","max_tokens":480,"n":4,"ignore_eos":true}' &
+  PIDS+=($!)
+done
+for i in $(seq 1 50); do
+  r0=$(curl -s "$URL_ll/admin/backends" | jq '.backends[0].running')
+  [ "$r0" != null ] && [ "$r0" -ge 1 ] && break
+  sleep 0.1
+done
+for i in 1 2 3 4; do completion "$URL_ll" "Hi" 2 >/dev/null; done
+routed=$(curl -s "$URL_ll/admin/backends" | jq -c '[.backends[].routed]')
+check "least-loaded sends all 4 to the idle instance ($routed)" [ "$routed" = "[0,4]" ]
+
+echo "router tests: $pass passed, $fail failed"
+[ "$fail" -eq 0 ]
