@@ -63,7 +63,11 @@ start() {
   fi
   eval "URL_$name=\$url; PID_$name=\$pid"
 }
-engine() { start "$1" serve --model "$MODEL" --port "${2:-0}" --threads 1; }
+# (a config of its own: the embedded default's model path is relative to the source tree)
+cat >"$T/engine.conf" <<EOF
+engine: { model = "$MODEL"; };
+EOF
+engine() { start "$1" serve --config "$T/engine.conf" --port "${2:-0}" --threads 1; }
 
 engine e0
 engine e1
