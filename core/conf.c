@@ -185,6 +185,7 @@ struct strata_config {
   size_t n_files;
   struct strata_config_node **nodes;
   size_t n_nodes;
+  int model_overridden; /* engine.model is replaced (--model): not checked */
 };
 
 /* Maps a file name libconfig reports back to the user's file. */
@@ -428,6 +429,8 @@ void strata_config_free(strata_config_t *cfg) {
 }
 
 const char *strata_config_path(const strata_config_t *cfg) { return cfg->path; }
+
+void strata_config_override_model(strata_config_t *cfg) { cfg->model_overridden = 1; }
 
 /* ---- validation --------------------------------------------------------------------- */
 
@@ -794,7 +797,7 @@ int strata_config_validate(strata_config_t *cfg, const struct strata_registry *r
   config_setting_t *model = engine && config_setting_type(engine) == CONFIG_TYPE_GROUP
                                 ? config_setting_get_member(engine, "model")
                                 : NULL;
-  if (model && config_setting_type(model) == CONFIG_TYPE_STRING) {
+  if (model && config_setting_type(model) == CONFIG_TYPE_STRING && !cfg->model_overridden) {
     char *dir = strata_dirname(setting_file(cfg, model));
     char *mp = dir ? strata_path_join(dir, config_setting_get_string(model)) : NULL;
     if (mp && access(mp, R_OK) != 0)

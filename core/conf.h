@@ -31,6 +31,9 @@ void strata_errlist_free(struct strata_errlist *e);
 strata_config_t *strata_config_load(const char *path, struct strata_errlist *errs);
 void strata_config_free(strata_config_t *cfg);
 const char *strata_config_path(const strata_config_t *cfg);
+/* The caller replaces engine.model (a --model flag): validate does not
+ * check that the file's own model is readable. */
+void strata_config_override_model(strata_config_t *cfg);
 
 /* Checks the engine/server/router groups against the core tables and the
  * plugins group against the plugins found in reg (unknown kinds, unknown

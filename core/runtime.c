@@ -75,6 +75,7 @@ int strata_runtime_open(struct strata_runtime *rt, const struct strata_runtime_o
   strata_host_set_registry(&rt->reg);
   for (size_t i = 0; i < rt->reg.n_rejects; i++)
     strata_log(STRATA_LOG_INFO, "plugins", "rejected %s", rt->reg.rejects[i].reason);
+  if (rt->cfg && o->model_path) strata_config_override_model(rt->cfg);
   if (rt->cfg && strata_config_validate(rt->cfg, &rt->reg, &errs) != 0) goto config_error;
 
   const strata_config_node_t *eng = rt->cfg ? strata_config_group(rt->cfg, "engine")

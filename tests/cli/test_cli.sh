@@ -49,6 +49,12 @@ if [ -f "$SH/models/stories260K.gguf" ]; then
   # source tree, which a distcheck tree does not have beside it
   printf 'engine: { model = "%s"; };\n' "$M" >"$T/est.conf"
   E=("$STRATA" estimate --config "$T/est.conf")
+  # --model replaces the config's model, which then need not exist
+  printf 'engine: { model = "no-such-model.gguf"; };\n' >"$T/gone.conf"
+  run "--model overrides an unreadable engine.model" 0 "$STRATA" generate --config "$T/gone.conf" \
+    --model "$M" --prompt "Once upon a time" -n 3 --temperature 0
+  run "without --model it is an error" 2 "$STRATA" generate --config "$T/gone.conf" --prompt Hi -n 1
+  has "without --model it is an error" "$T/err" "gone.conf:1: engine.model: cannot read"
   run "estimate" 0 "${E[@]}" --model "$M"
   for part in weights "KV cache" workspace scratch process total available; do
     has "estimate prints $part" "$T/out" "^$part: +[0-9]+ bytes"
