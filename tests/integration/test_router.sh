@@ -4,7 +4,8 @@
 # in /admin/backends and /metrics); streaming through the router equals
 # streaming direct; an engine killed under load fails only what it held,
 # is ejected, and is readmitted once restarted; least-loaded routes away
-# from a busy instance; bad requests get OpenAI-style errors.
+# from a busy instance; session keeps a key on one instance; bad requests get
+# OpenAI-style errors.
 set -u
 B=${STRATA_BUILDDIR:?}
 SH=${STRATA_SHARED:-}
@@ -197,6 +198,39 @@ done
 for i in 1 2 3 4; do completion "$URL_ll" "Hi" 2 >/dev/null; done
 routed=$(curl -s "$URL_ll/admin/backends" | jq -c '[.backends[].routed]')
 check "least-loaded sends all 4 to the idle instance ($routed)" [ "$routed" = "[0,4]" ]
+
+# ---- session: one key, one instance; keys spread; the user field works ----------------
+cat >"$T/ss.conf" <<EOF
+router: {
+  port = 0;
+  policy = "session";
+  backends = [ "$URL_e0", "$URL_e1", "$URL_e2b" ];
+  health_interval = 0.2;
+};
+EOF
+start ss route --config "$T/ss.conf"
+routed_vec() { curl -s "$1/admin/backends" | jq -c '[.backends[].routed]'; }
+prev=$(routed_vec "$URL_ss")
+for i in 1 2 3 4 5; do
+  curl -s -o /dev/null "$URL_ss/v1/completions" -H 'X-Session-Id: alice' -d '{"prompt":"Hi","max_tokens":1}'
+done
+now=$(routed_vec "$URL_ss")
+moved=$(jq -n --argjson a "$prev" --argjson b "$now" '[range(0; 3) | select($b[.] != $a[.])] | length')
+check "5 requests of one session land on one instance ($now)" [ "$moved" = 1 ]
+for i in 1 2 3 4 5; do
+  curl -s -o /dev/null "$URL_ss/v1/completions" -d '{"prompt":"Hi","max_tokens":1,"user":"alice"}'
+done
+now2=$(routed_vec "$URL_ss")
+check "the body's user field is the same key as the header ($now -> $now2)" \
+  [ "$(jq -n --argjson a "$now" --argjson b "$now2" '[range(0; 3) | select($b[.] - $a[.] == 5)] | length')" = 1 ]
+for i in $(seq 1 30); do
+  curl -s -o /dev/null "$URL_ss/v1/completions" -H "X-Session-Id: user-$i" -d '{"prompt":"Hi","max_tokens":1}'
+done
+spread=$(routed_vec "$URL_ss")
+check "30 sessions reach every instance ($spread)" \
+  [ "$(jq -n --argjson b "$spread" --argjson a "$now2" '[range(0; 3) | select($b[.] > $a[.])] | length')" = 3 ]
+hashed=$(curl -s "$URL_ss/metrics" | sed -n 's/^strata_router_decisions_total{policy="session",reason="session_hash"} //p')
+check "metrics count 40 session_hash decisions ($hashed)" [ "$hashed" = 40 ]
 
 echo "router tests: $pass passed, $fail failed"
 [ "$fail" -eq 0 ]

@@ -8,9 +8,7 @@
  * is ejected, readmitted or already tried; the next id after the last one
  * chosen keeps the turn fair through all of that.
  *
- * Least-loaded: an instance's load is its queue as its /metrics last said
- * (running + waiting), but never less than the requests this router has
- * open on it now, which are fresher than any scrape. Sampling d instances
+ * Least-loaded: an instance's load is router_load() (load.h). Sampling d instances
  * and taking the least loaded (Mitzenmacher's power of two choices) keeps
  * a burst that arrives between two scrapes from all landing on the one
  * instance that looked idlest; d = 0 compares every instance. */
@@ -20,6 +18,8 @@
 
 #include <strata/plugin.h>
 #include <strata/router.h>
+
+#include "../load.h"
 
 static const struct strata_host_api *host;
 
@@ -65,18 +65,6 @@ static uint64_t next_rand(struct basic *r) {
   return r->rng;
 }
 
-static int64_t load_of(const struct strata_route_backend *b) {
-  int64_t q = (b->running > 0 ? b->running : 0) + (b->waiting > 0 ? b->waiting : 0);
-  return q > b->inflight ? q : b->inflight;
-}
-
-/* a beats c: less load, then fewer open here, then fewer routed so far */
-static int better(const struct strata_route_backend *a, const struct strata_route_backend *c) {
-  const int64_t la = load_of(a), lc = load_of(c);
-  if (la != lc) return la < lc;
-  if (a->inflight != c->inflight) return a->inflight < c->inflight;
-  return a->routed < c->routed;
-}
 #endif
 
 static int basic_route(void *state, const struct strata_route_request *req,
@@ -87,8 +75,7 @@ static int basic_route(void *state, const struct strata_route_request *req,
   size_t pick = 0;
 #ifdef ROUTER_LEAST_LOADED
   if (r->choices <= 0 || (size_t)r->choices >= n) {
-    for (size_t i = 1; i < n; i++)
-      if (better(&b[i], &b[pick])) pick = i;
+    pick = router_least_loaded(b, n);
   } else {
     /* d distinct samples: a partial Fisher-Yates over the positions */
     size_t idx[64];
@@ -100,7 +87,7 @@ static int basic_route(void *state, const struct strata_route_request *req,
       const size_t t = idx[i];
       idx[i] = idx[j];
       idx[j] = t;
-      if (pick == SIZE_MAX || better(&b[idx[i]], &b[pick])) pick = idx[i];
+      if (pick == SIZE_MAX || router_less_loaded(&b[idx[i]], &b[pick])) pick = idx[i];
     }
   }
   out->reason = "least_loaded";
