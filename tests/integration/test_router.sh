@@ -4,8 +4,9 @@
 # in /admin/backends and /metrics); streaming through the router equals
 # streaming direct; an engine killed under load fails only what it held,
 # is ejected, and is readmitted once restarted; least-loaded routes away
-# from a busy instance; session keeps a key on one instance; bad requests get
-# OpenAI-style errors.
+# from a busy instance; session keeps a key on one instance; prefix-aware
+# keeps a shared document on one instance; bad requests get OpenAI-style
+# errors.
 set -u
 B=${STRATA_BUILDDIR:?}
 SH=${STRATA_SHARED:-}
@@ -231,6 +232,38 @@ check "30 sessions reach every instance ($spread)" \
   [ "$(jq -n --argjson b "$spread" --argjson a "$now2" '[range(0; 3) | select($b[.] > $a[.])] | length')" = 3 ]
 hashed=$(curl -s "$URL_ss/metrics" | sed -n 's/^strata_router_decisions_total{policy="session",reason="session_hash"} //p')
 check "metrics count 40 session_hash decisions ($hashed)" [ "$hashed" = 40 ]
+
+# ---- prefix-aware: a shared document keeps its requests on one instance -----------------
+cat >"$T/px.conf" <<EOF
+router: {
+  port = 0;
+  policy = "prefix-aware";
+  backends = [ "$URL_e0", "$URL_e1", "$URL_e2b" ];
+  health_interval = 0.2;
+};
+plugins: { router: { prefix-aware: { chunk_bytes = 32; min_match_bytes = 128; }; }; };
+EOF
+start px route --config "$T/px.conf"
+docA="Once upon a time there was a little girl named Lily. She loved to play in the park with her big red ball. One day the sun was warm and the birds sang in the tall green trees."
+docB="Tom had a small dog called Max. Every morning they walked to the river and watched the boats. Max liked to bark at the ducks, and Tom laughed every time the ducks flew away."
+ask() { # ask DOC QUESTION
+  curl -s -o /dev/null "$URL_px/v1/completions" -d "{\"prompt\":\"$1 $2\",\"max_tokens\":2}"
+}
+prev=$(routed_vec "$URL_px")
+ask "$docA" "Where did Lily play?"
+afterA=$(routed_vec "$URL_px")
+for q in "What color was the ball?" "Was the sun warm?" "What did the birds do?"; do ask "$docA" "$q"; done
+afterA4=$(routed_vec "$URL_px")
+check "four questions on one document go to one instance ($prev -> $afterA4)" \
+  [ "$(jq -n --argjson a "$prev" --argjson b "$afterA4" '[range(0; 3) | select($b[.] - $a[.] == 4)] | length')" = 1 ]
+ask "$docB" "What was the dog called?"
+ask "$docB" "Where did they walk?"
+afterB=$(routed_vec "$URL_px")
+check "another document goes elsewhere ($afterA4 -> $afterB)" \
+  [ "$(jq -n --argjson a "$afterA4" --argjson b "$afterB" --argjson x "$afterA" --argjson p "$prev" \
+      '[range(0; 3) | select($b[.] - $a[.] == 2 and $x[.] == $p[.])] | length')" = 1 ]
+pm=$(curl -s "$URL_px/metrics" | sed -n 's/^strata_router_decisions_total{policy="prefix-aware",reason="prefix_match"} //p')
+check "4 prefix_match decisions ($pm)" [ "$pm" = 4 ]
 
 echo "router tests: $pass passed, $fail failed"
 [ "$fail" -eq 0 ]
