@@ -65,7 +65,7 @@ struct router {
   struct event_base *base;
   struct evhttp *http;
   struct evhttp_bound_socket *bound;
-  struct event *sig_int, *sig_term, *tick;
+  struct event *sig_int, *sig_term, *tick, *peek;
   char *api_key_header;
   struct backend *be;
   size_t n_be;
@@ -504,13 +504,14 @@ static void finish_attempt(struct rreq *r) {
 }
 
 static void on_client_close(struct evhttp_connection *c, void *arg) {
-  (void)c;
   struct rreq *r = arg;
   struct router *rt = r->rt;
   rt->client_disconnects++;
   /* On EOF evhttp detaches a request the user has not finished from the
-   * dying connection and leaves it to the user to free. */
-  if (r->client && !evhttp_request_get_connection(r->client)) evhttp_request_free(r->client);
+   * dying connection and leaves it to the user to free (when the peek
+   * found it, freeing the connection frees the request). */
+  if (r->client && !evhttp_request_get_connection(r->client) && c == r->cevcon)
+    evhttp_request_free(r->client);
   r->client = NULL;
   r->cevcon = NULL;
   if (r->up) {
@@ -520,6 +521,32 @@ static void on_client_close(struct evhttp_connection *c, void *arg) {
   }
   log_request(r, 499);
   rreq_free(r);
+}
+
+/* evhttp does not read a client's socket while its request is being
+ * answered, so a non-streaming client that went away would only be noticed
+ * when its answer is written. Open requests' sockets are peeked instead
+ * (as the engine's server does), and a closed one cancels its attempt, so
+ * the instance stops generating for nobody. */
+static void on_peek(evutil_socket_t fd, short what, void *arg) {
+  (void)fd;
+  (void)what;
+  struct router *rt = arg;
+  for (struct rreq *r = rt->inflight, *nx; r; r = nx) {
+    nx = r->next;
+    if (!r->cevcon) continue;
+    struct bufferevent *bev = evhttp_connection_get_bufferevent(r->cevcon);
+    const evutil_socket_t sock = bev ? bufferevent_getfd(bev) : -1;
+    if (sock < 0) continue;
+    char c;
+    const ssize_t n = recv(sock, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
+      struct evhttp_connection *evcon = r->cevcon;
+      evhttp_connection_set_closecb(evcon, NULL, NULL);
+      on_client_close(evcon, r);
+      evhttp_connection_free(evcon); /* and the request still attached to it */
+    }
+  }
 }
 
 static void add_latency(struct router *rt, double s) {
@@ -992,7 +1019,8 @@ int strata_route_run(const struct strata_plugin *p, const strata_config_node_t *
   rt.sig_int = evsignal_new(rt.base, SIGINT, on_signal, &rt);
   rt.sig_term = evsignal_new(rt.base, SIGTERM, on_signal, &rt);
   rt.tick = event_new(rt.base, -1, EV_PERSIST, on_tick, &rt);
-  if (!rt.sig_int || !rt.sig_term || !rt.tick) {
+  rt.peek = event_new(rt.base, -1, EV_PERSIST, on_peek, &rt);
+  if (!rt.sig_int || !rt.sig_term || !rt.tick || !rt.peek) {
     fprintf(stderr, "strata: route: cannot create events\n");
     goto out;
   }
@@ -1001,6 +1029,8 @@ int strata_route_run(const struct strata_plugin *p, const strata_config_node_t *
   const double hi = o->health_interval;
   struct timeval tv = {(time_t)hi, (suseconds_t)((hi - (double)(time_t)hi) * 1e6)};
   event_add(rt.tick, &tv);
+  struct timeval pt = {0, 200 * 1000};
+  event_add(rt.peek, &pt);
   on_tick(-1, 0, &rt); /* the first checks now */
   signal(SIGPIPE, SIG_IGN);
   errno = 0;
@@ -1037,6 +1067,7 @@ out:
     rreq_free(r);
   }
   if (rt.tick) event_free(rt.tick);
+  if (rt.peek) event_free(rt.peek);
   if (rt.sig_int) event_free(rt.sig_int);
   if (rt.sig_term) event_free(rt.sig_term);
   if (rt.http) evhttp_free(rt.http);

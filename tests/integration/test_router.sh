@@ -130,6 +130,16 @@ check "wrong method: 405 ($code)" [ "$code" = 405 ]
 code=$(curl -s -o "$T/err.json" -w '%{http_code}' "$R/v1/completions" -d '{"prompt":"Hi","max_tokens":-3}')
 check "an engine's 400 passes through ($code)" [ "$code" = 400 ] && jq -e '.error.message' "$T/err.json" >/dev/null
 
+# ---- a non-streaming client that gives up cancels its attempt ----------------------------
+# (32 x 480 tokens take an engine about 4 s; the checks come at 1 s)
+curl -s -m 0.4 -o /dev/null "$R/v1/completions" \
+  -d '{"prompt":"Once upon a time","max_tokens":480,"n":32,"ignore_eos":true}'
+sleep 0.6
+disc=$(curl -s "$R/metrics" | sed -n 's/^strata_router_client_disconnects_total //p')
+check "the router noticed the client leave mid-answer ($disc)" [ "${disc:-0}" -ge 1 ]
+open=$(curl -s "$R/admin/backends" | jq '[.backends[].inflight] | add')
+check "and holds no attempt open for it ($open)" [ "$open" = 0 ]
+
 # ---- an engine dies under load: only its requests may fail; ejected; readmitted ---------
 LOADP=()
 for i in $(seq 1 12); do
