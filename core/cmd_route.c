@@ -26,7 +26,7 @@ static void route_usage(FILE *f) {
           "port. Prints \"listening on http://HOST:PORT\" to stderr once ready.\n");
 }
 
-#define ROUTE_MAX_BACKENDS 1024
+
 
 int strata_cmd_route(int argc, char **argv) {
   const char *config_path = NULL, *host = NULL, *policy = NULL;
@@ -114,6 +114,9 @@ int strata_cmd_route(int argc, char **argv) {
   const char *cfg_backends[ROUTE_MAX_BACKENDS];
   size_t n_cfg = strata_config_strlist(rn, "backends", cfg_backends, ROUTE_MAX_BACKENDS);
   if (n_cfg > ROUTE_MAX_BACKENDS) n_cfg = ROUTE_MAX_BACKENDS;
+  const char *dns_servers[64];
+  size_t n_dns = strata_config_strlist(rn, "dns_servers", dns_servers, 64);
+  if (n_dns > 64) n_dns = 64;
   const char *key = strata_config_string(rn, "api_key"), *env_key = getenv("STRATA_API_KEY");
   struct strata_route_opts o = {
       .host = host ? host : strata_config_string(rn, "host"),
@@ -122,6 +125,9 @@ int strata_cmd_route(int argc, char **argv) {
       .max_body_bytes = (size_t)strata_config_int(rn, "max_body_bytes"),
       .backends = n_flag ? flag_backends : cfg_backends,
       .n_backends = n_flag ? n_flag : n_cfg,
+      .dns_interval = strata_config_float(rn, "dns_interval"),
+      .dns_servers = dns_servers,
+      .n_dns_servers = n_dns,
       .health_interval = strata_config_float(rn, "health_interval"),
       .health_timeout = strata_config_float(rn, "health_timeout"),
       .eject_after = (int)strata_config_int(rn, "eject_after"),

@@ -119,7 +119,12 @@ static const struct strata_param router_params[] = {
     {"policy", STRATA_PARAM_STRING, 0, "round-robin", NO_RANGE,
      "router plugin name"},
     {"backends", STRATA_PARAM_STRLIST, 0, "", NO_RANGE,
-     "engine instances, each \"http://HOST:PORT\""},
+     "engine instances, each \"http://HOST:PORT\", or \"dns://NAME:PORT\" for every address "
+     "NAME resolves to"},
+    {"dns_interval", STRATA_PARAM_FLOAT, 0, "10", 0.05, 86400,
+     "seconds between lookups of the dns:// names"},
+    {"dns_servers", STRATA_PARAM_STRLIST, 0, "", NO_RANGE,
+     "name servers (\"IP\" or \"IP:PORT\") for the dns:// names; none: /etc/resolv.conf's"},
     {"api_key", STRATA_PARAM_STRING, 0, NULL, NO_RANGE,
      "require Authorization: Bearer <key> (or STRATA_API_KEY); also sent to the instances' "
      "health and metrics endpoints"},

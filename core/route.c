@@ -13,9 +13,11 @@
 #include <sys/socket.h>
 #include <time.h>
 
+#include <arpa/inet.h>
 #include <netinet/in.h>
 
 #include <event2/buffer.h>
+#include <event2/dns.h>
 #include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <event2/http.h>
@@ -33,10 +35,19 @@ struct rconn { /* one keep-alive connection to an instance */
   struct rconn *next;
 };
 
+struct dnssrc { /* a "dns://NAME:PORT" entry: every address of NAME is an instance */
+  struct router *rt;
+  char *name;
+  int port;
+  int resolving;
+};
+
 struct backend {
   int32_t id;
   char *url, *host;
   int port;
+  const struct dnssrc *src; /* NULL: listed statically */
+  int removed;              /* gone from DNS: takes no new requests */
   int healthy;
   int fails, passes; /* consecutive failed / passed checks and attempts */
   int32_t inflight, running, waiting;
@@ -67,9 +78,13 @@ struct router {
   struct evhttp_bound_socket *bound;
   struct event *sig_int, *sig_term, *tick, *peek;
   char *api_key_header;
-  struct backend *be;
+  struct backend *be[ROUTE_MAX_BACKENDS]; /* ids are positions; never reused */
   size_t n_be;
-  struct strata_route_backend *view; /* scratch for route() */
+  struct strata_route_backend view[ROUTE_MAX_BACKENDS]; /* scratch for route() */
+  struct dnssrc *dns;
+  size_t n_dns;
+  struct evdns_base *dnsbase;
+  struct event *dns_tick;
   struct rreq *inflight;
   uint64_t next_id, rid_base;
   int stopping;
@@ -94,7 +109,7 @@ struct rreq { /* one client request */
   size_t body_len;
   json_t *json;
   struct strata_route_request rr;
-  unsigned char *tried; /* [n_be] */
+  unsigned char tried[ROUTE_MAX_BACKENDS / 8]; /* bit per instance id */
   int attempts;
   /* the attempt in flight */
   struct backend *be;
@@ -312,8 +327,8 @@ static void on_tick(evutil_socket_t fd, short what, void *arg) {
   (void)what;
   struct router *rt = arg;
   for (size_t i = 0; i < rt->n_be; i++) {
-    struct backend *b = &rt->be[i];
-    if (b->checking) continue; /* the last round has not ended (its timeout will) */
+    struct backend *b = rt->be[i];
+    if (b->checking || b->removed) continue; /* the last round has not ended (its timeout will) */
     check_one(rt, b, "/health", 0);
     check_one(rt, b, "/metrics", 1);
   }
@@ -330,7 +345,6 @@ static void rreq_free(struct rreq *r) {
   else rt->inflight = r->next;
   if (r->next) r->next->prev = r->prev;
   if (r->json) json_decref(r->json);
-  free(r->tried);
   free(r->body);
   free(r->uri);
   free(r);
@@ -575,8 +589,8 @@ static void dispatch(struct rreq *r) {
   struct router *rt = r->rt;
   size_t n = 0;
   for (size_t i = 0; i < rt->n_be; i++) {
-    struct backend *b = &rt->be[i];
-    if (!b->healthy || r->tried[i]) continue;
+    struct backend *b = rt->be[i];
+    if (!b->healthy || b->removed || (r->tried[i / 8] >> (i % 8) & 1)) continue;
     rt->view[n++] = (struct strata_route_backend){
         .id = b->id, .url = b->url, .inflight = b->inflight, .running = b->running,
         .waiting = b->waiting, .kv_usage = b->kv, .routed = b->routed};
@@ -604,7 +618,7 @@ static void dispatch(struct rreq *r) {
   }
   struct backend *b = NULL;
   for (size_t i = 0; i < n; i++)
-    if (rt->view[i].id == ch.id) b = &rt->be[ch.id];
+    if (rt->view[i].id == ch.id) b = rt->be[ch.id];
   if (!b) {
     log_request(r, 500);
     reply_errorf(rt, r->client, 500, NULL, "the %s policy chose instance %d, not one offered",
@@ -614,7 +628,7 @@ static void dispatch(struct rreq *r) {
     return;
   }
   count_decision(rt, ch.reason);
-  r->tried[b->id] = 1;
+  r->tried[b->id / 8] |= (unsigned char)(1u << (b->id % 8));
   r->attempts++;
   r->be = b;
   r->conn = take_conn(rt, b);
@@ -663,7 +677,7 @@ static void dispatch(struct rreq *r) {
 
 static void handle_health(struct router *rt, struct evhttp_request *req) {
   size_t up = 0;
-  for (size_t i = 0; i < rt->n_be; i++) up += rt->be[i].healthy != 0;
+  for (size_t i = 0; i < rt->n_be; i++) up += rt->be[i]->healthy && !rt->be[i]->removed;
   char body[160];
   const int n = snprintf(body, sizeof body, "{\"status\":\"%s\",\"healthy_backends\":%zu,\"backends\":%zu}",
                          up ? "ok" : "unavailable", up, rt->n_be);
@@ -674,11 +688,13 @@ static void handle_admin(struct router *rt, struct evhttp_request *req) {
   json_t *o = json_object(), *arr = json_array();
   json_object_set_new(o, "policy", json_string(rt->plugin->desc->name));
   for (size_t i = 0; i < rt->n_be; i++) {
-    const struct backend *b = &rt->be[i];
+    const struct backend *b = rt->be[i];
     json_t *e = json_object();
     json_object_set_new(e, "id", json_integer(b->id));
     json_object_set_new(e, "url", json_string(b->url));
     json_object_set_new(e, "healthy", json_boolean(b->healthy));
+    json_object_set_new(e, "removed", json_boolean(b->removed));
+    json_object_set_new(e, "source", b->src ? json_string(b->src->name) : json_string("static"));
     json_object_set_new(e, "inflight", json_integer(b->inflight));
     json_object_set_new(e, "running", b->running < 0 ? json_null() : json_integer(b->running));
     json_object_set_new(e, "waiting", b->waiting < 0 ? json_null() : json_integer(b->waiting));
@@ -750,7 +766,7 @@ static void handle_metrics(struct router *rt, struct evhttp_request *req) {
     evbuffer_add_printf(b, "# HELP %s %s\n# TYPE %s %s\n", gauges[g][0], gauges[g][1],
                         gauges[g][0], g >= 4 ? "counter" : "gauge");
     for (size_t i = 0; i < rt->n_be; i++) {
-      const struct backend *e = &rt->be[i];
+      const struct backend *e = rt->be[i];
       const double v = g == 0 ? e->healthy : g == 1 ? e->inflight : g == 2 ? e->running
                        : g == 3 ? e->waiting : g == 4 ? (double)e->routed : (double)e->failures;
       evbuffer_add_printf(b, "%s{backend=\"%s\"} %.17g\n", gauges[g][0], e->url, v);
@@ -846,14 +862,9 @@ static void on_request(struct evhttp_request *req, void *arg) {
   }
   struct rreq *r = calloc(1, sizeof *r);
   const char *full = evhttp_request_get_uri(req);
-  if (r) r->tried = calloc(rt->n_be, 1);
   if (r) r->uri = strata_strdup(full ? full : path);
-  if (!r || !r->tried || !r->uri) {
-    if (r) {
-      free(r->tried);
-      free(r->uri);
-      free(r);
-    }
+  if (!r || !r->uri) {
+    free(r);
     reply_errorf(rt, req, 500, NULL, "out of memory");
     return;
   }
@@ -873,7 +884,6 @@ static void on_request(struct evhttp_request *req, void *arg) {
   if (r->body_len) {
     r->body = malloc(r->body_len);
     if (!r->body) {
-      free(r->tried);
       free(r->uri);
       free(r);
       reply_errorf(rt, req, 500, NULL, "out of memory");
@@ -889,7 +899,6 @@ static void on_request(struct evhttp_request *req, void *arg) {
                    r->json ? "another JSON value" : je.text);
       if (r->json) json_decref(r->json);
       free(r->body);
-      free(r->tried);
       free(r->uri);
       free(r);
       return;
@@ -925,24 +934,143 @@ static void on_signal(evutil_socket_t sig, short what, void *arg) {
   }
 }
 
-static int parse_backend(struct backend *b, const char *url, char *err, size_t errlen) {
+/* A new instance at host:port (src: the DNS entry it came from, or NULL);
+ * NULL when out of room or memory, with err set. */
+static struct backend *add_backend(struct router *rt, const char *host, int port,
+                                   const struct dnssrc *src, char *err, size_t errlen) {
+  if (rt->n_be == ROUTE_MAX_BACKENDS) {
+    strata_errf(err, errlen, "more than %d instances", ROUTE_MAX_BACKENDS);
+    return NULL;
+  }
+  struct backend *b = calloc(1, sizeof *b);
+  char buf[512];
+  const int v6 = strchr(host, ':') != NULL;
+  snprintf(buf, sizeof buf, "http://%s%s%s:%d", v6 ? "[" : "", host, v6 ? "]" : "", port);
+  if (b) {
+    b->host = strata_strdup(host);
+    b->url = strata_strdup(buf);
+  }
+  if (!b || !b->host || !b->url) {
+    if (b) {
+      free(b->host);
+      free(b->url);
+    }
+    free(b);
+    strata_errf(err, errlen, "out of memory");
+    return NULL;
+  }
+  b->port = port;
+  b->src = src;
+  b->id = (int32_t)rt->n_be;
+  b->healthy = 1;
+  b->running = b->waiting = -1;
+  b->kv = -1;
+  b->check = new_conn(rt, b, rt->o->health_timeout);
+  if (!b->check) {
+    free(b->host);
+    free(b->url);
+    free(b);
+    strata_errf(err, errlen, "cannot create a connection to %s", buf);
+    return NULL;
+  }
+  rt->be[rt->n_be++] = b;
+  return b;
+}
+
+/* ---- DNS discovery ---------------------------------------------------------------------- */
+
+static void on_dns(int result, char type, int count, int ttl, void *addresses, void *arg) {
+  (void)ttl;
+  struct dnssrc *d = arg;
+  struct router *rt = d->rt;
+  d->resolving = 0;
+  if (result != DNS_ERR_NONE || type != DNS_IPv4_A) {
+    /* a failed lookup changes nothing: instances stay until DNS says otherwise */
+    strata_log(STRATA_LOG_WARN, "route", "dns %s: %s", d->name,
+               result != DNS_ERR_NONE ? evdns_err_to_string(result) : "no IPv4 answer");
+    return;
+  }
+  const uint32_t *a = addresses;
+  char hosts[64][INET_ADDRSTRLEN];
+  const int n = count < 64 ? count : 64;
+  for (int i = 0; i < n; i++) inet_ntop(AF_INET, &a[i], hosts[i], sizeof hosts[i]);
+  /* instances of this name no longer listed stop taking requests (their
+   * open ones finish); listed ones come (back) */
+  for (size_t k = 0; k < rt->n_be; k++) {
+    struct backend *b = rt->be[k];
+    if (b->src != d) continue;
+    int listed = 0;
+    for (int i = 0; i < n; i++) listed |= strcmp(hosts[i], b->host) == 0;
+    if (listed && b->removed) {
+      b->removed = 0;
+      b->fails = b->passes = 0;
+      b->healthy = 1;
+      strata_log(STRATA_LOG_INFO, "route", "%s is back in %s", b->url, d->name);
+    } else if (!listed && !b->removed) {
+      b->removed = 1;
+      strata_log(STRATA_LOG_INFO, "route", "%s left %s: drained (%d open)", b->url, d->name,
+                 b->inflight);
+    }
+  }
+  for (int i = 0; i < n; i++) {
+    int known = 0;
+    for (size_t k = 0; k < rt->n_be; k++)
+      known |= rt->be[k]->src == d && strcmp(rt->be[k]->host, hosts[i]) == 0;
+    if (known) continue;
+    char err[160];
+    struct backend *b = add_backend(rt, hosts[i], d->port, d, err, sizeof err);
+    if (b)
+      strata_log(STRATA_LOG_INFO, "route", "%s found in %s", b->url, d->name);
+    else
+      strata_log(STRATA_LOG_WARN, "route", "dns %s: %s", d->name, err);
+  }
+}
+
+static void on_dns_tick(evutil_socket_t fd, short what, void *arg) {
+  (void)fd;
+  (void)what;
+  struct router *rt = arg;
+  for (size_t i = 0; i < rt->n_dns; i++) {
+    struct dnssrc *d = &rt->dns[i];
+    if (d->resolving) continue;
+    d->resolving = 1;
+    if (!evdns_base_resolve_ipv4(rt->dnsbase, d->name, DNS_QUERY_NO_SEARCH, on_dns, d))
+      d->resolving = 0;
+  }
+}
+
+/* One router.backends entry: a static instance, or a DNS source. */
+static int parse_backend(struct router *rt, const char *url, char *err, size_t errlen) {
   struct evhttp_uri *u = evhttp_uri_parse(url);
   const char *scheme = u ? evhttp_uri_get_scheme(u) : NULL, *host = u ? evhttp_uri_get_host(u) : NULL;
   const char *path = u ? evhttp_uri_get_path(u) : NULL;
-  if (!u || !scheme || strcmp(scheme, "http") != 0 || !host || !*host ||
-      (path && *path && strcmp(path, "/") != 0)) {
+  const int dns = scheme && strcmp(scheme, "dns") == 0;
+  if (!u || !scheme || (strcmp(scheme, "http") != 0 && !dns) || !host || !*host ||
+      (path && *path && strcmp(path, "/") != 0) || (dns && evhttp_uri_get_port(u) <= 0)) {
     if (u) evhttp_uri_free(u);
-    return strata_errf(err, errlen, "backend '%s' is not an http://HOST:PORT address", url);
+    return strata_errf(err, errlen, "backend '%s' is not an http://HOST:PORT or dns://NAME:PORT "
+                       "address", url);
   }
-  const int port = evhttp_uri_get_port(u);
-  b->host = strata_strdup(host);
-  b->port = port > 0 ? port : 80;
+  const int port = evhttp_uri_get_port(u) > 0 ? evhttp_uri_get_port(u) : 80;
+  int rc = 0;
+  if (dns) {
+    struct dnssrc *nd = realloc(rt->dns, (rt->n_dns + 1) * sizeof *nd);
+    if (nd) {
+      rt->dns = nd;
+      nd[rt->n_dns] = (struct dnssrc){.rt = rt, .name = strata_strdup(host), .port = port};
+      if (nd[rt->n_dns].name) rt->n_dns++;
+    }
+    if (!nd || !rt->dns[rt->n_dns - 1].name) rc = strata_errf(err, errlen, "out of memory");
+  } else {
+    char buf[512];
+    const int v6 = strchr(host, ':') != NULL;
+    snprintf(buf, sizeof buf, "http://%s%s%s:%d", v6 ? "[" : "", host, v6 ? "]" : "", port);
+    for (size_t j = 0; j < rt->n_be; j++)
+      if (strcmp(rt->be[j]->url, buf) == 0) rc = strata_errf(err, errlen, "backend %s is listed twice", buf);
+    if (rc == 0 && !add_backend(rt, host, port, NULL, err, errlen)) rc = -1;
+  }
   evhttp_uri_free(u);
-  char buf[512];
-  snprintf(buf, sizeof buf, "http://%s:%d", b->host ? b->host : "", b->port);
-  b->url = strata_strdup(buf);
-  if (!b->host || !b->url) return strata_errf(err, errlen, "out of memory");
-  return 0;
+  return rc;
 }
 
 int strata_route_run(const struct strata_plugin *p, const strata_config_node_t *cfg,
@@ -963,28 +1091,34 @@ int strata_route_run(const struct strata_plugin *p, const strata_config_node_t *
     fprintf(stderr, "strata: route: no backends: set router.backends or give --backend URL\n");
     return 1;
   }
-  rt.be = calloc(o->n_backends, sizeof *rt.be);
-  rt.view = calloc(o->n_backends, sizeof *rt.view);
-  if (!rt.be || !rt.view) {
-    fprintf(stderr, "strata: route: out of memory\n");
+  rt.base = event_base_new();
+  rt.http = rt.base ? evhttp_new(rt.base) : NULL;
+  if (!rt.http) {
+    fprintf(stderr, "strata: route: cannot create the event loop\n");
     goto out;
   }
-  rt.n_be = o->n_backends;
-  for (size_t i = 0; i < rt.n_be; i++) {
-    struct backend *b = &rt.be[i];
-    b->id = (int32_t)i;
-    b->healthy = 1;
-    b->running = b->waiting = -1;
-    b->kv = -1;
-    if (parse_backend(b, o->backends[i], err, sizeof err) != 0) {
+  for (size_t i = 0; i < o->n_backends; i++)
+    if (parse_backend(&rt, o->backends[i], err, sizeof err) != 0) {
       fprintf(stderr, "strata: route: %s\n", err);
       goto out;
     }
-    for (size_t j = 0; j < i; j++)
-      if (strcmp(rt.be[j].url, b->url) == 0) {
-        fprintf(stderr, "strata: route: backend %s is listed twice\n", b->url);
+  if (rt.n_dns) {
+    rt.dnsbase = evdns_base_new(rt.base, o->n_dns_servers ? 0 : EVDNS_BASE_INITIALIZE_NAMESERVERS);
+    for (size_t i = 0; rt.dnsbase && i < o->n_dns_servers; i++)
+      if (evdns_base_nameserver_ip_add(rt.dnsbase, o->dns_servers[i]) != 0) {
+        fprintf(stderr, "strata: route: dns server '%s' is not an IP[:PORT] address\n",
+                o->dns_servers[i]);
         goto out;
       }
+    rt.dns_tick = rt.dnsbase ? event_new(rt.base, -1, EV_PERSIST, on_dns_tick, &rt) : NULL;
+    if (!rt.dns_tick) {
+      fprintf(stderr, "strata: route: cannot set up DNS resolution\n");
+      goto out;
+    }
+    const double di = o->dns_interval;
+    struct timeval dv = {(time_t)di, (suseconds_t)((di - (double)(time_t)di) * 1e6)};
+    event_add(rt.dns_tick, &dv);
+    on_dns_tick(-1, 0, &rt); /* the first lookups now */
   }
   if (o->api_key && *o->api_key) {
     const size_t n = strlen(o->api_key) + 8;
@@ -995,19 +1129,6 @@ int strata_route_run(const struct strata_plugin *p, const strata_config_node_t *
   if (rt.vt->create(cfg, &rt.state, err, sizeof err) != 0) {
     fprintf(stderr, "strata: route: policy %s: %s\n", p->desc->name, err);
     goto out;
-  }
-  rt.base = event_base_new();
-  rt.http = rt.base ? evhttp_new(rt.base) : NULL;
-  if (!rt.http) {
-    fprintf(stderr, "strata: route: cannot create the event loop\n");
-    goto out;
-  }
-  for (size_t i = 0; i < rt.n_be; i++) {
-    rt.be[i].check = new_conn(&rt, &rt.be[i], o->health_timeout);
-    if (!rt.be[i].check) {
-      fprintf(stderr, "strata: route: cannot create a connection to %s\n", rt.be[i].url);
-      goto out;
-    }
   }
   evhttp_set_max_body_size(rt.http, (ev_ssize_t)o->max_body_bytes);
   evhttp_set_max_headers_size(rt.http, 64 * 1024);
@@ -1048,8 +1169,8 @@ int strata_route_run(const struct strata_plugin *p, const strata_config_node_t *
       real = ss.ss_family == AF_INET6 ? ntohs(((struct sockaddr_in6 *)&ss)->sin6_port)
                                       : ntohs(((struct sockaddr_in *)&ss)->sin_port);
     const int v6 = strchr(o->host, ':') != NULL;
-    strata_log(STRATA_LOG_INFO, "route", "policy %s over %zu instance%s", p->desc->name, rt.n_be,
-               rt.n_be == 1 ? "" : "s");
+    strata_log(STRATA_LOG_INFO, "route", "policy %s over %zu instance%s%s", p->desc->name,
+               rt.n_be, rt.n_be == 1 ? "" : "s", rt.n_dns ? " and DNS names" : "");
     fprintf(stderr, "listening on http://%s%s%s:%d\n", v6 ? "[" : "", o->host, v6 ? "]" : "", real);
     fflush(stderr);
   }
@@ -1071,8 +1192,12 @@ out:
   if (rt.sig_int) event_free(rt.sig_int);
   if (rt.sig_term) event_free(rt.sig_term);
   if (rt.http) evhttp_free(rt.http);
-  for (size_t i = 0; rt.be && i < rt.n_be; i++) {
-    struct backend *b = &rt.be[i];
+  if (rt.dns_tick) event_free(rt.dns_tick);
+  if (rt.dnsbase) evdns_base_free(rt.dnsbase, 1); /* fails lookups in flight */
+  for (size_t i = 0; i < rt.n_dns; i++) free(rt.dns[i].name);
+  free(rt.dns);
+  for (size_t i = 0; i < rt.n_be; i++) {
+    struct backend *b = rt.be[i];
     for (struct rconn *k = b->all, *nx; k; k = nx) {
       nx = k->next;
       evhttp_connection_free(k->c);
@@ -1085,12 +1210,11 @@ out:
     if (b->check) evhttp_connection_free(b->check);
     free(b->url);
     free(b->host);
+    free(b);
   }
   if (rt.state) rt.vt->destroy(rt.state);
   if (rt.base) event_base_free(rt.base);
   for (size_t i = 0; i < rt.n_decisions; i++) free(rt.decisions[i].copy);
-  free(rt.be);
-  free(rt.view);
   free(rt.api_key_header);
   return rc;
 }

@@ -20,13 +20,22 @@
 #include "conf.h"
 #include "plugin_loader.h"
 
+/* Instances a router holds at most, static and discovered together. */
+#define ROUTE_MAX_BACKENDS 1024
+
 struct strata_route_opts {
   const char *host;          /* listen address */
   int port;                  /* 0: any free port (printed) */
   const char *api_key;       /* NULL or "": none */
   size_t max_body_bytes;     /* larger bodies get 413 */
-  const char *const *backends; /* "http://host:port" each */
+  /* "http://HOST:PORT" each, or "dns://NAME:PORT": every address NAME
+   * resolves to is an instance on PORT, re-resolved every dns_interval
+   * seconds (a Kubernetes headless Service lists its pods so) */
+  const char *const *backends;
   size_t n_backends;
+  double dns_interval;
+  const char *const *dns_servers; /* "IP[:PORT]" each; none: /etc/resolv.conf */
+  size_t n_dns_servers;
   double health_interval;    /* seconds between /health and /metrics checks */
   double health_timeout;     /* seconds a check may take */
   int eject_after;           /* consecutive failures that eject an instance */

@@ -130,7 +130,9 @@ has "route unknown policy" "$T/err" "unknown policy 'nope' \(available:.*round-r
 run "route without backends" 1 "$STRATA" route --port 0
 has "route without backends" "$T/err" "no backends"
 run "route bad backend" 1 "$STRATA" route --port 0 --backend ftp://example
-has "route bad backend" "$T/err" "not an http://HOST:PORT address"
+has "route bad backend" "$T/err" "not an http://HOST:PORT or dns://NAME:PORT address"
+run "route dns without port" 1 "$STRATA" route --port 0 --backend dns://engines.example
+has "route dns without port" "$T/err" "dns://engines.example. is not an http"
 run "route same backend twice" 1 "$STRATA" route --port 0 --backend http://127.0.0.1:9 --backend http://127.0.0.1:9/
 has "route same backend twice" "$T/err" "listed twice"
 printf 'router: { backends = [ "http://127.0.0.1:9" ]; eject_after = 0; };\n' >"$T/r.conf"

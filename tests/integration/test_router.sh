@@ -5,10 +5,11 @@
 # streaming direct; an engine killed under load fails only what it held,
 # is ejected, and is readmitted once restarted; least-loaded routes away
 # from a busy instance; session keeps a key on one instance; prefix-aware
-# keeps a shared document on one instance; bad requests get OpenAI-style
-# errors.
+# keeps a shared document on one instance; dns:// names find instances as
+# their addresses come and go; bad requests get OpenAI-style errors.
 set -u
 B=${STRATA_BUILDDIR:?}
+S=${STRATA_SRCDIR:-$(cd "$(dirname "$0")/../.." && pwd)}
 SH=${STRATA_SHARED:-}
 STRATA="$B/strata"
 MODEL="$SH/models/stories260K.gguf"
@@ -274,6 +275,49 @@ check "another document goes elsewhere ($afterA4 -> $afterB)" \
       '[range(0; 3) | select($b[.] - $a[.] == 2 and $x[.] == $p[.])] | length')" = 1 ]
 pm=$(curl -s "$URL_px/metrics" | sed -n 's/^strata_router_decisions_total{policy="prefix-aware",reason="prefix_match"} //p')
 check "4 prefix_match decisions ($pm)" [ "$pm" = 4 ]
+
+# ---- DNS discovery: a name's addresses come and go (a stub DNS server in Node) ---------
+if command -v node >/dev/null 2>&1; then
+  echo "engines.test 127.0.0.2" >"$T/dns.txt"
+  node "$S/tests/integration/dns_stub.mjs" "$T/dns.txt" >"$T/dns.out" 2>&1 &
+  PIDS+=($!)
+  for i in $(seq 1 50); do grep -q '^dns on' "$T/dns.out" && break; sleep 0.1; done
+  dport=$(sed -n 's/^dns on //p' "$T/dns.out")
+  start_on() { start "$1" serve --config "$T/engine.conf" --host "$2" --port "$3" --threads 1; }
+  start_on d1 127.0.0.2 0
+  P=${URL_d1##*:}
+  start_on d2 127.0.0.3 "$P"
+  cat >"$T/dns.conf" <<EOF
+router: {
+  port = 0;
+  backends = [ "dns://engines.test:$P" ];
+  dns_servers = [ "127.0.0.1:$dport" ];
+  dns_interval = 0.2;
+  health_interval = 0.2;
+};
+EOF
+  start dn route --config "$T/dns.conf"
+  urls() { curl -s "$URL_dn/admin/backends" | jq -c '[.backends[] | select(.removed | not) | .url]'; }
+  for i in $(seq 1 50); do [ "$(urls)" = "[\"http://127.0.0.2:$P\"]" ] && break; sleep 0.1; done
+  check "the name's one address is an instance ($(urls))" [ "$(urls)" = "[\"http://127.0.0.2:$P\"]" ]
+  code=$(curl -s -o /dev/null -w '%{http_code}' "$URL_dn/v1/completions" -d '{"prompt":"Hi","max_tokens":2}')
+  check "and serves ($code)" [ "$code" = 200 ]
+  echo "engines.test 127.0.0.2 127.0.0.3" >"$T/dns.txt"
+  for i in $(seq 1 50); do [ "$(urls | jq length)" = 2 ] && break; sleep 0.1; done
+  check "a second address joins ($(urls))" [ "$(urls | jq length)" = 2 ]
+  for i in 1 2 3 4; do curl -s -o /dev/null "$URL_dn/v1/completions" -d '{"prompt":"Hi","max_tokens":2}'; done
+  check "both take requests" [ "$(curl -s "$URL_dn/admin/backends" | jq '[.backends[] | select(.routed > 0)] | length')" = 2 ]
+  echo "engines.test 127.0.0.3" >"$T/dns.txt"
+  for i in $(seq 1 50); do [ "$(urls)" = "[\"http://127.0.0.3:$P\"]" ] && break; sleep 0.1; done
+  check "the address that left is removed ($(urls))" [ "$(urls)" = "[\"http://127.0.0.3:$P\"]" ]
+  before=$(curl -s "$URL_dn/admin/backends" | jq -c '[.backends[].routed]')
+  for i in 1 2 3; do curl -s -o /dev/null "$URL_dn/v1/completions" -d '{"prompt":"Hi","max_tokens":2}'; done
+  after=$(curl -s "$URL_dn/admin/backends" | jq -c '[.backends[].routed]')
+  check "and gets no more requests ($before -> $after)" \
+    [ "$(jq -n --argjson a "$before" --argjson b "$after" '$b[0] == $a[0] and $b[1] == $a[1] + 3')" = true ]
+else
+  echo "node is missing: the DNS discovery checks do not run"
+fi
 
 echo "router tests: $pass passed, $fail failed"
 [ "$fail" -eq 0 ]
