@@ -5,7 +5,8 @@
 # streaming direct; an engine killed under load fails only what it held,
 # is ejected, and is readmitted once restarted; least-loaded routes away
 # from a busy instance; session keeps a key on one instance; prefix-aware
-# keeps a shared document on one instance; dns:// names find instances as
+# keeps a shared document on one instance; workflow-aware keeps a workflow's
+# agents on one instance; dns:// names find instances as
 # their addresses come and go; bad requests get OpenAI-style errors.
 set -u
 B=${STRATA_BUILDDIR:?}
@@ -275,6 +276,28 @@ check "another document goes elsewhere ($afterA4 -> $afterB)" \
       '[range(0; 3) | select($b[.] - $a[.] == 2 and $x[.] == $p[.])] | length')" = 1 ]
 pm=$(curl -s "$URL_px/metrics" | sed -n 's/^strata_router_decisions_total{policy="prefix-aware",reason="prefix_match"} //p')
 check "4 prefix_match decisions ($pm)" [ "$pm" = 4 ]
+
+# ---- workflow-aware: each workflow's agents stay on its instance -------------------------
+cat >"$T/wf.conf" <<EOF
+router: {
+  port = 0;
+  policy = "workflow-aware";
+  backends = [ "$URL_e0", "$URL_e1", "$URL_e2b" ];
+  health_interval = 0.2;
+};
+EOF
+start wf route --config "$T/wf.conf"
+for agent in planner coder reviewer tester; do
+  curl -s -o /dev/null "$URL_wf/v1/completions" -H 'X-Workflow-Id: wf-a' -H "X-Agent-Id: $agent" \
+    -d '{"prompt":"Hi","max_tokens":1}'
+  curl -s -o /dev/null "$URL_wf/v1/chat/completions" \
+    -d "{\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}],\"max_tokens\":1,\"metadata\":{\"workflow_id\":\"wf-b\",\"agent_id\":\"$agent\"}}"
+done
+wfv=$(routed_vec "$URL_wf")
+check "two workflows of 4 agents each: two instances with 4 requests ($wfv)" \
+  [ "$(echo "$wfv" | jq -c sort)" = "[0,4,4]" ]
+bound=$(curl -s "$URL_wf/metrics" | sed -n 's/^strata_router_decisions_total{policy="workflow-aware",reason="workflow_bound"} //p')
+check "6 requests followed their workflow's binding ($bound)" [ "$bound" = 6 ]
 
 # ---- DNS discovery: a name's addresses come and go (a stub DNS server in Node) ---------
 if command -v node >/dev/null 2>&1; then

@@ -263,6 +263,65 @@ START_TEST(prefix_aware_matches_and_spills) {
 }
 END_TEST
 
+START_TEST(workflow_binds_moves_and_expires) {
+  load("workflow", "workflow_aware", "workflow-aware", "max_imbalance = 3; idle_ttl = 0.2;");
+  struct strata_route_backend b[5];
+  size_t n = fleet(b, 3, -1);
+  b[0].inflight = 1;
+  b[2].inflight = 2;
+  struct hdrs h = {"X-Workflow-Id", "wf-1"};
+  const char *why;
+  ck_assert_int_eq(route(NULL, &h, b, n, &why), 1); /* the least loaded */
+  ck_assert_str_eq(why, "workflow_new");
+  b[1].inflight = 3; /* busier now, within the bound */
+  for (int i = 0; i < 3; i++) {
+    ck_assert_int_eq(route(NULL, &h, b, n, &why), 1);
+    ck_assert_str_eq(why, "workflow_bound");
+  }
+  /* the body's metadata names another workflow: it starts on the least loaded */
+  json_t *body = json_pack("{s:{s:s}}", "metadata", "workflow_id", "wf-2");
+  ck_assert_int_eq(route(body, NULL, b, n, &why), 0);
+  ck_assert_str_eq(why, "workflow_new");
+  ck_assert_int_eq(route(body, NULL, b, n, &why), 0);
+  ck_assert_str_eq(why, "workflow_bound");
+  /* wf-1's instance runs 4 above the least loaded: it moves, and stays moved */
+  b[1].inflight = 5;
+  ck_assert_int_eq(route(NULL, &h, b, n, &why), 0);
+  ck_assert_str_eq(why, "workflow_moved");
+  b[1].inflight = 0;
+  ck_assert_int_eq(route(NULL, &h, b, n, &why), 0);
+  ck_assert_str_eq(why, "workflow_bound");
+  /* its instance is ejected: moved */
+  n = fleet(b, 3, 0);
+  ck_assert_int_ne(route(NULL, &h, b, n, &why), 0);
+  ck_assert_str_eq(why, "workflow_moved");
+  /* idle past the TTL: the binding ended */
+  usleep(300 * 1000);
+  route(NULL, &h, b, n, &why);
+  ck_assert_str_eq(why, "workflow_new");
+  /* many workflows: the table grows and keeps every binding */
+  n = fleet(b, 3, -1);
+  int32_t first[300];
+  char id[32];
+  h.value = id;
+  for (int k = 0; k < 300; k++) {
+    snprintf(id, sizeof id, "many-%d", k);
+    b[k % 3].inflight = k % 2; /* vary the least loaded */
+    first[k] = route(NULL, &h, b, n, NULL);
+  }
+  for (int i = 0; i < 3; i++) b[i].inflight = 0;
+  for (int k = 0; k < 300; k++) {
+    snprintf(id, sizeof id, "many-%d", k);
+    ck_assert_int_eq(route(NULL, &h, b, n, &why), first[k]);
+    ck_assert_str_eq(why, "workflow_bound");
+  }
+  route(json_object(), NULL, b, n, &why);
+  ck_assert_str_eq(why, "no_workflow");
+  json_decref(body);
+  unload();
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("router_policies");
   TCase *tc = tcase_create("route");
@@ -270,6 +329,7 @@ int main(void) {
   tcase_add_test(tc, least_loaded_picks_the_idle);
   tcase_add_test(tc, session_is_consistent);
   tcase_add_test(tc, prefix_aware_matches_and_spills);
+  tcase_add_test(tc, workflow_binds_moves_and_expires);
   suite_add_tcase(s, tc);
   return test_run_suite(s);
 }
