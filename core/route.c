@@ -15,6 +15,7 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 
 #include <event2/buffer.h>
 #include <event2/dns.h>
@@ -117,6 +118,7 @@ struct rreq { /* one client request */
   struct evhttp_request *up;
   enum evhttp_request_error up_err;
   int up_failed, status, buffering, started, streaming, paused;
+  struct evbuffer *held; /* a non-streamed answer, sent whole at its end */
   int in_make, deferred; /* see check */
   double t0, t_attempt;
   char last_error[160];
@@ -345,6 +347,7 @@ static void rreq_free(struct rreq *r) {
   else rt->inflight = r->next;
   if (r->next) r->next->prev = r->prev;
   if (r->json) json_decref(r->json);
+  if (r->held) evbuffer_free(r->held);
   free(r->body);
   free(r->uri);
   free(r);
@@ -390,10 +393,32 @@ static void on_client_flushed(struct evhttp_connection *c, void *arg) {
   }
 }
 
+static void nodelay(struct evhttp_connection *c) {
+  struct bufferevent *bev = c ? evhttp_connection_get_bufferevent(c) : NULL;
+  const evutil_socket_t fd = bev ? bufferevent_getfd(bev) : -1;
+  const int one = 1;
+  if (fd >= 0) setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+}
+
+/* Starts the client's answer: status, headers, and what was held so far. */
+static void start_reply(struct rreq *r, const char *clen) {
+  struct evkeyvalq *out = evhttp_request_get_output_headers(r->client);
+  if (clen) evhttp_add_header(out, "Content-Length", clen);
+  count_status(r->rt, r->status);
+  evhttp_send_reply_start(r->client, r->status, strata_api_status_reason(r->status));
+  r->started = 1;
+  if (r->held) {
+    if (evbuffer_get_length(r->held)) evhttp_send_reply_chunk(r->client, r->held);
+    evbuffer_free(r->held);
+    r->held = NULL;
+  }
+}
+
 static int on_up_header(struct evhttp_request *up, void *arg) {
   struct rreq *r = arg;
   struct router *rt = r->rt;
   r->status = evhttp_request_get_response_code(up);
+  nodelay(r->conn->c);
   if (r->status >= 500 && r->attempts <= rt->o->max_retries) {
     r->buffering = 1; /* retried elsewhere: nothing of it goes out */
     return 0;
@@ -401,8 +426,8 @@ static int on_up_header(struct evhttp_request *up, void *arg) {
   if (!r->client) return 0;
   struct evkeyvalq *in = evhttp_request_get_input_headers(up);
   struct evkeyvalq *out = evhttp_request_get_output_headers(r->client);
-  static const char *const pass[] = {"Content-Type", "Content-Length", "Retry-After",
-                                     "Cache-Control", "WWW-Authenticate", "Allow"};
+  static const char *const pass[] = {"Content-Type", "Retry-After", "Cache-Control",
+                                     "WWW-Authenticate", "Allow"};
   for (size_t i = 0; i < STRATA_ARRAY_LEN(pass); i++) {
     const char *v = evhttp_find_header(in, pass[i]);
     if (v) evhttp_add_header(out, pass[i], v);
@@ -410,16 +435,33 @@ static int on_up_header(struct evhttp_request *up, void *arg) {
   evhttp_add_header(out, "X-Request-Id", r->rid);
   const char *ct = evhttp_find_header(in, "Content-Type");
   r->streaming = ct && strncmp(ct, "text/event-stream", 17) == 0;
-  count_status(rt, r->status);
-  evhttp_send_reply_start(r->client, r->status, strata_api_status_reason(r->status));
-  r->started = 1;
+  /* A stream passes through event by event. A whole answer is held and
+   * sent in one write at its end: no second small segment for the client's
+   * TCP to wait on, and an instance that fails before it ends has sent
+   * nothing yet, so the request can still be retried elsewhere. */
+  if (!r->streaming) {
+    r->held = evbuffer_new();
+    if (r->held) return 0;
+  }
+  start_reply(r, evhttp_find_header(in, "Content-Length"));
   return 0;
 }
 
 static void on_up_chunk(struct evhttp_request *up, void *arg) {
   struct rreq *r = arg;
   struct evbuffer *in = evhttp_request_get_input_buffer(up);
-  if (r->buffering || !r->client || !r->started) {
+  if (r->buffering || !r->client) {
+    evbuffer_drain(in, evbuffer_get_length(in));
+    return;
+  }
+  if (r->held) {
+    evbuffer_add_buffer(r->held, in);
+    /* a long answer is not held whole: it starts going out */
+    if (evbuffer_get_length(r->held) > r->rt->o->max_pending_bytes)
+      start_reply(r, evhttp_find_header(evhttp_request_get_input_headers(up), "Content-Length"));
+    return;
+  }
+  if (!r->started) {
     evbuffer_drain(in, evbuffer_get_length(in));
     return;
   }
@@ -483,6 +525,10 @@ static void finish_attempt(struct rreq *r) {
     return;
   }
   if ((failed || r->buffering) && !r->started) {
+    if (r->held) {
+      evbuffer_free(r->held);
+      r->held = NULL;
+    }
     if (r->attempts <= rt->o->max_retries) {
       rt->retries++;
       r->buffering = 0;
@@ -513,7 +559,14 @@ static void finish_attempt(struct rreq *r) {
     free(j);
   }
   log_request(r, failed ? 502 : r->status);
-  evhttp_send_reply_end(r->client);
+  if (r->held) { /* the whole answer, in one write */
+    count_status(rt, r->status);
+    evhttp_send_reply(r->client, r->status, strata_api_status_reason(r->status), r->held);
+    evbuffer_free(r->held);
+    r->held = NULL;
+  } else {
+    evhttp_send_reply_end(r->client);
+  }
   rreq_free(r);
 }
 
@@ -913,6 +966,7 @@ static void on_request(struct evhttp_request *req, void *arg) {
   rt->inflight = r;
   r->cevcon = evhttp_request_get_connection(req);
   if (r->cevcon) evhttp_connection_set_closecb(r->cevcon, on_client_close, r);
+  nodelay(r->cevcon);
   dispatch(r);
 }
 
@@ -1034,7 +1088,7 @@ static void on_dns_tick(evutil_socket_t fd, short what, void *arg) {
     struct dnssrc *d = &rt->dns[i];
     if (d->resolving) continue;
     d->resolving = 1;
-    if (!evdns_base_resolve_ipv4(rt->dnsbase, d->name, DNS_QUERY_NO_SEARCH, on_dns, d))
+    if (!evdns_base_resolve_ipv4(rt->dnsbase, d->name, 0, on_dns, d))
       d->resolving = 0;
   }
 }
