@@ -315,8 +315,10 @@ START_TEST(workflow_binds_moves_and_expires) {
     ck_assert_int_eq(route(NULL, &h, b, n, &why), first[k]);
     ck_assert_str_eq(why, "workflow_bound");
   }
-  route(json_object(), NULL, b, n, &why);
+  json_t *empty = json_object();
+  route(empty, NULL, b, n, &why);
   ck_assert_str_eq(why, "no_workflow");
+  json_decref(empty);
   json_decref(body);
   unload();
 }
