@@ -124,12 +124,6 @@ struct rreq { /* one client request */
   char last_error[160];
 };
 
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 /* ---- replies -------------------------------------------------------------------- */
 
 static void count_status(struct router *rt, int status) {
@@ -368,7 +362,7 @@ static void end_attempt(struct rreq *r, int status) {
   give_conn(b, r->conn);
   r->conn = NULL;
   r->up = NULL;
-  if (rt->vt->on_done) rt->vt->on_done(rt->state, &r->rr, b->id, status, now_s() - r->t_attempt);
+  if (rt->vt->on_done) rt->vt->on_done(rt->state, &r->rr, b->id, status, strata_now() - r->t_attempt);
 }
 
 static const char *hdr_of(const struct strata_route_request *q, const char *name) {
@@ -380,7 +374,7 @@ static void log_request(struct rreq *r, int status) {
   if (!r->rt->o->request_log) return;
   fprintf(stderr, "strata: route: %s %s -> %s: %d, %d attempt%s, %.3f s\n", r->rid, r->uri,
           r->be ? r->be->url : "-", status, r->attempts, r->attempts == 1 ? "" : "s",
-          now_s() - r->t0);
+          strata_now() - r->t0);
 }
 
 static void on_client_flushed(struct evhttp_connection *c, void *arg) {
@@ -711,7 +705,7 @@ static void dispatch(struct rreq *r) {
   }
   if (r->body_len) evbuffer_add(evhttp_request_get_output_buffer(up), r->body, r->body_len);
   r->up = up;
-  r->t_attempt = now_s();
+  r->t_attempt = strata_now();
   b->inflight++;
   b->routed++;
   if (r->attempts == 1) add_latency(rt, r->t_attempt - r->t0);
@@ -847,15 +841,10 @@ static void handle_metrics(struct router *rt, struct evhttp_request *req) {
 /* ---- requests ---------------------------------------------------------------------- */
 
 static int auth_ok(struct router *rt, struct evhttp_request *req) {
-  if (!rt->api_key_header) return 1;
-  const char *h = evhttp_find_header(evhttp_request_get_input_headers(req), "Authorization");
-  if (!h) return 0;
-  /* constant time in the key's length */
-  const size_t a = strlen(h), k = strlen(rt->api_key_header);
-  unsigned diff = a != k;
-  for (size_t i = 0; i < k; i++)
-    diff |= (unsigned)(unsigned char)(i < a ? h[i] : 0) ^ (unsigned char)rt->api_key_header[i];
-  return diff == 0;
+  return !rt->api_key_header ||
+         strata_secret_equal(
+             evhttp_find_header(evhttp_request_get_input_headers(req), "Authorization"),
+             rt->api_key_header);
 }
 
 static const struct {
@@ -924,7 +913,7 @@ static void on_request(struct evhttp_request *req, void *arg) {
   r->rt = rt;
   r->client = req;
   r->method = m;
-  r->t0 = now_s();
+  r->t0 = strata_now();
   r->id = ++rt->next_id;
   const char *cid = evhttp_find_header(evhttp_request_get_input_headers(req), "X-Request-Id");
   if (cid && *cid && strlen(cid) < sizeof r->rid)

@@ -990,16 +990,9 @@ static const struct {
 
 static int auth_ok(struct server *srv, struct evhttp_request *http) {
   if (!srv->api_key_header) return 1;
-  const char *h = evhttp_find_header(evhttp_request_get_input_headers(http),
-                                     "Authorization");
-  if (!h) return 0;
-  size_t a = strlen(h), b = strlen(srv->api_key_header);
-  unsigned diff = a != b;
-  /* constant time over the expected length */
-  for (size_t i = 0; i < b; i++)
-    diff |= (unsigned)(unsigned char)(i < a ? h[i] : 0) ^
-            (unsigned char)srv->api_key_header[i];
-  return diff == 0;
+  return strata_secret_equal(
+      evhttp_find_header(evhttp_request_get_input_headers(http), "Authorization"),
+      srv->api_key_header);
 }
 
 static void on_request(struct evhttp_request *http, void *arg) {

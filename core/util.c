@@ -130,3 +130,12 @@ double strata_now(void) {
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
+
+int strata_secret_equal(const char *got, const char *want) {
+  if (!got) return 0;
+  const size_t a = strlen(got), b = strlen(want);
+  unsigned diff = a != b;
+  for (size_t i = 0; i < b; i++)
+    diff |= (unsigned)(unsigned char)(i < a ? got[i] : 0) ^ (unsigned char)want[i];
+  return diff == 0;
+}

@@ -34,6 +34,9 @@ char *strata_path_join(const char *dir, const char *rel);
 
 /* Monotonic time in seconds. */
 double strata_now(void);
+/* 1 when the secret `got` (NUL-terminated, may be NULL) equals `want`, in
+ * time that depends on want's length only (API keys). */
+int strata_secret_equal(const char *got, const char *want);
 
 #define STRATA_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 
