@@ -266,6 +266,7 @@ struct strata_engine {
   int32_t ctx_len, n_vocab, bs, n_blocks;
 
   strata_kv_t *kv;
+  strata_kv_events_t *kv_log; /* for GET /v1/cache/events; NULL when caching is off */
   const struct strata_scheduler_vtable *sv;
   void *sstate;
   pthread_t th;
@@ -1704,6 +1705,7 @@ static void engine_free(strata_engine_t *e) {
   strata_lbatch_destroy(e->lb);
   free(e->lrows);
   strata_kv_destroy(e->kv);
+  strata_kv_events_destroy(e->kv_log);
   pthread_mutex_destroy(&e->mu);
   pthread_mutex_destroy(&e->cb_mu);
   pthread_cond_destroy(&e->cv);
@@ -1796,6 +1798,17 @@ static int engine_create(const struct strata_registry *reg, struct strata_config
       engine_free(e);
       return strata_errf(err, errlen, "out of memory");
     }
+  }
+  if (kc.prefix_caching) {
+    /* room for a few full turnovers of the pool between two reads */
+    e->kv_log = strata_kv_events_create(4 * (size_t)e->n_blocks > 16384 ? 4 * (size_t)e->n_blocks
+                                                                        : 16384);
+    if (!e->kv_log) {
+      engine_free(e);
+      return strata_errf(err, errlen, "out of memory");
+    }
+    kc.on_event = strata_kv_events_append;
+    kc.event_ud = e->kv_log;
   }
   char kerr[256];
   if (strata_kv_create(&kc, &e->kv, kerr, sizeof kerr) != 0) {
@@ -1941,4 +1954,37 @@ void strata_engine_stop(strata_engine_t *e) {
   pthread_mutex_unlock(&e->mu);
   pthread_join(e->th, NULL);
   engine_free(e);
+}
+
+/* ---- prefix-cache events -------------------------------------------------- */
+
+int32_t strata_engine_block_size(const strata_engine_t *e) { return e->bs; }
+
+struct snap_seq {
+  strata_kv_events_t *log;
+  uint64_t seq;
+};
+
+static void read_seq(void *ud) {
+  struct snap_seq *s = ud;
+  s->seq = strata_kv_events_next(s->log);
+}
+
+int strata_engine_cache_snapshot(strata_engine_t *e, struct strata_kv_hash **hashes, int32_t *n,
+                                 uint64_t *seq) {
+  *hashes = NULL;
+  *n = 0;
+  if (!e->kv_log) return -1;
+  struct strata_kv_hash *h = malloc((size_t)e->n_blocks * sizeof *h);
+  if (!h) return -2;
+  struct snap_seq ss = {e->kv_log, 0};
+  *n = strata_kv_list_cached(e->kv, h, e->n_blocks, read_seq, &ss);
+  *hashes = h;
+  *seq = ss.seq;
+  return 0;
+}
+
+long strata_engine_cache_events(strata_engine_t *e, uint64_t from, struct strata_kv_evrec *out,
+                                size_t max) {
+  return e->kv_log ? strata_kv_events_read(e->kv_log, from, out, max) : -1;
 }

@@ -25,6 +25,7 @@
 #include <strata/plugin.h>
 
 #include "kv_cache.h"
+#include "kv_events.h"
 #include "sampler.h"
 
 struct strata_runtime;
@@ -223,6 +224,17 @@ int strata_cache_stats(strata_engine_t *e, const int32_t *tokens, size_t n,
                        struct strata_cache_stats *out);
 int strata_cache_stats_salt(strata_engine_t *e, const int32_t *tokens, size_t n, const char *salt,
                             struct strata_cache_stats *out);
+
+/* Prefix-cache events (GET /v1/cache/events), any thread. The snapshot:
+ * the hashes of every block cached now (malloc'd, *n of them) and the
+ * sequence number of the first event after it, so that snapshot + events
+ * from *seq on is exact. -1 when prefix caching is off, -2 out of memory.
+ * Events: as strata_kv_events_read (-1: `from` fell out of the log). */
+int strata_engine_cache_snapshot(strata_engine_t *e, struct strata_kv_hash **hashes, int32_t *n,
+                                 uint64_t *seq);
+long strata_engine_cache_events(strata_engine_t *e, uint64_t from, struct strata_kv_evrec *out,
+                                size_t max);
+int32_t strata_engine_block_size(const strata_engine_t *e);
 
 /* Context length, vocabulary and such for validation by the server. */
 int32_t strata_engine_context_length(const strata_engine_t *e);

@@ -717,6 +717,17 @@ int strata_kv_contains(strata_kv_t *kv, struct strata_kv_hash hash) {
   return found;
 }
 
+int32_t strata_kv_list_cached(strata_kv_t *kv, struct strata_kv_hash *out, int32_t cap,
+                              void (*locked)(void *ud), void *ud) {
+  pthread_mutex_lock(&kv->mu);
+  int32_t n = 0;
+  for (int32_t i = 0; i < kv->n && n < cap; i++)
+    if (kv->b[i].cached) out[n++] = kv->b[i].hash;
+  if (locked) locked(ud);
+  pthread_mutex_unlock(&kv->mu);
+  return n;
+}
+
 void strata_kv_get_stats(strata_kv_t *kv, struct strata_kv_stats *out) {
   pthread_mutex_lock(&kv->mu);
   int32_t ev = kv->count[L_HINT] + kv->count[L_NORMAL] + kv->count[L_PROT];

@@ -252,6 +252,12 @@ int32_t strata_kv_keep_prefix(strata_kv_t *kv, const struct strata_kv_hash *hash
 /* Whether a block with this hash is cached. Pure. */
 int strata_kv_contains(strata_kv_t *kv, struct strata_kv_hash hash);
 void strata_kv_get_stats(strata_kv_t *kv, struct strata_kv_stats *out);
+/* Copies the hashes of every cached block (at most cap; cap >= n_blocks
+ * gets them all) into out and returns how many. locked(ud), if not NULL,
+ * runs while the manager's mutex is still held, so no event can slip
+ * between the list and what it reads (an event log's next sequence). */
+int32_t strata_kv_list_cached(strata_kv_t *kv, struct strata_kv_hash *out, int32_t cap,
+                              void (*locked)(void *ud), void *ud);
 
 /* ---- eviction priority hooks -------------------------------------------- */
 

@@ -27,6 +27,7 @@
 #include "http_api.h"
 #include "log.h"
 #include "runtime.h"
+#include "cache_feed.h"
 #include "tokenizer.h"
 #include "util.h"
 
@@ -96,6 +97,7 @@ struct server {
   struct evhttp *http;
   struct evhttp_bound_socket *bound;
   struct event *sig_int, *sig_term, *grace, *peek;
+  struct cache_feed *feed; /* GET /v1/cache/events */
   char *model_name;
   char *api_key_header; /* "Bearer KEY" or NULL */
   struct strata_chat_template tmpl;
@@ -969,6 +971,7 @@ enum route {
   R_TOKENIZE,
   R_DETOKENIZE,
   R_CACHE_STATS,
+  R_CACHE_EVENTS,
 };
 
 static const struct {
@@ -986,6 +989,7 @@ static const struct {
     {"/tokenize", EVHTTP_REQ_POST, R_TOKENIZE, 1},
     {"/detokenize", EVHTTP_REQ_POST, R_DETOKENIZE, 1},
     {"/v1/cache/stats", EVHTTP_REQ_POST, R_CACHE_STATS, 1},
+    {"/v1/cache/events", EVHTTP_REQ_GET, R_CACHE_EVENTS, 1},
 };
 
 static int auth_ok(struct server *srv, struct evhttp_request *http) {
@@ -1074,6 +1078,9 @@ static void on_request(struct evhttp_request *http, void *arg) {
   case R_CACHE_STATS:
     handle_cache_stats(srv, http);
     break;
+  case R_CACHE_EVENTS:
+    cache_feed_add(srv->feed, http);
+    break;
   }
 }
 
@@ -1106,6 +1113,7 @@ static void on_signal(evutil_socket_t sig, short what, void *arg) {
     return;
   }
   srv->stopping = 1;
+  cache_feed_end_all(srv->feed);
   fprintf(stderr, "strata: serve: %s: stopping (no new requests)\n",
           sig == SIGINT ? "SIGINT" : "SIGTERM");
   if (srv->bound) {
@@ -1235,7 +1243,8 @@ int strata_server_run(struct strata_runtime *rt, strata_engine_t *eng,
   srv.sig_term = evsignal_new(srv.base, SIGTERM, on_signal, &srv);
   srv.grace = evtimer_new(srv.base, on_grace, &srv);
   srv.peek = event_new(srv.base, -1, EV_PERSIST, on_peek, &srv);
-  if (!srv.sig_int || !srv.sig_term || !srv.grace || !srv.peek) {
+  srv.feed = cache_feed_new(srv.base, eng, srv.model_name);
+  if (!srv.sig_int || !srv.sig_term || !srv.grace || !srv.peek || !srv.feed) {
     fprintf(stderr, "strata: serve: cannot create events\n");
     goto out;
   }
@@ -1262,6 +1271,7 @@ out:
   if (srv.sig_term) event_free(srv.sig_term);
   if (srv.grace) event_free(srv.grace);
   if (srv.peek) event_free(srv.peek);
+  cache_feed_free(srv.feed);
   if (srv.http) evhttp_free(srv.http);
   if (srv.base) event_base_free(srv.base);
   if (srv.have_tmpl) strata_chat_template_free(&srv.tmpl);

@@ -13,6 +13,7 @@
 #include <xxhash.h>
 
 #include "kv_cache.h"
+#include "kv_events.h"
 #include "testutil.h"
 
 /* ---- fixtures ----------------------------------------------------------- */
@@ -761,6 +762,102 @@ START_TEST(events_for_stored_and_removed) {
 }
 END_TEST
 
+struct snap_ctx {
+  strata_kv_events_t *log;
+  uint64_t seq;
+};
+static void snap_locked(void *ud) {
+  struct snap_ctx *c = ud;
+  c->seq = strata_kv_events_next(c->log);
+}
+
+/* The event log a subscriber (GET /v1/cache/events) reads: a snapshot plus
+ * the events after it rebuilds exactly what the manager holds; a reader
+ * that falls out of the ring is told; hashes survive hex. */
+START_TEST(event_log_replays_to_the_cache) {
+  strata_kv_events_t *log = strata_kv_events_create(20); /* rounds to 32 */
+  ck_assert_ptr_nonnull(log);
+  struct strata_kv_config c = STRATA_KV_CONFIG_DEFAULTS;
+  c.n_blocks = 6;
+  c.block_size = 4;
+  c.on_event = strata_kv_events_append;
+  c.event_ud = log;
+  strata_kv_t *kv = NULL;
+  char err[256] = "";
+  ck_assert_msg(strata_kv_create(&c, &kv, err, sizeof err) == 0, "%s", err);
+  int32_t t[13];
+  ramp(t, 13, 7);
+  struct strata_kv_seq a;
+  run_prompt(kv, &a, t, 13, NULL); /* 3 full blocks stored */
+  strata_kv_free_seq(kv, &a);
+  struct strata_kv_hash snap[6];
+  struct snap_ctx sc = {log, 0};
+  int32_t n = strata_kv_list_cached(kv, snap, 6, snap_locked, &sc);
+  ck_assert_int_eq(n, 3);
+  ck_assert_uint_eq(sc.seq, 3);
+  /* more traffic: new prompts evict the first one's blocks */
+  int32_t u[21];
+  ramp(u, 21, 500);
+  run_prompt(kv, &a, u, 21, NULL);
+  strata_kv_free_seq(kv, &a);
+  struct strata_kv_evrec ev[64];
+  long m = strata_kv_events_read(log, sc.seq, ev, 64);
+  ck_assert_int_gt(m, 0);
+  /* replay onto the snapshot */
+  struct strata_kv_hash set[32];
+  int32_t ns = n;
+  memcpy(set, snap, (size_t)n * sizeof *snap);
+  int removed = 0;
+  for (long i = 0; i < m; i++) {
+    ck_assert_uint_eq(ev[i].seq, sc.seq + (uint64_t)i);
+    if (ev[i].type == STRATA_KV_EVENT_STORED) {
+      set[ns++] = ev[i].hash;
+    } else {
+      removed++;
+      int found = 0;
+      for (int32_t k = 0; k < ns; k++)
+        if (strata_kv_hash_eq(set[k], ev[i].hash)) {
+          set[k] = set[--ns];
+          found = 1;
+          break;
+        }
+      ck_assert_msg(found, "removed a block the replay did not hold");
+    }
+  }
+  ck_assert_int_gt(removed, 0);
+  struct strata_kv_hash now[6];
+  int32_t nn = strata_kv_list_cached(kv, now, 6, NULL, NULL);
+  ck_assert_int_eq(nn, ns);
+  for (int32_t k = 0; k < ns; k++) ck_assert(strata_kv_contains(kv, set[k]));
+  /* nothing new: 0; from the future or the distant past: -1 */
+  ck_assert_int_eq(strata_kv_events_read(log, sc.seq + (uint64_t)m, ev, 64), 0);
+  ck_assert_int_eq(strata_kv_events_read(log, sc.seq + (uint64_t)m + 1, ev, 64), -1);
+  for (int r = 0; r < 6; r++) {
+    ramp(u, 21, 1000 + 100 * r);
+    run_prompt(kv, &a, u, 21, NULL);
+    strata_kv_free_seq(kv, &a);
+  }
+  ck_assert_uint_gt(strata_kv_events_next(log), 32);
+  ck_assert_int_eq(strata_kv_events_read(log, 0, ev, 64), -1);
+  ck_assert_int_eq(strata_kv_events_read(log, strata_kv_events_next(log) - 32, ev, 64), 32);
+  /* hex */
+  char hex[33];
+  struct strata_kv_hash h = {0x0123456789abcdefULL, 0xfedcba9876543210ULL}, back;
+  strata_kv_hash_hex(h, hex);
+  ck_assert_str_eq(hex, "fedcba98765432100123456789abcdef");
+  ck_assert_int_eq(strata_kv_hash_parse(hex, 32, &back), 0);
+  ck_assert(strata_kv_hash_eq(h, back));
+  ck_assert_int_eq(strata_kv_hash_parse("FEDCBA98765432100123456789ABCDEF", 32, &back), 0);
+  ck_assert(strata_kv_hash_eq(h, back));
+  ck_assert_int_eq(strata_kv_hash_parse(hex, 31, &back), -1);
+  ck_assert_int_eq(strata_kv_hash_parse("fedcba98765432100123456789abcdeg", 32, &back), -1);
+  ck_assert_int_eq(strata_kv_hash_parse("fedcba9876543210 123456789abcdef", 32, &back), -1);
+  ck_assert_int_eq(strata_kv_hash_parse(NULL, 32, &back), -1);
+  strata_kv_destroy(kv);
+  strata_kv_events_destroy(log);
+}
+END_TEST
+
 START_TEST(hash_functions) {
   int32_t t[600];
   for (int i = 0; i < 600; i++)
@@ -1214,6 +1311,7 @@ int main(void) {
   tcase_add_test(tc, protect_and_hint_order_eviction);
   tcase_add_test(tc, priorities_set_while_referenced);
   tcase_add_test(tc, events_for_stored_and_removed);
+  tcase_add_test(tc, event_log_replays_to_the_cache);
   tcase_add_test(tc, hash_functions);
   tcase_add_test(tc, sizing_and_config);
   tcase_add_test(tc, stats_and_lookup_from_another_thread);
