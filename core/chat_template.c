@@ -9,6 +9,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "tokenizer.h"
 #include "util.h"
 
 /* Why hand-written renderers and not a Jinja engine: see chat_template.h.
@@ -1515,4 +1516,24 @@ int strata_chat_msgs_from_json(const struct json_t *jmessages,
   *msgs = v;
   *nout = n;
   return 0;
+}
+
+int strata_chat_tokens(const struct strata_chat_template *t, const char *bos_text,
+                       const char *eos_text, const struct strata_tokenizer *tok,
+                       const json_t *messages, int add_generation_prompt, int32_t **toks,
+                       size_t *n, char *err, size_t errlen) {
+  struct strata_chat_msg *msgs = NULL;
+  size_t n_msgs = 0;
+  int rc = strata_chat_msgs_from_json(messages, &msgs, &n_msgs, err, errlen);
+  if (rc != 0) return rc == STRATA_CHAT_ENOMEM ? rc : -1;
+  char *text = NULL;
+  size_t len = 0;
+  int adds_bos = 0;
+  rc = strata_chat_apply(t, msgs, n_msgs, bos_text, eos_text, add_generation_prompt, &text,
+                         &len, &adds_bos, err, errlen);
+  free(msgs);
+  if (rc != 0) return rc == STRATA_CHAT_ENOMEM ? rc : -1;
+  rc = strata_tokenize(tok, text, len, !adds_bos, 1, toks, n, err, errlen);
+  free(text);
+  return rc != 0 ? -1 : 0;
 }

@@ -28,6 +28,7 @@
 #define STRATA_CHAT_TEMPLATE_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 /* jansson's json_t, declared here so that users of this header need not
  * include jansson.h. */
@@ -157,5 +158,16 @@ int strata_chat_apply(const struct strata_chat_template *t,
 int strata_chat_msgs_from_json(const struct json_t *messages,
                                struct strata_chat_msg **msgs, size_t *n,
                                char *err, size_t errlen);
+
+struct strata_tokenizer;
+/* The prompt tokens of an OpenAI "messages" array, as the engine's server
+ * builds them (and the router, to hash the same blocks): converted,
+ * rendered by t, tokenized with special tokens parsed and a BOS added
+ * unless the template wrote one. 0, STRATA_CHAT_ENOMEM, or -1 with the
+ * reason in err (bad messages). *toks is malloc'd. */
+int strata_chat_tokens(const struct strata_chat_template *t, const char *bos_text,
+                       const char *eos_text, const struct strata_tokenizer *tok,
+                       const struct json_t *messages, int add_generation_prompt,
+                       int32_t **toks, size_t *n, char *err, size_t errlen);
 
 #endif

@@ -18,18 +18,20 @@
 static void route_usage(FILE *f) {
   fprintf(f,
           "usage: strata route [--config FILE] [--host ADDR] [--port N] [--policy NAME]\n"
-          "         [--backend URL]...\n"
+          "         [--backend URL]... [--tokenizer GGUF]\n"
           "Proxies the OpenAI-compatible API to engine instances (`strata serve`),\n"
           "choosing one per request with a router plugin (docs/router.md), until\n"
           "SIGINT/SIGTERM. Flags override the config's router group; --backend may be\n"
           "given several times and replaces router.backends. --port 0 picks a free\n"
-          "port. Prints \"listening on http://HOST:PORT\" to stderr once ready.\n");
+          "port. --tokenizer sets router.tokenizer (kv-aware routing hashes prompts\n"
+          "with the model's tokenizer). Prints \"listening on http://HOST:PORT\" to\n"
+          "stderr once ready.\n");
 }
 
 
 
 int strata_cmd_route(int argc, char **argv) {
-  const char *config_path = NULL, *host = NULL, *policy = NULL;
+  const char *config_path = NULL, *host = NULL, *policy = NULL, *tokenizer = NULL;
   const char *flag_backends[ROUTE_MAX_BACKENDS];
   size_t n_flag = 0;
   long port = -1;
@@ -38,6 +40,7 @@ int strata_cmd_route(int argc, char **argv) {
                                        {"port", required_argument, 0, 'p'},
                                        {"policy", required_argument, 0, 'P'},
                                        {"backend", required_argument, 0, 'b'},
+                                       {"tokenizer", required_argument, 0, 'T'},
                                        {"help", no_argument, 0, 'h'},
                                        {0, 0, 0, 0}};
   optind = 1;
@@ -56,6 +59,7 @@ int strata_cmd_route(int argc, char **argv) {
       if (strata_cli_parse_long("route", "--port", optarg, 0, 65535, &port)) return 2;
       break;
     case 'P': policy = optarg; break;
+    case 'T': tokenizer = optarg; break;
     case 'b':
       if (n_flag == ROUTE_MAX_BACKENDS) {
         fprintf(stderr, "strata: route: more than %d --backend\n", ROUTE_MAX_BACKENDS);
@@ -137,9 +141,14 @@ int strata_cmd_route(int argc, char **argv) {
       .idle_timeout = (int)strata_config_int(rn, "idle_timeout"),
       .max_pending_bytes = (size_t)strata_config_int(rn, "max_pending_bytes"),
       .request_log = strata_config_bool(rn, "request_log"),
+      .cache_events = strata_config_bool(rn, "cache_events"),
+      .cache_probe_timeout = strata_config_float(rn, "cache_probe_timeout"),
   };
   if (!o.host) o.host = "127.0.0.1";
+  char *tok_path = tokenizer ? strata_strdup(tokenizer) : strata_config_path_value(rn, "tokenizer");
+  o.tokenizer = tok_path;
   rc = strata_route_run(p, strata_config_plugin_node(cfg, p), &o);
+  free(tok_path);
   goto out;
 errors:
   for (size_t i = 0; i < errs.n; i++) fprintf(stderr, "%s\n", errs.lines[i]);

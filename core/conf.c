@@ -148,6 +148,16 @@ static const struct strata_param router_params[] = {
      "unsent bytes to a slow client beyond which reading its answer from the instance pauses"},
     {"request_log", STRATA_PARAM_BOOL, 0, "false", NO_RANGE,
      "log one line per finished request to stderr"},
+    {"tokenizer", STRATA_PARAM_STRING, 0, NULL, NO_RANGE,
+     "a GGUF file (the served model's; only its tokenizer and chat template are read) for "
+     "policies that need prompts as tokens (kv-aware): with it the router hashes prompts into "
+     "the engines' block hashes itself; without it it asks each engine (POST /v1/cache/stats)"},
+    {"cache_events", STRATA_PARAM_BOOL, 0, "true", NO_RANGE,
+     "for such policies, follow each instance's GET /v1/cache/events to know exactly which "
+     "blocks it holds (needs router.tokenizer)"},
+    {"cache_probe_timeout", STRATA_PARAM_FLOAT, 0, "0.05", 0.001, 10,
+     "seconds to wait for POST /v1/cache/stats answers from instances without a live event "
+     "index before routing without them"},
     {NULL, STRATA_PARAM_END, 0, NULL, 0, 0, NULL},
 };
 

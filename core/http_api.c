@@ -1074,6 +1074,9 @@ char *strata_api_metrics_text(const struct strata_engine_metrics *m,
         "KV cache blocks on the free list.");
   gauge(f, "strata:kv_blocks_cached", lbl, m->kv.n_evictable,
         "KV cache blocks held by the prefix cache only (evictable).");
+  gauge(f, "strata:prefix_cache_blocks", lbl, m->kv.n_cached,
+        "KV cache blocks in the prefix cache (reusable by a new request: referenced or "
+        "evictable); what GET /v1/cache/events subscribers hold.");
   gauge(f, "strata:kv_block_size", lbl, m->kv.block_size,
         "Tokens per KV cache block.");
   counter(f, "strata:prefix_cache_evictions_total", lbl, m->kv.evictions,

@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,100 +30,10 @@
 #include "log.h"
 #include "util.h"
 
-/* ---- state ---------------------------------------------------------------------- */
+#include "route_int.h"
 
-struct rconn { /* one keep-alive connection to an instance */
-  struct evhttp_connection *c;
-  struct rconn *next;
-};
-
-struct dnssrc { /* a "dns://NAME:PORT" entry: every address of NAME is an instance */
-  struct router *rt;
-  char *name;
-  int port;
-  int resolving;
-};
-
-struct backend {
-  int32_t id;
-  char *url, *host;
-  int port;
-  const struct dnssrc *src; /* NULL: listed statically */
-  int removed;              /* gone from DNS: takes no new requests */
-  int healthy;
-  int fails, passes; /* consecutive failed / passed checks and attempts */
-  int32_t inflight, running, waiting;
-  double kv;
-  uint64_t routed, failures, ejections;
-  struct rconn *idle, *all;
-  struct evhttp_connection *check; /* /health and /metrics */
-  int checking;                    /* checks in flight on it */
-};
-
-#define ROUTE_LAT_BUCKETS 12
 static const double lat_bounds[ROUTE_LAT_BUCKETS] = {25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3,
                                                      2.5e-3, 5e-3, 10e-3, 25e-3, 100e-3, 1.0};
-
-struct decision {
-  const char *reason; /* the plugin's static string */
-  char *copy;
-  uint64_t n;
-};
-
-struct router {
-  const struct strata_route_opts *o;
-  const struct strata_plugin *plugin;
-  const struct strata_router_vtable *vt;
-  void *state;
-  struct event_base *base;
-  struct evhttp *http;
-  struct evhttp_bound_socket *bound;
-  struct event *sig_int, *sig_term, *tick, *peek;
-  char *api_key_header;
-  struct backend *be[ROUTE_MAX_BACKENDS]; /* ids are positions; never reused */
-  size_t n_be;
-  struct strata_route_backend view[ROUTE_MAX_BACKENDS]; /* scratch for route() */
-  struct dnssrc *dns;
-  size_t n_dns;
-  struct evdns_base *dnsbase;
-  struct event *dns_tick;
-  struct rreq *inflight;
-  uint64_t next_id, rid_base;
-  int stopping;
-  /* metrics */
-  uint64_t requests, retries, failed, ejections, client_disconnects, by_class[6];
-  uint64_t lat_count, lat_buckets[ROUTE_LAT_BUCKETS];
-  double lat_sum;
-  struct decision decisions[32];
-  size_t n_decisions;
-};
-
-struct rreq { /* one client request */
-  struct router *rt;
-  struct evhttp_request *client;
-  struct evhttp_connection *cevcon;
-  struct rreq *next, *prev;
-  uint64_t id;
-  char rid[80];
-  char *uri;
-  enum evhttp_cmd_type method;
-  char *body;
-  size_t body_len;
-  json_t *json;
-  struct strata_route_request rr;
-  unsigned char tried[ROUTE_MAX_BACKENDS / 8]; /* bit per instance id */
-  int attempts;
-  /* the attempt in flight */
-  struct backend *be;
-  struct rconn *conn;
-  struct evhttp_request *up;
-  enum evhttp_request_error up_err;
-  int up_failed, status, buffering, started, streaming, paused;
-  struct evbuffer *held; /* a non-streamed answer, sent whole at its end */
-  int in_make, deferred; /* see check */
-  double t0, t_attempt;
-  char last_error[160];
-};
 
 /* ---- replies -------------------------------------------------------------------- */
 
@@ -190,7 +101,7 @@ static void set_health(struct router *rt, struct backend *b, int ok, const char 
   }
 }
 
-static struct evhttp_connection *new_conn(struct router *rt, struct backend *b, double timeout) {
+struct evhttp_connection *route_new_conn(struct router *rt, struct backend *b, double timeout) {
   (void)rt;
   struct evhttp_connection *c = evhttp_connection_base_new(rt->base, NULL, b->host,
                                                            (ev_uint16_t)b->port);
@@ -205,7 +116,7 @@ static struct evhttp_connection *new_conn(struct router *rt, struct backend *b, 
 /* A free connection to b, or NULL. evhttp runs one request at a time per
  * connection, so each attempt takes one of its own; it returns to the pool
  * when the attempt ends (a closed one reconnects on its next use). */
-static struct rconn *take_conn(struct router *rt, struct backend *b) {
+struct rconn *route_take_conn(struct router *rt, struct backend *b) {
   struct rconn *k = b->idle;
   if (k) {
     b->idle = k->next;
@@ -213,7 +124,7 @@ static struct rconn *take_conn(struct router *rt, struct backend *b) {
   }
   k = calloc(1, sizeof *k);
   if (!k) return NULL;
-  k->c = new_conn(rt, b, rt->o->request_timeout);
+  k->c = route_new_conn(rt, b, rt->o->request_timeout);
   if (!k->c) {
     free(k);
     return NULL;
@@ -231,7 +142,7 @@ static struct rconn *take_conn(struct router *rt, struct backend *b) {
   return k;
 }
 
-static void give_conn(struct backend *b, struct rconn *k) {
+void route_give_conn(struct backend *b, struct rconn *k) {
   k->next = b->idle;
   b->idle = k;
 }
@@ -328,14 +239,15 @@ static void on_tick(evutil_socket_t fd, short what, void *arg) {
     check_one(rt, b, "/health", 0);
     check_one(rt, b, "/metrics", 1);
   }
+  if (rt->needs_cache) route_cache_tick(rt);
 }
 
 /* ---- proxying ------------------------------------------------------------------------ */
 
-static void dispatch(struct rreq *r);
 
 static void rreq_free(struct rreq *r) {
   struct router *rt = r->rt;
+  route_cache_release(r);
   if (r->cevcon) evhttp_connection_set_closecb(r->cevcon, NULL, NULL);
   if (r->prev) r->prev->next = r->next;
   else rt->inflight = r->next;
@@ -359,7 +271,7 @@ static void end_attempt(struct rreq *r, int status) {
     if (bev) bufferevent_enable(bev, EV_READ);
   }
   r->paused = 0;
-  give_conn(b, r->conn);
+  route_give_conn(b, r->conn);
   r->conn = NULL;
   r->up = NULL;
   if (rt->vt->on_done) rt->vt->on_done(rt->state, &r->rr, b->id, status, strata_now() - r->t_attempt);
@@ -528,7 +440,7 @@ static void finish_attempt(struct rreq *r) {
       r->buffering = 0;
       r->status = 0;
       r->up_failed = 0;
-      dispatch(r);
+      route_dispatch(r);
       return;
     }
     log_request(r, 502);
@@ -632,7 +544,7 @@ static void count_decision(struct router *rt, const char *reason) {
 
 /* Sends r to the instance the policy picks among those healthy and not yet
  * tried for it; answers the client itself when none is left. */
-static void dispatch(struct rreq *r) {
+void route_dispatch(struct rreq *r) {
   struct router *rt = r->rt;
   size_t n = 0;
   for (size_t i = 0; i < rt->n_be; i++) {
@@ -678,10 +590,10 @@ static void dispatch(struct rreq *r) {
   r->tried[b->id / 8] |= (unsigned char)(1u << (b->id % 8));
   r->attempts++;
   r->be = b;
-  r->conn = take_conn(rt, b);
+  r->conn = route_take_conn(rt, b);
   struct evhttp_request *up = r->conn ? evhttp_request_new(on_up_done, r) : NULL;
   if (!up) {
-    if (r->conn) give_conn(b, r->conn);
+    if (r->conn) route_give_conn(b, r->conn);
     r->conn = NULL;
     log_request(r, 500);
     reply_errorf(rt, r->client, 500, NULL, "out of memory");
@@ -750,6 +662,7 @@ static void handle_admin(struct router *rt, struct evhttp_request *req) {
     json_object_set_new(e, "failures", json_integer((json_int_t)b->failures));
     json_object_set_new(e, "ejections", json_integer((json_int_t)b->ejections));
     json_object_set_new(e, "consecutive_failures", json_integer(b->fails));
+    if (rt->needs_cache) route_cache_admin(b, e);
     json_array_append_new(arr, e);
   }
   json_object_set_new(o, "backends", arr);
@@ -802,6 +715,17 @@ static void handle_metrics(struct router *rt, struct evhttp_request *req) {
   for (size_t i = 0; i < rt->n_decisions; i++)
     evbuffer_add_printf(b, "strata_router_decisions_total{policy=\"%s\",reason=\"%s\"} %llu\n",
                         pol, rt->decisions[i].copy, (unsigned long long)rt->decisions[i].n);
+  if (rt->needs_cache)
+    evbuffer_add_printf(b,
+                        "# HELP strata_router_cache_answers_total Cached-prefix counts given to "
+                        "the policy, by source.\n"
+                        "# TYPE strata_router_cache_answers_total counter\n"
+                        "strata_router_cache_answers_total{source=\"index\"} %llu\n"
+                        "strata_router_cache_answers_total{source=\"probe\"} %llu\n"
+                        "strata_router_cache_answers_total{source=\"unknown\"} %llu\n",
+                        (unsigned long long)rt->index_answers,
+                        (unsigned long long)rt->probe_answers,
+                        (unsigned long long)rt->cache_unknown);
   static const char *const gauges[][2] = {
       {"strata_router_backend_healthy", "1 while the instance takes requests."},
       {"strata_router_backend_inflight", "Requests this router has open on the instance."},
@@ -956,7 +880,10 @@ static void on_request(struct evhttp_request *req, void *arg) {
   r->cevcon = evhttp_request_get_connection(req);
   if (r->cevcon) evhttp_connection_set_closecb(r->cevcon, on_client_close, r);
   nodelay(r->cevcon);
-  dispatch(r);
+  if (rt->needs_cache)
+    route_cache_prepare(r); /* dispatches now or once the probes end */
+  else
+    route_dispatch(r);
 }
 
 /* ---- start and stop --------------------------------------------------------------------- */
@@ -1008,7 +935,7 @@ static struct backend *add_backend(struct router *rt, const char *host, int port
   b->healthy = 1;
   b->running = b->waiting = -1;
   b->kv = -1;
-  b->check = new_conn(rt, b, rt->o->health_timeout);
+  b->check = route_new_conn(rt, b, rt->o->health_timeout);
   if (!b->check) {
     free(b->host);
     free(b->url);
@@ -1173,6 +1100,9 @@ int strata_route_run(const struct strata_plugin *p, const strata_config_node_t *
     fprintf(stderr, "strata: route: policy %s: %s\n", p->desc->name, err);
     goto out;
   }
+  rt.needs_cache = rt.vt->size >= offsetof(struct strata_router_vtable, needs) + sizeof rt.vt->needs &&
+                   (rt.vt->needs & STRATA_ROUTE_NEEDS_CACHE);
+  if (rt.needs_cache && route_cache_open(&rt) != 0) goto out;
   evhttp_set_max_body_size(rt.http, (ev_ssize_t)o->max_body_bytes);
   evhttp_set_max_headers_size(rt.http, 64 * 1024);
   evhttp_set_timeout(rt.http, o->idle_timeout > 0 ? o->idle_timeout : 60);
@@ -1239,6 +1169,7 @@ out:
   if (rt.dnsbase) evdns_base_free(rt.dnsbase, 1); /* fails lookups in flight */
   for (size_t i = 0; i < rt.n_dns; i++) free(rt.dns[i].name);
   free(rt.dns);
+  route_cache_close(&rt);
   for (size_t i = 0; i < rt.n_be; i++) {
     struct backend *b = rt.be[i];
     for (struct rconn *k = b->all, *nx; k; k = nx) {

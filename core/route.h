@@ -45,6 +45,10 @@ struct strata_route_opts {
   int idle_timeout;          /* seconds a client connection may idle */
   size_t max_pending_bytes;  /* unsent bytes to a client before reading pauses */
   int request_log;           /* one stderr line per finished request */
+  /* For policies with STRATA_ROUTE_NEEDS_CACHE: */
+  const char *tokenizer;      /* a GGUF for the prompt tokens; NULL: none (probes only) */
+  int cache_events;           /* follow GET /v1/cache/events (with a tokenizer) */
+  double cache_probe_timeout; /* seconds to wait for POST /v1/cache/stats answers */
 };
 
 /* Serves until SIGINT or SIGTERM with the policy p (a loaded, initialised

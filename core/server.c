@@ -199,29 +199,12 @@ static int check_model(struct server *srv, const char *model,
 static int chat_tokens(struct server *srv, json_t *messages,
                        int add_generation_prompt, int32_t **toks, size_t *n,
                        struct strata_api_error *e) {
-  struct strata_chat_msg *msgs = NULL;
-  size_t n_msgs = 0;
   char err[512];
-  int rc =
-      strata_chat_msgs_from_json(messages, &msgs, &n_msgs, err, sizeof err);
+  const int rc = strata_chat_tokens(&srv->tmpl, srv->bos_text, srv->eos_text, srv->rt->tok,
+                                    messages, add_generation_prompt, toks, n, err, sizeof err);
   if (rc != 0)
-    return strata_api_errorf(e, rc == STRATA_CHAT_ENOMEM ? 500 : 400, NULL,
-                             NULL, "messages", "%s", err);
-  char *text = NULL;
-  size_t len = 0;
-  int adds_bos = 0;
-  rc = strata_chat_apply(&srv->tmpl, msgs, n_msgs, srv->bos_text, srv->eos_text,
-                         add_generation_prompt, &text, &len, &adds_bos, err,
-                         sizeof err);
-  free(msgs);
-  if (rc != 0)
-    return strata_api_errorf(e, rc == STRATA_CHAT_ENOMEM ? 500 : 400, NULL,
-                             NULL, "messages", "%s", err);
-  rc = strata_tokenize(srv->rt->tok, text, len, !adds_bos, 1, toks, n, err,
-                       sizeof err);
-  free(text);
-  if (rc != 0)
-    return strata_api_errorf(e, 400, NULL, NULL, "messages", "%s", err);
+    return strata_api_errorf(e, rc == STRATA_CHAT_ENOMEM ? 500 : 400, NULL, NULL, "messages",
+                             "%s", err);
   return 0;
 }
 

@@ -6,7 +6,8 @@
 # is ejected, and is readmitted once restarted; least-loaded routes away
 # from a busy instance; session keeps a key on one instance; prefix-aware
 # keeps a shared document on one instance; workflow-aware keeps a workflow's
-# agents on one instance; dns:// names find instances as
+# agents on one instance; kv-aware follows the engines' own caches (event
+# streams, or probes); dns:// names find instances as
 # their addresses come and go; bad requests get OpenAI-style errors.
 set -u
 B=${STRATA_BUILDDIR:?}
@@ -298,6 +299,87 @@ check "two workflows of 4 agents each: two instances with 4 requests ($wfv)" \
   [ "$(echo "$wfv" | jq -c sort)" = "[0,4,4]" ]
 bound=$(curl -s "$URL_wf/metrics" | sed -n 's/^strata_router_decisions_total{policy="workflow-aware",reason="workflow_bound"} //p')
 check "6 requests followed their workflow's binding ($bound)" [ "$bound" = 6 ]
+
+# ---- kv-aware: the instances' own caches decide --------------------------------------
+# A document is sent straight to one engine (the router never sees it); a
+# question on it through the router goes there: the router knows from the
+# engine's cache events (with router.tokenizer) or from asking it
+# (POST /v1/cache/stats, without). Prompts are long enough for several blocks.
+docC="Once upon a time there was a big brown bear who lived in a cave near the forest. Every day the bear went to the river to catch fish for his family. One morning he saw a small rabbit sitting on a rock and crying because it had lost its way home."
+docD="Sue and her brother Ben built a tall tower of blocks in their room. They used red blocks and blue blocks and one yellow block at the very top. When the cat jumped on the bed the tower shook, but it did not fall, and the children clapped their hands."
+docE="The little train went up the hill every morning with milk and bread for the town. It puffed and puffed and said I think I can. The people at the top waved to the train and the driver rang the bell three times to say hello to everyone."
+cat >"$T/kv.conf" <<EOF
+router: {
+  port = 0;
+  policy = "kv-aware";
+  backends = [ "$URL_e0", "$URL_e1", "$URL_e2b" ];
+  health_interval = 0.2;
+  tokenizer = "$MODEL";
+};
+EOF
+start kv route --config "$T/kv.conf"
+live() { curl -s "$1/admin/backends" | jq '[.backends[] | select(.cache.events == "live")] | length'; }
+for i in $(seq 1 50); do [ "$(live "$URL_kv")" = 3 ] && break; sleep 0.1; done
+check "kv-aware follows every instance's cache events ($(live "$URL_kv") live)" [ "$(live "$URL_kv")" = 3 ]
+curl -s -o /dev/null "$URL_e1/v1/completions" -d "{\"prompt\":\"$docC What did the bear do?\",\"max_tokens\":1}"
+curl -s -o /dev/null "$URL_e2b/v1/completions" -d "{\"prompt\":\"$docD Who built the tower?\",\"max_tokens\":1}"
+# the index sees e1's new blocks within a tick of the engine's feed
+for i in $(seq 1 30); do
+  [ "$(curl -s "$URL_kv/admin/backends" | jq '.backends[1].cache.blocks')" -ge 6 ] && break
+  sleep 0.1
+done
+prev=$(routed_vec "$URL_kv")
+curl -s -o "$T/kv1.json" "$URL_kv/v1/completions" -d "{\"prompt\":\"$docC Where was the rabbit?\",\"max_tokens\":1}"
+afterC=$(routed_vec "$URL_kv")
+check "a question on a document one engine holds goes there ($prev -> $afterC)" \
+  [ "$(jq -n --argjson a "$prev" --argjson b "$afterC" '$b[1] - $a[1]')" = 1 ]
+cached=$(jq '.usage.prompt_tokens_details.cached_tokens' "$T/kv1.json")
+check "and the engine reuses the document's blocks ($cached cached tokens)" [ "${cached:-0}" -ge 64 ]
+curl -s -o /dev/null "$URL_kv/v1/completions" -d "{\"prompt\":\"$docD What was at the top?\",\"max_tokens\":1}"
+afterD=$(routed_vec "$URL_kv")
+check "another engine's document goes to that engine ($afterC -> $afterD)" \
+  [ "$(jq -n --argjson a "$afterC" --argjson b "$afterD" '$b[2] - $a[2]')" = 1 ]
+curl -s -o /dev/null "$URL_kv/v1/chat/completions" \
+  -d "{\"messages\":[{\"role\":\"user\",\"content\":\"$docE\"}],\"max_tokens\":1}"
+kvm=$(curl -s "$URL_kv/metrics")
+check "2 kv_match decisions, then a kv_miss for a new prompt" \
+  [ "$(echo "$kvm" | sed -n 's/^strata_router_decisions_total{policy="kv-aware",reason="kv_match"} //p')" = 2 ] &&
+  [ "$(echo "$kvm" | sed -n 's/^strata_router_decisions_total{policy="kv-aware",reason="kv_miss"} //p')" = 1 ]
+check "the counts came from the index" \
+  [ "$(echo "$kvm" | sed -n 's/^strata_router_cache_answers_total{source="index"} //p')" -ge 9 ]
+# the chat went through the same template and tokenizer as on the engine: the
+# engine that took it holds exactly the blocks the router's index now says
+for i in $(seq 1 30); do
+  tot=$(curl -s "$URL_kv/admin/backends" | jq '[.backends[].cache.blocks] | add')
+  sum=0
+  for u in "$URL_e0" "$URL_e1" "$URL_e2b"; do
+    n=$(curl -s "$u/metrics" | sed -n 's/^strata:prefix_cache_blocks{[^}]*} //p' | cut -d. -f1)
+    sum=$((sum + ${n:-0}))
+  done
+  [ "$tot" = "$sum" ] && break
+  sleep 0.1
+done
+check "the router's index holds as many blocks as the engines' caches ($tot vs $sum)" [ "$tot" = "$sum" ]
+# without a tokenizer: each request asks the instances
+cat >"$T/kvp.conf" <<EOF
+router: {
+  port = 0;
+  policy = "kv-aware";
+  backends = [ "$URL_e0", "$URL_e1", "$URL_e2b" ];
+  health_interval = 0.2;
+};
+EOF
+start kvp route --config "$T/kvp.conf"
+prev=$(routed_vec "$URL_kvp")
+curl -s -o /dev/null "$URL_kvp/v1/completions" -d "{\"prompt\":\"$docC Was the bear big?\",\"max_tokens\":1}"
+curl -s -o /dev/null "$URL_kvp/v1/chat/completions" \
+  -d "{\"messages\":[{\"role\":\"user\",\"content\":\"$docE\"}],\"max_tokens\":1}"
+afterP=$(routed_vec "$URL_kvp")
+probes=$(curl -s "$URL_kvp/admin/backends" | jq '[.backends[].cache.probes] | add')
+check "probing, the document's question goes to its engine ($prev -> $afterP, $probes probes)" \
+  [ "$(jq -n --argjson a "$prev" --argjson b "$afterP" '$b[1] - $a[1]')" = 1 ] && [ "$probes" = 6 ]
+check "and so does the chat, to the engine that answered it before" \
+  [ "$(curl -s "$URL_kvp/metrics" | sed -n 's/^strata_router_decisions_total{policy="kv-aware",reason="kv_match"} //p')" = 2 ]
 
 # ---- DNS discovery: a name's addresses come and go (a stub DNS server in Node) ---------
 if command -v node >/dev/null 2>&1; then

@@ -263,6 +263,75 @@ START_TEST(prefix_aware_matches_and_spills) {
 }
 END_TEST
 
+/* kv-aware: what the host says each instance holds decides */
+static int32_t kv_held[5];
+static int32_t kv_cached(const struct strata_route_request *r, int32_t id) {
+  (void)r;
+  return id >= 0 && id < 5 ? kv_held[id] : -1;
+}
+
+static int32_t route_kv(struct strata_route_backend *b, size_t n, const char **reason) {
+  json_t *body = json_pack("{s:s}", "prompt", "x");
+  struct strata_route_request r = {.id = 1, .path = "/v1/completions",
+                                   .body = (const strata_json_t *)body, .header = hdr,
+                                   .cached_tokens = kv_cached, .prompt_tokens = 200};
+  struct strata_route_choice c = {.id = -1};
+  ck_assert_int_eq(vt->route(state, &r, b, n, &c), 0);
+  json_decref(body);
+  int ok = 0;
+  for (size_t i = 0; i < n; i++) ok |= b[i].id == c.id;
+  ck_assert_msg(ok, "chose id %d, not one offered", c.id);
+  *reason = c.reason;
+  return c.id;
+}
+
+START_TEST(kv_aware_follows_the_caches) {
+  load("kv", "kv_aware", "kv-aware", "min_match_tokens = 32; max_imbalance = 2;");
+  ck_assert(vt->needs & STRATA_ROUTE_NEEDS_CACHE);
+  struct strata_route_backend b[5];
+  size_t n = fleet(b, 4, -1);
+  const char *why;
+  /* nobody knows: the least loaded */
+  for (int i = 0; i < 5; i++) kv_held[i] = -1;
+  b[0].inflight = 1;
+  const int32_t u = route_kv(b, n, &why);
+  ck_assert_str_eq(why, "kv_unknown");
+  ck_assert_int_ne(u, 0);
+  /* known, below the threshold: a miss, least loaded */
+  kv_held[0] = 0, kv_held[1] = 16, kv_held[2] = 0, kv_held[3] = -1;
+  b[1].inflight = 1;
+  ck_assert_int_eq(route_kv(b, n, &why), 2);
+  ck_assert_str_eq(why, "kv_miss");
+  /* the longest wins, loaded or not (within the bound) */
+  kv_held[3] = 160;
+  kv_held[1] = 96;
+  b[3].inflight = 2;
+  ck_assert_int_eq(route_kv(b, n, &why), 3);
+  ck_assert_str_eq(why, "kv_match");
+  /* ties go to the less loaded */
+  kv_held[1] = 160;
+  ck_assert_int_eq(route_kv(b, n, &why), 1);
+  ck_assert_str_eq(why, "kv_match");
+  /* beyond the bound: the best match within it */
+  b[1].inflight = 5;
+  b[3].inflight = 5;
+  kv_held[0] = 64;
+  ck_assert_int_eq(route_kv(b, n, &why), 0);
+  ck_assert_str_eq(why, "kv_match");
+  /* and when none within the bound holds enough: the least loaded */
+  kv_held[0] = 0;
+  ck_assert_int_eq(route_kv(b, n, &why), 2);
+  ck_assert_str_eq(why, "kv_overloaded");
+  /* an ejected instance is not offered: its cache does not matter */
+  n = fleet(b, 4, 3);
+  kv_held[1] = 0;
+  kv_held[0] = 48;
+  ck_assert_int_eq(route_kv(b, n, &why), 0);
+  ck_assert_str_eq(why, "kv_match");
+  unload();
+}
+END_TEST
+
 START_TEST(workflow_binds_moves_and_expires) {
   load("workflow", "workflow_aware", "workflow-aware", "max_imbalance = 3; idle_ttl = 0.2;");
   struct strata_route_backend b[5];
@@ -332,6 +401,7 @@ int main(void) {
   tcase_add_test(tc, session_is_consistent);
   tcase_add_test(tc, prefix_aware_matches_and_spills);
   tcase_add_test(tc, workflow_binds_moves_and_expires);
+  tcase_add_test(tc, kv_aware_follows_the_caches);
   suite_add_tcase(s, tc);
   return test_run_suite(s);
 }

@@ -45,7 +45,19 @@ struct strata_route_request {
   /* A request header (case-insensitive name), or NULL. */
   const char *(*header)(const struct strata_route_request *r, const char *name);
   void *host_data; /* the host's, for header() */
+  /* For a policy whose vtable has STRATA_ROUTE_NEEDS_CACHE (else NULL):
+   * how many leading prompt tokens instance id holds in its prefix cache,
+   * or -1 where unknown. Exact, from the host's index of the instance's
+   * GET /v1/cache/events stream when that is live and router.tokenizer is
+   * set; else what the instance answered to POST /v1/cache/stats for this
+   * prompt (asked of every eligible instance before route(), within
+   * router.cache_probe_timeout). */
+  int32_t (*cached_tokens)(const struct strata_route_request *r, int32_t id);
+  int32_t prompt_tokens; /* the prompt's length in tokens; -1 unknown */
 };
+
+/* strata_router_vtable.needs */
+#define STRATA_ROUTE_NEEDS_CACHE 1u /* fill strata_route_request.cached_tokens */
 
 /* What route() decides. */
 struct strata_route_choice {
@@ -74,6 +86,10 @@ struct strata_router_vtable {
    * timeout); seconds from dispatch to the end. */
   void (*on_done)(void *state, const struct strata_route_request *req, int32_t id, int status,
                   double seconds);
+
+  /* (optional, 0) STRATA_ROUTE_NEEDS_* bits: what the host must work out
+   * before route(). */
+  uint32_t needs;
 };
 
 #ifdef __cplusplus
