@@ -15,6 +15,18 @@
 //
 //   node tests/bench/loadgen.mjs --url ... --trace FILE [--time-scale X]
 //
+//   node tests/bench/loadgen.mjs --url ... --chats U [--systems S] [--system-tokens N]
+//        [--doc-tokens N] [--turns T] [--question-tokens N] [--clients C] [--max-tokens M]
+//
+// --chats U: U multi-turn chats (POST /v1/chat/completions, streamed) with
+// shared and private prefixes: chat u has system prompt u % S (shared by
+// U/S chats), its own document in its first user message, and T turns, each
+// adding a question and the previous answer; C chats run at once, each turn
+// after the last. Every request carries X-Session-Id and X-Workflow-Id
+// "chat-u". Prints the prefix-cache hit rate (cached prompt tokens from the
+// usage / prompt tokens) and TTFT, and a last line `RESULT {json}`: the
+// workload of a router policy comparison (tests/bench/route_hitrate.sh).
+//
 // --trace FILE: replays a trace of token-id prompts (`strata sim --expand`)
 // in real time, each request at its arrival time, with its group_id and
 // priority, and prints TTFT / end-to-end percentiles and the prefix-cache
@@ -35,7 +47,8 @@
 
 const args = { url: 'http://127.0.0.1:8000', clients: 1, requests: 0, promptTokens: 64,
                maxTokens: 64, model: '', prefixTest: false, prefixTokens: 1024, seed: 1,
-               cacheStatsProbe: 0, trace: '', timeScale: 1 };
+               cacheStatsProbe: 0, trace: '', timeScale: 1, chats: 0, systems: 4, systemTokens: 256,
+               docTokens: 384, turns: 4, questionTokens: 24 };
 for (let i = 2; i < process.argv.length; i++) {
   const a = process.argv[i], v = process.argv[i + 1];
   const num = () => { i++; const n = Number(v); if (!Number.isFinite(n) || n < 0) die(`${a}: not a number: ${v}`); return n; };
@@ -52,6 +65,12 @@ for (let i = 2; i < process.argv.length; i++) {
     case '--cache-stats-probe': args.cacheStatsProbe = num(); break;
     case '--trace': args.trace = v; i++; break;
     case '--time-scale': args.timeScale = num(); if (!args.timeScale) die('--time-scale: must be > 0'); break;
+    case '--chats': args.chats = num(); break;
+    case '--systems': args.systems = Math.max(1, num()); break;
+    case '--system-tokens': args.systemTokens = num(); break;
+    case '--doc-tokens': args.docTokens = num(); break;
+    case '--turns': args.turns = Math.max(1, num()); break;
+    case '--question-tokens': args.questionTokens = num(); break;
     default: die(`unknown option ${a}`);
   }
 }
@@ -96,12 +115,13 @@ async function textOfTokens(n) {
 // small machine. Resolves to the response stream once the status is 200.
 const http = await import('node:http');
 const agent = new http.Agent({ keepAlive: true, maxSockets: Infinity });
-function streamPost(path, body) {
+function streamPost(path, body, headers = {}) {
   const data = JSON.stringify(body);
   return new Promise((resolve, reject) => {
     const req = http.request(args.url + path, {
       method: 'POST', agent,
-      headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(data) } },
+      headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(data),
+                 ...headers } },
     (res) => {
       if (res.statusCode === 200) return resolve(res);
       let t = '';
@@ -113,14 +133,17 @@ function streamPost(path, body) {
   });
 }
 
-// One streamed completion: returns { ttft, itls[], e2e, outTokens, cached }.
-async function streamOne(prompt, extra = {}) {
+// One streamed completion: returns { ttft, itls[], e2e, outTokens, cached, promptTokens, text }.
+// With extra.messages it is a chat completion instead.
+async function streamOne(prompt, extra = {}, headers = {}) {
   const t0 = performance.now();
-  const body = await streamPost('/v1/completions', {
-    model: args.model || undefined, prompt, max_tokens: args.maxTokens, temperature: 0,
-    ignore_eos: true, stream: true, stream_options: { include_usage: true }, ...extra });
+  const chat = !!extra.messages;
+  const body = await streamPost(chat ? '/v1/chat/completions' : '/v1/completions', {
+    model: args.model || undefined, ...(chat ? {} : { prompt }), max_tokens: args.maxTokens,
+    temperature: 0, ignore_eos: true, stream: true, stream_options: { include_usage: true },
+    ...extra }, headers);
   const dec = new TextDecoder();
-  let buf = '', ttft = -1, last = 0, outTokens = 0, cached = 0;
+  let buf = '', ttft = -1, last = 0, outTokens = 0, cached = 0, promptTokens = 0, text = '';
   const itls = [];
   for await (const chunk of body) {
     buf += dec.decode(chunk, { stream: true });
@@ -133,9 +156,12 @@ async function streamOne(prompt, extra = {}) {
       const j = JSON.parse(data);
       if (j.usage) {
         outTokens = j.usage.completion_tokens;
+        promptTokens = j.usage.prompt_tokens;
         cached = j.usage.prompt_tokens_details?.cached_tokens ?? 0;
       }
-      if (j.choices && j.choices.length && j.choices[0].text) {
+      const piece = j.choices && j.choices.length ? (chat ? j.choices[0].delta?.content : j.choices[0].text) : '';
+      if (piece) {
+        text += piece;
         const t = performance.now();
         if (ttft < 0) ttft = t - t0; else itls.push(t - last);
         last = t;
@@ -143,7 +169,7 @@ async function streamOne(prompt, extra = {}) {
     }
   }
   return { ttft: ttft / 1e3, itls: itls.map(x => x / 1e3), e2e: (performance.now() - t0) / 1e3, outTokens,
-           cached };
+           cached, promptTokens, text };
 }
 
 function pct(v, p) {
@@ -285,4 +311,47 @@ async function replay() {
               `tokens; requests with a group_id: ${grouped.length ? (100 * sum(grouped, r => r.cached) / sum(grouped, r => r.n)).toFixed(1) : 0}%`);
 }
 
-(args.trace ? replay() : args.prefixTest ? prefixTest() : load()).catch(e => die(e.message));
+async function chats() {
+  const systems = [], docs = [];
+  for (let s = 0; s < args.systems; s++) systems.push(await textOfTokens(args.systemTokens));
+  for (let u = 0; u < args.chats; u++) docs.push(await textOfTokens(args.docTokens));
+  // the questions too are fixed up front, so every run sends the same chats
+  const questions = docs.map(() => Array.from({ length: args.turns },
+                                              () => words(Math.max(1, Math.floor(args.questionTokens / 1.3)))));
+  let next = 0;
+  const res = [];
+  const t0 = performance.now();
+  async function client() {
+    for (;;) {
+      const u = next++;
+      if (u >= args.chats) return;
+      const msgs = [{ role: 'system', content: systems[u % args.systems] }];
+      for (let t = 0; t < args.turns; t++) {
+        msgs.push({ role: 'user', content: (t ? '' : docs[u] + '\n\n') + questions[u][t] });
+        const r = await streamOne(null, { messages: msgs },
+                                  { 'x-session-id': `chat-${u}`, 'x-workflow-id': `chat-${u}` });
+        msgs.push({ role: 'assistant', content: r.text });
+        res.push(r);
+      }
+    }
+  }
+  await Promise.all(Array.from({ length: args.clients }, client));
+  const dt = (performance.now() - t0) / 1e3;
+  const sum = (f) => res.reduce((s, r) => s + f(r), 0);
+  const hit = sum(r => r.cached) / sum(r => r.promptTokens);
+  const ttft = res.map(r => r.ttft);
+  console.log(`chats ${args.chats} x ${args.turns} turns (${args.systems} system prompts of ~${args.systemTokens} ` +
+              `tokens, documents of ~${args.docTokens}), ${args.clients} at once: ${res.length} requests in ` +
+              `${dt.toFixed(1)} s`);
+  console.log(`prefix-cache hit rate: ${(100 * hit).toFixed(1)}% of ${sum(r => r.promptTokens)} prompt tokens`);
+  console.log(`TTFT mean ${ms(sum(r => r.ttft) / res.length)}`);
+  summary('TTFT', ttft);
+  summary('E2E', res.map(r => r.e2e));
+  console.log('RESULT ' + JSON.stringify({ requests: res.length, seconds: dt, hit_rate: hit,
+    prompt_tokens: sum(r => r.promptTokens), cached_tokens: sum(r => r.cached),
+    ttft_mean: sum(r => r.ttft) / res.length, ttft_p50: pct(ttft, 50), ttft_p90: pct(ttft, 90),
+    e2e_mean: sum(r => r.e2e) / res.length }));
+}
+
+(args.chats ? chats() : args.trace ? replay() : args.prefixTest ? prefixTest() : load())
+  .catch(e => die(e.message));

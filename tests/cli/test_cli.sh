@@ -122,7 +122,7 @@ for l in allowed_token_ids bad_words min_tokens logit_bias repetition_penalty fr
   presence_penalty; do
   has "plugins lists logits $l" "$T/out" "^logits +$l +"
 done
-has "plugins count" "$T/out" "^21 plugin\(s\) loaded, 0 file\(s\) rejected"
+has "plugins count" "$T/out" "^22 plugin\(s\) loaded, 0 file\(s\) rejected"
 
 # ---- strata route: bad setups fail at once, with a reason --------------------
 run "route unknown policy" 2 "$STRATA" route --policy nope --backend http://127.0.0.1:1
