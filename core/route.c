@@ -537,7 +537,7 @@ static void count_decision(struct router *rt, const char *reason) {
       return;
     }
   if (rt->n_decisions == STRATA_ARRAY_LEN(rt->decisions)) return;
-  char *c = strata_strndup(reason, 64);
+  char *c = strata_strndup(reason, strnlen(reason, 64)); /* strndup copies n bytes */
   if (!c) return;
   rt->decisions[rt->n_decisions++] = (struct decision){reason, c, 1};
 }

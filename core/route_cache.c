@@ -356,6 +356,11 @@ void route_cache_prepare(struct rreq *r) {
     return;
   }
   request_tokens(r);
+  if (!r->toks && (is_chat(r) ? !json_is_array(json_object_get(r->json, "messages"))
+                              : !first_prompt(r->json))) {
+    route_dispatch(r); /* no prompt to ask about: the instance will say what is wrong */
+    return;
+  }
   size_t want = 0;
   for (size_t i = 0; i < rt->n_be; i++) {
     const struct backend *b = rt->be[i];

@@ -26,6 +26,8 @@
 // "chat-u". Prints the prefix-cache hit rate (cached prompt tokens from the
 // usage / prompt tokens) and TTFT, and a last line `RESULT {json}`: the
 // workload of a router policy comparison (tests/bench/route_hitrate.sh).
+// --tokenize-url URL: where the prompts are sized (POST /tokenize), so a
+// router under test sees only the chats.
 //
 // --trace FILE: replays a trace of token-id prompts (`strata sim --expand`)
 // in real time, each request at its arrival time, with its group_id and
@@ -48,7 +50,7 @@
 const args = { url: 'http://127.0.0.1:8000', clients: 1, requests: 0, promptTokens: 64,
                maxTokens: 64, model: '', prefixTest: false, prefixTokens: 1024, seed: 1,
                cacheStatsProbe: 0, trace: '', timeScale: 1, chats: 0, systems: 4, systemTokens: 256,
-               docTokens: 384, turns: 4, questionTokens: 24 };
+               docTokens: 384, turns: 4, questionTokens: 24, tokenizeUrl: '' };
 for (let i = 2; i < process.argv.length; i++) {
   const a = process.argv[i], v = process.argv[i + 1];
   const num = () => { i++; const n = Number(v); if (!Number.isFinite(n) || n < 0) die(`${a}: not a number: ${v}`); return n; };
@@ -66,6 +68,7 @@ for (let i = 2; i < process.argv.length; i++) {
     case '--trace': args.trace = v; i++; break;
     case '--time-scale': args.timeScale = num(); if (!args.timeScale) die('--time-scale: must be > 0'); break;
     case '--chats': args.chats = num(); break;
+    case '--tokenize-url': args.tokenizeUrl = v; i++; break;
     case '--systems': args.systems = Math.max(1, num()); break;
     case '--system-tokens': args.systemTokens = num(); break;
     case '--doc-tokens': args.docTokens = num(); break;
@@ -88,7 +91,7 @@ const WORDS = ('the a little girl boy dog cat sun tree park ball happy sad big s
 function words(n) { const w = []; for (let i = 0; i < n; i++) w.push(WORDS[rand() % WORDS.length]); return w.join(' '); }
 
 async function post(path, body) {
-  const r = await fetch(args.url + path, { method: 'POST', headers: { 'content-type': 'application/json' },
+  const r = await fetch((path === '/tokenize' && args.tokenizeUrl || args.url) + path, { method: 'POST', headers: { 'content-type': 'application/json' },
                                           body: JSON.stringify(body) });
   if (!r.ok) throw new Error(`${path}: HTTP ${r.status}: ${await r.text()}`);
   return r;

@@ -8,8 +8,9 @@
 # model's would), the tokenizer its own, so the router's tokenizer
 # (kv-aware) is the same file. Run from a configured build tree:
 #   bash ../../tests/bench/route_hitrate.sh [CHATS [CLIENTS [KV_TOKENS]]]
-# KV_TOKENS: each engine's KV cache (engine.kv_cache.tokens); smaller than
-# the workload's distinct tokens, so where a chat's turns land matters.
+# KV_TOKENS: each engine's KV cache (engine.kv_cache.tokens). The chats'
+# shape: SYSTEMS system prompts of SYSTEM_TOKENS, a document of DOC_TOKENS
+# per chat, TURNS turns (environment; loadgen's defaults otherwise).
 set -eu
 B=$(pwd)
 S=$(cd "$(dirname "$0")/../.." && pwd)
@@ -18,40 +19,56 @@ CLIENTS=${2:-6}
 KV=${3:-8192}
 POLICIES=${POLICIES:-"round-robin least-loaded session prefix-aware kv-aware kv-aware-probe workflow-aware"}
 T=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$T"' EXIT
+trap 'kill ${PIDS[@]+"${PIDS[@]}"} 2>/dev/null; wait 2>/dev/null; rm -rf "$T"' EXIT
 "$B/strata" mkmodel --out "$T/m.gguf" --dim 512 --layers 8 --heads 8 --ffn 1536 --context 2048 \
-  --quant q8_0 >/dev/null
+  --quant q8_0 >/dev/null 2>&1
 printf 'engine: { model = "%s"; kv_cache: { tokens = %d; }; };\nserver: { request_log = false; };\n' \
   "$T/m.gguf" "$KV" >"$T/e.conf"
 
-up() { # up NAME ARGS...: start strata ARGS, wait for it, print its URL
+PIDS=()
+up() { # up NAME ARGS...: start strata ARGS, wait for it, set URL
   local n=$1
   shift
   "$B/strata" "$@" 2>"$T/$n.err" >/dev/null &
-  for i in $(seq 1 300); do grep -q '^listening' "$T/$n.err" && break; sleep 0.1; done
-  sed -n 's/^listening on //p' "$T/$n.err"
+  PIDS+=($!)
+  for i in $(seq 1 600); do grep -q '^listening' "$T/$n.err" && break; sleep 0.1; done
+  if ! grep -q '^listening' "$T/$n.err"; then
+    echo "$n did not start:" >&2
+    cat "$T/$n.err" >&2
+    exit 1
+  fi
+  URL=$(sed -n 's/^listening on //p' "$T/$n.err")
 }
+shape=()
+[ -n "${SYSTEMS:-}" ] && shape+=(--systems "$SYSTEMS")
+[ -n "${SYSTEM_TOKENS:-}" ] && shape+=(--system-tokens "$SYSTEM_TOKENS")
+[ -n "${DOC_TOKENS:-}" ] && shape+=(--doc-tokens "$DOC_TOKENS")
+[ -n "${TURNS:-}" ] && shape+=(--turns "$TURNS")
 
 printf '%-16s %8s %10s %10s %10s %9s\n' policy hit-rate "TTFT mean" "TTFT p50" "TTFT p90" seconds
 for pol in $POLICIES; do
   E=()
-  for i in 0 1 2; do E+=("$(up "e$i" serve --config "$T/e.conf" --port 0 --threads 1)"); done
+  for i in 0 1 2; do
+    up "e$i" serve --config "$T/e.conf" --port 0 --threads 1
+    E+=("$URL")
+  done
   name=$pol
   extra=(--tokenizer "$T/m.gguf")
   if [ "$pol" = kv-aware-probe ]; then
     name=kv-aware
     extra=()
   fi
-  R=$(up r route --port 0 --policy "$name" "${extra[@]}" --backend "${E[0]}" --backend "${E[1]}" \
-    --backend "${E[2]}")
+  up r route --port 0 --policy "$name" ${extra[@]+"${extra[@]}"} --backend "${E[0]}" \
+    --backend "${E[1]}" --backend "${E[2]}"
+  R=$URL
   # kv-aware follows the engines' event streams once they are up
   for i in $(seq 1 50); do
     [ "$(curl -s "$R/admin/backends" | grep -o '"events":"live"' | wc -l)" -ge 3 ] && break
     [ "$name" != kv-aware ] || [ "$pol" = kv-aware-probe ] && break
     sleep 0.1
   done
-  node "$S/tests/bench/loadgen.mjs" --url "$R" --chats "$CHATS" --clients "$CLIENTS" \
-    --max-tokens 24 >"$T/$pol.out"
+  node "$S/tests/bench/loadgen.mjs" --url "$R" --tokenize-url "${E[0]}" --chats "$CHATS" \
+    --clients "$CLIENTS" --max-tokens 24 ${shape[@]+"${shape[@]}"} >"$T/$pol.out"
   res=$(sed -n 's/^RESULT //p' "$T/$pol.out")
   node -e '
     const r = JSON.parse(process.argv[1]);
@@ -62,6 +79,7 @@ for pol in $POLICIES; do
   curl -s "$R/metrics" | sed -n 's/^strata_router_decisions_total{[^,]*,reason="\([^"]*\)"} /  \1 /p' |
     tr '\n' ' '
   echo
-  kill $(jobs -p) 2>/dev/null
+  kill "${PIDS[@]}" 2>/dev/null || true
   wait 2>/dev/null || true
+  PIDS=()
 done

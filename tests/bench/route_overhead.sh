@@ -5,6 +5,8 @@
 # engine), in alternating rounds; prints each round's percentiles and the
 # differences of the medians over rounds. Run from a configured build tree:
 #   bash ../../tests/bench/route_overhead.sh [RATE [SECONDS [ROUNDS]]]
+# INSTANT=1: the backend is tests/bench/instant_engine.c, which answers at
+# once, so the engine's own latency and its noise leave the figures.
 set -eu
 B=$(pwd)
 S=$(cd "$(dirname "$0")/../.." && pwd)
@@ -15,8 +17,13 @@ MODEL=${STRATA_SHARED:-$S/../shared}/models/stories260K.gguf
 T=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$T"' EXIT
 gcc -O2 -o "$T/httpload" "$S/tests/bench/httpload.c" -levent
-printf 'engine: { model = "%s"; };\nserver: { request_log = false; };\n' "$MODEL" >"$T/e.conf"
-"$B/strata" serve --config "$T/e.conf" --port 0 --threads 1 2>"$T/e.err" >/dev/null &
+if [ "${INSTANT:-0}" = 1 ]; then
+  gcc -O2 -o "$T/instant" "$S/tests/bench/instant_engine.c" -levent
+  "$T/instant" 0 2>"$T/e.err" >/dev/null &
+else
+  printf 'engine: { model = "%s"; };\nserver: { request_log = false; };\n' "$MODEL" >"$T/e.conf"
+  "$B/strata" serve --config "$T/e.conf" --port 0 --threads 1 2>"$T/e.err" >/dev/null &
+fi
 for i in $(seq 1 100); do grep -q '^listening' "$T/e.err" && break; sleep 0.1; done
 E=$(sed -n 's/^listening on //p' "$T/e.err")
 "$B/strata" route --port 0 --backend "$E" 2>"$T/r.err" >/dev/null &

@@ -372,9 +372,9 @@ EOF
 start kvp route --config "$T/kvp.conf"
 prev=$(routed_vec "$URL_kvp")
 curl -s -o /dev/null "$URL_kvp/v1/completions" -d "{\"prompt\":\"$docC Was the bear big?\",\"max_tokens\":1}"
+afterP=$(routed_vec "$URL_kvp")
 curl -s -o /dev/null "$URL_kvp/v1/chat/completions" \
   -d "{\"messages\":[{\"role\":\"user\",\"content\":\"$docE\"}],\"max_tokens\":1}"
-afterP=$(routed_vec "$URL_kvp")
 probes=$(curl -s "$URL_kvp/admin/backends" | jq '[.backends[].cache.probes] | add')
 check "probing, the document's question goes to its engine ($prev -> $afterP, $probes probes)" \
   [ "$(jq -n --argjson a "$prev" --argjson b "$afterP" '$b[1] - $a[1]')" = 1 ] && [ "$probes" = 6 ]
