@@ -175,12 +175,8 @@ static double prom_sum(const char *text, size_t len, const char *name) {
   return sum;
 }
 
-/* in_make: evhttp_make_request has not returned yet (it may fail the
- * request through its callback before it does); done: the callback ran */
-struct check { struct router *rt; struct backend *b; int metrics, in_make, done; };
-
 static void on_check_done(struct evhttp_request *req, void *arg) {
-  struct check *ck = arg;
+  struct rcheck *ck = arg;
   struct router *rt = ck->rt;
   struct backend *b = ck->b;
   b->checking--;
@@ -204,18 +200,15 @@ static void on_check_done(struct evhttp_request *req, void *arg) {
     }
   }
   ck->done = 1;
-  if (!ck->in_make) free(ck);
 }
 
 static void check_one(struct router *rt, struct backend *b, const char *path, int metrics) {
-  struct check *ck = calloc(1, sizeof *ck);
-  if (!ck) return;
-  *ck = (struct check){rt, b, metrics, 1, 0};
+  /* in the instance itself: a check still in flight when the router stops
+   * is cancelled without its callback, and nothing is left to free */
+  struct rcheck *ck = &b->ck[metrics];
+  *ck = (struct rcheck){rt, b, metrics, 1, 0};
   struct evhttp_request *req = evhttp_request_new(on_check_done, ck);
-  if (!req) {
-    free(ck);
-    return;
-  }
+  if (!req) return;
   struct evkeyvalq *h = evhttp_request_get_output_headers(req);
   evhttp_add_header(h, "Host", b->host);
   if (rt->api_key_header) evhttp_add_header(h, "Authorization", rt->api_key_header);
@@ -226,7 +219,6 @@ static void check_one(struct router *rt, struct backend *b, const char *path, in
     b->checking--;
     set_health(rt, b, 0, "cannot connect");
   }
-  if (rc != 0 || ck->done) free(ck);
 }
 
 static void on_tick(evutil_socket_t fd, short what, void *arg) {

@@ -28,6 +28,15 @@ struct dnssrc { /* a "dns://NAME:PORT" entry: every address of NAME is an instan
   int resolving;
 };
 
+/* A health or metrics check. in_make: evhttp_make_request has not returned
+ * yet (it may fail the request through its callback before it does); done:
+ * the callback ran. */
+struct rcheck {
+  struct router *rt;
+  struct backend *b;
+  int metrics, in_make, done;
+};
+
 struct backend {
   int32_t id;
   char *url, *host;
@@ -42,6 +51,7 @@ struct backend {
   struct rconn *idle, *all;
   struct evhttp_connection *check; /* /health and /metrics */
   int checking;                    /* checks in flight on it */
+  struct rcheck ck[2]; /* this round's /health and /metrics: a new round waits for both */
   /* its prefix cache, from GET /v1/cache/events (route_cache.c) */
   struct route_kvidx idx;
   struct evhttp_connection *evc;

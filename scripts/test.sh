@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh clone: installs dependencies, builds
-# out of tree with -Werror, runs every test, runs the unit tests again under
-# AddressSanitizer + UndefinedBehaviorSanitizer, then `make distcheck`.
+# out of tree with -Werror, runs every test, runs the unit tests and the
+# server and router integration tests again under AddressSanitizer +
+# UndefinedBehaviorSanitizer, then `make distcheck`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 top=$(pwd)
@@ -28,12 +29,12 @@ cd "$top"
 echo "== an out-of-tree scheduler plugin against the installed SDK"
 bash tests/sdk/test_out_of_tree.sh "$inst" "$top/../shared"
 
-echo "== unit tests under ASan + UBSan"
+echo "== unit, server and router tests under ASan + UBSan"
 mkdir -p build-san && cd build-san
 "$top/configure" --enable-werror --enable-sanitizers -q
 make -j"$jobs" >/dev/null
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-  make -j"$jobs" check-unit || { cat test-suite.log; exit 1; }
+  make -j"$jobs" check-sanitized || { cat test-suite.log; exit 1; }
 cd "$top"
 
 echo "== make distcheck"

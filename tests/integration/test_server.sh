@@ -77,7 +77,12 @@ curl -s -o /dev/null -d '{"prompt":"Once upon a time","max_tokens":4}' "$U/v1/co
 est=$("$STRATA" estimate --config "$T/main.conf" | sed -n 's/^total: *\([0-9]*\) bytes.*/\1/p')
 rss=$(($(sed -n 's/^VmRSS:[^0-9]*\([0-9]*\) kB/\1/p' "/proc/$PID_main/status") * 1024))
 echo "memory: estimate $est bytes, resident $rss bytes"
-check "estimate within 10% of resident ($est vs $rss)" awk -v e="$est" -v r="$rss" 'BEGIN { d = e - r; if (d < 0) d = -d; exit !(r > 0 && d / r < 0.10) }'
+if [ "${STRATA_SANITIZERS:-0}" = 1 ]; then
+  # ASan's shadow memory and quarantine make the resident set no measure of the estimate
+  echo "memory: not compared under sanitizers"
+else
+  check "estimate within 10% of resident ($est vs $rss)" awk -v e="$est" -v r="$rss" 'BEGIN { d = e - r; if (d < 0) d = -d; exit !(r > 0 && d / r < 0.10) }'
+fi
 cat >"$T/tight.conf" <<EOF
 engine: { model = "$MODEL"; memory_limit = "30MiB"; };
 EOF
@@ -598,5 +603,15 @@ check "in-flight stream finished at stop" test "$(grep -v '^$' "$T/last" | tail 
 check "in-flight choices all finished" test "$(sed -n 's/^data: \({.*\)$/\1/p' "$T/last" | jq -r '.choices[0].finish_reason // empty' | grep -c length)" = 4
 PIDS=()
 
+# every process ends first (leak reports come at exit)
+for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
+wait 2>/dev/null
+# a sanitizer report from any server this script ran fails it
+for f in "$T"/*.err; do
+  if grep -q "ERROR: AddressSanitizer\|ERROR: LeakSanitizer\|runtime error:" "$f"; then
+    bad "sanitizer report in $(basename "$f")"
+    grep -A30 -m3 "ERROR: \|runtime error:" "$f"
+  fi
+done
 echo "server tests: $pass passed, $fail failed"
 [ "$fail" -eq 0 ]
