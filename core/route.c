@@ -27,6 +27,7 @@
 #include <jansson.h>
 
 #include "http_api.h"
+#include "http_util.h"
 #include "log.h"
 #include "util.h"
 
@@ -499,13 +500,7 @@ static void on_peek(evutil_socket_t fd, short what, void *arg) {
   struct router *rt = arg;
   for (struct rreq *r = rt->inflight, *nx; r; r = nx) {
     nx = r->next;
-    if (!r->cevcon) continue;
-    struct bufferevent *bev = evhttp_connection_get_bufferevent(r->cevcon);
-    const evutil_socket_t sock = bev ? bufferevent_getfd(bev) : -1;
-    if (sock < 0) continue;
-    char c;
-    const ssize_t n = recv(sock, &c, 1, MSG_PEEK | MSG_DONTWAIT);
-    if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
+    if (r->cevcon && strata_http_peer_gone(r->cevcon)) {
       struct evhttp_connection *evcon = r->cevcon;
       evhttp_connection_set_closecb(evcon, NULL, NULL);
       on_client_close(evcon, r);
@@ -772,6 +767,15 @@ static const struct {
     {"/detokenize", EVHTTP_REQ_POST},
 };
 
+/* Frees a request not yet in the in-flight list (refused while read). */
+static void drop_unlisted(struct rreq *r) {
+  if (!r) return;
+  if (r->json) json_decref(r->json);
+  free(r->body);
+  free(r->uri);
+  free(r);
+}
+
 static void on_request(struct evhttp_request *req, void *arg) {
   struct router *rt = arg;
   const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
@@ -822,7 +826,7 @@ static void on_request(struct evhttp_request *req, void *arg) {
   const char *full = evhttp_request_get_uri(req);
   if (r) r->uri = strata_strdup(full ? full : path);
   if (!r || !r->uri) {
-    free(r);
+    drop_unlisted(r);
     reply_errorf(rt, req, 500, NULL, "out of memory");
     return;
   }
@@ -842,8 +846,7 @@ static void on_request(struct evhttp_request *req, void *arg) {
   if (r->body_len) {
     r->body = malloc(r->body_len);
     if (!r->body) {
-      free(r->uri);
-      free(r);
+      drop_unlisted(r);
       reply_errorf(rt, req, 500, NULL, "out of memory");
       return;
     }
@@ -855,10 +858,7 @@ static void on_request(struct evhttp_request *req, void *arg) {
     if (!r->json || !json_is_object(r->json)) {
       reply_errorf(rt, req, 400, "invalid_json", "the body is not a JSON object: %s",
                    r->json ? "another JSON value" : je.text);
-      if (r->json) json_decref(r->json);
-      free(r->body);
-      free(r->uri);
-      free(r);
+      drop_unlisted(r);
       return;
     }
   }
@@ -896,6 +896,12 @@ static void on_signal(evutil_socket_t sig, short what, void *arg) {
   }
 }
 
+/* An instance's URL, "http://HOST:PORT" ([HOST] for IPv6). */
+static void url_of(const char *host, int port, char *buf, size_t cap) {
+  const int v6 = strchr(host, ':') != NULL;
+  snprintf(buf, cap, "http://%s%s%s:%d", v6 ? "[" : "", host, v6 ? "]" : "", port);
+}
+
 /* A new instance at host:port (src: the DNS entry it came from, or NULL);
  * NULL when out of room or memory, with err set. */
 static struct backend *add_backend(struct router *rt, const char *host, int port,
@@ -906,8 +912,7 @@ static struct backend *add_backend(struct router *rt, const char *host, int port
   }
   struct backend *b = calloc(1, sizeof *b);
   char buf[512];
-  const int v6 = strchr(host, ':') != NULL;
-  snprintf(buf, sizeof buf, "http://%s%s%s:%d", v6 ? "[" : "", host, v6 ? "]" : "", port);
+  url_of(host, port, buf, sizeof buf);
   if (b) {
     b->host = strata_strdup(host);
     b->url = strata_strdup(buf);
@@ -1025,8 +1030,7 @@ static int parse_backend(struct router *rt, const char *url, char *err, size_t e
     if (!nd || !rt->dns[rt->n_dns - 1].name) rc = strata_errf(err, errlen, "out of memory");
   } else {
     char buf[512];
-    const int v6 = strchr(host, ':') != NULL;
-    snprintf(buf, sizeof buf, "http://%s%s%s:%d", v6 ? "[" : "", host, v6 ? "]" : "", port);
+    url_of(host, port, buf, sizeof buf);
     for (size_t j = 0; j < rt->n_be; j++)
       if (strcmp(rt->be[j]->url, buf) == 0) rc = strata_errf(err, errlen, "backend %s is listed twice", buf);
     if (rc == 0 && !add_backend(rt, host, port, NULL, err, errlen)) rc = -1;
@@ -1119,26 +1123,9 @@ int strata_route_run(const struct strata_plugin *p, const strata_config_node_t *
   event_add(rt.peek, &pt);
   on_tick(-1, 0, &rt); /* the first checks now */
   signal(SIGPIPE, SIG_IGN);
-  errno = 0;
-  rt.bound = evhttp_bind_socket_with_handle(rt.http, o->host, (ev_uint16_t)o->port);
-  if (!rt.bound) {
-    fprintf(stderr, "strata: route: cannot listen on %s port %d: %s\n", o->host, o->port,
-            errno ? strerror(errno) : "not a usable address");
-    goto out;
-  }
-  {
-    struct sockaddr_storage ss;
-    socklen_t sl = sizeof ss;
-    int real = o->port;
-    if (getsockname(evhttp_bound_socket_get_fd(rt.bound), (struct sockaddr *)&ss, &sl) == 0)
-      real = ss.ss_family == AF_INET6 ? ntohs(((struct sockaddr_in6 *)&ss)->sin6_port)
-                                      : ntohs(((struct sockaddr_in *)&ss)->sin_port);
-    const int v6 = strchr(o->host, ':') != NULL;
-    strata_log(STRATA_LOG_INFO, "route", "policy %s over %zu instance%s%s", p->desc->name,
-               rt.n_be, rt.n_be == 1 ? "" : "s", rt.n_dns ? " and DNS names" : "");
-    fprintf(stderr, "listening on http://%s%s%s:%d\n", v6 ? "[" : "", o->host, v6 ? "]" : "", real);
-    fflush(stderr);
-  }
+  strata_log(STRATA_LOG_INFO, "route", "policy %s over %zu instance%s%s", p->desc->name, rt.n_be,
+             rt.n_be == 1 ? "" : "s", rt.n_dns ? " and DNS names" : "");
+  if (!(rt.bound = strata_http_listen(rt.http, "route", o->host, o->port))) goto out;
   event_base_dispatch(rt.base);
   rc = 0;
 out:

@@ -28,6 +28,7 @@
 #include "log.h"
 #include "runtime.h"
 #include "cache_feed.h"
+#include "http_util.h"
 #include "tokenizer.h"
 #include "util.h"
 
@@ -483,14 +484,7 @@ static void on_peek(evutil_socket_t fd, short what, void *arg) {
   struct server *srv = arg;
   for (struct sreq *s = srv->inflight, *nx; s; s = nx) {
     nx = s->next;
-    if (!s->evcon) continue;
-    struct bufferevent *bev = evhttp_connection_get_bufferevent(s->evcon);
-    evutil_socket_t sock = bev ? bufferevent_getfd(bev) : -1;
-    if (sock < 0) continue;
-    char c;
-    ssize_t n = recv(sock, &c, 1, MSG_PEEK | MSG_DONTWAIT);
-    if (n == 0 ||
-        (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
+    if (s->evcon && strata_http_peer_gone(s->evcon)) {
       struct evhttp_connection *evcon = s->evcon;
       evhttp_connection_set_closecb(evcon, NULL, NULL);
       client_gone(s);
@@ -1120,32 +1114,6 @@ static char *default_model_name(const char *path) {
   return strata_strndup(b, n);
 }
 
-static int listen_on(struct server *srv, const char *host, int port) {
-  errno = 0;
-  srv->bound =
-      evhttp_bind_socket_with_handle(srv->http, host, (ev_uint16_t)port);
-  if (!srv->bound) {
-    fprintf(stderr, "strata: serve: cannot listen on %s port %d: %s\n", host,
-            port, errno ? strerror(errno) : "not a usable address");
-    return -1;
-  }
-  struct sockaddr_storage ss;
-  socklen_t sl = sizeof ss;
-  evutil_socket_t fd = evhttp_bound_socket_get_fd(srv->bound);
-  int real = port;
-  if (getsockname(fd, (struct sockaddr *)&ss, &sl) == 0) {
-    if (ss.ss_family == AF_INET)
-      real = ntohs(((struct sockaddr_in *)&ss)->sin_port);
-    else if (ss.ss_family == AF_INET6)
-      real = ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
-  }
-  int v6 = strchr(host, ':') != NULL;
-  fprintf(stderr, "listening on http://%s%s%s:%d\n", v6 ? "[" : "", host,
-          v6 ? "]" : "", real);
-  fflush(stderr);
-  return 0;
-}
-
 int strata_server_run(struct strata_runtime *rt, strata_engine_t *eng,
                       const struct strata_server_opts *o) {
   struct server srv;
@@ -1236,7 +1204,7 @@ int strata_server_run(struct strata_runtime *rt, strata_engine_t *eng,
   struct timeval pt = {0, PEEK_MS * 1000};
   event_add(srv.peek, &pt);
   signal(SIGPIPE, SIG_IGN);
-  if (listen_on(&srv, o->host, o->port) != 0) goto out;
+  if (!(srv.bound = strata_http_listen(srv.http, "serve", o->host, o->port))) goto out;
   event_base_dispatch(srv.base);
   rc = 0;
 out:
