@@ -172,6 +172,19 @@ out:
   return rc;
 }
 
+/* Room for need bytes in *buf (of *cap), need <= ROUTE_KV_MAX_LINE. */
+static int reserve(char **buf, size_t *cap, size_t need) {
+  if (need <= *cap) return 0;
+  size_t c = *cap ? *cap : 256;
+  while (c < need) c *= 2;
+  if (c > ROUTE_KV_MAX_LINE) c = ROUTE_KV_MAX_LINE;
+  char *p = realloc(*buf, c);
+  if (!p) return -1;
+  *buf = p;
+  *cap = c;
+  return 0;
+}
+
 /* One complete line (no terminator). */
 static int line(struct route_kvidx *x, const char *l, size_t n, char *err, size_t errlen) {
   if (n == 0) { /* dispatch */
@@ -189,7 +202,7 @@ static int line(struct route_kvidx *x, const char *l, size_t n, char *err, size_
   const size_t vl = (size_t)(l + n - v);
   if (x->data_len + vl + 1 > ROUTE_KV_MAX_LINE)
     return strata_errf(err, errlen, "a cache event is larger than %u bytes", ROUTE_KV_MAX_LINE);
-  if (!x->data && !(x->data = malloc(ROUTE_KV_MAX_LINE)))
+  if (reserve(&x->data, &x->data_cap, x->data_len + vl + 1) != 0)
     return strata_errf(err, errlen, "out of memory");
   if (x->data_len) x->data[x->data_len++] = '\n';
   memcpy(x->data + x->data_len, v, vl);
@@ -205,7 +218,7 @@ int route_kvidx_feed(struct route_kvidx *x, const char *p, size_t n, char *err, 
       return strata_errf(err, errlen, "a cache event line is longer than %u bytes",
                          ROUTE_KV_MAX_LINE);
     if (!nl) { /* keep the partial line */
-      if (!x->line && !(x->line = malloc(ROUTE_KV_MAX_LINE)))
+      if (reserve(&x->line, &x->line_cap, x->line_len + take) != 0)
         return strata_errf(err, errlen, "out of memory");
       memcpy(x->line + x->line_len, p, take);
       x->line_len += take;
@@ -214,6 +227,8 @@ int route_kvidx_feed(struct route_kvidx *x, const char *p, size_t n, char *err, 
     const char *l = p;
     size_t ll = take;
     if (x->line_len) {
+      if (reserve(&x->line, &x->line_cap, x->line_len + take) != 0)
+        return strata_errf(err, errlen, "out of memory");
       memcpy(x->line + x->line_len, p, take);
       l = x->line;
       ll = x->line_len + take;

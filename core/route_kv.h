@@ -23,8 +23,8 @@ struct route_kvidx {
   int live;           /* the snapshot is complete: answers are exact */
   uint64_t messages;  /* applied so far */
   /* parser */
-  char *line, *data;
-  size_t line_len, data_len;
+  char *line, *data; /* grown as needed, up to ROUTE_KV_MAX_LINE */
+  size_t line_len, data_len, line_cap, data_cap;
 };
 
 void route_kvidx_init(struct route_kvidx *x);

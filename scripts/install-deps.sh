@@ -5,7 +5,7 @@ set -euo pipefail
 pkgs=(build-essential autoconf automake libtool pkg-config
       libconfig-dev check libsubunit-dev libevent-dev libjansson-dev
       libpcre2-dev libxxhash-dev
-      curl jq nodejs)
+      curl jq nodejs clang libclang-rt-14-dev)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -2,7 +2,8 @@
 # The whole test suite, from a fresh clone: installs dependencies, builds
 # out of tree with -Werror, runs every test, runs the unit tests and the
 # server and router integration tests again under AddressSanitizer +
-# UndefinedBehaviorSanitizer, then `make distcheck`.
+# UndefinedBehaviorSanitizer, runs each fuzz target briefly, then
+# `make distcheck`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 top=$(pwd)
@@ -35,6 +36,13 @@ mkdir -p build-san && cd build-san
 make -j"$jobs" >/dev/null
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
   make -j"$jobs" check-sanitized || { cat test-suite.log; exit 1; }
+cd "$top"
+
+echo "== fuzz targets, briefly (tests/fuzz/README.md)"
+mkdir -p build-fuzz && cd build-fuzz
+CC=clang "$top/configure" --enable-sanitizers --enable-fuzzing -q
+make -j"$jobs" fuzz FUZZ_SECONDS="${FUZZ_SECONDS:-15}" >fuzz.out 2>&1 || { cat fuzz.out; exit 1; }
+grep -E '^== |^stat::' fuzz.out
 cd "$top"
 
 echo "== make distcheck"

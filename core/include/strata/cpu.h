@@ -13,6 +13,9 @@
 
 #include <stdlib.h>
 #include <string.h>
+#if defined(__x86_64__) && defined(__clang__)
+#include <cpuid.h>
+#endif
 
 struct strata_cpu_features {
   int avx2;        /* AVX2 + FMA + F16C */
@@ -25,8 +28,14 @@ static inline struct strata_cpu_features strata_cpu_detect(void) {
   struct strata_cpu_features f = {0, 0, 0};
 #if defined(__x86_64__)
   __builtin_cpu_init(); /* constructors may run before libgcc's own */
-  f.avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-           __builtin_cpu_supports("f16c");
+#if defined(__clang__)
+  /* clang's __builtin_cpu_supports has no "f16c": CPUID leaf 1, ECX bit 29 */
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  const int f16c = __get_cpuid(1, &a, &b, &c, &d) && (c >> 29 & 1);
+#else
+  const int f16c = __builtin_cpu_supports("f16c");
+#endif
+  f.avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c;
   f.avx512 = f.avx2 && __builtin_cpu_supports("avx512f") &&
              __builtin_cpu_supports("avx512bw") &&
              __builtin_cpu_supports("avx512vl");
