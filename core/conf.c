@@ -96,6 +96,9 @@ static const struct strata_param server_params[] = {
     {"port", STRATA_PARAM_INT, 0, "8000", 1, 65535, "listen port"},
     {"api_key", STRATA_PARAM_STRING, 0, NULL, NO_RANGE,
      "require Authorization: Bearer <key> (or STRATA_API_KEY)"},
+    {"allow_no_api_key", STRATA_PARAM_BOOL, 0, "false", NO_RANGE,
+     "serve without an API key on an address other than loopback (a private network); "
+     "without it such a server refuses to start"},
     {"served_model_name", STRATA_PARAM_STRING, 0, NULL, NO_RANGE,
      "model id in the API; default: the model file name without extension"},
     {"max_body_bytes", STRATA_PARAM_SIZE, 0, "4MiB", 1024, 1073741824,
@@ -128,6 +131,9 @@ static const struct strata_param router_params[] = {
     {"api_key", STRATA_PARAM_STRING, 0, NULL, NO_RANGE,
      "require Authorization: Bearer <key> (or STRATA_API_KEY); also sent to the instances' "
      "health and metrics endpoints"},
+    {"allow_no_api_key", STRATA_PARAM_BOOL, 0, "false", NO_RANGE,
+     "route without an API key on an address other than loopback (a private network); "
+     "without it such a router refuses to start"},
     {"max_body_bytes", STRATA_PARAM_SIZE, 0, "4MiB", 1024, 1073741824,
      "largest request body; larger gets HTTP 413"},
     {"health_interval", STRATA_PARAM_FLOAT, 0, "2", 0.05, 3600,

@@ -2,6 +2,9 @@
 
 #include "util.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+
 #include <ctype.h>
 #include <errno.h>
 #include <math.h>
@@ -138,4 +141,14 @@ int strata_secret_equal(const char *got, const char *want) {
   for (size_t i = 0; i < b; i++)
     diff |= (unsigned)(unsigned char)(i < a ? got[i] : 0) ^ (unsigned char)want[i];
   return diff == 0;
+}
+
+int strata_host_is_loopback(const char *host) {
+  if (!host) return 0;
+  if (strcmp(host, "localhost") == 0) return 1;
+  struct in_addr a4;
+  if (inet_pton(AF_INET, host, &a4) == 1) return (ntohl(a4.s_addr) >> 24) == 127;
+  struct in6_addr a6;
+  if (inet_pton(AF_INET6, host, &a6) == 1) return memcmp(&a6, &in6addr_loopback, sizeof a6) == 0;
+  return 0;
 }

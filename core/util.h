@@ -37,6 +37,9 @@ double strata_now(void);
 /* 1 when the secret `got` (NUL-terminated, may be NULL) equals `want`, in
  * time that depends on want's length only (API keys). */
 int strata_secret_equal(const char *got, const char *want);
+/* Whether a listen address only reaches this machine: "localhost",
+ * 127.0.0.0/8 or ::1. Anything else (0.0.0.0, ::, a name) is not. */
+int strata_host_is_loopback(const char *host);
 
 #define STRATA_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 

@@ -55,6 +55,12 @@ if [ -f "$SH/models/stories260K.gguf" ]; then
     --model "$M" --prompt "Once upon a time" -n 3 --temperature 0
   run "without --model it is an error" 2 "$STRATA" generate --config "$T/gone.conf" --prompt Hi -n 1
   has "without --model it is an error" "$T/err" "gone.conf:1: engine.model: cannot read"
+  # serve: not on a reachable address without an API key, unless told so
+  run "serve 0.0.0.0 without a key" 1 "$STRATA" serve --config "$T/est.conf" --host 0.0.0.0 --port 0
+  has "serve 0.0.0.0 without a key" "$T/err" "refusing to serve 0.0.0.0 without an API key.*server.allow_no_api_key"
+  printf 'engine: { model = "%s"; };\nserver: { allow_no_api_key = true; };\n' "$M" >"$T/open.conf"
+  run "serve 0.0.0.0 allowed" 124 timeout 3 "$STRATA" serve --config "$T/open.conf" --host 0.0.0.0 --port 0
+  has "serve 0.0.0.0 allowed" "$T/err" "^listening on http://0.0.0.0:"
   run "estimate" 0 "${E[@]}" --model "$M"
   for part in weights "KV cache" workspace scratch process total available; do
     has "estimate prints $part" "$T/out" "^$part: +[0-9]+ bytes"
@@ -135,6 +141,16 @@ run "route dns without port" 1 "$STRATA" route --port 0 --backend dns://engines.
 has "route dns without port" "$T/err" "dns://engines.example. is not an http"
 run "route same backend twice" 1 "$STRATA" route --port 0 --backend http://127.0.0.1:9 --backend http://127.0.0.1:9/
 has "route same backend twice" "$T/err" "listed twice"
+# not on a reachable address without an API key, unless told so
+run "route 0.0.0.0 without a key" 1 "$STRATA" route --host 0.0.0.0 --port 0 --backend http://127.0.0.1:9
+has "route 0.0.0.0 without a key" "$T/err" "refusing to route on 0.0.0.0 without an API key.*router.allow_no_api_key"
+STRATA_API_KEY=k run "route 0.0.0.0 with a key" 124 timeout 1 "$STRATA" route --host 0.0.0.0 --port 0 \
+  --backend http://127.0.0.1:9
+has "route 0.0.0.0 with a key" "$T/err" "^listening on http://0.0.0.0:"
+printf 'router: { backends = [ "http://127.0.0.1:9" ]; allow_no_api_key = true; };\n' >"$T/open.conf"
+run "route 0.0.0.0 allowed" 124 timeout 1 "$STRATA" route --config "$T/open.conf" --host :: --port 0
+has "route 0.0.0.0 allowed" "$T/err" "^listening on http://\[::\]:"
+run "route ::1 needs no key" 124 timeout 1 "$STRATA" route --host ::1 --port 0 --backend http://127.0.0.1:9
 printf 'router: { backends = [ "http://127.0.0.1:9" ]; eject_after = 0; };\n' >"$T/r.conf"
 run "route config range" 2 "$STRATA" route --config "$T/r.conf"
 has "route config range" "$T/err" "r.conf:1: .*eject_after"
