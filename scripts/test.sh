@@ -41,7 +41,7 @@ cd "$top"
 echo "== fuzz targets, briefly (tests/fuzz/README.md)"
 mkdir -p build-fuzz && cd build-fuzz
 CC=clang "$top/configure" --enable-sanitizers --enable-fuzzing -q
-make -j"$jobs" fuzz FUZZ_SECONDS="${FUZZ_SECONDS:-15}" >fuzz.out 2>&1 || { cat fuzz.out; exit 1; }
+make -j"$jobs" fuzz FUZZ_SECONDS="${FUZZ_SECONDS:-10}" >fuzz.out 2>&1 || { cat fuzz.out; exit 1; }
 grep -E '^== |^stat::' fuzz.out
 cd "$top"
 
