@@ -2,8 +2,8 @@
 # The whole test suite, from a fresh clone: installs dependencies, builds
 # out of tree with -Werror, runs every test, runs the unit tests and the
 # server and router integration tests again under AddressSanitizer +
-# UndefinedBehaviorSanitizer, runs each fuzz target briefly, then
-# `make distcheck`.
+# UndefinedBehaviorSanitizer, runs the server and soak tests under
+# ThreadSanitizer, runs each fuzz target briefly, then `make distcheck`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 top=$(pwd)
@@ -38,6 +38,13 @@ ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:ha
   make -j"$jobs" check-sanitized || { cat test-suite.log; exit 1; }
 cd "$top"
 
+echo "== server and soak tests under ThreadSanitizer"
+mkdir -p build-tsan && cd build-tsan
+"$top/configure" --enable-werror --enable-tsan -q
+make -j"$jobs" >/dev/null
+TSAN_OPTIONS=halt_on_error=1 make -j"$jobs" check-threads || { cat test-suite.log; exit 1; }
+cd "$top"
+
 echo "== fuzz targets, briefly (tests/fuzz/README.md)"
 mkdir -p build-fuzz && cd build-fuzz
 CC=clang "$top/configure" --enable-sanitizers --enable-fuzzing -q
@@ -51,8 +58,9 @@ make -j"$jobs" distcheck >/dev/null 2>distcheck.log || { tail -50 distcheck.log;
 cd "$top"
 
 # One summary line that CI reads, counted from every test log.
-pass=$(grep -h '^# PASS:' build/test-suite.log build-san/test-suite.log | awk '{s+=$3} END {print s+0}')
-fail=$(grep -h '^# FAIL:' build/test-suite.log build-san/test-suite.log | awk '{s+=$3} END {print s+0}')
-skip=$(grep -h '^# SKIP:' build/test-suite.log build-san/test-suite.log | awk '{s+=$3} END {print s+0}')
+logs="build/test-suite.log build-san/test-suite.log build-tsan/test-suite.log"
+pass=$(grep -h '^# PASS:' $logs | awk '{s+=$3} END {print s+0}')
+fail=$(grep -h '^# FAIL:' $logs | awk '{s+=$3} END {print s+0}')
+skip=$(grep -h '^# SKIP:' $logs | awk '{s+=$3} END {print s+0}')
 echo "tests: $pass passed, $fail failed, $skip skipped"
 [ "$fail" -eq 0 ]

@@ -429,9 +429,9 @@ for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
 wait 2>/dev/null
 # a sanitizer report from any engine or router this script ran fails it
 for f in "$T"/*.err; do
-  if grep -q "ERROR: AddressSanitizer\|ERROR: LeakSanitizer\|runtime error:" "$f"; then
+  if grep -q "ERROR: AddressSanitizer\|ERROR: LeakSanitizer\|WARNING: ThreadSanitizer\|runtime error:" "$f"; then
     bad "sanitizer report in $(basename "$f")"
-    grep -A30 -m3 "ERROR: \|runtime error:" "$f"
+    grep -A30 -m3 "ERROR: \|WARNING: ThreadSanitizer\|runtime error:" "$f"
   fi
 done
 echo "router tests: $pass passed, $fail failed"

@@ -138,7 +138,7 @@ check "model card" test "$(curl -s "$U/v1/models/stories260K" | jq -r .id)" = st
 # ---- greedy completions equal strata generate ------------------------------------
 for p in "Once upon a time" "Lily and Ben" "The sun"; do
   for n in 1 20 60; do
-    want=$("$STRATA" generate --model "$MODEL" --prompt "$p" -n "$n" --temperature 0 2>/dev/null)
+    want=$("$STRATA" generate --model "$MODEL" --threads 1 --prompt "$p" -n "$n" --temperature 0 2>/dev/null)
     got=$(post /v1/completions "$(jq -nc --arg p "$p" --argjson n "$n" '{prompt: $p, max_tokens: $n, temperature: 0}')" | jq -r '.choices[0].text')
     if [ "$got" = "$want" ]; then ok; else bad "greedy '$p' -n $n: server '$got', generate '$want'"; fi
   done
@@ -612,9 +612,9 @@ for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
 wait 2>/dev/null
 # a sanitizer report from any server this script ran fails it
 for f in "$T"/*.err; do
-  if grep -q "ERROR: AddressSanitizer\|ERROR: LeakSanitizer\|runtime error:" "$f"; then
+  if grep -q "ERROR: AddressSanitizer\|ERROR: LeakSanitizer\|WARNING: ThreadSanitizer\|runtime error:" "$f"; then
     bad "sanitizer report in $(basename "$f")"
-    grep -A30 -m3 "ERROR: \|runtime error:" "$f"
+    grep -A30 -m3 "ERROR: \|WARNING: ThreadSanitizer\|runtime error:" "$f"
   fi
 done
 echo "server tests: $pass passed, $fail failed"

@@ -149,9 +149,9 @@ check "the surviving engine exits 0" [ $? -eq 0 ]
 kill "$(cat "$T/e1.pid")"
 for i in $(seq 1 100); do kill -0 "$(cat "$T/e1.pid")" 2>/dev/null || break; sleep 0.1; done
 for f in "$T"/*.err; do
-  if grep -q "ERROR: AddressSanitizer\|ERROR: LeakSanitizer\|runtime error:" "$f"; then
+  if grep -q "ERROR: AddressSanitizer\|ERROR: LeakSanitizer\|WARNING: ThreadSanitizer\|runtime error:" "$f"; then
     bad "sanitizer report in $(basename "$f")"
-    grep -A30 -m3 "ERROR: \|runtime error:" "$f"
+    grep -A30 -m3 "ERROR: \|WARNING: ThreadSanitizer\|runtime error:" "$f"
   fi
 done
 echo "soak tests: $pass passed, $fail failed"
