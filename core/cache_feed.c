@@ -10,6 +10,7 @@
 #include <event2/bufferevent.h>
 #include <event2/keyvalq_struct.h>
 
+#include "http_api.h"
 #include "kv_events.h"
 #include "util.h"
 
@@ -182,22 +183,13 @@ struct cache_feed *cache_feed_new(struct event_base *base, strata_engine_t *eng,
   return f;
 }
 
-static void reply_plain(struct evhttp_request *http, int status, const char *json) {
-  struct evbuffer *b = evbuffer_new();
-  evhttp_add_header(evhttp_request_get_output_headers(http), "Content-Type", "application/json");
-  if (b) evbuffer_add(b, json, strlen(json));
-  evhttp_send_reply(http, status, status == 404 ? "Not Found" : "Internal Server Error", b);
-  if (b) evbuffer_free(b);
-}
-
-int cache_feed_add(struct cache_feed *f, struct evhttp_request *http) {
+int cache_feed_add(struct cache_feed *f, struct evhttp_request *http,
+                   struct strata_api_error *e) {
   struct csub *s = calloc(1, sizeof *s);
   struct evbuffer *b = s ? evbuffer_new() : NULL;
   if (!b) {
     free(s);
-    reply_plain(http, 500, "{\"error\":{\"message\":\"out of memory\",\"type\":"
-                           "\"internal_error\",\"param\":null,\"code\":null}}");
-    return -1;
+    return strata_api_errorf(e, 500, NULL, NULL, NULL, "out of memory");
   }
   s->f = f;
   s->http = http;
@@ -208,21 +200,13 @@ int cache_feed_add(struct cache_feed *f, struct evhttp_request *http) {
   evbuffer_add_printf(b, "\",\"block_size\":%d,\"hash\":\"xxh3-128\"}\n\n",
                       (int)strata_engine_block_size(f->eng));
   const int rc = snapshot(s, b);
-  if (rc == -2) {
-    evbuffer_free(b);
-    free(s);
-    reply_plain(http, 500, "{\"error\":{\"message\":\"out of memory\",\"type\":"
-                           "\"internal_error\",\"param\":null,\"code\":null}}");
-    return -1;
-  }
   if (rc != 0) {
     evbuffer_free(b);
     free(s);
-    reply_plain(http, 404, "{\"error\":{\"message\":\"prefix caching is off "
-                           "(engine.kv_cache.prefix_caching), so there are no cache events\","
-                           "\"type\":\"invalid_request_error\",\"param\":null,"
-                           "\"code\":\"not_found\"}}");
-    return -1;
+    if (rc == -2) return strata_api_errorf(e, 500, NULL, NULL, NULL, "out of memory");
+    return strata_api_errorf(e, 404, NULL, "not_found", NULL,
+                             "prefix caching is off (engine.kv_cache.prefix_caching), so there "
+                             "are no cache events");
   }
   struct evkeyvalq *h = evhttp_request_get_output_headers(http);
   evhttp_add_header(h, "Content-Type", "text/event-stream");

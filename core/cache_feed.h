@@ -16,15 +16,17 @@
 #include <event2/http.h>
 
 #include "engine.h"
+#include "http_api.h"
 
 struct cache_feed;
 
 /* NULL when out of memory. model: the served model name (in the hello). */
 struct cache_feed *cache_feed_new(struct event_base *base, strata_engine_t *eng,
                                   const char *model);
-/* Answers the request: 404 JSON error when prefix caching is off, else
- * starts its stream. 0 if a stream started. */
-int cache_feed_add(struct cache_feed *f, struct evhttp_request *http);
+/* Starts the request's stream: 0; or -1 with e filled (404 when prefix
+ * caching is off, 500 out of memory) for the caller to answer. */
+int cache_feed_add(struct cache_feed *f, struct evhttp_request *http,
+                   struct strata_api_error *e);
 /* Subscribers now. */
 int cache_feed_count(const struct cache_feed *f);
 /* Ends every stream (a stopping server). */

@@ -1055,9 +1055,11 @@ static void on_request(struct evhttp_request *http, void *arg) {
   case R_CACHE_STATS:
     handle_cache_stats(srv, http);
     break;
-  case R_CACHE_EVENTS:
-    cache_feed_add(srv->feed, http);
+  case R_CACHE_EVENTS: {
+    struct strata_api_error e;
+    if (cache_feed_add(srv->feed, http, &e) != 0) reply_error(srv, http, &e);
     break;
+  }
   }
 }
 
