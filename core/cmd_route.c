@@ -145,13 +145,8 @@ int strata_cmd_route(int argc, char **argv) {
       .cache_probe_timeout = strata_config_float(rn, "cache_probe_timeout"),
   };
   if (!o.host) o.host = "127.0.0.1";
-  if ((!o.api_key || !*o.api_key) && !strata_host_is_loopback(o.host) &&
-      !strata_config_bool(rn, "allow_no_api_key")) {
-    fprintf(stderr,
-            "strata: route: refusing to route on %s without an API key: anyone who can reach it "
-            "could use every engine behind it. Set router.api_key (or STRATA_API_KEY), or "
-            "router.allow_no_api_key = true on a private network\n",
-            o.host);
+  if (!strata_may_listen("route", "route on", "router", o.host, o.api_key,
+                         strata_config_bool(rn, "allow_no_api_key"))) {
     rc = 1;
     goto out;
   }

@@ -131,13 +131,8 @@ int strata_cmd_serve(int argc, char **argv) {
   if (!so.host) so.host = "127.0.0.1";
   strata_engine_t *eng = NULL;
   char err[1024];
-  if ((!so.api_key || !*so.api_key) && !strata_host_is_loopback(so.host) &&
-      !strata_config_bool(srvn, "allow_no_api_key")) {
-    fprintf(stderr,
-            "strata: serve: refusing to serve %s without an API key: anyone who can reach it "
-            "could use it. Set server.api_key (or STRATA_API_KEY), or server.allow_no_api_key "
-            "= true on a private network\n",
-            so.host);
+  if (!strata_may_listen("serve", "serve", "server", so.host, so.api_key,
+                         strata_config_bool(srvn, "allow_no_api_key"))) {
     rc = 1;
   } else if (strata_engine_start(&rt, &ec, &eng, err, sizeof err) != 0) {
     fprintf(stderr, "strata: serve: %s\n", err);

@@ -152,3 +152,14 @@ int strata_host_is_loopback(const char *host) {
   if (inet_pton(AF_INET6, host, &a6) == 1) return memcmp(&a6, &in6addr_loopback, sizeof a6) == 0;
   return 0;
 }
+
+int strata_may_listen(const char *cmd, const char *verb, const char *group, const char *host,
+                      const char *api_key, int allow_no_api_key) {
+  if ((api_key && *api_key) || allow_no_api_key || strata_host_is_loopback(host)) return 1;
+  fprintf(stderr,
+          "strata: %s: refusing to %s %s without an API key: anyone who can reach it could use "
+          "it. Set %s.api_key (or STRATA_API_KEY), or %s.allow_no_api_key = true on a private "
+          "network\n",
+          cmd, verb, host, group, group);
+  return 0;
+}

@@ -40,6 +40,12 @@ int strata_secret_equal(const char *got, const char *want);
 /* Whether a listen address only reaches this machine: "localhost",
  * 127.0.0.0/8 or ::1. Anything else (0.0.0.0, ::, a name) is not. */
 int strata_host_is_loopback(const char *host);
+/* Whether `strata CMD` may listen on host: on loopback, with an API key, or
+ * when GROUP.allow_no_api_key says the network is private. Otherwise prints
+ * "strata: CMD: refusing to VERB HOST without an API key ..." naming the
+ * settings to change, and returns 0. */
+int strata_may_listen(const char *cmd, const char *verb, const char *group, const char *host,
+                      const char *api_key, int allow_no_api_key);
 
 #define STRATA_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 
