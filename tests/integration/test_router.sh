@@ -10,6 +10,7 @@
 # streams, or probes); dns:// names find instances as
 # their addresses come and go; bad requests get OpenAI-style errors.
 set -u
+. "$(dirname "$0")/sanitizer_scan.sh"
 B=${STRATA_BUILDDIR:?}
 S=${STRATA_SRCDIR:-$(cd "$(dirname "$0")/../.." && pwd)}
 SH=${STRATA_SHARED:-}
@@ -427,12 +428,6 @@ fi
 # every process ends first (leak reports come at exit)
 for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
 wait 2>/dev/null
-# a sanitizer report from any engine or router this script ran fails it
-for f in "$T"/*.err; do
-  if grep -q "ERROR: AddressSanitizer\|ERROR: LeakSanitizer\|WARNING: ThreadSanitizer\|runtime error:" "$f"; then
-    bad "sanitizer report in $(basename "$f")"
-    grep -A30 -m3 "ERROR: \|WARNING: ThreadSanitizer\|runtime error:" "$f"
-  fi
-done
+sanitizer_scan "$T"
 echo "router tests: $pass passed, $fail failed"
 [ "$fail" -eq 0 ]

@@ -6,6 +6,7 @@
 # disconnecting mid-stream (its KV blocks come back), malformed and hostile
 # requests, auth, queue limits, /tokenize, /metrics, and a graceful SIGTERM.
 set -u
+. "$(dirname "$0")/sanitizer_scan.sh"
 B=${STRATA_BUILDDIR:?}
 SH=${STRATA_SHARED:-}
 STRATA="$B/strata"
@@ -610,12 +611,6 @@ PIDS=()
 # every process ends first (leak reports come at exit)
 for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
 wait 2>/dev/null
-# a sanitizer report from any server this script ran fails it
-for f in "$T"/*.err; do
-  if grep -q "ERROR: AddressSanitizer\|ERROR: LeakSanitizer\|WARNING: ThreadSanitizer\|runtime error:" "$f"; then
-    bad "sanitizer report in $(basename "$f")"
-    grep -A30 -m3 "ERROR: \|WARNING: ThreadSanitizer\|runtime error:" "$f"
-  fi
-done
+sanitizer_scan "$T"
 echo "server tests: $pass passed, $fail failed"
 [ "$fail" -eq 0 ]

@@ -9,6 +9,7 @@
 # idle with every KV block free, the surviving engine's memory did not grow
 # from the first half to the second, and every process stops cleanly.
 set -u
+. "$(dirname "$0")/sanitizer_scan.sh"
 B=${STRATA_BUILDDIR:?}
 S=${STRATA_SRCDIR:-$(cd "$(dirname "$0")/../.." && pwd)}
 SH=${STRATA_SHARED:-}
@@ -148,11 +149,6 @@ wait "$E0PID"
 check "the surviving engine exits 0" [ $? -eq 0 ]
 kill "$(cat "$T/e1.pid")"
 for i in $(seq 1 100); do kill -0 "$(cat "$T/e1.pid")" 2>/dev/null || break; sleep 0.1; done
-for f in "$T"/*.err; do
-  if grep -q "ERROR: AddressSanitizer\|ERROR: LeakSanitizer\|WARNING: ThreadSanitizer\|runtime error:" "$f"; then
-    bad "sanitizer report in $(basename "$f")"
-    grep -A30 -m3 "ERROR: \|WARNING: ThreadSanitizer\|runtime error:" "$f"
-  fi
-done
+sanitizer_scan "$T"
 echo "soak tests: $pass passed, $fail failed"
 [ "$fail" -eq 0 ]
