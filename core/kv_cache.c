@@ -785,15 +785,23 @@ int32_t strata_kv_protect(strata_kv_t *kv, const struct strata_kv_hash *hashes,
   return affected;
 }
 
-int32_t strata_kv_release_hint(strata_kv_t *kv,
-                               const struct strata_kv_hash *hashes, int32_t n) {
+/* keep_protected: blocks whose protection has not lapsed are left alone
+ * (counted in *n_kept). */
+static int32_t release_hint(strata_kv_t *kv, const struct strata_kv_hash *hashes, int32_t n,
+                            int keep_protected, int32_t *n_kept) {
+  if (n_kept) *n_kept = 0;
   if (!kv || !kv->caching || !hashes || n <= 0) return 0;
   pthread_mutex_lock(&kv->mu);
-  int32_t affected = 0;
+  double now = keep_protected ? now_of(kv) : 0;
+  int32_t affected = 0, kept = 0;
   for (int32_t k = n - 1; k >= 0; k--) {
     int32_t i = ht_find(kv, hashes[k]);
     if (i < 0) continue;
     struct kv_block *b = &kv->b[i];
+    if (keep_protected && b->protect_until > now) {
+      kept++;
+      continue;
+    }
     affected++;
     b->hint = 1;
     b->protect_until = 0;
@@ -803,7 +811,18 @@ int32_t strata_kv_release_hint(strata_kv_t *kv,
     }
   }
   pthread_mutex_unlock(&kv->mu);
+  if (n_kept) *n_kept = kept;
   return affected;
+}
+
+int32_t strata_kv_release_hint(strata_kv_t *kv,
+                               const struct strata_kv_hash *hashes, int32_t n) {
+  return release_hint(kv, hashes, n, 0, NULL);
+}
+
+int32_t strata_kv_release_unprotected(strata_kv_t *kv, const struct strata_kv_hash *hashes,
+                                      int32_t n, int32_t *n_kept) {
+  return release_hint(kv, hashes, n, 1, n_kept);
 }
 
 int32_t strata_kv_reset_cache(strata_kv_t *kv) {

@@ -275,6 +275,12 @@ int32_t strata_kv_protect(strata_kv_t *kv, const struct strata_kv_hash *hashes,
  * Returns the number of cached blocks affected. */
 int32_t strata_kv_release_hint(strata_kv_t *kv,
                                const struct strata_kv_hash *hashes, int32_t n);
+/* strata_kv_release_hint, except that blocks whose protection has not
+ * lapsed yet keep it (someone else still needs them: a shared system prompt
+ * that another keep hint protects); *n_kept (may be NULL) counts them.
+ * Returns the number of cached blocks hinted. */
+int32_t strata_kv_release_unprotected(strata_kv_t *kv, const struct strata_kv_hash *hashes,
+                                      int32_t n, int32_t *n_kept);
 
 /* Drops every block from the prefix cache (vLLM's reset_prefix_cache):
  * evictable blocks become free, referenced ones stay with their sequences

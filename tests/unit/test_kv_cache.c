@@ -675,6 +675,80 @@ START_TEST(protect_and_hint_order_eviction) {
 }
 END_TEST
 
+/* release_unprotected hints only blocks whose protection has lapsed (or
+ * that had none): a shared prefix another hint keeps stays protected. */
+START_TEST(release_unprotected_skips_protected) {
+  int32_t ids[3][2], got[6];
+  struct strata_kv_hash hs[3][2];
+  struct strata_kv_seq x;
+  strata_kv_t *kv = three(ids, hs);
+  /* A protected, then release A, B and C: only B and C are hinted. */
+  ck_assert_int_eq(strata_kv_protect(kv, hs[0], 2, 10.0), 2);
+  int32_t kept = -1;
+  struct strata_kv_hash all[6] = {hs[0][0], hs[0][1], hs[1][0], hs[1][1], hs[2][0], hs[2][1]};
+  ck_assert_int_eq(strata_kv_release_unprotected(kv, all, 6, &kept), 4);
+  ck_assert_int_eq(kept, 2);
+  struct strata_kv_stats s = stats(kv);
+  ck_assert_int_eq(s.n_protected, 2);
+  ck_assert_int_eq(s.n_hinted, 4);
+  check(kv);
+  /* the hinted ones first, from the end of the list given (C1 C0 B1 B0),
+   * then protected A */
+  evict_n(kv, 6, 6, got, &x);
+  int32_t want[6] = {ids[2][1], ids[2][0], ids[1][1], ids[1][0], ids[0][1], ids[0][0]};
+  for (int i = 0; i < 6; i++) ck_assert_int_eq(got[i], want[i]);
+  strata_kv_free_seq(kv, &x);
+  strata_kv_destroy(kv);
+
+  /* Once the protection lapses the block is released like any other. */
+  kv = three(ids, hs);
+  ck_assert_int_eq(strata_kv_protect(kv, hs[1], 2, 10.0), 2);
+  fake_now += 9.5;
+  ck_assert_int_eq(strata_kv_release_unprotected(kv, hs[1], 2, &kept), 0);
+  ck_assert_int_eq(kept, 2);
+  ck_assert_int_eq(stats(kv).n_hinted, 0);
+  ck_assert_int_eq(stats(kv).n_protected, 2);
+  fake_now += 1.0; /* lapsed, though still in the protected tier */
+  ck_assert_int_eq(strata_kv_release_unprotected(kv, hs[1], 2, NULL), 2);
+  ck_assert_int_eq(stats(kv).n_hinted, 2);
+  ck_assert_int_eq(stats(kv).n_protected, 0);
+  check(kv);
+  evict_n(kv, 2, 2, got, &x); /* B goes first, ahead of LRU A */
+  ck_assert_int_eq(got[0], ids[1][1]);
+  ck_assert_int_eq(got[1], ids[1][0]);
+  strata_kv_free_seq(kv, &x);
+  /* the plain release hint overrides a protection */
+  ck_assert_int_eq(strata_kv_protect(kv, hs[2], 2, 10.0), 2);
+  ck_assert_int_eq(strata_kv_release_hint(kv, hs[2], 2), 2);
+  ck_assert_int_eq(stats(kv).n_protected, 0);
+  ck_assert_int_eq(stats(kv).n_hinted, 2);
+  check(kv);
+  strata_kv_destroy(kv);
+
+  /* Protected while referenced: skipped too, and keeps its protection on
+   * release. Unknown hashes and no caching affect nothing. */
+  kv = mk(6, 2, 1);
+  int32_t ta[4] = {1, 2, 3, 4};
+  struct strata_kv_seq a;
+  run_prompt(kv, &a, ta, 4, NULL);
+  ck_assert_int_eq(strata_kv_protect(kv, a.hashes, 1, 10.0), 1);
+  ck_assert_int_eq(strata_kv_release_unprotected(kv, a.hashes, 2, &kept), 1);
+  ck_assert_int_eq(kept, 1);
+  strata_kv_free_seq(kv, &a);
+  ck_assert_int_eq(stats(kv).n_protected, 1);
+  ck_assert_int_eq(stats(kv).n_hinted, 1);
+  check(kv);
+  ck_assert_int_eq(
+      strata_kv_release_unprotected(kv, &(struct strata_kv_hash){1, 2}, 1, &kept), 0);
+  ck_assert_int_eq(kept, 0);
+  strata_kv_destroy(kv);
+  kv = mk(6, 2, 0);
+  ck_assert_int_eq(strata_kv_release_unprotected(kv, hs[0], 2, &kept), 0);
+  ck_assert_int_eq(kept, 0);
+  strata_kv_destroy(kv);
+}
+END_TEST
+
 START_TEST(priorities_set_while_referenced) {
   strata_kv_t *kv = mk(6, 2, 1);
   int32_t ta[5] = {1, 2, 3, 4, 5}, tb[4] = {6, 7, 8, 9}, got[6];
@@ -1231,10 +1305,13 @@ static void stress(int32_t nb, int32_t bs, int caching, uint64_t seed,
       }
     } else if (what < 94) {
       int32_t n = q->s.n_hashes;
-      if (rnd(2))
+      uint32_t how = rnd(3);
+      if (how == 0)
         strata_kv_protect(kv, q->s.hashes, n, rnd(3) ? (double)rnd(20) : -1.0);
-      else
+      else if (how == 1)
         strata_kv_release_hint(kv, q->s.hashes, n);
+      else
+        strata_kv_release_unprotected(kv, q->s.hashes, n, NULL);
       fake_now += rnd(5);
     } else if (what < 99) {
       /* preemption: free and start over from the same tokens */
@@ -1309,6 +1386,7 @@ int main(void) {
   tcase_add_test(tc, fork_shares_full_blocks_copies_partial);
   tcase_add_test(tc, counters_exact);
   tcase_add_test(tc, protect_and_hint_order_eviction);
+  tcase_add_test(tc, release_unprotected_skips_protected);
   tcase_add_test(tc, priorities_set_while_referenced);
   tcase_add_test(tc, events_for_stored_and_removed);
   tcase_add_test(tc, event_log_replays_to_the_cache);
