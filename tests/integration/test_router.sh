@@ -9,66 +9,9 @@
 # agents on one instance; kv-aware follows the engines' own caches (event
 # streams, or probes); dns:// names find instances as
 # their addresses come and go; bad requests get OpenAI-style errors.
-set -u
-. "$(dirname "$0")/sanitizer_scan.sh"
-B=${STRATA_BUILDDIR:?}
-S=${STRATA_SRCDIR:-$(cd "$(dirname "$0")/../.." && pwd)}
-SH=${STRATA_SHARED:-}
-STRATA="$B/strata"
-MODEL="$SH/models/stories260K.gguf"
-if [ -z "$SH" ] || [ ! -f "$MODEL" ]; then
-  echo "shared dir missing (no $MODEL): skipping the router tests"
-  exit 77
-fi
-for t in curl jq; do
-  if ! command -v "$t" >/dev/null 2>&1; then
-    echo "$t is missing (scripts/install-deps.sh installs it): skipping the router tests"
-    exit 77
-  fi
-done
-T=$(mktemp -d)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
-  wait 2>/dev/null
-  rm -rf "$T"
-}
-trap cleanup EXIT
-pass=0
-fail=0
-ok() { pass=$((pass + 1)); }
-bad() {
-  fail=$((fail + 1))
-  echo "FAIL: $*"
-}
-check() { # check NAME COND...
-  local name=$1
-  shift
-  if "$@"; then ok; else bad "$name"; fi
-}
-
-# start NAME ARGS...: runs strata ARGS, waits for "listening on", sets URL_<NAME>, PID_<NAME>
-start() {
-  local name=$1
-  shift
-  "$STRATA" "$@" >"$T/$name.out" 2>"$T/$name.err" &
-  local pid=$!
-  PIDS+=("$pid")
-  local i
-  for i in $(seq 1 600); do
-    grep -q '^listening on http://' "$T/$name.err" && break
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  local url
-  url=$(sed -n 's/^listening on \(http:[^ ]*\)$/\1/p' "$T/$name.err" | head -1)
-  if [ -z "$url" ]; then
-    echo "FAIL: $name did not start:"
-    cat "$T/$name.err"
-    exit 1
-  fi
-  eval "URL_$name=\$url; PID_$name=\$pid"
-}
+SUITE="router tests"
+NEEDS="curl jq"
+. "$(dirname "$0")/common.sh"
 # (a config of its own: the embedded default's model path is relative to the source tree)
 cat >"$T/engine.conf" <<EOF
 engine: { model = "$MODEL"; };

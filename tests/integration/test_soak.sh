@@ -8,44 +8,10 @@
 # no request was lost without an error reaching its client, every engine is
 # idle with every KV block free, the surviving engine's memory did not grow
 # from the first half to the second, and every process stops cleanly.
-set -u
-. "$(dirname "$0")/sanitizer_scan.sh"
-B=${STRATA_BUILDDIR:?}
-S=${STRATA_SRCDIR:-$(cd "$(dirname "$0")/../.." && pwd)}
-SH=${STRATA_SHARED:-}
-STRATA="$B/strata"
-MODEL="$SH/models/stories260K.gguf"
+SUITE="soak test"
+NEEDS="curl jq node"
+. "$(dirname "$0")/common.sh"
 N=${SOAK_REQUESTS:-400}
-if [ -z "$SH" ] || [ ! -f "$MODEL" ]; then
-  echo "shared dir missing (no $MODEL): skipping the soak test"
-  exit 77
-fi
-for t in curl jq node; do
-  if ! command -v "$t" >/dev/null 2>&1; then
-    echo "$t is missing (scripts/install-deps.sh installs it): skipping the soak test"
-    exit 77
-  fi
-done
-T=$(mktemp -d)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}" $(cat "$T"/*.pid 2>/dev/null); do kill "$p" 2>/dev/null; done
-  wait 2>/dev/null
-  rm -rf "$T"
-}
-trap cleanup EXIT
-pass=0
-fail=0
-ok() { pass=$((pass + 1)); }
-bad() {
-  fail=$((fail + 1))
-  echo "FAIL: $*"
-}
-check() {
-  local name=$1
-  shift
-  if "$@"; then ok; else bad "$name"; fi
-}
 printf 'engine: { model = "%s"; };\nserver: { request_log = false; };\n' "$MODEL" >"$T/e.conf"
 "$STRATA" serve --config "$T/e.conf" --port 0 --threads 1 >"$T/e0.out" 2>"$T/e0.err" &
 E0PID=$!
