@@ -95,6 +95,8 @@ int strata_cmd_route(int argc, char **argv) {
   if (cfg && strata_config_validate(cfg, &reg, &errs) != 0) goto errors;
   const strata_config_node_t *rn = cfg ? strata_config_group(cfg, "router")
                                        : strata_config_defaults("router");
+  const strata_config_node_t *wn = cfg ? strata_config_group(cfg, "router.workflows")
+                                       : strata_config_defaults("router.workflows");
   if (!policy) policy = strata_config_string(rn, "policy");
   struct strata_plugin *p = NULL;
   for (size_t i = 0; i < reg.n_plugins; i++)
@@ -143,6 +145,16 @@ int strata_cmd_route(int argc, char **argv) {
       .request_log = strata_config_bool(rn, "request_log"),
       .cache_events = strata_config_bool(rn, "cache_events"),
       .cache_probe_timeout = strata_config_float(rn, "cache_probe_timeout"),
+      .wf_max_workflows = (int)strata_config_int(wn, "max_workflows"),
+      .wf_max_agents = (int)strata_config_int(wn, "max_agents"),
+      .wf_max_steps = (int)strata_config_int(wn, "max_steps"),
+      .wf_max_messages = (int)strata_config_int(wn, "max_messages"),
+      .wf_max_message_bytes = (size_t)strata_config_int(wn, "max_message_bytes"),
+      .wf_max_waiters = (int)strata_config_int(wn, "max_waiters"),
+      .wf_idle_ttl = strata_config_float(wn, "idle_ttl"),
+      .wf_max_wait = strata_config_float(wn, "max_wait"),
+      .wf_cache_hints = strata_config_bool(wn, "cache_hints"),
+      .wf_hint_ttl = strata_config_float(wn, "hint_ttl"),
   };
   if (!o.host) o.host = "127.0.0.1";
   if (!strata_may_listen("route", "route on", "router", o.host, o.api_key,

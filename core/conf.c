@@ -167,6 +167,31 @@ static const struct strata_param router_params[] = {
     {NULL, STRATA_PARAM_END, 0, NULL, 0, 0, NULL},
 };
 
+static const struct strata_param workflow_params[] = {
+    {"max_workflows", STRATA_PARAM_INT, 0, "1024", 1, 1000000,
+     "workflows alive at once (declared or implicit); one more gets HTTP 429"},
+    {"max_agents", STRATA_PARAM_INT, 0, "64", 1, 4096, "agents per workflow"},
+    {"max_steps", STRATA_PARAM_INT, 0, "256", 1, 65536,
+     "steps per workflow, and barriers per workflow"},
+    {"max_messages", STRATA_PARAM_INT, 0, "1024", 1, 1000000,
+     "agent-to-agent messages a workflow keeps (for its lifetime); one more gets HTTP 429"},
+    {"max_message_bytes", STRATA_PARAM_SIZE, 0, "64KiB", 64, 16777216,
+     "largest message (as JSON) and largest step output; larger gets HTTP 413"},
+    {"max_waiters", STRATA_PARAM_INT, 0, "256", 1, 100000,
+     "open long polls, message streams and barrier or step waits per workflow; one more gets "
+     "HTTP 429"},
+    {"idle_ttl", STRATA_PARAM_FLOAT, 0, "600", 1, 604800,
+     "seconds without a request or API call after which a workflow ends"},
+    {"max_wait", STRATA_PARAM_FLOAT, 0, "300", 1, 3600,
+     "longest timeout a long poll, barrier or step wait may ask for"},
+    {"cache_hints", STRATA_PARAM_BOOL, 0, "true", NO_RANGE,
+     "tell the instances which workflow contexts to keep and which to release "
+     "(POST /v1/cache/hints), from each workflow's step graph"},
+    {"hint_ttl", STRATA_PARAM_FLOAT, 0, "300", 1, 86400,
+     "seconds a keep hint protects an agent's context on its instance"},
+    {NULL, STRATA_PARAM_END, 0, NULL, 0, 0, NULL},
+};
+
 static const struct {
   const char *name;
   const struct strata_param *params;
@@ -175,6 +200,7 @@ static const struct {
     {"engine.kv_cache", kv_cache_params},
     {"server", server_params},
     {"router", router_params},
+    {"router.workflows", workflow_params},
 };
 
 const struct strata_param *strata_config_core_params(const char *group) {

@@ -32,18 +32,19 @@
 #include "util.h"
 
 #include "route_int.h"
+#include "route_wf.h"
 
 static const double lat_bounds[ROUTE_LAT_BUCKETS] = {25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3,
                                                      2.5e-3, 5e-3, 10e-3, 25e-3, 100e-3, 1.0};
 
 /* ---- replies -------------------------------------------------------------------- */
 
-static void count_status(struct router *rt, int status) {
+void route_count_status(struct router *rt, int status) {
   const int c = status / 100;
   if (c >= 0 && c < 6) rt->by_class[c]++;
 }
 
-static void reply_body(struct router *rt, struct evhttp_request *req, int status, const char *ctype,
+void route_reply_body(struct router *rt, struct evhttp_request *req, int status, const char *ctype,
                        const char *body, size_t len) {
   struct evbuffer *b = evbuffer_new();
   if (!b) {
@@ -52,15 +53,12 @@ static void reply_body(struct router *rt, struct evhttp_request *req, int status
   }
   evbuffer_add(b, body, len);
   evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", ctype);
-  count_status(rt, status);
+  route_count_status(rt, status);
   evhttp_send_reply(req, status, strata_api_status_reason(status), b);
   evbuffer_free(b);
 }
 
-static void reply_errorf(struct router *rt, struct evhttp_request *req, int status,
-                         const char *code, const char *fmt, ...)
-    __attribute__((format(printf, 5, 6)));
-static void reply_errorf(struct router *rt, struct evhttp_request *req, int status,
+void route_reply_errorf(struct router *rt, struct evhttp_request *req, int status,
                          const char *code, const char *fmt, ...) {
   struct strata_api_error e;
   char msg[sizeof e.message];
@@ -77,7 +75,7 @@ static void reply_errorf(struct router *rt, struct evhttp_request *req, int stat
     evhttp_send_error(req, 500, NULL);
     return;
   }
-  reply_body(rt, req, status, "application/json", j, strlen(j));
+  route_reply_body(rt, req, status, "application/json", j, strlen(j));
   free(j);
 }
 
@@ -233,6 +231,7 @@ static void on_tick(evutil_socket_t fd, short what, void *arg) {
     check_one(rt, b, "/metrics", 1);
   }
   if (rt->needs_cache) route_cache_tick(rt);
+  route_wf_tick(rt);
 }
 
 /* ---- proxying ------------------------------------------------------------------------ */
@@ -241,6 +240,7 @@ static void on_tick(evutil_socket_t fd, short what, void *arg) {
 static void rreq_free(struct rreq *r) {
   struct router *rt = r->rt;
   route_cache_release(r);
+  route_wf_release(r);
   if (r->cevcon) evhttp_connection_set_closecb(r->cevcon, NULL, NULL);
   if (r->prev) r->prev->next = r->next;
   else rt->inflight = r->next;
@@ -303,7 +303,7 @@ static void nodelay(struct evhttp_connection *c) {
 static void start_reply(struct rreq *r, const char *clen) {
   struct evkeyvalq *out = evhttp_request_get_output_headers(r->client);
   if (clen) evhttp_add_header(out, "Content-Length", clen);
-  count_status(r->rt, r->status);
+  route_count_status(r->rt, r->status);
   evhttp_send_reply_start(r->client, r->status, strata_api_status_reason(r->status));
   r->started = 1;
   if (r->held) {
@@ -437,7 +437,7 @@ static void finish_attempt(struct rreq *r) {
       return;
     }
     log_request(r, 502);
-    reply_errorf(rt, r->client, 502, "upstream_failed", "no engine instance answered: %s",
+    route_reply_errorf(rt, r->client, 502, "upstream_failed", "no engine instance answered: %s",
                  r->last_error);
     rt->failed++;
     rreq_free(r);
@@ -457,9 +457,10 @@ static void finish_attempt(struct rreq *r) {
     if (eb) evbuffer_free(eb);
     free(j);
   }
+  if (r->wf_id) route_wf_done(r, failed ? 0 : r->status, r->held);
   log_request(r, failed ? 502 : r->status);
   if (r->held) { /* the whole answer, in one write */
-    count_status(rt, r->status);
+    route_count_status(rt, r->status);
     evhttp_send_reply(r->client, r->status, strata_api_status_reason(r->status), r->held);
     evbuffer_free(r->held);
     r->held = NULL;
@@ -507,6 +508,7 @@ static void on_peek(evutil_socket_t fd, short what, void *arg) {
       evhttp_connection_free(evcon); /* and the request still attached to it */
     }
   }
+  route_wf_peek(rt);
 }
 
 static void add_latency(struct router *rt, double s) {
@@ -545,10 +547,10 @@ void route_dispatch(struct rreq *r) {
     const int st = r->attempts ? 502 : 503;
     log_request(r, st);
     if (r->attempts)
-      reply_errorf(rt, r->client, st, "upstream_failed", "no engine instance answered: %s",
+      route_reply_errorf(rt, r->client, st, "upstream_failed", "no engine instance answered: %s",
                    r->last_error);
     else
-      reply_errorf(rt, r->client, st, "no_backend", "no healthy engine instance");
+      route_reply_errorf(rt, r->client, st, "no_backend", "no healthy engine instance");
     rt->failed++;
     rreq_free(r);
     return;
@@ -556,7 +558,7 @@ void route_dispatch(struct rreq *r) {
   struct strata_route_choice ch = {.id = -1, .reason = NULL};
   if (rt->vt->route(rt->state, &r->rr, rt->view, n, &ch) != 0) {
     log_request(r, 503);
-    reply_errorf(rt, r->client, 503, "no_backend", "the %s policy refused the request%s%s",
+    route_reply_errorf(rt, r->client, 503, "no_backend", "the %s policy refused the request%s%s",
                  rt->plugin->desc->name, ch.reason ? ": " : "", ch.reason ? ch.reason : "");
     rt->failed++;
     rreq_free(r);
@@ -567,7 +569,7 @@ void route_dispatch(struct rreq *r) {
     if (rt->view[i].id == ch.id) b = rt->be[ch.id];
   if (!b) {
     log_request(r, 500);
-    reply_errorf(rt, r->client, 500, NULL, "the %s policy chose instance %d, not one offered",
+    route_reply_errorf(rt, r->client, 500, NULL, "the %s policy chose instance %d, not one offered",
                  rt->plugin->desc->name, ch.id);
     rt->failed++;
     rreq_free(r);
@@ -583,7 +585,7 @@ void route_dispatch(struct rreq *r) {
     if (r->conn) route_give_conn(b, r->conn);
     r->conn = NULL;
     log_request(r, 500);
-    reply_errorf(rt, r->client, 500, NULL, "out of memory");
+    route_reply_errorf(rt, r->client, 500, NULL, "out of memory");
     rreq_free(r);
     return;
   }
@@ -619,6 +621,33 @@ void route_dispatch(struct rreq *r) {
   }
 }
 
+int32_t route_pick(struct router *rt, const char *wf_id, const json_t *body) {
+  size_t n = 0;
+  for (size_t i = 0; i < rt->n_be; i++) {
+    const struct backend *b = rt->be[i];
+    if (!b->healthy || b->removed) continue;
+    rt->view[n++] = (struct strata_route_backend){
+        .id = b->id, .url = b->url, .inflight = b->inflight, .running = b->running,
+        .waiting = b->waiting, .kv_usage = b->kv, .routed = b->routed};
+  }
+  json_t *o = n ? json_deep_copy(body) : NULL;
+  if (!o) return -1;
+  json_object_set_new(o, "metadata", json_pack("{s:s}", "workflow_id", wf_id));
+  /* a request with no client: header() answers NULL for it */
+  struct rreq none = {.rt = rt};
+  none.rr = (struct strata_route_request){.id = ++rt->next_id, .path = "/v1/chat/completions",
+                                          .body = (const strata_json_t *)o, .header = hdr_of,
+                                          .host_data = &none, .prompt_tokens = -1};
+  struct strata_route_choice ch = {.id = -1, .reason = NULL};
+  int32_t id = -1;
+  if (rt->vt->route(rt->state, &none.rr, rt->view, n, &ch) == 0)
+    for (size_t i = 0; i < n; i++)
+      if (rt->view[i].id == ch.id) id = ch.id;
+  if (id >= 0) count_decision(rt, ch.reason);
+  json_decref(o);
+  return id;
+}
+
 /* ---- the router's own endpoints ------------------------------------------------------ */
 
 static void handle_health(struct router *rt, struct evhttp_request *req) {
@@ -627,7 +656,7 @@ static void handle_health(struct router *rt, struct evhttp_request *req) {
   char body[160];
   const int n = snprintf(body, sizeof body, "{\"status\":\"%s\",\"healthy_backends\":%zu,\"backends\":%zu}",
                          up ? "ok" : "unavailable", up, rt->n_be);
-  reply_body(rt, req, up ? 200 : 503, "application/json", body, (size_t)n);
+  route_reply_body(rt, req, up ? 200 : 503, "application/json", body, (size_t)n);
 }
 
 static void handle_admin(struct router *rt, struct evhttp_request *req) {
@@ -656,10 +685,10 @@ static void handle_admin(struct router *rt, struct evhttp_request *req) {
   char *s = json_dumps(o, JSON_COMPACT);
   json_decref(o);
   if (!s) {
-    reply_errorf(rt, req, 500, NULL, "out of memory");
+    route_reply_errorf(rt, req, 500, NULL, "out of memory");
     return;
   }
-  reply_body(rt, req, 200, "application/json", s, strlen(s));
+  route_reply_body(rt, req, 200, "application/json", s, strlen(s));
   free(s);
 }
 
@@ -742,9 +771,10 @@ static void handle_metrics(struct router *rt, struct evhttp_request *req) {
                       "strata_router_added_latency_seconds_count %llu\n",
                       (unsigned long long)rt->lat_count, rt->lat_sum,
                       (unsigned long long)rt->lat_count);
+  route_wf_metrics(rt, b);
   evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
                     "text/plain; version=0.0.4");
-  count_status(rt, 200);
+  route_count_status(rt, 200);
   evhttp_send_reply(req, 200, "OK", b);
   evbuffer_free(b);
 }
@@ -770,6 +800,7 @@ static const struct {
 /* Frees a request not yet in the in-flight list (refused while read). */
 static void drop_unlisted(struct rreq *r) {
   if (!r) return;
+  route_wf_release(r);
   if (r->json) json_decref(r->json);
   free(r->body);
   free(r->uri);
@@ -790,6 +821,14 @@ static void on_request(struct evhttp_request *req, void *arg) {
     handle_metrics(rt, req);
     return;
   }
+  if (strncmp(path, "/v1/workflows", 13) == 0 && (path[13] == 0 || path[13] == '/')) {
+    if (!auth_ok(rt, req))
+      route_reply_errorf(rt, req, 401, "invalid_api_key",
+                         "missing or wrong API key: send the header 'Authorization: Bearer <key>'");
+    else
+      route_wf_handle(rt, req, path, m);
+    return;
+  }
   int known = 0, found = 0;
   for (size_t i = 0; i < STRATA_ARRAY_LEN(proxied); i++)
     if (strcmp(path, proxied[i].path) == 0) {
@@ -804,13 +843,13 @@ static void on_request(struct evhttp_request *req, void *arg) {
   if (admin) known = 1, found = m == EVHTTP_REQ_GET;
   if (!found) {
     if (known)
-      reply_errorf(rt, req, 405, "method_not_allowed", "method not allowed for %.200s", path);
+      route_reply_errorf(rt, req, 405, "method_not_allowed", "method not allowed for %.200s", path);
     else
-      reply_errorf(rt, req, 404, "not_found", "no such endpoint: %.200s", path);
+      route_reply_errorf(rt, req, 404, "not_found", "no such endpoint: %.200s", path);
     return;
   }
   if (!auth_ok(rt, req)) {
-    reply_errorf(rt, req, 401, "invalid_api_key",
+    route_reply_errorf(rt, req, 401, "invalid_api_key",
                  "missing or wrong API key: send the header 'Authorization: Bearer <key>'");
     return;
   }
@@ -819,7 +858,7 @@ static void on_request(struct evhttp_request *req, void *arg) {
     return;
   }
   if (rt->stopping) {
-    reply_errorf(rt, req, 503, NULL, "the router is stopping");
+    route_reply_errorf(rt, req, 503, NULL, "the router is stopping");
     return;
   }
   struct rreq *r = calloc(1, sizeof *r);
@@ -827,7 +866,7 @@ static void on_request(struct evhttp_request *req, void *arg) {
   if (r) r->uri = strata_strdup(full ? full : path);
   if (!r || !r->uri) {
     drop_unlisted(r);
-    reply_errorf(rt, req, 500, NULL, "out of memory");
+    route_reply_errorf(rt, req, 500, NULL, "out of memory");
     return;
   }
   r->rt = rt;
@@ -847,7 +886,7 @@ static void on_request(struct evhttp_request *req, void *arg) {
     r->body = malloc(r->body_len);
     if (!r->body) {
       drop_unlisted(r);
-      reply_errorf(rt, req, 500, NULL, "out of memory");
+      route_reply_errorf(rt, req, 500, NULL, "out of memory");
       return;
     }
     evbuffer_copyout(in, r->body, r->body_len);
@@ -856,15 +895,19 @@ static void on_request(struct evhttp_request *req, void *arg) {
     json_error_t je;
     r->json = json_loadb(r->body ? r->body : "", r->body_len, 0, &je);
     if (!r->json || !json_is_object(r->json)) {
-      reply_errorf(rt, req, 400, "invalid_json", "the body is not a JSON object: %s",
+      route_reply_errorf(rt, req, 400, "invalid_json", "the body is not a JSON object: %s",
                    r->json ? "another JSON value" : je.text);
       drop_unlisted(r);
       return;
     }
   }
-  rt->requests++;
   r->rr = (struct strata_route_request){.id = r->id, .path = path, .body = (const strata_json_t *)r->json,
                                         .header = hdr_of, .host_data = r};
+  if (route_wf_join(r) != 0) { /* answered: a workflow limit */
+    drop_unlisted(r);
+    return;
+  }
+  rt->requests++;
   /* rr.path points into the request's URI, which lives as long as it */
   r->next = rt->inflight;
   if (rt->inflight) rt->inflight->prev = r;
@@ -888,6 +931,7 @@ static void on_signal(evutil_socket_t sig, short what, void *arg) {
     return;
   }
   rt->stopping = 1;
+  route_wf_stop(rt);
   strata_log(STRATA_LOG_INFO, "route", "%s: no new requests; waiting for the open ones (again "
              "to stop at once)", sig == SIGINT ? "SIGINT" : "SIGTERM");
   if (rt->bound) {
@@ -951,6 +995,7 @@ static void on_dns(int result, char type, int count, int ttl, void *addresses, v
   struct dnssrc *d = arg;
   struct router *rt = d->rt;
   d->resolving = 0;
+  if (result == DNS_ERR_SHUTDOWN) return;
   if (result != DNS_ERR_NONE || type != DNS_IPv4_A) {
     /* a failed lookup changes nothing: instances stay until DNS says otherwise */
     strata_log(STRATA_LOG_WARN, "route", "dns %s: %s", d->name,
@@ -1099,6 +1144,7 @@ int strata_route_run(const struct strata_plugin *p, const strata_config_node_t *
   rt.needs_cache = rt.vt->size >= offsetof(struct strata_router_vtable, needs) + sizeof rt.vt->needs &&
                    (rt.vt->needs & STRATA_ROUTE_NEEDS_CACHE);
   if (rt.needs_cache && route_cache_open(&rt) != 0) goto out;
+  if (route_wf_open(&rt) != 0) goto out;
   evhttp_set_max_body_size(rt.http, (ev_ssize_t)o->max_body_bytes);
   evhttp_set_max_headers_size(rt.http, 64 * 1024);
   evhttp_set_timeout(rt.http, o->idle_timeout > 0 ? o->idle_timeout : 60);
@@ -1139,13 +1185,20 @@ out:
     r->client = NULL;
     rreq_free(r);
   }
+  route_wf_close(&rt);
   if (rt.tick) event_free(rt.tick);
   if (rt.peek) event_free(rt.peek);
   if (rt.sig_int) event_free(rt.sig_int);
   if (rt.sig_term) event_free(rt.sig_term);
   if (rt.http) evhttp_free(rt.http);
   if (rt.dns_tick) event_free(rt.dns_tick);
-  if (rt.dnsbase) evdns_base_free(rt.dnsbase, 1); /* fails lookups in flight */
+  if (rt.dnsbase) {
+    /* fails lookups in flight: their callbacks (and the frees of their
+     * requests) are deferred to the loop, so it runs once more (libevent
+     * issue #942: without it each lookup in flight leaks) */
+    evdns_base_free(rt.dnsbase, 1);
+    event_base_loop(rt.base, EVLOOP_NONBLOCK);
+  }
   for (size_t i = 0; i < rt.n_dns; i++) free(rt.dns[i].name);
   free(rt.dns);
   route_cache_close(&rt);

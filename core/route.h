@@ -49,6 +49,17 @@ struct strata_route_opts {
   const char *tokenizer;      /* a GGUF for the prompt tokens; NULL: none (probes only) */
   int cache_events;           /* follow GET /v1/cache/events (with a tokenizer) */
   double cache_probe_timeout; /* seconds to wait for POST /v1/cache/stats answers */
+  /* Workflows (router.workflows, route_wf.h): limits and cache hints. */
+  int wf_max_workflows;         /* live at once; more get 429 */
+  int wf_max_agents;            /* per workflow */
+  int wf_max_steps;             /* steps and barriers, each, per workflow */
+  int wf_max_messages;          /* kept per workflow (its lifetime) */
+  size_t wf_max_message_bytes;  /* one message, or one step output */
+  int wf_max_waiters;           /* long polls, streams and barrier waits per workflow */
+  double wf_idle_ttl;           /* seconds without use after which a workflow ends */
+  double wf_max_wait;           /* longest timeout a waiter may ask for */
+  int wf_cache_hints;           /* send POST /v1/cache/hints to the instances */
+  double wf_hint_ttl;           /* seconds a keep hint protects an agent's context */
 };
 
 /* Serves until SIGINT or SIGTERM with the policy p (a loaded, initialised

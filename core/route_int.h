@@ -104,6 +104,8 @@ struct router {
   int have_tmpl;
   const char *bos_text, *eos_text;
   uint64_t index_answers, probe_answers, cache_unknown;
+  /* workflows (route_wf.c) */
+  struct wf_reg *wf;
 };
 
 struct rreq { /* one client request */
@@ -141,6 +143,8 @@ struct rreq { /* one client request */
   struct probe *probes;
   int n_probes, pending;
   struct event *ptimer;
+  /* its workflow (route_wf.c): id, agent, step; NULL: none */
+  char *wf_id, *wf_agent, *wf_step;
 };
 
 
@@ -149,6 +153,15 @@ struct evhttp_connection *route_new_conn(struct router *rt, struct backend *b, d
 struct rconn *route_take_conn(struct router *rt, struct backend *b);
 void route_give_conn(struct backend *b, struct rconn *k);
 void route_dispatch(struct rreq *r);
+void route_count_status(struct router *rt, int status);
+void route_reply_body(struct router *rt, struct evhttp_request *req, int status, const char *ctype,
+                      const char *body, size_t len);
+void route_reply_errorf(struct router *rt, struct evhttp_request *req, int status,
+                        const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+/* The instance the policy picks for a request of workflow wf_id with the
+ * given body (declaring a workflow's context); -1 when none. */
+int32_t route_pick(struct router *rt, const char *wf_id, const json_t *body);
 
 /* route_cache.c: what policies with STRATA_ROUTE_NEEDS_CACHE are given */
 /* Loads router.tokenizer (if set). 0, or -1 with a message printed. */
