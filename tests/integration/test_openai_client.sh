@@ -21,7 +21,8 @@ for t in node npm; do
 done
 N="$B/tests/integration/node"
 mkdir -p "$N"
-cp "$S/tests/integration/package.json" "$S/tests/integration/openai_client.mjs" "$N/"
+cp "$S/tests/integration/package.json" "$S/tests/integration/openai_client.mjs" \
+  "$S/examples/agents/pipeline.mjs" "$N/"
 if [ ! -f "$N/node_modules/openai/package.json" ]; then
   if ! (cd "$N" && timeout 300 npm install --no-audit --no-fund --loglevel=error >"$N/npm-install.log" 2>&1); then
     echo "npm install of the openai package failed (is the npm registry reachable?): skipping"
@@ -33,7 +34,8 @@ echo "openai client $(node -p "require('$N/node_modules/openai/package.json').ve
 
 T=$(mktemp -d)
 PID=
-trap '[ -n "$PID" ] && kill "$PID" 2>/dev/null; wait 2>/dev/null; rm -rf "$T"' EXIT
+RPID=
+trap '[ -n "$PID" ] && kill "$PID" 2>/dev/null; [ -n "$RPID" ] && kill "$RPID" 2>/dev/null; wait 2>/dev/null; rm -rf "$T"' EXIT
 cat >"$T/s.conf" <<CONF
 engine: { model = "$MODEL"; };
 CONF
@@ -51,4 +53,20 @@ if [ -z "$URL" ]; then
   exit 1
 fi
 EXPECT=$("$STRATA" generate --model "$MODEL" --prompt "Once upon a time" -n 20 --temperature 0 2>/dev/null)
-cd "$N" && STRATA_URL="$URL" STRATA_KEY=node-test-key STRATA_EXPECT="$EXPECT" timeout 300 node openai_client.mjs
+(cd "$N" && STRATA_URL="$URL" STRATA_KEY=node-test-key STRATA_EXPECT="$EXPECT" timeout 300 node openai_client.mjs) || exit 1
+
+# docs/agents.md's worked example (examples/agents/pipeline.mjs): three
+# agents through a router in front of the server
+STRATA_API_KEY=node-test-key "$STRATA" route --backend "$URL" --policy workflow-aware --port 0 2>"$T/rerr" &
+RPID=$!
+for i in $(seq 1 100); do
+  grep -q '^listening on http://' "$T/rerr" && break
+  sleep 0.1
+done
+RURL=$(sed -n 's/^listening on \(http:[^ ]*\)$/\1/p' "$T/rerr" | head -1)
+if [ -z "$RURL" ]; then
+  echo "FAIL: the router did not start:"
+  cat "$T/rerr"
+  exit 1
+fi
+cd "$N" && STRATA_URL="$RURL" STRATA_KEY=node-test-key timeout 300 node pipeline.mjs
