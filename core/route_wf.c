@@ -47,8 +47,8 @@
 #include "util.h"
 
 #include "route_int.h"
+#include "route_wf_parse.h"
 
-#define WF_MAX_NAME 256 /* bytes of an id, agent, step or barrier name */
 
 enum { W_MSG, W_SSE, W_BARRIER, W_STEPS };
 
@@ -163,17 +163,9 @@ static void reply_json(struct router *rt, struct evhttp_request *req, int status
   free(s);
 }
 
-static int name_ok(const char *s, size_t n) {
-  if (n == 0 || n > WF_MAX_NAME) return 0;
-  for (size_t i = 0; i < n; i++)
-    if ((unsigned char)s[i] < 0x20 || s[i] == 0x7f) return 0;
-  return 1;
-}
-
 static char *copy_name(const json_t *v) {
-  const char *s = json_string_value(v);
-  return s && name_ok(s, json_string_length(v)) && strlen(s) == json_string_length(v)
-             ? strata_strdup(s)
+  return route_wf_name_json(v) && strlen(json_string_value(v)) == json_string_length(v)
+             ? strata_strdup(json_string_value(v))
              : NULL;
 }
 
@@ -446,26 +438,6 @@ static void wake_receivers(struct wf *w) {
     pv = x->prev;
     if ((x->kind == W_MSG || x->kind == W_SSE) && pending_for(w, x->agent)) send_messages(x);
   }
-}
-
-/* An A2A Part: {"kind":"text","text"}, {"kind":"data","data":{}} or
- * {"kind":"file","file":{"uri"|"bytes", ...}}. */
-static const char *bad_part(const json_t *p) {
-  const char *k = json_string_value(json_object_get(p, "kind"));
-  if (!json_is_object(p) || !k) return "each part must be an object with a \"kind\"";
-  if (strcmp(k, "text") == 0)
-    return json_is_string(json_object_get(p, "text")) ? NULL : "a text part needs \"text\"";
-  if (strcmp(k, "data") == 0)
-    return json_is_object(json_object_get(p, "data")) ? NULL
-                                                      : "a data part needs a \"data\" object";
-  if (strcmp(k, "file") == 0) {
-    const json_t *f = json_object_get(p, "file");
-    return json_is_object(f) && (json_is_string(json_object_get(f, "uri")) ||
-                                 json_is_string(json_object_get(f, "bytes")))
-               ? NULL
-               : "a file part needs a \"file\" object with \"uri\" or \"bytes\"";
-  }
-  return "a part's kind is text, data or file";
 }
 
 /* ---- hints to the instances ----------------------------------------------------------- */
@@ -801,67 +773,13 @@ static int body_timeout(struct router *rt, struct evhttp_request *req, const jso
 static void handle_declare(struct router *rt, struct evhttp_request *req) {
   json_t *o = body_json(rt, req, 0);
   if (!o) return;
-  const char *err = NULL;
-  char id[64 + WF_MAX_NAME];
+  char id[64 + ROUTE_WF_MAX_NAME];
   const json_t *jid = json_object_get(o, "id");
   const json_t *agents = json_object_get(o, "agents"), *steps = json_object_get(o, "steps");
   const json_t *ctx = json_object_get(o, "context"), *salt = json_object_get(o, "cache_salt");
   const json_t *ttl = json_object_get(o, "idle_ttl"), *pf = json_object_get(o, "prefill");
-  if (jid && !(json_is_string(jid) && name_ok(json_string_value(jid), json_string_length(jid)) &&
-               strlen(json_string_value(jid)) == json_string_length(jid)))
-    err = "id must be a string of 1 to 256 bytes without control characters";
-  else if (agents && !json_is_array(agents))
-    err = "agents must be an array of names (or {\"name\"} objects)";
-  else if (steps && !json_is_array(steps))
-    err = "steps must be an array of {\"name\", \"agent\", \"after\"} objects";
-  else if (ctx && !json_is_string(ctx) &&
-           !(json_is_object(ctx) && (json_is_array(json_object_get(ctx, "messages")) ||
-                                     json_is_string(json_object_get(ctx, "prompt")) ||
-                                     json_is_array(json_object_get(ctx, "prompt")))))
-    err = "context must be a string (a system prompt) or {\"messages\": [...]} or "
-          "{\"prompt\": ...}";
-  else if (salt && !json_is_string(salt))
-    err = "cache_salt must be a string";
-  else if (ttl && !(json_is_number(ttl) && json_number_value(ttl) >= 1 &&
-                    json_number_value(ttl) <= 604800))
-    err = "idle_ttl must be a number of seconds in [1, 604800]";
-  else if (pf && !json_is_boolean(pf))
-    err = "prefill must be true or false";
-  else if (json_array_size(agents) > (size_t)rt->o->wf_max_agents ||
-           json_array_size(steps) > (size_t)rt->o->wf_max_steps)
-    err = "more agents or steps than router.workflows.max_agents / max_steps allow";
-  if (err) {
-    route_reply_errorf(rt, req, 400, NULL, "%s", err);
-    json_decref(o);
-    return;
-  }
-  /* names check before anything is created */
-  for (size_t i = 0; !err && i < json_array_size(agents); i++) {
-    const json_t *a = json_array_get(agents, i);
-    if (json_is_object(a)) a = json_object_get(a, "name");
-    if (!json_is_string(a) || !name_ok(json_string_value(a), json_string_length(a)))
-      err = "each agent is a name (1 to 256 bytes) or an object with one";
-  }
-  for (size_t i = 0; !err && i < json_array_size(steps); i++) {
-    const json_t *s = json_array_get(steps, i), *n = json_object_get(s, "name");
-    const json_t *ag = json_object_get(s, "agent"), *af = json_object_get(s, "after");
-    if (!json_is_object(s) || !json_is_string(n) || !name_ok(json_string_value(n), json_string_length(n)))
-      err = "each step is an object with a \"name\" (1 to 256 bytes)";
-    else if (ag && !json_is_null(ag) &&
-             !(json_is_string(ag) && name_ok(json_string_value(ag), json_string_length(ag))))
-      err = "a step's agent is a name";
-    else if (af && !json_is_array(af))
-      err = "a step's after is an array of earlier step names";
-    for (size_t k = 0; !err && k < i; k++)
-      if (json_equal(json_object_get(json_array_get(steps, k), "name"), n)) err = "two steps have one name";
-    for (size_t j = 0; !err && j < json_array_size(af); j++) {
-      int earlier = 0;
-      for (size_t k = 0; k < i; k++)
-        earlier |= json_equal(json_object_get(json_array_get(steps, k), "name"), json_array_get(af, j));
-      if (!earlier) err = "a step's after may only name steps listed before it (the graph has no "
-                          "cycles)";
-    }
-  }
+  const char *err = route_wf_check_declare(o, (size_t)rt->o->wf_max_agents,
+                                           (size_t)rt->o->wf_max_steps);
   if (err) {
     route_reply_errorf(rt, req, 400, NULL, "%s", err);
     json_decref(o);
@@ -961,74 +879,48 @@ static void handle_list(struct router *rt, struct evhttp_request *req) {
 static void handle_post_message(struct router *rt, struct evhttp_request *req, struct wf *w) {
   json_t *o = body_json(rt, req, 1);
   if (!o) return;
-  const json_t *from = json_object_get(o, "from"), *to = json_object_get(o, "to");
-  const json_t *m = json_object_get(o, "message");
-  if (!m) m = o; /* the A2A message's fields given inline */
-  const json_t *parts = json_object_get(m, "parts"), *role = json_object_get(m, "role");
-  const json_t *mid = json_object_get(m, "messageId"), *meta = json_object_get(m, "metadata");
-  const char *err = NULL;
-  if (!json_is_string(from) || !name_ok(json_string_value(from), json_string_length(from)))
-    err = "from must name the sending agent";
-  else if (to && !json_is_null(to) &&
-           !(json_is_string(to) && name_ok(json_string_value(to), json_string_length(to))))
-    err = "to must name an agent, or be \"*\" or absent for every agent";
-  else if (!json_is_object(m))
-    err = "message must be an A2A message object";
-  else if (!json_is_array(parts) || json_array_size(parts) == 0 || json_array_size(parts) > 64)
-    err = "parts must be an array of 1 to 64 A2A parts";
-  else if (role && !(json_is_string(role) && (strcmp(json_string_value(role), "user") == 0 ||
-                                              strcmp(json_string_value(role), "agent") == 0)))
-    err = "role must be \"user\" or \"agent\"";
-  else if (mid && !(json_is_string(mid) && name_ok(json_string_value(mid), json_string_length(mid))))
-    err = "messageId must be a string of 1 to 256 bytes";
-  else if (meta && !json_is_object(meta))
-    err = "metadata must be an object";
-  for (size_t i = 0; !err && i < json_array_size(parts); i++) err = bad_part(json_array_get(parts, i));
+  const char *err = route_wf_check_message(o);
   if (err) {
     route_reply_errorf(rt, req, 400, NULL, "%s", err);
     json_decref(o);
     return;
   }
+  const json_t *from = json_object_get(o, "from"), *to = json_object_get(o, "to");
   if (w->n_msgs >= (size_t)rt->o->wf_max_messages) {
     route_reply_errorf(rt, req, 429, "too_many_messages", "workflow %.200s holds %zu messages "
                        "(router.workflows.max_messages)", w->id, w->n_msgs);
     json_decref(o);
     return;
   }
-  const ssize_t fa = agent_of(w, json_string_value(from));
   const char *tn = json_string_value(to);
-  const ssize_t ta = tn && strcmp(tn, "*") != 0 ? agent_of(w, tn) : -1;
-  if (fa < 0 || (tn && strcmp(tn, "*") != 0 && ta < 0)) {
-    route_reply_errorf(rt, req, 429, "too_many_agents", "workflow %.200s has %zu agents "
-                       "(router.workflows.max_agents)", w->id, w->n_agents);
-    json_decref(o);
-    return;
-  }
+  if (tn && strcmp(tn, "*") == 0) tn = NULL;
   char midbuf[96];
   snprintf(midbuf, sizeof midbuf, "%llx-%zu", (unsigned long long)w->key, w->n_msgs + 1);
-  json_t *msg = json_pack("{s:s,s:s,s:O,s:s,s:s}", "kind", "message", "role",
-                          role ? json_string_value(role) : "agent", "parts", parts, "messageId",
-                          mid ? json_string_value(mid) : midbuf, "contextId", w->id);
-  if (msg && meta) json_object_set(msg, "metadata", (json_t *)meta);
-  json_t *env = msg ? json_pack("{s:I,s:s,s:o,s:o}", "seq", (json_int_t)w->n_msgs + 1, "from",
-                                w->agents[fa].name, "to",
-                                ta >= 0 ? json_string(w->agents[ta].name) : json_string("*"),
-                                "message", msg)
-                    : NULL;
-  json_decref(o);
+  json_t *env = route_wf_envelope(o, w->n_msgs + 1, json_string_value(from), tn, w->id, midbuf);
   char *s = env ? json_dumps(env, JSON_COMPACT) : NULL;
   const size_t bytes = s ? strlen(s) : 0;
   free(s);
   if (!env || !bytes) {
     json_decref(env);
+    json_decref(o);
     route_reply_errorf(rt, req, 500, NULL, "out of memory");
     return;
   }
   if (bytes > rt->o->wf_max_message_bytes) {
     json_decref(env);
+    json_decref(o);
     route_reply_errorf(rt, req, 413, "message_too_large", "the message is %zu bytes as JSON; "
                        "router.workflows.max_message_bytes is %zu", bytes,
                        rt->o->wf_max_message_bytes);
+    return;
+  }
+  const ssize_t fa = agent_of(w, json_string_value(from));
+  const ssize_t ta = tn ? agent_of(w, tn) : -1;
+  json_decref(o);
+  if (fa < 0 || (tn && ta < 0)) {
+    json_decref(env);
+    route_reply_errorf(rt, req, 429, "too_many_agents", "workflow %.200s has %zu agents "
+                       "(router.workflows.max_agents)", w->id, w->n_agents);
     return;
   }
   if (w->n_msgs == w->cap_msgs) {
@@ -1054,7 +946,7 @@ static void handle_post_message(struct router *rt, struct evhttp_request *req, s
 static void handle_get_messages(struct router *rt, struct evhttp_request *req, struct wf *w,
                                 const struct evkeyvalq *q) {
   const char *agent = evhttp_find_header(q, "agent");
-  if (!agent || !name_ok(agent, strlen(agent))) {
+  if (!agent || !route_wf_name_ok(agent, strlen(agent))) {
     route_reply_errorf(rt, req, 400, NULL, "query parameter agent (the receiver) is required");
     return;
   }
@@ -1098,10 +990,11 @@ static void handle_barrier(struct router *rt, struct evhttp_request *req, struct
                            const char *name) {
   json_t *o = body_json(rt, req, 1);
   if (!o) return;
-  const json_t *p = json_object_get(o, "parties");
   double timeout;
-  if (!json_is_integer(p) || json_integer_value(p) < 1 || json_integer_value(p) > 100000) {
-    route_reply_errorf(rt, req, 400, NULL, "parties must be an integer in [1, 100000]");
+  int parties = 0;
+  const char *err = route_wf_check_barrier(o, &parties);
+  if (err) {
+    route_reply_errorf(rt, req, 400, NULL, "%s", err);
     json_decref(o);
     return;
   }
@@ -1109,7 +1002,6 @@ static void handle_barrier(struct router *rt, struct evhttp_request *req, struct
     json_decref(o);
     return;
   }
-  const int parties = (int)json_integer_value(p);
   json_decref(o);
   size_t bi = w->n_bars;
   for (size_t i = 0; i < w->n_bars; i++)
@@ -1215,7 +1107,7 @@ static void handle_get_steps(struct router *rt, struct evhttp_request *req, stru
   for (const char *p = wait; *p;) {
     const char *c = strchr(p, ',');
     const size_t len = c ? (size_t)(c - p) : strlen(p);
-    char **nn = len && name_ok(p, len) && n < 256 ? realloc(names, (n + 1) * sizeof *nn) : NULL;
+    char **nn = len && route_wf_name_ok(p, len) && n < 256 ? realloc(names, (n + 1) * sizeof *nn) : NULL;
     if (!nn) {
       for (size_t i = 0; i < n; i++) free(names[i]);
       free(names);
@@ -1281,7 +1173,7 @@ static int split_path(const char *path, char **id, char **sub, char **name) {
   size_t n = 0;
   *id = evhttp_uridecode(raw, 0, &n);
   free(raw);
-  if (!*id || !name_ok(*id, n) || strlen(*id) != n) return -1;
+  if (!*id || !route_wf_name_ok(*id, n) || strlen(*id) != n) return -1;
   if (!s1) return 0;
   const char *s2 = strchr(s1 + 1, '/');
   *sub = strata_strndup(s1 + 1, s2 ? (size_t)(s2 - s1 - 1) : strlen(s1 + 1));
@@ -1289,7 +1181,7 @@ static int split_path(const char *path, char **id, char **sub, char **name) {
   if (!s2) return 0;
   if (strchr(s2 + 1, '/')) return -1;
   *name = evhttp_uridecode(s2 + 1, 0, &n);
-  return *name && name_ok(*name, n) && strlen(*name) == n ? 0 : -1;
+  return *name && route_wf_name_ok(*name, n) && strlen(*name) == n ? 0 : -1;
 }
 
 int route_wf_handle(struct router *rt, struct evhttp_request *req, const char *path,
@@ -1389,7 +1281,7 @@ out:
 static char *field_of(const struct rreq *r, const char *header, const char *field) {
   const char *v = r->client ? evhttp_find_header(evhttp_request_get_input_headers(r->client), header)
                             : NULL;
-  if (v && *v) return name_ok(v, strlen(v)) ? strata_strdup(v) : NULL;
+  if (v && *v) return route_wf_name_ok(v, strlen(v)) ? strata_strdup(v) : NULL;
   const json_t *j = json_object_get(json_object_get(r->json, "metadata"), field);
   if (!json_is_string(j)) j = json_object_get(r->json, field);
   return json_is_string(j) ? copy_name(j) : NULL;
