@@ -25,20 +25,7 @@ trap 'kill ${PIDS[@]+"${PIDS[@]}"} 2>/dev/null; wait 2>/dev/null; rm -rf "$T"' E
 printf 'engine: { model = "%s"; kv_cache: { tokens = %d; }; };\nserver: { request_log = false; };\n' \
   "$T/m.gguf" "$KV" >"$T/e.conf"
 
-PIDS=()
-up() { # up NAME ARGS...: start strata ARGS, wait for it, set URL
-  local n=$1
-  shift
-  "$B/strata" "$@" 2>"$T/$n.err" >/dev/null &
-  PIDS+=($!)
-  for i in $(seq 1 600); do grep -q '^listening' "$T/$n.err" && break; sleep 0.1; done
-  if ! grep -q '^listening' "$T/$n.err"; then
-    echo "$n did not start:" >&2
-    cat "$T/$n.err" >&2
-    exit 1
-  fi
-  URL=$(sed -n 's/^listening on //p' "$T/$n.err")
-}
+. "$S/tests/bench/up.sh"
 shape=()
 [ -n "${SYSTEMS:-}" ] && shape+=(--systems "$SYSTEMS")
 [ -n "${SYSTEM_TOKENS:-}" ] && shape+=(--system-tokens "$SYSTEM_TOKENS")
