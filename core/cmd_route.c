@@ -151,6 +151,7 @@ int strata_cmd_route(int argc, char **argv) {
       .wf_max_messages = (int)strata_config_int(wn, "max_messages"),
       .wf_max_message_bytes = (size_t)strata_config_int(wn, "max_message_bytes"),
       .wf_max_waiters = (int)strata_config_int(wn, "max_waiters"),
+      .wf_max_total_bytes = (size_t)strata_config_int(wn, "max_total_bytes"),
       .wf_idle_ttl = strata_config_float(wn, "idle_ttl"),
       .wf_max_wait = strata_config_float(wn, "max_wait"),
       .wf_cache_hints = strata_config_bool(wn, "cache_hints"),

@@ -177,6 +177,9 @@ static const struct strata_param workflow_params[] = {
      "agent-to-agent messages a workflow keeps (for its lifetime); one more gets HTTP 429"},
     {"max_message_bytes", STRATA_PARAM_SIZE, 0, "64KiB", 64, 16777216,
      "largest message (as JSON) and largest step output; larger gets HTTP 413"},
+    {"max_total_bytes", STRATA_PARAM_SIZE, 0, "256MiB", 4096, 68719476736.0,
+     "messages and step outputs of all workflows together; beyond it a new one gets HTTP 429 "
+     "(router_full)"},
     {"max_waiters", STRATA_PARAM_INT, 0, "256", 1, 100000,
      "open long polls, message streams and barrier or step waits per workflow; one more gets "
      "HTTP 429"},

@@ -56,6 +56,7 @@ struct strata_route_opts {
   int wf_max_messages;          /* kept per workflow (its lifetime) */
   size_t wf_max_message_bytes;  /* one message, or one step output */
   int wf_max_waiters;           /* long polls, streams and barrier waits per workflow */
+  size_t wf_max_total_bytes;    /* messages and step outputs of all workflows together */
   double wf_idle_ttl;           /* seconds without use after which a workflow ends */
   double wf_max_wait;           /* longest timeout a waiter may ask for */
   int wf_cache_hints;           /* send POST /v1/cache/hints to the instances */

@@ -71,6 +71,7 @@ struct waiter {
 };
 
 struct msg {
+  size_t bytes; /* as JSON */
   size_t from;  /* agent index */
   ssize_t to;   /* agent index, -1: every agent but the sender */
   json_t *env;  /* {"seq", "from", "to", "message"} as delivered */
@@ -91,6 +92,7 @@ struct step {
   size_t n_after;
   int done;
   json_t *output; /* NULL: none given */
+  size_t bytes;   /* of an output given by POST (counted in msg_bytes) */
   double t_done;
   uint64_t requests;
 };
@@ -148,6 +150,7 @@ struct wf_reg {
   uint64_t hints_keep, hints_release, hints_failed, prefills;
   uint64_t next_auto;
   int closing;
+  size_t msg_bytes; /* of every open workflow's messages and step outputs */
 };
 
 /* ---- small things -------------------------------------------------------------------- */
@@ -341,6 +344,10 @@ static void on_waiter_timeout(evutil_socket_t fd, short what, void *arg);
 static struct waiter *add_waiter(struct wf *w, struct evhttp_request *req, int kind,
                                  double timeout) {
   struct router *rt = w->rt;
+  if (rt->stopping) {
+    route_reply_errorf(rt, req, 503, "router_stopping", "the router is stopping");
+    return NULL;
+  }
   if (w->n_waiters >= (size_t)rt->o->wf_max_waiters) {
     route_reply_errorf(rt, req, 429, "too_many_waiters",
                        "workflow %.200s has %zu open waits (router.workflows.max_waiters)", w->id,
@@ -702,9 +709,13 @@ static void end_wf(struct wf *w, int idle) {
     for (size_t k = 0; k < w->steps[i].n_after; k++) free(w->steps[i].after[k]);
     free(w->steps[i].after);
     json_decref(w->steps[i].output);
+    g->msg_bytes -= w->steps[i].bytes;
   }
   for (size_t i = 0; i < w->n_bars; i++) free(w->bars[i].name);
-  for (size_t i = 0; i < w->n_msgs; i++) json_decref(w->msgs[i].env);
+  for (size_t i = 0; i < w->n_msgs; i++) {
+    g->msg_bytes -= w->msgs[i].bytes;
+    json_decref(w->msgs[i].env);
+  }
   json_decref(w->context);
   free(w->agents);
   free(w->steps);
@@ -906,6 +917,14 @@ static void handle_post_message(struct router *rt, struct evhttp_request *req, s
     route_reply_errorf(rt, req, 500, NULL, "out of memory");
     return;
   }
+  if (rt->wf->msg_bytes + bytes > rt->o->wf_max_total_bytes) {
+    json_decref(env);
+    json_decref(o);
+    rt->wf->rejected++;
+    route_reply_errorf(rt, req, 429, "router_full", "the router holds %zu bytes of workflow "
+                       "messages (router.workflows.max_total_bytes): retry later", rt->wf->msg_bytes);
+    return;
+  }
   if (bytes > rt->o->wf_max_message_bytes) {
     json_decref(env);
     json_decref(o);
@@ -934,7 +953,8 @@ static void handle_post_message(struct router *rt, struct evhttp_request *req, s
     w->msgs = nm;
     w->cap_msgs = cap;
   }
-  w->msgs[w->n_msgs++] = (struct msg){.from = (size_t)fa, .to = ta, .env = env};
+  w->msgs[w->n_msgs++] = (struct msg){.bytes = bytes, .from = (size_t)fa, .to = ta, .env = env};
+  rt->wf->msg_bytes += bytes;
   rt->wf->messages++;
   reply_json(rt, req, 200,
              json_pack("{s:s,s:I,s:O}", "object", "workflow.message", "seq",
@@ -1084,8 +1104,17 @@ static void handle_post_step(struct router *rt, struct evhttp_request *req, stru
     json_decref(o);
     return;
   }
+  if (rt->wf->msg_bytes + bytes > rt->o->wf_max_total_bytes) {
+    rt->wf->rejected++;
+    route_reply_errorf(rt, req, 429, "router_full", "the router holds %zu bytes of workflow "
+                       "messages (router.workflows.max_total_bytes): retry later", rt->wf->msg_bytes);
+    json_decref(o);
+    return;
+  }
   if (out) json_incref(out);
   json_decref(o);
+  w->steps[k].bytes = bytes;
+  rt->wf->msg_bytes += bytes;
   finish_step(w, (size_t)k, out);
   reply_json(rt, req, 200, step_json(w, &w->steps[k]));
 }

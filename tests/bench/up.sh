@@ -8,7 +8,7 @@ up() {
   shift
   "$B/strata" "$@" 2>"$T/$n.err" >/dev/null &
   PIDS+=($!)
-  for i in $(seq 1 600); do grep -q '^listening' "$T/$n.err" && break; sleep 0.1; done
+  for i in $(seq 1 600); do grep -qs '^listening' "$T/$n.err" && break; sleep 0.1; done
   if ! grep -q '^listening' "$T/$n.err"; then
     echo "$n did not start:" >&2
     cat "$T/$n.err" >&2

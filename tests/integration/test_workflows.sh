@@ -32,6 +32,7 @@ router: {
     max_messages = 6;
     max_message_bytes = "1KiB";
     max_waiters = 4;
+    max_total_bytes = "4KiB";
     max_wait = 20;
   };
 };
@@ -244,6 +245,19 @@ c=$(code -X PUT "$R/v1/workflows/h")
 check "PUT on a workflow: 405 ($c)" [ "$c" = 405 ]
 c=$(code "$R/v1/workflows/h%2Fx")
 check "an encoded slash is part of the id, not a path: 404 ($c)" [ "$c" = 404 ]
+
+# ---- the router's memory is bounded across workflows -----------------------------------------
+post /v1/workflows '{"id":"fill"}' >/dev/null
+chunk=$(head -c 800 /dev/zero | tr '\0' b)
+codes=""
+for i in 1 2 3 4 5; do
+  codes="$codes $(code "$R/v1/workflows/fill/messages" -d "{\"from\":\"a\",\"parts\":[{\"kind\":\"text\",\"text\":\"$chunk\"}]}")"
+done
+check "messages beyond max_total_bytes 4KiB: 429 router_full ($codes)" \
+  [ "$codes" = " 200 200 200 200 429" ] && [ "$(jq -r .error.code "$T/body")" = router_full ]
+curl -s -o /dev/null -X DELETE "$R/v1/workflows/fill"
+c=$(code "$R/v1/workflows/h/messages" -d "{\"from\":\"a\",\"parts\":[{\"kind\":\"text\",\"text\":\"$chunk\"}]}")
+check "the deleted workflow's bytes are free again: 200 ($c)" [ "$c" = 200 ]
 
 # ---- idle workflows end; a restarted router knows none -------------------------------------
 post /v1/workflows '{"id":"brief","idle_ttl":1}' >/dev/null
