@@ -12,6 +12,7 @@
 #include "engine.h"
 
 #include <errno.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -226,6 +227,7 @@ struct strata_engine_req {
   uint32_t lmask;
   int32_t min_tokens;
   int affinity;
+  double keep_ttl; /* > 0: protect the blocks that long when finished */
   /* engine thread state */
   struct choice *ch;
   int32_t n_live; /* choices not done */
@@ -464,6 +466,10 @@ static int submit(strata_engine_t *e, const struct strata_request_params *p, voi
   }
   if (strata_sampling_check(&p->sampling, err, errlen) != 0)
     return STRATA_ENGINE_EINVAL;
+  if (!isfinite(p->keep_ttl) || p->keep_ttl < 0) {
+    strata_errf(err, errlen, "keep_ttl must be a finite number >= 0, got %g", p->keep_ttl);
+    return STRATA_ENGINE_EINVAL;
+  }
   int64_t need =
       (int64_t)p->n *
       strata_kv_blocks_for_tokens((int64_t)p->n_prompt + p->max_tokens, e->bs);
@@ -509,6 +515,7 @@ static int submit(strata_engine_t *e, const struct strata_request_params *p, voi
   *lp = NULL;
   r->min_tokens = p->min_tokens;
   r->affinity = p->affinity;
+  r->keep_ttl = p->keep_ttl;
   r->n_ph = -1;
   atomic_init(&r->refs, 2);
   atomic_init(&r->cancel, 0);
@@ -684,6 +691,43 @@ int strata_cache_stats(strata_engine_t *e, const int32_t *tokens, size_t n,
   return strata_cache_stats_salt(e, tokens, n, NULL, out);
 }
 
+int strata_engine_prefix_caching(const strata_engine_t *e) {
+  return e && e->cfg.prefix_caching;
+}
+
+int strata_engine_cache_hint(strata_engine_t *e, const int32_t *tokens, size_t n,
+                             const char *salt, enum strata_cache_hint_action action,
+                             double ttl, int force, struct strata_cache_hint_result *out) {
+  if (!e || !out || !tokens || n == 0 || n > (size_t)e->ctx_len) return -1;
+  if (action != STRATA_CACHE_HINT_KEEP && action != STRATA_CACHE_HINT_RELEASE) return -1;
+  if (action == STRATA_CACHE_HINT_KEEP && !(ttl > 0 && ttl <= 86400)) return -1;
+  if (!e->cfg.prefix_caching) return -2;
+  int32_t nb = (int32_t)(n / (size_t)e->bs);
+  struct strata_kv_hash *h = NULL;
+  if (nb > 0) {
+    if (!(h = strata_calloc((size_t)nb, sizeof *h))) return -3;
+    strata_kv_hash_chain(tokens, (int32_t)n, e->bs, salt, h);
+  }
+  int32_t kept = 0, blocks = 0;
+  if (action == STRATA_CACHE_HINT_KEEP)
+    blocks = strata_kv_protect(e->kv, h, nb, ttl);
+  else if (force)
+    blocks = strata_kv_release_hint(e->kv, h, nb);
+  else
+    blocks = strata_kv_release_unprotected(e->kv, h, nb, &kept);
+  int32_t cached = nb ? strata_kv_cached_blocks(e->kv, h, nb) * e->bs : 0;
+  free(h);
+  /* a request computes at least its last token (as strata_cache_stats) */
+  int32_t cap = (int32_t)((n - 1) / (size_t)e->bs) * e->bs;
+  *out = (struct strata_cache_hint_result){
+      .prompt_tokens = (int32_t)n,
+      .cached_tokens = cached < cap ? cached : cap,
+      .blocks = blocks,
+      .kept_blocks = kept,
+  };
+  return 0;
+}
+
 int32_t strata_engine_context_length(const strata_engine_t *e) {
   return e->ctx_len;
 }
@@ -780,7 +824,12 @@ static void finish_choice(strata_engine_t *e, struct choice *c,
   strata_lbatch_remove(e->lb, &c->lslot);
   /* a group's context outlives the request for group_ttl (or goes first
    * when the client says the workflow is over) */
-  if (e->cfg.prefix_caching && r->affinity == STRATA_AFFINITY_RELEASE)
+  if (e->cfg.prefix_caching && r->keep_ttl > 0) {
+    /* a cache hint's prefill: its context is ready and kept, unless it
+     * never got there */
+    if (f == STRATA_FINISH_STOP || f == STRATA_FINISH_LENGTH)
+      strata_kv_protect(e->kv, c->seq.hashes, c->seq.n_hashes, r->keep_ttl);
+  } else if (e->cfg.prefix_caching && r->affinity == STRATA_AFFINITY_RELEASE)
     strata_kv_release_hint(e->kv, c->seq.hashes, c->seq.n_hashes);
   else if (e->cfg.prefix_caching && (r->group || r->affinity == STRATA_AFFINITY_KEEP)) {
     double ttl = e->cfg.group_ttl;

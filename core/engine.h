@@ -127,6 +127,11 @@ struct strata_request_params {
   int32_t min_tokens;    /* stop strings are not looked for before this many
                             tokens (the min_tokens processor holds back EOS
                             and stop tokens) */
+  /* > 0: when the request finishes (stop or length, not abort or error) its
+   * cached blocks are protected for this many seconds, whatever affinity
+   * and group say (POST /v1/cache/hints with prefill); 0: off. Finite,
+   * >= 0, else EINVAL. */
+  double keep_ttl;
 };
 
 /* Compiles the logits-processor parameters of a request body (a JSON
@@ -224,6 +229,30 @@ int strata_cache_stats(strata_engine_t *e, const int32_t *tokens, size_t n,
                        struct strata_cache_stats *out);
 int strata_cache_stats_salt(strata_engine_t *e, const int32_t *tokens, size_t n, const char *salt,
                             struct strata_cache_stats *out);
+
+/* Eviction hints for a prompt's cached blocks (POST /v1/cache/hints), any
+ * thread, while the engine runs; no model work. The prompt's full blocks
+ * are hashed with the engine's block size and salt (NULL: none). */
+enum strata_cache_hint_action {
+  STRATA_CACHE_HINT_KEEP = 1,    /* protect for ttl seconds (strata_kv_protect) */
+  STRATA_CACHE_HINT_RELEASE = 2, /* evict first (strata_kv_release_hint); without
+                                    force, blocks under an unexpired protection
+                                    keep it (strata_kv_release_unprotected) */
+};
+struct strata_cache_hint_result {
+  int32_t prompt_tokens;
+  int32_t cached_tokens; /* after the hint, as strata_cache_stats counts them */
+  int32_t blocks;        /* cached blocks protected (keep) or hinted (release) */
+  int32_t kept_blocks;   /* release without force: protected blocks left alone */
+};
+/* 0, -1 on bad arguments (no tokens, a prompt longer than the context, ttl
+ * not in (0, 86400] for keep), -2 when prefix caching is off, -3 out of
+ * memory. */
+int strata_engine_cache_hint(strata_engine_t *e, const int32_t *tokens, size_t n,
+                             const char *salt, enum strata_cache_hint_action action,
+                             double ttl, int force, struct strata_cache_hint_result *out);
+/* 1 when engine.kv_cache.prefix_caching is on. */
+int strata_engine_prefix_caching(const strata_engine_t *e);
 
 /* Prefix-cache events (GET /v1/cache/events), any thread. The snapshot:
  * the hashes of every block cached now (malloc'd, *n of them) and the

@@ -662,7 +662,8 @@ END_TEST
 /* A finished request of a group keeps its cached blocks through eviction
  * pressure for engine.kv_cache.group_ttl; without a group LRU evicts them
  * first; affinity "release" makes them go before anything else. */
-static int32_t cached_after_flood(const char *sched, double ttl, uint64_t group, int affinity) {
+static int32_t cached_after_flood_keep(const char *sched, double ttl, uint64_t group,
+                                      int affinity, double keep_ttl) {
   struct strata_engine_config cfg = defaults();
   cfg.kv_tokens = 40 * 16; /* 40 blocks */
   cfg.scheduler = sched;
@@ -680,6 +681,7 @@ static int32_t cached_after_flood(const char *sched, double ttl, uint64_t group,
   p.ignore_eos = 1;
   p.group = group;
   p.affinity = affinity;
+  p.keep_ttl = keep_ttl;
   submit(&p, &a);
   finish(&a);
   for (int f = 0; f < 3; f++) {
@@ -692,11 +694,16 @@ static int32_t cached_after_flood(const char *sched, double ttl, uint64_t group,
   coll_init(&b);
   p.group = 0;
   p.affinity = 0;
+  p.keep_ttl = 0;
   submit(&p, &b);
   finish(&b);
   check_no_leak();
   stop();
   return b.cached_tokens;
+}
+
+static int32_t cached_after_flood(const char *sched, double ttl, uint64_t group, int affinity) {
+  return cached_after_flood_keep(sched, ttl, group, affinity, 0);
 }
 
 START_TEST(group_blocks_survive_eviction) {
@@ -714,6 +721,88 @@ START_TEST(group_blocks_survive_eviction) {
   ck_assert_int_eq(grouped, full);
   ck_assert_int_eq(kept, full);
   ck_assert_int_lt(plain, full);
+}
+END_TEST
+
+/* A request's keep_ttl (a cache hint's prefill) protects its blocks whatever
+ * its group and affinity say; strata_engine_cache_hint protects and
+ * releases a prompt's cached blocks, a release leaving protected blocks
+ * alone unless forced. */
+START_TEST(cache_hints) {
+  int32_t full = 199 / 16 * 16;
+  ck_assert_int_eq(cached_after_flood_keep("fcfs", 0, 0, STRATA_AFFINITY_DEFAULT, 30), full);
+  ck_assert_int_eq(cached_after_flood_keep("fcfs", 0, 77, STRATA_AFFINITY_RELEASE, 30), full);
+  ck_assert_int_lt(cached_after_flood_keep("fcfs", 0, 0, STRATA_AFFINITY_DEFAULT, 0), full);
+
+  struct strata_engine_config cfg = defaults();
+  start(&cfg);
+  static int32_t doc[200];
+  for (int i = 0; i < 200; i++) doc[i] = 3 + (i * 37) % 500;
+  struct strata_cache_hint_result res;
+  /* nothing cached yet */
+  ck_assert_int_eq(strata_engine_cache_hint(eng, doc, 200, NULL, STRATA_CACHE_HINT_KEEP, 60, 0, &res), 0);
+  ck_assert_int_eq(res.prompt_tokens, 200);
+  ck_assert_int_eq(res.blocks, 0);
+  ck_assert_int_eq(res.cached_tokens, 0);
+  struct coll a;
+  coll_init(&a);
+  struct strata_request_params p = greedy_params(doc, 200, 1);
+  char err[256];
+  strata_engine_req_t *r = NULL;
+  p.keep_ttl = -1;
+  ck_assert_int_eq(strata_engine_submit(eng, &p, on_event, &a, &r, err, sizeof err),
+                   STRATA_ENGINE_EINVAL);
+  ck_assert_ptr_nonnull(strstr(err, "keep_ttl"));
+  p.keep_ttl = 0.0 / 0.0;
+  ck_assert_int_eq(strata_engine_submit(eng, &p, on_event, &a, &r, err, sizeof err),
+                   STRATA_ENGINE_EINVAL);
+  p.keep_ttl = 60;
+  submit(&p, &a);
+  finish(&a);
+  check_no_leak();
+  struct strata_engine_metrics m;
+  strata_engine_get_metrics(eng, &m);
+  ck_assert_int_eq(m.kv.n_protected, 12); /* the 12 full blocks of 200 tokens */
+  /* the salt makes other hashes: nothing to do */
+  ck_assert_int_eq(strata_engine_cache_hint(eng, doc, 200, "s", STRATA_CACHE_HINT_RELEASE, 0, 1, &res), 0);
+  ck_assert_int_eq(res.blocks, 0);
+  ck_assert_int_eq(res.cached_tokens, 0);
+  ck_assert_int_eq(strata_engine_cache_hint(eng, doc, 200, NULL, STRATA_CACHE_HINT_RELEASE, 0, 0, &res), 0);
+  ck_assert_int_eq(res.blocks, 0);
+  ck_assert_int_eq(res.kept_blocks, 12);
+  ck_assert_int_eq(res.cached_tokens, full);
+  ck_assert_int_eq(strata_engine_cache_hint(eng, doc, 200, NULL, STRATA_CACHE_HINT_RELEASE, 0, 1, &res), 0);
+  ck_assert_int_eq(res.blocks, 12);
+  ck_assert_int_eq(res.kept_blocks, 0);
+  strata_engine_get_metrics(eng, &m);
+  ck_assert_int_eq(m.kv.n_protected, 0);
+  ck_assert_int_eq(m.kv.n_hinted, 12);
+  /* a shorter prefix: its 3 full blocks (48 tokens: 47 count as cached) */
+  ck_assert_int_eq(strata_engine_cache_hint(eng, doc, 48, NULL, STRATA_CACHE_HINT_KEEP, 5, 0, &res), 0);
+  ck_assert_int_eq(res.blocks, 3);
+  ck_assert_int_eq(res.cached_tokens, 32);
+  strata_engine_get_metrics(eng, &m);
+  ck_assert_int_eq(m.kv.n_protected, 3);
+  ck_assert_int_eq(m.kv.n_hinted, 9);
+  /* refusals */
+  int32_t ctx = strata_engine_context_length(eng);
+  int32_t *big = calloc((size_t)ctx + 1, sizeof *big);
+  ck_assert_ptr_nonnull(big);
+  ck_assert_int_eq(strata_engine_cache_hint(eng, big, (size_t)ctx + 1, NULL, STRATA_CACHE_HINT_RELEASE, 0, 0, &res), -1);
+  ck_assert_int_eq(strata_engine_cache_hint(eng, big, (size_t)ctx, NULL, STRATA_CACHE_HINT_RELEASE, 0, 0, &res), 0);
+  free(big);
+  ck_assert_int_eq(strata_engine_cache_hint(eng, doc, 0, NULL, STRATA_CACHE_HINT_KEEP, 5, 0, &res), -1);
+  ck_assert_int_eq(strata_engine_cache_hint(eng, doc, 10, NULL, STRATA_CACHE_HINT_KEEP, 0, 0, &res), -1);
+  ck_assert_int_eq(strata_engine_cache_hint(eng, doc, 10, NULL, STRATA_CACHE_HINT_KEEP, 86401, 0, &res), -1);
+  ck_assert_int_eq(strata_engine_cache_hint(eng, doc, 10, NULL, (enum strata_cache_hint_action)3, 5, 0, &res), -1);
+  ck_assert_int_eq(strata_engine_cache_hint(eng, doc, 10, NULL, STRATA_CACHE_HINT_KEEP, 5, 0, NULL), -1);
+  ck_assert_int_eq(strata_engine_prefix_caching(eng), 1);
+  stop();
+  cfg.prefix_caching = 0;
+  start(&cfg);
+  ck_assert_int_eq(strata_engine_prefix_caching(eng), 0);
+  ck_assert_int_eq(strata_engine_cache_hint(eng, doc, 200, NULL, STRATA_CACHE_HINT_KEEP, 5, 0, &res), -2);
+  stop();
 }
 END_TEST
 
@@ -779,6 +868,7 @@ int main(void) {
   tcase_add_test(tc, invalid_params);
   tcase_add_test(tc, stop_aborts_pending);
   tcase_add_test(tc, group_blocks_survive_eviction);
+  tcase_add_test(tc, cache_hints);
   suite_add_tcase(s, tc);
   return test_run_suite(s);
 }
