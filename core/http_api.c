@@ -840,6 +840,66 @@ void strata_api_tokenize_free(struct strata_api_tokenize *t) {
   memset(t, 0, sizeof *t);
 }
 
+int strata_api_parse_cache_hint(const char *body, size_t len, int32_t n_vocab,
+                                struct strata_api_cache_hint *h, struct strata_api_error *e) {
+  memset(h, 0, sizeof *h);
+  if (parse_tokenize_like(body, len, n_vocab > 0 ? n_vocab : 1, 1, &h->t, e) != 0) return -1;
+  json_t *o = h->t.root;
+  json_t *a = opt(o, "action");
+  if (!a) {
+    bad(e, "action", "'action' is required: \"keep\" or \"release\"");
+    goto fail;
+  }
+  if (!json_is_string(a)) {
+    bad(e, "action", "'action' must be \"keep\" or \"release\", got %s", json_kind(a));
+    goto fail;
+  }
+  const char *as = json_string_value(a);
+  size_t al = json_string_length(a);
+  if (al == 4 && memcmp(as, "keep", 4) == 0) {
+    h->action = 1;
+  } else if (al == 7 && memcmp(as, "release", 7) == 0) {
+    h->action = 2;
+  } else {
+    /* the value may hold anything: quote it through the JSON encoder */
+    char *q = json_dumps(a, JSON_ENCODE_ANY | JSON_ENSURE_ASCII);
+    bad(e, "action", "'action' must be \"keep\" or \"release\", got %.64s%s",
+        q ? q : "?", q && strlen(q) > 64 ? "..." : "");
+    free(q);
+    goto fail;
+  }
+  int has_ttl = 0;
+  h->ttl = STRATA_API_HINT_TTL_DEFAULT;
+  if (get_num(o, "ttl", 0, 1, STRATA_API_HINT_TTL_MAX, &h->ttl, &has_ttl, e)) goto fail;
+  if (get_bool(o, "prefill", &h->prefill, e) || get_bool(o, "force", &h->force, e)) goto fail;
+  int64_t pr = 0;
+  if (get_int(o, "priority", INT32_MIN, INT32_MAX, &pr, NULL, e)) goto fail;
+  h->priority = (int32_t)pr;
+  if (h->action == 2) {
+    if (has_ttl) {
+      bad(e, "ttl", "'ttl' applies to action \"keep\" only");
+      goto fail;
+    }
+    h->ttl = 0;
+    if (h->prefill) {
+      bad(e, "prefill", "'prefill' applies to action \"keep\" only");
+      goto fail;
+    }
+  } else if (h->force) {
+    bad(e, "force", "'force' applies to action \"release\" only");
+    goto fail;
+  }
+  return 0;
+fail:
+  strata_api_cache_hint_free(h);
+  return -1;
+}
+
+void strata_api_cache_hint_free(struct strata_api_cache_hint *h) {
+  strata_api_tokenize_free(&h->t);
+  memset(h, 0, sizeof *h);
+}
+
 int strata_api_parse_detokenize(const char *body, size_t len, int32_t n_vocab,
                                 struct strata_api_detokenize *d,
                                 struct strata_api_error *e) {
@@ -1079,6 +1139,10 @@ char *strata_api_metrics_text(const struct strata_engine_metrics *m,
         "evictable); what GET /v1/cache/events subscribers hold.");
   gauge(f, "strata:kv_block_size", lbl, m->kv.block_size,
         "Tokens per KV cache block.");
+  gauge(f, "strata:kv_blocks_protected", lbl, m->kv.n_protected,
+        "Evictable KV blocks under a keep protection (evicted last).");
+  gauge(f, "strata:kv_blocks_hinted", lbl, m->kv.n_hinted,
+        "Evictable KV blocks under a release hint (evicted first).");
   counter(f, "strata:prefix_cache_evictions_total", lbl, m->kv.evictions,
           "Cached KV blocks evicted to make room.");
   counter(f, "strata:engine_steps_total", lbl, m->steps_total,
@@ -1108,6 +1172,12 @@ char *strata_api_metrics_text(const struct strata_engine_metrics *m,
             "Requests cancelled because the client went away.");
     gauge(f, "strata:server_open_requests", lbl, s->open_requests,
           "Engine requests the HTTP server holds.");
+    metric_head(f, "strata:cache_hints_total", "counter",
+                "POST /v1/cache/hints answered 200, by action.");
+    static const char *const actions[] = {NULL, "keep", "release"};
+    for (int i = 1; i <= 2; i++)
+      fprintf(f, "strata:cache_hints_total{model_name=\"%s\",action=\"%s\"} %" PRIu64 "\n",
+              lbl, actions[i], s->cache_hints[i]);
   }
   if (fclose(f) != 0) {
     free(buf);

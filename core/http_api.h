@@ -152,6 +152,25 @@ int strata_api_parse_cache_stats_tree(const char *body, size_t len, int32_t n_vo
                                       struct strata_api_tokenize *out,
                                       struct strata_api_error *err);
 
+/* POST /v1/cache/hints: the prompt as /v1/cache/stats takes it (prompt
+ * text or token ids, or messages; model; cache_salt), and `action` "keep"
+ * or "release" (required); keep: `ttl` seconds in (0, 86400] (default 300)
+ * and `prefill` (bool); release: `force` (bool). `ttl` and `prefill: true`
+ * with release, `force: true` with keep are 400s naming the field (false is
+ * accepted either way). `priority` (int32) is used by the prefill. */
+#define STRATA_API_HINT_TTL_DEFAULT 300.0
+#define STRATA_API_HINT_TTL_MAX 86400.0
+struct strata_api_cache_hint {
+  struct strata_api_tokenize t; /* prompt, model, cache_salt (root owned here) */
+  int action;                   /* 1 keep, 2 release (enum strata_cache_hint_action) */
+  double ttl;                   /* keep only */
+  int prefill, force;
+  int32_t priority;
+};
+int strata_api_parse_cache_hint(const char *body, size_t len, int32_t n_vocab,
+                                struct strata_api_cache_hint *out, struct strata_api_error *err);
+void strata_api_cache_hint_free(struct strata_api_cache_hint *h);
+
 /* POST /detokenize (vLLM): {"tokens": [ids], "model"?}. */
 struct strata_api_detokenize {
   json_t *root;
@@ -210,6 +229,7 @@ struct strata_server_stats {
   uint64_t rejected_full;    /* 429 */
   uint64_t client_disconnects;
   int32_t open_requests; /* engine requests the server holds */
+  uint64_t cache_hints[3]; /* POST /v1/cache/hints answered 200: [1] keep, [2] release */
 };
 
 /* /metrics: Prometheus text exposition (version 0.0.4) with vLLM's metric

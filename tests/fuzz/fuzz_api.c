@@ -1,5 +1,6 @@
 /* The HTTP request parsers of every engine endpoint on arbitrary bodies:
- * the first byte picks the endpoint, the rest is the body. Each answers 0
+ * the first byte picks the endpoint (mod 7: completions, chat, tokenize,
+ * cache stats twice, detokenize, cache hints), the rest is the body. Each answers 0
  * or an OpenAI-style error (status, message), never a crash. */
 #include "config.h"
 
@@ -20,7 +21,7 @@ static void check_error(int rc, const struct strata_api_error *e) {
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   if (size < 1) return 0;
-  const int which = data[0] % 6;
+  const int which = data[0] % 7;
   const char *body = (const char *)data + 1;
   const size_t len = size - 1;
   struct strata_api_error e;
@@ -61,6 +62,21 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         abort();
       strata_api_tokenize_free(&a);
       strata_api_tokenize_free(&b);
+    }
+    break;
+  }
+  case 6: { /* POST /v1/cache/hints: a refusal, or a hint that keeps the rules */
+    struct strata_api_cache_hint h;
+    rc = strata_api_parse_cache_hint(body, len, 32000, &h, &e);
+    check_error(rc, &e);
+    if (rc == 0) {
+      if (h.action == 1 ? !(h.ttl > 0 && h.ttl <= 86400) || h.force
+                        : h.action != 2 || h.ttl != 0 || h.prefill)
+        abort();
+      if (!h.t.messages && !h.t.prompt && !h.t.n_prompt_ids) abort();
+      for (size_t i = 0; i < h.t.n_prompt_ids; i++)
+        if (h.t.prompt_ids[i] < 0 || h.t.prompt_ids[i] >= 32000) abort();
+      strata_api_cache_hint_free(&h);
     }
     break;
   }

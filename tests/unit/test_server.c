@@ -501,6 +501,8 @@ START_TEST(metrics_text) {
   m.kv.usage = 0.25;
   m.kv.queries = 1000;
   m.kv.hits = 640;
+  m.kv.n_protected = 11;
+  m.kv.n_hinted = 4;
   m.prompt_tokens_total = 77;
   m.generation_tokens_total = 88;
   m.ttft.bounds = bounds;
@@ -510,7 +512,7 @@ START_TEST(metrics_text) {
   m.ttft.counts[3] = 4; /* above every bound */
   m.ttft.count = 7;
   m.ttft.sum = 9.5;
-  struct strata_server_stats st = {.client_disconnects = 3};
+  struct strata_server_stats st = {.client_disconnects = 3, .cache_hints = {0, 12, 5}};
   char *t = strata_api_metrics_text(&m, "we\"ird\\name", &st);
   ck_assert_ptr_nonnull(t);
   const char *want[] = {
@@ -543,6 +545,11 @@ START_TEST(metrics_text) {
       "strata:kv_blocks_used{model_name=\"we\\\"ird\\\\name\"} 25\n",
       "strata:kv_blocks_free{model_name=\"we\\\"ird\\\\name\"} 70\n",
       "strata:client_disconnects_total{model_name=\"we\\\"ird\\\\name\"} 3\n",
+      "strata:kv_blocks_protected{model_name=\"we\\\"ird\\\\name\"} 11\n",
+      "strata:kv_blocks_hinted{model_name=\"we\\\"ird\\\\name\"} 4\n",
+      "# TYPE strata:cache_hints_total counter\n",
+      "strata:cache_hints_total{model_name=\"we\\\"ird\\\\name\",action=\"keep\"} 12\n",
+      "strata:cache_hints_total{model_name=\"we\\\"ird\\\\name\",action=\"release\"} 5\n",
   };
   for (size_t i = 0; i < sizeof want / sizeof *want; i++)
     ck_assert_msg(strstr(t, want[i]) != NULL, "missing: %s", want[i]);
@@ -636,6 +643,163 @@ START_TEST(cache_stats_bodies) {
     ck_assert_int_eq(e.status, 400);
     ck_assert_msg(strcmp(e.param, bad[i].param) == 0, "%s: param %s", bad[i].body, e.param);
   }
+}
+END_TEST
+
+START_TEST(cache_hint_bodies) {
+  struct strata_api_cache_hint h;
+  struct strata_api_error e;
+  /* keep: defaults, then every field */
+  const char *b = "{\"prompt\":[1,2,511],\"action\":\"keep\"}";
+  ck_assert_int_eq(strata_api_parse_cache_hint(b, strlen(b), 512, &h, &e), 0);
+  ck_assert_int_eq(h.action, 1);
+  ck_assert(h.ttl == 300.0);
+  ck_assert(!h.prefill && !h.force && h.priority == 0);
+  ck_assert_uint_eq(h.t.n_prompt_ids, 3);
+  ck_assert_int_eq(h.t.prompt_ids[2], 511);
+  strata_api_cache_hint_free(&h);
+  ck_assert_ptr_null(h.t.root);
+  b = "{\"model\":\"m\",\"prompt\":\"hi\",\"cache_salt\":\"s\",\"action\":\"keep\","
+      "\"ttl\":86400,\"prefill\":true,\"priority\":-7,\"force\":false,\"x\":[1]}";
+  ck_assert_int_eq(strata_api_parse_cache_hint(b, strlen(b), 512, &h, &e), 0);
+  ck_assert(h.action == 1 && h.ttl == 86400.0 && h.prefill && !h.force);
+  ck_assert_int_eq(h.priority, -7);
+  ck_assert_str_eq(h.t.model, "m");
+  ck_assert_str_eq(h.t.cache_salt, "s");
+  ck_assert(h.t.prompt && h.t.add_special_tokens);
+  strata_api_cache_hint_free(&h);
+  b = "{\"action\":\"keep\",\"ttl\":0.25,\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],"
+      "\"add_generation_prompt\":false,\"ttl\":0.5}"; /* jansson: the last duplicate wins */
+  ck_assert_int_eq(strata_api_parse_cache_hint(b, strlen(b), 512, &h, &e), 0);
+  ck_assert(h.t.messages && !h.t.add_generation_prompt && h.ttl == 0.5);
+  strata_api_cache_hint_free(&h);
+  /* release: force; ttl is 0; prefill false and a priority are fine */
+  b = "{\"prompt\":[5],\"action\":\"release\",\"force\":true,\"prefill\":false,"
+      "\"priority\":3,\"ttl\":null}";
+  ck_assert_int_eq(strata_api_parse_cache_hint(b, strlen(b), 512, &h, &e), 0);
+  ck_assert(h.action == 2 && h.force && !h.prefill && h.ttl == 0);
+  strata_api_cache_hint_free(&h);
+  static const struct {
+    const char *body, *param;
+  } bad[] = {
+      {"{\"prompt\":\"x\"}", "action"},
+      {"{\"prompt\":\"x\",\"action\":null}", "action"},
+      {"{\"prompt\":\"x\",\"action\":\"\"}", "action"},
+      {"{\"prompt\":\"x\",\"action\":\"KEEP\"}", "action"},
+      {"{\"prompt\":\"x\",\"action\":\"keep \"}", "action"},
+      {"{\"prompt\":\"x\",\"action\":1}", "action"},
+      {"{\"prompt\":\"x\",\"action\":[\"keep\"]}", "action"},
+      {"{\"prompt\":\"x\",\"action\":{\"keep\":true}}", "action"},
+      {"{\"prompt\":\"x\",\"action\":true}", "action"},
+      {"{\"prompt\":\"x\",\"action\":\"keep\",\"ttl\":0}", "ttl"},
+      {"{\"prompt\":\"x\",\"action\":\"keep\",\"ttl\":-1}", "ttl"},
+      {"{\"prompt\":\"x\",\"action\":\"keep\",\"ttl\":-0.0}", "ttl"},
+      {"{\"prompt\":\"x\",\"action\":\"keep\",\"ttl\":86400.001}", "ttl"},
+      {"{\"prompt\":\"x\",\"action\":\"keep\",\"ttl\":1e300}", "ttl"},
+      {"{\"prompt\":\"x\",\"action\":\"keep\",\"ttl\":9223372036854775807}", "ttl"},
+      {"{\"prompt\":\"x\",\"action\":\"keep\",\"ttl\":\"300\"}", "ttl"},
+      {"{\"prompt\":\"x\",\"action\":\"keep\",\"ttl\":\"NaN\"}", "ttl"},
+      {"{\"prompt\":\"x\",\"action\":\"keep\",\"ttl\":true}", "ttl"},
+      {"{\"prompt\":\"x\",\"action\":\"keep\",\"ttl\":[300]}", "ttl"},
+      {"{\"prompt\":\"x\",\"action\":\"release\",\"ttl\":300}", "ttl"},
+      {"{\"prompt\":\"x\",\"action\":\"keep\",\"prefill\":1}", "prefill"},
+      {"{\"prompt\":\"x\",\"action\":\"keep\",\"prefill\":\"true\"}", "prefill"},
+      {"{\"prompt\":\"x\",\"action\":\"release\",\"prefill\":true}", "prefill"},
+      {"{\"prompt\":\"x\",\"action\":\"keep\",\"force\":true}", "force"},
+      {"{\"prompt\":\"x\",\"action\":\"release\",\"force\":0}", "force"},
+      {"{\"prompt\":\"x\",\"action\":\"keep\",\"priority\":2147483648}", "priority"},
+      {"{\"prompt\":\"x\",\"action\":\"keep\",\"priority\":-2147483649}", "priority"},
+      {"{\"prompt\":\"x\",\"action\":\"keep\",\"priority\":1.5}", "priority"},
+      {"{\"action\":\"keep\"}", "prompt"},
+      {"{\"prompt\":[],\"action\":\"keep\"}", "prompt"},
+      {"{\"prompt\":[512],\"action\":\"keep\"}", "prompt"},
+      {"{\"prompt\":[-1],\"action\":\"keep\"}", "prompt"},
+      {"{\"prompt\":7,\"action\":\"keep\"}", "prompt"},
+      {"{\"prompt\":\"x\",\"messages\":[{}],\"action\":\"keep\"}", "prompt"},
+      {"{\"messages\":[],\"action\":\"keep\"}", "messages"},
+      {"{\"prompt\":\"x\",\"cache_salt\":\"\",\"action\":\"keep\"}", "cache_salt"},
+      {"{\"prompt\":\"x\",\"model\":false,\"action\":\"keep\"}", "model"},
+  };
+  for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+    memset(&e, 0, sizeof e);
+    ck_assert_msg(strata_api_parse_cache_hint(bad[i].body, strlen(bad[i].body), 512, &h, &e) == -1,
+                  "accepted %s", bad[i].body);
+    ck_assert_int_eq(e.status, 400);
+    ck_assert_msg(strcmp(e.param, bad[i].param) == 0, "%s: param %s", bad[i].body, e.param);
+    ck_assert_msg(strstr(e.message, bad[i].param) != NULL, "%s: message %s", bad[i].body,
+                  e.message);
+    ck_assert_ptr_null(h.t.root);
+  }
+  /* not JSON at all, or not an object: invalid_json, no param */
+  static const char *const junk[] = {"", "{", "[]", "\"keep\"", "{\"ttl\":NaN}",
+                                     "{\"ttl\":Infinity,\"action\":\"keep\",\"prompt\":\"x\"}",
+                                     "{\"prompt\":\"x\",\"action\":\"keep\",\"ttl\":1e999}",
+                                     "{\"prompt\":[1],\"action\":\"keep\"} x",
+                                     /* NUL inside a string (jansson refuses it) */
+                                     "{\"prompt\":\"x\",\"action\":\"keep\\u0000\"}"};
+  for (size_t i = 0; i < sizeof junk / sizeof *junk; i++) {
+    memset(&e, 0, sizeof e);
+    ck_assert_msg(strata_api_parse_cache_hint(junk[i], strlen(junk[i]), 512, &h, &e) == -1,
+                  "accepted %s", junk[i]);
+    ck_assert_int_eq(e.status, 400);
+    ck_assert_str_eq(e.code, "invalid_json");
+  }
+  /* an unknown action is quoted, cut and ASCII-escaped in the message */
+  char big[600];
+  int k = snprintf(big, sizeof big, "{\"prompt\":\"x\",\"action\":\"");
+  for (int i = 0; i < 200; i++) big[k++] = 'a';
+  snprintf(big + k, sizeof big - (size_t)k, "\\n\xc3\xa9\"}");
+  ck_assert_int_eq(strata_api_parse_cache_hint(big, strlen(big), 512, &h, &e), -1);
+  ck_assert_str_eq(e.param, "action");
+  ck_assert_ptr_nonnull(strstr(e.message, "\"aaaa"));
+  ck_assert_ptr_nonnull(strstr(e.message, "..."));
+  ck_assert_ptr_null(strchr(e.message, '\n'));
+}
+END_TEST
+
+/* Randomly mutated hint bodies: a 400 naming a field (or invalid JSON), or
+ * a hint that keeps every rule (the mutate() helper is below). */
+static void mutate(char *buf, size_t *len, size_t cap, const char *alphabet, size_t n_alpha,
+                   uint64_t *rng);
+START_TEST(cache_hint_mutations) {
+  static const char *const seeds[] = {
+      "{\"prompt\":[1,2,3],\"action\":\"keep\",\"ttl\":30,\"prefill\":true,\"priority\":2}",
+      "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"action\":\"release\","
+      "\"force\":false,\"cache_salt\":\"s\"}",
+  };
+  static const char alphabet[] = "{}[]\":,0123456789.-eE\\u tnfalsrx\xff";
+  uint64_t rng = 0x243f6a8885a308d3ull;
+  char buf[512];
+  int ok[3] = {0, 0, 0};
+  for (int iter = 0; iter < 20000; iter++) {
+    const char *seed = seeds[iter % 2];
+    size_t len = strlen(seed);
+    memcpy(buf, seed, len);
+    for (int k = 0; k < 1 + iter % 3; k++)
+      mutate(buf, &len, sizeof buf, alphabet, sizeof alphabet, &rng);
+    struct strata_api_cache_hint h;
+    struct strata_api_error e;
+    memset(&e, 0, sizeof e);
+    if (strata_api_parse_cache_hint(buf, len, 512, &h, &e) != 0) {
+      ck_assert_int_eq(e.status, 400);
+      ck_assert(e.param[0] || (e.code && (strcmp(e.code, "invalid_json") == 0 ||
+                                          strcmp(e.code, "invalid_utf8") == 0)));
+      continue;
+    }
+    ck_assert(h.action == 1 || h.action == 2);
+    if (h.action == 1) {
+      ck_assert(h.ttl > 0 && h.ttl <= 86400 && !h.force);
+    } else {
+      ck_assert(h.ttl == 0 && !h.prefill);
+    }
+    ck_assert(h.t.messages || h.t.prompt || h.t.n_prompt_ids > 0);
+    for (size_t i = 0; i < h.t.n_prompt_ids; i++)
+      ck_assert(h.t.prompt_ids[i] >= 0 && h.t.prompt_ids[i] < 512);
+    ok[h.action]++;
+    strata_api_cache_hint_free(&h);
+  }
+  ck_assert_int_gt(ok[1], 0);
+  ck_assert_int_gt(ok[2], 0);
 }
 END_TEST
 
@@ -793,6 +957,8 @@ int main(void) {
   tcase_add_test(tc, metrics_text);
   tcase_add_test(tc, tokenize_bodies);
   tcase_add_test(tc, cache_stats_bodies);
+  tcase_add_test(tc, cache_hint_bodies);
+  tcase_add_test(tc, cache_hint_mutations);
   tcase_add_test(tc, cache_stats_fast_ids);
   tcase_add_test(tc, mutation_fuzz);
   suite_add_tcase(s, tc);
