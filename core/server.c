@@ -82,6 +82,11 @@ struct sreq {
   char *error;                /* text of an ERROR finish */
   char **echo; /* per prompt, when echo */
   size_t *echo_len;
+  /* POST /v1/cache/hints with prefill: the hint to apply and answer with
+   * when the prefill ends (NULL for completions) */
+  struct strata_api_cache_hint *hint;
+  int32_t *hint_toks;
+  size_t n_hint_toks;
 };
 
 /* Seconds a connection may sit without reading or writing while the engine
@@ -303,6 +308,9 @@ static void sreq_free(struct sreq *s) {
   free(s->echo_len);
   free(s->hs);
   free(s->subs);
+  if (s->hint) strata_api_cache_hint_free(s->hint);
+  free(s->hint);
+  free(s->hint_toks);
   strata_api_request_free(&s->req);
   pthread_mutex_destroy(&s->mu);
   free(s);
@@ -345,7 +353,11 @@ static void request_log(struct sreq *s, int status) {
           "strata: serve: %s %s status=%d prompt_tokens=%d "
           "completion_tokens=%d cached_tokens=%d "
           "finish=%s time=%.3fs%s%s%s%s\n",
-          s->id, s->req.kind == STRATA_API_CHAT ? "chat" : "completion", status,
+          s->id,
+          s->hint                           ? "cache_hint_prefill"
+          : s->req.kind == STRATA_API_CHAT ? "chat"
+                                           : "completion",
+          status,
           s->usage.prompt_tokens, s->usage.completion_tokens,
           s->usage.cached_tokens, fin, strata_now() - s->t0,
           user ? " user=" : "", user ? user : "",
@@ -353,6 +365,10 @@ static void request_log(struct sreq *s, int status) {
           s->req.metadata_text ? s->req.metadata_text : "");
   free(user);
 }
+
+static int reply_hint(struct server *srv, struct evhttp_request *http,
+                      const struct strata_api_cache_hint *h, const int32_t *toks, size_t n,
+                      int32_t prefilled);
 
 static void finish_request(struct sreq *s) {
   struct server *srv = s->srv;
@@ -364,7 +380,21 @@ static void finish_request(struct sreq *s) {
     evhttp_connection_set_timeout(s->evcon, srv->idle_timeout);
   }
   s->evcon = NULL;
-  if (s->http && s->req.stream) {
+  if (s->http && s->hint) {
+    /* a cache hint's prefill: the context is computed (and protected by
+     * the engine as the request finished); apply the hint and answer it */
+    if (s->error) {
+      status = 500;
+      reply_errorf(srv, s->http, 500, NULL, NULL, "the prefill failed: %s", s->error);
+    } else if (s->finish[0] != STRATA_FINISH_STOP && s->finish[0] != STRATA_FINISH_LENGTH) {
+      status = 503;
+      reply_errorf(srv, s->http, 503, NULL, NULL,
+                   "the prefill was cancelled (the server is stopping)");
+    } else {
+      status = reply_hint(srv, s->http, s->hint, s->hint_toks, s->n_hint_toks,
+                          s->usage.prompt_tokens - s->usage.cached_tokens);
+    }
+  } else if (s->http && s->req.stream) {
     if (s->lost) {
       struct strata_api_error e;
       strata_api_errorf(&e, 500, NULL, NULL, NULL,
@@ -501,6 +531,35 @@ static uint64_t fnv1a(const char *s) {
   for (; *s; s++)
     h = (h ^ (unsigned char)*s) * 0x100000001b3ull;
   return h ? h : 1;
+}
+
+/* The HTTP error of a failed strata_engine_submit. */
+static void submit_error(struct server *srv, int rc, const char *err,
+                         struct strata_api_error *e) {
+  if (rc == STRATA_ENGINE_EFULL) {
+    srv->stats.rejected_full++;
+    strata_api_errorf(e, 429, NULL, "queue_full", NULL, "the server is busy (%s); retry later",
+                      err);
+  } else if (rc == STRATA_ENGINE_ESTOP) {
+    strata_api_errorf(e, 503, NULL, NULL, NULL, "the engine is stopping (%s)", err);
+  } else {
+    strata_api_errorf(e, 400, NULL, NULL, NULL, "%s", err);
+  }
+}
+
+/* The engine holds s's requests: the server watches its connection (a
+ * client gone cancels them) and answers from on_wake. */
+static void sreq_watch(struct sreq *s, struct evhttp_request *http) {
+  s->http = http;
+  s->evcon = evhttp_request_get_connection(http);
+  if (s->evcon) {
+    evhttp_connection_set_closecb(s->evcon, on_conn_close, s);
+    /* libevent would close a connection whose answer has not moved for
+     * server.idle_timeout, cutting a request that waits in a long queue;
+     * while the engine has it, only a client that stops reading for an
+     * hour is dropped (a closed client is noticed at once: on_peek). */
+    evhttp_connection_set_timeout(s->evcon, HTTP_BUSY_TIMEOUT);
+  }
 }
 
 static void handle_generate(struct server *srv, struct evhttp_request *http,
@@ -686,15 +745,7 @@ static void handle_generate(struct server *srv, struct evhttp_request *http,
     ps[pi].logits = NULL;
     if (rc != 0) {
       s->hs[pi] = NULL;
-      if (rc == STRATA_ENGINE_EFULL) {
-        srv->stats.rejected_full++;
-        strata_api_errorf(&e, 429, NULL, "queue_full",
-                          NULL, "the server is busy (%s); retry later", err);
-      } else if (rc == STRATA_ENGINE_ESTOP) {
-        strata_api_errorf(&e, 503, NULL, NULL, NULL, "the engine is stopping (%s)", err);
-      } else {
-        strata_api_errorf(&e, 400, NULL, NULL, NULL, "%s", err);
-      }
+      submit_error(srv, rc, err, &e);
       /* the batch is refused whole: the prompts submitted before go too */
       for (int32_t k = pi + 1; k < np; k++) strata_engine_logits_free(srv->eng, ps[k].logits);
       for (int32_t k = 0; k < np; k++) free((void *)ps[k].prompt);
@@ -707,16 +758,7 @@ static void handle_generate(struct server *srv, struct evhttp_request *http,
   }
   for (int32_t k = 0; k < np; k++) free((void *)ps[k].prompt);
   free(ps);
-  s->http = http;
-  s->evcon = evhttp_request_get_connection(http);
-  if (s->evcon) {
-    evhttp_connection_set_closecb(s->evcon, on_conn_close, s);
-    /* libevent would close a connection whose answer has not moved for
-     * server.idle_timeout, cutting a request that waits in a long queue;
-     * while the engine has it, only a client that stops reading for an
-     * hour is dropped (a closed client is noticed at once: on_peek). */
-    evhttp_connection_set_timeout(s->evcon, HTTP_BUSY_TIMEOUT);
-  }
+  sreq_watch(s, http);
   if (r->stream) {
     struct evkeyvalq *h = evhttp_request_get_output_headers(http);
     evhttp_add_header(h, "Content-Type", "text/event-stream");
@@ -842,6 +884,157 @@ fail:
   reply_error(srv, http, &e);
 }
 
+/* Applies a cache hint to a prompt and answers it (200, or the error);
+ * returns the status. */
+static int reply_hint(struct server *srv, struct evhttp_request *http,
+                      const struct strata_api_cache_hint *h, const int32_t *toks, size_t n,
+                      int32_t prefilled) {
+  struct strata_cache_hint_result res;
+  int rc = strata_engine_cache_hint(srv->eng, toks, n, h->t.cache_salt,
+                                    (enum strata_cache_hint_action)h->action, h->ttl, h->force,
+                                    &res);
+  if (rc != 0) {
+    struct strata_api_error e;
+    if (rc == -3)
+      strata_api_errorf(&e, 500, NULL, NULL, NULL, "out of memory");
+    else
+      strata_api_errorf(&e, 400, NULL, NULL, NULL, "the cache hint could not be applied");
+    reply_error(srv, http, &e);
+    return e.status;
+  }
+  json_t *o = json_pack("{s:s,s:s,s:i,s:i,s:i}", "object", "cache.hint", "action",
+                        h->action == STRATA_CACHE_HINT_KEEP ? "keep" : "release",
+                        "prompt_tokens", res.prompt_tokens, "cached_tokens", res.cached_tokens,
+                        "blocks", res.blocks);
+  if (o && h->action == STRATA_CACHE_HINT_KEEP) {
+    json_object_set_new(o, "ttl", h->ttl == (double)(int64_t)h->ttl
+                                      ? json_integer((json_int_t)h->ttl)
+                                      : json_real(h->ttl));
+    json_object_set_new(o, "prefilled_tokens", json_integer(prefilled));
+  } else if (o) {
+    json_object_set_new(o, "protected_blocks", json_integer(res.kept_blocks));
+  }
+  srv->stats.cache_hints[h->action]++;
+  reply_json(srv, http, 200, o ? json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL);
+  json_decref(o);
+  return 200;
+}
+
+/* POST /v1/cache/hints: keep (protect, optionally after a prefill) or
+ * release a prompt's cached blocks. The prefill is an ordinary engine
+ * request (max_tokens 1, output dropped) held like a completion; its
+ * done event answers the hint. */
+static void handle_cache_hints(struct server *srv, struct evhttp_request *http) {
+  struct strata_api_error e;
+  size_t len;
+  const char *body = body_of(srv, http, &len);
+  if (!body) return;
+  struct strata_api_cache_hint *h = calloc(1, sizeof *h);
+  if (!h) {
+    reply_errorf(srv, http, 500, NULL, NULL, "out of memory");
+    return;
+  }
+  if (strata_api_parse_cache_hint(body, len, srv->n_vocab, h, &e) != 0) {
+    free(h);
+    reply_error(srv, http, &e);
+    return;
+  }
+  int32_t *toks = NULL;
+  size_t n = 0;
+  struct sreq *s = NULL;
+  const char *pparam = h->t.messages ? "messages" : "prompt";
+  if (body_tokens(srv, &h->t, &toks, &n, &e) != 0) goto fail;
+  if (!strata_engine_prefix_caching(srv->eng)) {
+    strata_api_errorf(&e, 400, NULL, NULL, NULL,
+                      "cache hints need the prefix cache, and "
+                      "engine.kv_cache.prefix_caching is off");
+    goto fail;
+  }
+  if (n == 0) {
+    strata_api_errorf(&e, 400, NULL, NULL, pparam,
+                      "the prompt is empty (and no BOS token is added)");
+    goto fail;
+  }
+  /* a prefill generates one token after the prompt */
+  const int64_t room = srv->ctx_len - (h->prefill ? 1 : 0);
+  if ((int64_t)n > room) {
+    strata_api_errorf(&e, 400, NULL, "context_length_exceeded", pparam,
+                      "This model's maximum context length is %d tokens. However, your "
+                      "prompt has %zu tokens%s.",
+                      (int)srv->ctx_len, n,
+                      h->prefill ? ", leaving no room for the prefill's one token" : "");
+    goto fail;
+  }
+  if (!h->prefill) {
+    reply_hint(srv, http, h, toks, n, 0);
+    free(toks);
+    strata_api_cache_hint_free(h);
+    free(h);
+    return;
+  }
+  s = calloc(1, sizeof *s);
+  if (!s) {
+    strata_api_errorf(&e, 500, NULL, NULL, NULL, "out of memory");
+    goto fail;
+  }
+  pthread_mutex_init(&s->mu, NULL);
+  s->srv = srv;
+  s->t0 = strata_now();
+  s->created = (int64_t)time(NULL);
+  snprintf(s->id, sizeof s->id, "hint-%016" PRIx64, srv->next_id++);
+  s->np = s->nc = 1;
+  s->hint = h;
+  s->hint_toks = toks;
+  s->n_hint_toks = n;
+  h = NULL;
+  toks = NULL;
+  s->hs = calloc(1, sizeof *s->hs);
+  s->subs = calloc(1, sizeof *s->subs);
+  s->text = calloc(1, sizeof *s->text);
+  s->finish = calloc(1, sizeof *s->finish);
+  s->wake = event_new(srv->base, -1, 0, on_wake, s);
+  if (!s->hs || !s->subs || !s->text || !s->finish || !s->wake) {
+    strata_api_errorf(&e, 500, NULL, NULL, NULL, "out of memory");
+    goto fail;
+  }
+  s->subs[0] = (struct sub){.s = s, .base = 0};
+  struct strata_sampling greedy = STRATA_SAMPLING_DEFAULTS;
+  greedy.temperature = 0;
+  const struct strata_request_params ps = {
+      .prompt = s->hint_toks,
+      .n_prompt = (int32_t)s->n_hint_toks,
+      .max_tokens = 1,
+      .n = 1,
+      .sampling = greedy,
+      .has_seed = 1,
+      .priority = s->hint->priority,
+      .cache_salt = s->hint->t.cache_salt,
+      .keep_ttl = s->hint->ttl,
+  };
+  /* Linked in before submit: the engine may call back at once. */
+  s->next = srv->inflight;
+  if (srv->inflight) srv->inflight->prev = s;
+  srv->inflight = s;
+  char err[512];
+  int rc = strata_engine_submit(srv->eng, &ps, on_engine_event, &s->subs[0], &s->hs[0], err,
+                                sizeof err);
+  if (rc != 0) {
+    s->hs[0] = NULL;
+    submit_error(srv, rc, err, &e);
+    goto fail;
+  }
+  srv->stats.open_requests++;
+  sreq_watch(s, http);
+  evhttp_add_header(evhttp_request_get_output_headers(http), "X-Request-Id", s->id);
+  return;
+fail:
+  free(toks);
+  if (h) strata_api_cache_hint_free(h);
+  free(h);
+  reply_error(srv, http, &e);
+  if (s) sreq_free(s);
+}
+
 static void handle_detokenize(struct server *srv, struct evhttp_request *http) {
   struct strata_api_error e;
   struct strata_api_detokenize d;
@@ -949,6 +1142,7 @@ enum route {
   R_DETOKENIZE,
   R_CACHE_STATS,
   R_CACHE_EVENTS,
+  R_CACHE_HINTS,
 };
 
 static const struct {
@@ -967,6 +1161,7 @@ static const struct {
     {"/detokenize", EVHTTP_REQ_POST, R_DETOKENIZE, 1},
     {"/v1/cache/stats", EVHTTP_REQ_POST, R_CACHE_STATS, 1},
     {"/v1/cache/events", EVHTTP_REQ_GET, R_CACHE_EVENTS, 1},
+    {"/v1/cache/hints", EVHTTP_REQ_POST, R_CACHE_HINTS, 1},
 };
 
 static int auth_ok(struct server *srv, struct evhttp_request *http) {
@@ -1020,7 +1215,7 @@ static void on_request(struct evhttp_request *http, void *arg) {
                  "Bearer <key>'");
     return;
   }
-  if (srv->stopping && (route == R_COMPLETIONS || route == R_CHAT)) {
+  if (srv->stopping && (route == R_COMPLETIONS || route == R_CHAT || route == R_CACHE_HINTS)) {
     reply_errorf(srv, http, 503, NULL, NULL, "the server is stopping");
     return;
   }
@@ -1054,6 +1249,9 @@ static void on_request(struct evhttp_request *http, void *arg) {
     break;
   case R_CACHE_STATS:
     handle_cache_stats(srv, http);
+    break;
+  case R_CACHE_HINTS:
+    handle_cache_hints(srv, http);
     break;
   case R_CACHE_EVENTS: {
     struct strata_api_error e;

@@ -461,6 +461,102 @@ expect_error "cache stats salt type" 400 /v1/cache/stats '{"prompt":"x","cache_s
 expect_error "cache stats wrong model" 400 /v1/cache/stats '{"prompt":"x","model":"nope"}'
 check "cache stats GET is 405" test "$(curl -s -o /dev/null -w '%{http_code}' "$U/v1/cache/stats")" = 405
 
+# ---- /v1/cache/hints ---------------------------------------------------------------------------
+# bad bodies on the main server: a 400 naming the field
+expect_error "hint no action" 400 /v1/cache/hints '{"prompt":"x"}' action
+expect_error "hint unknown action" 400 /v1/cache/hints '{"prompt":"x","action":"pin"}' action
+expect_error "hint action type" 400 /v1/cache/hints '{"prompt":"x","action":1}' action
+expect_error "hint ttl 0" 400 /v1/cache/hints '{"prompt":"x","action":"keep","ttl":0}' ttl
+expect_error "hint ttl too long" 400 /v1/cache/hints '{"prompt":"x","action":"keep","ttl":86401}' ttl
+expect_error "hint ttl string" 400 /v1/cache/hints '{"prompt":"x","action":"keep","ttl":"300"}' ttl
+expect_error "hint ttl with release" 400 /v1/cache/hints '{"prompt":"x","action":"release","ttl":5}' ttl
+expect_error "hint prefill with release" 400 /v1/cache/hints '{"prompt":"x","action":"release","prefill":true}' prefill
+expect_error "hint force with keep" 400 /v1/cache/hints '{"prompt":"x","action":"keep","force":true}' force
+expect_error "hint both prompts" 400 /v1/cache/hints '{"prompt":"x","messages":[{"role":"user","content":"x"}],"action":"keep"}' prompt
+expect_error "hint no prompt" 400 /v1/cache/hints '{"action":"keep"}' prompt
+expect_error "hint bad id" 400 /v1/cache/hints '{"prompt":[1,512],"action":"keep"}' prompt
+expect_error "hint wrong model" 400 /v1/cache/hints '{"prompt":"x","action":"keep","model":"nope"}' model
+expect_error "hint malformed" 400 /v1/cache/hints '{"prompt":"x","action":"keep",'
+expect_error "hint prompt too long" 400 /v1/cache/hints "$(jq -nc '{prompt: [range(0;513) | . % 500 + 3], action: "release"}')" prompt
+check "hint prompt too long code" test "$(jq -r .error.code "$T/body")" = context_length_exceeded
+# a prefill needs room for its one token: a context-long prompt is kept, not prefilled
+expect_error "hint prefill of a full context" 400 /v1/cache/hints "$(jq -nc '{prompt: [range(0;512) | . % 500 + 3], action: "keep", prefill: true}')" prompt
+post /v1/cache/hints "$(jq -nc '{prompt: [range(0;512) | . % 500 + 3], action: "keep"}')" >/dev/null
+check "hint keep of a full context is 200" test "$(status)" = 200
+check "hint GET is 405" test "$(curl -s -o /dev/null -w '%{http_code}' "$U/v1/cache/hints")" = 405
+post /v1/cache/hints '{"messages":[{"role":"user","content":"Hello there"}],"action":"keep","ttl":1.5}' >"$T/h0"
+check "hint chat keep 200" test "$(status)" = 200
+check "hint keep of an uncached prompt" test "$(jq -c '[.object, .action, .blocks, .cached_tokens, .prefilled_tokens, .ttl]' "$T/h0")" = '["cache.hint","keep",0,0,0,1.5]'
+
+# A small KV cache (20 blocks of 16) and prompts of token ids (65 tokens: 4 full blocks
+# and one token), distinct from their first token on.
+printf 'engine: { model = "%s"; kv_cache: { tokens = 320; }; };\n' "$MODEL" >"$T/hint.conf"
+start_server hint "$T/hint.conf"
+H=$URL_hint
+ids() { jq -nc --argjson k "$1" --argjson n "$2" '[range(0;$n) | ((. * 7 + $k * 131) % 497) + 3]'; }
+hpost() {
+  curl -s -o "$T/body" -w '%{http_code}' -H 'Content-Type: application/json' --data-binary "$2" "$H$1" >"$T/status"
+  cat "$T/body"
+}
+hcached() { hpost /v1/cache/stats "{\"prompt\":$(ids "$1" "$2")}" | jq -r .cached_tokens; }
+hmetric() { curl -s "$H/metrics" | sed -n "s/^$1{[^}]*} \([0-9.e+]*\)$/\1/p" | head -1; }
+hrun() { hpost /v1/completions "{\"prompt\":$(ids "$1" "$2"),\"max_tokens\":1}" >/dev/null; }
+check "hint: A not cached yet" test "$(hcached 1 65)" = 0
+# (1) keep with prefill computes the prompt, and answers once it is cached
+hpost /v1/cache/hints "{\"prompt\":$(ids 1 65),\"action\":\"keep\",\"ttl\":600,\"prefill\":true,\"priority\":-1}" >"$T/h1"
+check "hint prefill 200 ($(status): $(head -c 200 "$T/h1"))" test "$(status)" = 200
+check "hint prefill reply" test "$(jq -c '[.object, .action, .prompt_tokens, .cached_tokens, .blocks, .ttl]' "$T/h1")" = '["cache.hint","keep",65,64,4,600]'
+check "hint prefill computed the prompt" test "$(jq -r .prefilled_tokens "$T/h1")" -gt 0
+check "hint: A cached after the prefill" test "$(hcached 1 65)" = 64
+check "hint prefill logged" grep -q 'hint-[0-9a-f]* cache_hint_prefill status=200 prompt_tokens=65' "$T/hint.err"
+check "hint: A's blocks protected" test "$(hmetric strata:kv_blocks_protected)" = 4
+# a second keep with prefill of a cached prompt computes its last token only
+hpost /v1/cache/hints "{\"prompt\":$(ids 1 65),\"action\":\"keep\",\"ttl\":600,\"prefill\":true}" >"$T/h1b"
+check "hint prefill of a cached prompt" test "$(jq -c '[.cached_tokens, .blocks, .prefilled_tokens]' "$T/h1b")" = '[64,4,1]'
+# (2) B, as large and more recent than A, is not kept: a flood of other prompts evicts B
+# (plain LRU would have taken A first) while A stays
+hrun 2 65
+check "hint: B cached" test "$(hcached 2 65)" = 64
+for k in 10 11 12 13 14 15 16 17; do hrun $k 65; done
+check "hint: the flood evicted blocks" test "$(hmetric strata:prefix_cache_evictions_total)" -ge 12
+check "hint: kept A survives the flood" test "$(hcached 1 65)" = 64
+check "hint: un-kept B does not" test "$(hcached 2 65)" = 0
+# (3) release: A is still under its own keep, so only force releases it
+hpost /v1/cache/hints "{\"prompt\":$(ids 1 65),\"action\":\"release\"}" >"$T/h2"
+check "hint release of a kept prompt leaves it" test "$(jq -c '[.action, .blocks, .protected_blocks, .cached_tokens]' "$T/h2")" = '["release",0,4,64]'
+check "hint: A still protected" test "$(hmetric strata:kv_blocks_protected)" = 4
+hpost /v1/cache/hints "{\"prompt\":$(ids 1 65),\"action\":\"release\",\"force\":true}" >"$T/h3"
+check "hint forced release" test "$(jq -c '[.action, .blocks, .protected_blocks]' "$T/h3")" = '["release",4,0]'
+check "hint: A's blocks hinted" test "$(hmetric strata:kv_blocks_hinted)" = 4
+# E: the least recently used prompt still cached, first in line under LRU
+E=""
+for k in 10 11 12 13 14 15 16 17; do
+  if [ "$(hcached $k 65)" = 64 ]; then E=$k; break; fi
+done
+check "hint: a flood prompt survives (E=$E)" test -n "$E"
+ev0=$(hmetric strata:prefix_cache_evictions_total)
+for k in $(seq 30 60); do
+  hrun "$k" 17
+  [ "$(hmetric strata:prefix_cache_evictions_total)" -gt "$ev0" ] && break
+done
+check "hint: small prompts evicted something" test "$(hmetric strata:prefix_cache_evictions_total)" -gt "$ev0"
+check "hint: released A goes first" test "$(hcached 1 65)" -lt 64
+[ -n "$E" ] && check "hint: the LRU prompt E stays" test "$(hcached "$E" 65)" = 64
+curl -s "$H/metrics" >"$T/hmetrics"
+check "metric cache hints keep" grep -q '^strata:cache_hints_total{model_name="stories260K",action="keep"} 2$' "$T/hmetrics"
+check "metric cache hints release" grep -q '^strata:cache_hints_total{model_name="stories260K",action="release"} 2$' "$T/hmetrics"
+kill -TERM "$PID_hint"
+wait "$PID_hint"
+check "hint server exits 0" test $? -eq 0
+# prefix caching off: hints make no sense
+printf 'engine: { model = "%s"; kv_cache: { prefix_caching = false; }; };\n' "$MODEL" >"$T/nocache.conf"
+start_server nocache "$T/nocache.conf"
+code=$(curl -s -o "$T/body" -w '%{http_code}' -d '{"prompt":"x","action":"keep"}' "$URL_nocache/v1/cache/hints")
+check "hint without prefix caching is 400 ($code)" test "$code" = 400
+check "hint without prefix caching says so" grep -q 'engine.kv_cache.prefix_caching is off' "$T/body"
+kill -TERM "$PID_nocache"
+wait "$PID_nocache"
+
 # ---- /metrics --------------------------------------------------------------------------------
 curl -s "$U/metrics" >"$T/metrics"
 for m in vllm:num_requests_running vllm:num_requests_waiting vllm:gpu_cache_usage_perc vllm:kv_cache_usage_perc \
