@@ -5,43 +5,10 @@
 # generate`, 32 concurrent requests equal to their solo answers, a client
 # disconnecting mid-stream (its KV blocks come back), malformed and hostile
 # requests, auth, queue limits, /tokenize, /metrics, and a graceful SIGTERM.
-set -u
-. "$(dirname "$0")/sanitizer_scan.sh"
-B=${STRATA_BUILDDIR:?}
-SH=${STRATA_SHARED:-}
-STRATA="$B/strata"
-MODEL="$SH/models/stories260K.gguf"
-if [ -z "$SH" ] || [ ! -f "$MODEL" ]; then
-  echo "shared dir missing (no $MODEL): skipping the server tests"
-  exit 77
-fi
-for t in curl jq; do
-  if ! command -v "$t" >/dev/null 2>&1; then
-    echo "$t is missing (scripts/install-deps.sh installs it): skipping the server tests"
-    exit 77
-  fi
-done
-T=$(mktemp -d)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
-  wait 2>/dev/null
-  rm -rf "$T"
-}
-trap cleanup EXIT
-pass=0
-fail=0
-ok() { pass=$((pass + 1)); }
-bad() {
-  fail=$((fail + 1))
-  echo "FAIL: $*"
-}
+SUITE="server tests"
+NEEDS="curl jq"
+. "$(dirname "$0")/common.sh"
 jqe() { jq -e "$@" >/dev/null 2>&1; }
-check() { # check NAME COND...
-  local name=$1
-  shift
-  if "$@"; then ok; else bad "$name"; fi
-}
 
 # start_server NAME CONFIG [ENV=VAL...]: sets URL_<NAME> and PID_<NAME>
 start_server() {
