@@ -903,7 +903,8 @@ static void on_request(struct evhttp_request *req, void *arg) {
   }
   r->rr = (struct strata_route_request){.id = r->id, .path = path, .body = (const strata_json_t *)r->json,
                                         .header = hdr_of, .host_data = r};
-  if (route_wf_join(r) != 0) { /* answered: a workflow limit */
+  const int joined = route_wf_join(r);
+  if (joined < 0) { /* answered: a workflow limit */
     drop_unlisted(r);
     return;
   }
@@ -915,7 +916,11 @@ static void on_request(struct evhttp_request *req, void *arg) {
   r->cevcon = evhttp_request_get_connection(req);
   if (r->cevcon) evhttp_connection_set_closecb(r->cevcon, on_client_close, r);
   nodelay(r->cevcon);
-  if (rt->needs_cache)
+  if (joined == 0) route_start(r); /* else when its workflow's context is ready */
+}
+
+void route_start(struct rreq *r) {
+  if (r->rt->needs_cache)
     route_cache_prepare(r); /* dispatches now or once the probes end */
   else
     route_dispatch(r);

@@ -145,6 +145,7 @@ struct rreq { /* one client request */
   struct event *ptimer;
   /* its workflow (route_wf.c): id, agent, step; NULL: none */
   char *wf_id, *wf_agent, *wf_step;
+  int wf_held; /* waiting for its workflow's context prefill */
 };
 
 
@@ -153,6 +154,9 @@ struct evhttp_connection *route_new_conn(struct router *rt, struct backend *b, d
 struct rconn *route_take_conn(struct router *rt, struct backend *b);
 void route_give_conn(struct backend *b, struct rconn *k);
 void route_dispatch(struct rreq *r);
+/* The first dispatch of a listed request: through the cache probes for a
+ * cache-aware policy, else at once. May free r. */
+void route_start(struct rreq *r);
 void route_count_status(struct router *rt, int status);
 void route_reply_body(struct router *rt, struct evhttp_request *req, int status, const char *ctype,
                       const char *body, size_t len);

@@ -124,6 +124,7 @@ struct wf {
   char *cache_salt;
   int32_t ctx_instance, last_instance;
   int prefill; /* 0 none, 1 running, 2 done, -1 failed */
+  double prefill_t0;
   int64_t prefilled_tokens;
   uint64_t requests, failed, moves, prompt_tokens, cached_tokens, usage_known;
 };
@@ -133,10 +134,17 @@ struct hint {
   struct backend *b;
   struct rconn *conn;
   struct evhttp_request *up;
-  char *wf_id; /* a prefill: whose */
-  int keep, prefill, in_make, done;
+  char *wf_id; /* whose (a prefill, or HINT_THEN_CONTEXT) */
+  unsigned flags;
+  int in_make, done;
   struct hint *next, *prev;
 };
+
+/* send_hint's flags */
+#define HINT_KEEP 1u         /* keep (else release) */
+#define HINT_PREFILL 2u      /* keep: compute what is not cached first */
+#define HINT_FORCE 4u        /* release: protected blocks too */
+#define HINT_THEN_CONTEXT 8u /* when answered, keep the workflow's context again */
 
 struct wf_reg {
   struct wf **tab;
@@ -147,7 +155,7 @@ struct wf_reg {
   double no_hints[ROUTE_MAX_BACKENDS];
   uint64_t created_declared, created_implicit, ended_deleted, ended_idle, rejected;
   uint64_t messages, delivered, barrier_released, barrier_timeouts, step_timeouts, steps_done;
-  uint64_t hints_keep, hints_release, hints_failed, prefills;
+  uint64_t hints_keep, hints_release, hints_failed, prefills, held;
   uint64_t next_auto;
   int closing;
   size_t msg_bytes; /* of every open workflow's messages and step outputs */
@@ -460,6 +468,25 @@ static void hint_free(struct hint *h) {
   free(h);
 }
 
+static int send_hint(struct router *rt, int32_t id, const json_t *part, const char *salt,
+                     unsigned flags, const char *wf_id);
+
+/* The requests of w held while its context was being prefilled go now. */
+static void release_held(struct router *rt, const struct wf *w) {
+  for (struct rreq *r = rt->inflight, *nx; r; r = nx) {
+    nx = r->next;
+    if (r->wf_held && strcmp(r->wf_id, w->id) == 0) {
+      r->wf_held = 0;
+      route_start(r); /* may free r (not nx) */
+    }
+  }
+}
+
+static void prefill_over(struct wf *w, int ok) {
+  w->prefill = ok ? 2 : -1;
+  release_held(w->rt, w);
+}
+
 static void on_hint_done(struct evhttp_request *req, void *arg) {
   struct hint *h = arg;
   struct router *rt = h->rt;
@@ -468,8 +495,7 @@ static void on_hint_done(struct evhttp_request *req, void *arg) {
   if (code == 404) rt->wf->no_hints[h->b->id] = strata_now() + 60;
   if (code != 200) rt->wf->hints_failed++;
   struct wf *w = h->wf_id ? find_wf(rt, h->wf_id) : NULL;
-  if (w && h->prefill) {
-    w->prefill = code == 200 ? 2 : -1;
+  if (w && (h->flags & HINT_PREFILL) && w->prefill == 1) {
     if (code == 200) {
       struct evbuffer *in = evhttp_request_get_input_buffer(req);
       const size_t n = evbuffer_get_length(in);
@@ -479,7 +505,13 @@ static void on_hint_done(struct evhttp_request *req, void *arg) {
       if (json_is_integer(p)) w->prefilled_tokens = json_integer_value(p);
       json_decref(o);
     }
+    if (!h->in_make) prefill_over(w, code == 200); /* else the sender sees it failed */
   }
+  /* a forced release of an agent's prompt lifted the context's keep too:
+   * it is put back (in this order, so it wins) */
+  if (w && (h->flags & HINT_THEN_CONTEXT) && w->context && w->ctx_instance == h->b->id &&
+      !h->in_make)
+    send_hint(rt, w->ctx_instance, w->context, w->cache_salt, HINT_KEEP, NULL);
   h->up = NULL;
   route_give_conn(h->b, h->conn);
   h->conn = NULL;
@@ -487,21 +519,23 @@ static void on_hint_done(struct evhttp_request *req, void *arg) {
 }
 
 /* Sends {part..., action, ttl|force, prefill} to instance id, fire and
- * forget (the answer only counts). */
-static void send_hint(struct router *rt, int32_t id, const json_t *part, const char *salt,
-                      int keep, int prefill, int force, const char *wf_id) {
+ * forget: 1 sent, 0 not (hints off, the instance gone or without hints, a
+ * failure). */
+static int send_hint(struct router *rt, int32_t id, const json_t *part, const char *salt,
+                     unsigned flags, const char *wf_id) {
   struct wf_reg *g = rt->wf;
   if (!rt->o->wf_cache_hints || g->closing || !part || id < 0 || (size_t)id >= rt->n_be ||
       g->no_hints[id] > strata_now())
-    return;
+    return 0;
   struct backend *b = rt->be[id];
-  if (b->removed) return;
+  if (b->removed || !b->healthy) return 0;
+  const int keep = (flags & HINT_KEEP) != 0;
   json_t *o = json_deep_copy(part);
-  if (!o) return;
+  if (!o) return 0;
   json_object_set_new(o, "action", json_string(keep ? "keep" : "release"));
   if (keep) json_object_set_new(o, "ttl", json_real(rt->o->wf_hint_ttl));
-  if (keep && prefill) json_object_set_new(o, "prefill", json_true());
-  if (!keep && force) json_object_set_new(o, "force", json_true());
+  if (keep && (flags & HINT_PREFILL)) json_object_set_new(o, "prefill", json_true());
+  if (!keep && (flags & HINT_FORCE)) json_object_set_new(o, "force", json_true());
   if (salt) json_object_set_new(o, "cache_salt", json_string(salt));
   char *body = json_dumps(o, JSON_COMPACT);
   json_decref(o);
@@ -509,8 +543,7 @@ static void send_hint(struct router *rt, int32_t id, const json_t *part, const c
   if (h) {
     h->rt = rt;
     h->b = b;
-    h->keep = keep;
-    h->prefill = prefill;
+    h->flags = flags;
     h->wf_id = wf_id ? strata_strdup(wf_id) : NULL;
     h->conn = route_take_conn(rt, b);
   }
@@ -521,7 +554,7 @@ static void send_hint(struct router *rt, int32_t id, const json_t *part, const c
     free(h);
     free(body);
     g->hints_failed++;
-    return;
+    return 0;
   }
   h->next = g->hints;
   if (g->hints) g->hints->prev = h;
@@ -536,21 +569,23 @@ static void send_hint(struct router *rt, int32_t id, const json_t *part, const c
     g->hints_keep++;
   else
     g->hints_release++;
-  if (prefill) g->prefills++;
+  if (flags & HINT_PREFILL) g->prefills++;
   h->up = req;
   h->in_make = 1;
   const int rc = evhttp_make_request(h->conn->c, req, EVHTTP_REQ_POST, "/v1/cache/hints");
   h->in_make = 0;
   if (h->done) { /* failed inside evhttp_make_request: its callback ran */
     hint_free(h);
-    return;
+    return 0;
   }
   if (rc != 0) {
     h->up = NULL;
     route_give_conn(b, h->conn);
     g->hints_failed++;
     hint_free(h);
+    return 0;
   }
+  return 1;
 }
 
 /* The prompt of a completion body as a hint body part ({"messages"} or
@@ -587,7 +622,7 @@ static void hint_ready(struct wf *w) {
     if (!s->agent || !step_ready(w, s)) continue;
     const ssize_t a = find_agent(w, s->agent);
     if (a >= 0 && w->agents[a].prompt)
-      send_hint(w->rt, w->agents[a].instance, w->agents[a].prompt, w->cache_salt, 1, 0, 0, NULL);
+      send_hint(w->rt, w->agents[a].instance, w->agents[a].prompt, w->cache_salt, HINT_KEEP, NULL);
   }
 }
 
@@ -687,10 +722,11 @@ static void end_wf(struct wf *w, int idle) {
   while (w->waiters)
     waiter_error(w->waiters, 410, "workflow_ended", "workflow %.200s ended%s", w->id,
                  idle ? " (idle)" : "");
-  if (w->context) send_hint(rt, w->ctx_instance, w->context, w->cache_salt, 0, 0, 1, NULL);
+  if (w->prefill == 1) release_held(rt, w);
+  if (w->context) send_hint(rt, w->ctx_instance, w->context, w->cache_salt, HINT_FORCE, NULL);
   for (size_t i = 0; i < w->n_agents; i++)
     if (w->agents[i].prompt)
-      send_hint(rt, w->agents[i].instance, w->agents[i].prompt, w->cache_salt, 0, 0, 1, NULL);
+      send_hint(rt, w->agents[i].instance, w->agents[i].prompt, w->cache_salt, HINT_FORCE, NULL);
   struct wf **pp = &g->tab[w->key & (g->cap - 1)];
   while (*pp != w) pp = &(*pp)->hnext;
   *pp = w->hnext;
@@ -860,9 +896,14 @@ static void handle_declare(struct router *rt, struct evhttp_request *req) {
     if (w->context) w->ctx_instance = route_pick(rt, w->id, w->context);
     if (w->ctx_instance >= 0) {
       const int prefill = !pf || json_is_true(pf);
-      if (prefill && rt->o->wf_cache_hints && rt->wf->no_hints[w->ctx_instance] <= strata_now())
+      if (prefill) { /* requests of the workflow wait for it (route_wf_join) */
         w->prefill = 1;
-      send_hint(rt, w->ctx_instance, w->context, w->cache_salt, 1, prefill, 0, w->id);
+        w->prefill_t0 = strata_now();
+      }
+      if (!send_hint(rt, w->ctx_instance, w->context, w->cache_salt,
+                     HINT_KEEP | (prefill ? HINT_PREFILL : 0u), w->id) &&
+          w->prefill == 1)
+        w->prefill = 0;
     }
   }
   json_decref(o);
@@ -1344,6 +1385,11 @@ int route_wf_join(struct rreq *r) {
     if (k >= 0) w->steps[k].requests++;
   }
   if (r->wf_agent) w->agents[find_agent(w, r->wf_agent)].requests++;
+  if (w->prefill == 1) { /* its context is being prefilled: it waits, not computes it again */
+    r->wf_held = 1;
+    rt->wf->held++;
+    return 1;
+  }
   return 0;
 }
 
@@ -1390,8 +1436,12 @@ void route_wf_done(struct rreq *r, int status, struct evbuffer *body) {
     ag->prompt = prompt_part(r->json, strcmp(r->rr.path, "/v1/chat/completions") == 0);
     ag->instance = inst;
     /* its context: kept while the graph says it comes back, else let go
-     * first (without force: a shared prefix someone keeps stays) */
-    send_hint(rt, inst, ag->prompt, w->cache_salt, agent_runs_again(w, (size_t)a, k), 0, 0, NULL);
+     * first -- with force, since its own earlier keep protects it; the
+     * workflow's shared context, in that prompt too, is kept again after */
+    if (agent_runs_again(w, (size_t)a, k))
+      send_hint(rt, inst, ag->prompt, w->cache_salt, HINT_KEEP, NULL);
+    else
+      send_hint(rt, inst, ag->prompt, w->cache_salt, HINT_FORCE | HINT_THEN_CONTEXT, w->id);
   }
   if (k >= 0 && !w->steps[k].done) finish_step(w, (size_t)k, answer_text(ans));
   json_decref(ans);
@@ -1423,6 +1473,11 @@ void route_wf_tick(struct router *rt) {
           }
           x->last_write = now;
         }
+      if (w->prefill == 1 && now - w->prefill_t0 > 60) {
+        strata_log(STRATA_LOG_WARN, "route", "workflow %s: the context's prefill took over 60 s; "
+                   "its requests go on without it", w->id);
+        prefill_over(w, 0);
+      }
       if (!w->waiters && now - w->last > w->idle_ttl) {
         strata_log(STRATA_LOG_INFO, "route", "workflow %s ended: idle for %.0f s", w->id,
                    now - w->last);
@@ -1503,7 +1558,11 @@ void route_wf_metrics(struct router *rt, struct evbuffer *b) {
       "strata_router_cache_hints_total{action=\"prefill\"} %llu\n"
       "# HELP strata_router_cache_hint_failures_total Cache hints not answered 200.\n"
       "# TYPE strata_router_cache_hint_failures_total counter\n"
-      "strata_router_cache_hint_failures_total %llu\n",
+      "strata_router_cache_hint_failures_total %llu\n"
+      "# HELP strata_router_workflow_held_total Requests held until their workflow's context "
+      "was prefilled.\n"
+      "# TYPE strata_router_workflow_held_total counter\n"
+      "strata_router_workflow_held_total %llu\n",
       g->n, (unsigned long long)g->created_declared, (unsigned long long)g->created_implicit,
       (unsigned long long)g->ended_deleted, (unsigned long long)g->ended_idle,
       (unsigned long long)g->rejected, waiters, msgs, (unsigned long long)g->messages,
@@ -1511,7 +1570,7 @@ void route_wf_metrics(struct router *rt, struct evbuffer *b) {
       (unsigned long long)g->barrier_timeouts, (unsigned long long)g->steps_done,
       (unsigned long long)g->step_timeouts, (unsigned long long)g->hints_keep,
       (unsigned long long)g->hints_release, (unsigned long long)g->prefills,
-      (unsigned long long)g->hints_failed);
+      (unsigned long long)g->hints_failed, (unsigned long long)g->held);
 }
 
 void route_wf_stop(struct router *rt) {

@@ -23,8 +23,9 @@ void route_wf_stop(struct router *rt);
  * as a waiter). Called after authentication. */
 int route_wf_handle(struct router *rt, struct evhttp_request *req, const char *path,
                     enum evhttp_cmd_type m);
-/* A proxied completion: joins its workflow (creating it implicitly). 0, or
- * -1 with the client answered (a limit). */
+/* A proxied completion: joins its workflow (creating it implicitly). 0: go
+ * on; 1: held (its workflow's context is being prefilled: route_start runs
+ * when that ends); -1: the client was answered (a limit). */
 int route_wf_join(struct rreq *r);
 /* r's attempt ended with status (0: failed); body: its whole answer when
  * held (non-streamed), else NULL. Counts, marks steps done, sends hints. */

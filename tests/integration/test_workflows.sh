@@ -102,6 +102,15 @@ check "hints sent: keep, release and prefill ($hints)" bash -c "set -- $hints; [
 check "the engines answered every hint" \
   [ "$(curl -s "$R/metrics" | sed -n 's/^strata_router_cache_hint_failures_total //p')" = 0 ]
 
+# a request sent right after its declaration waits for the context's prefill (held by the
+# router, or the prefill was quicker): either way it is served from the cache
+post /v1/workflows "$(jq -nc --arg ctx "$CTX and a dragon" '{id: "quick", context: $ctx}')" >/dev/null
+q1=$(jq -nc --arg ctx "$CTX and a dragon" '{messages: [{role: "system", content: $ctx}, {role: "user", content: "Go."}], max_tokens: 4}' |
+  curl -s "$R/v1/chat/completions" -H 'X-Workflow-Id: quick' -d @-)
+check "a request right after the declaration hits the prefilled context" \
+  [ "$(echo "$q1" | jq '.usage.prompt_tokens_details.cached_tokens')" -gt 0 ]
+curl -s -o /dev/null -X DELETE "$R/v1/workflows/quick"
+
 # ---- implicit workflows ------------------------------------------------------------------------
 post /v1/completions '{"prompt":"Hi","max_tokens":1,"metadata":{"workflow_id":"quiet","agent_id":"solo"}}' >/dev/null
 check "a request's metadata creates a workflow implicitly" \
