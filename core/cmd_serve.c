@@ -124,6 +124,9 @@ int strata_cmd_serve(int argc, char **argv) {
       .max_body_bytes = (size_t)strata_config_int(srvn, "max_body_bytes"),
       .max_metadata_bytes =
           (size_t)strata_config_int(srvn, "max_metadata_bytes"),
+      .max_n = (int32_t)strata_config_int(srvn, "max_n"),
+      .max_stop = (int32_t)strata_config_int(srvn, "max_stop"),
+      .max_header_bytes = (size_t)strata_config_int(srvn, "max_header_bytes"),
       .chat_template = tmpl,
       .request_log = strata_config_bool(srvn, "request_log"),
       .idle_timeout = (int)strata_config_int(srvn, "idle_timeout"),

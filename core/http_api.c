@@ -278,11 +278,11 @@ static json_t *load_object(const char *body, size_t len,
 
 /* Fields this server knows but cannot honour: fine at their neutral value,
  * a 400 naming the field otherwise. */
-static int check_unsupported(json_t *o, enum strata_api_kind kind, int32_t n,
+static int check_unsupported(json_t *o, enum strata_api_kind kind, int32_t n, int32_t max_n,
                              struct strata_api_error *e) {
   int present;
   int64_t i;
-  if (get_int(o, "best_of", 1, STRATA_API_MAX_N, &i, &present, e)) return -1;
+  if (get_int(o, "best_of", 1, max_n, &i, &present, e)) return -1;
   if (present && i != n) return unsupported(e, "best_of", "other than n");
   json_t *v;
   if (kind == STRATA_API_COMPLETIONS) {
@@ -410,7 +410,7 @@ static int parse_prompt(json_t *o, const struct strata_api_limits *lim,
   return 0;
 }
 
-static int parse_stop(json_t *o, struct strata_api_request *r,
+static int parse_stop(json_t *o, int32_t max_stop, struct strata_api_request *r,
                       struct strata_api_error *e) {
   json_t *s = opt(o, "stop");
   if (!s) return 0;
@@ -421,9 +421,9 @@ static int parse_stop(json_t *o, struct strata_api_request *r,
     return bad(e, "stop",
                "'stop' must be a string or an array of strings, got %s",
                json_kind(s));
-  if (n > STRATA_API_MAX_STOP)
-    return bad(e, "stop", "'stop' has %zu strings, at most %d allowed", n,
-               STRATA_API_MAX_STOP);
+  if (n > (size_t)max_stop)
+    return bad(e, "stop", "'stop' has %zu strings, at most %d allowed (server.max_stop)", n,
+               max_stop);
   if (n == 0) return 0;
   r->stop = calloc(n, sizeof *r->stop);
   if (!r->stop)
@@ -478,6 +478,12 @@ int strata_api_parse_request(enum strata_api_kind kind, const char *body,
                              struct strata_api_request *r,
                              struct strata_api_error *e) {
   memset(r, 0, sizeof *r);
+  const int32_t max_n = lim->max_n > 0 && lim->max_n < STRATA_API_MAX_N ? lim->max_n
+                                                                         : STRATA_API_MAX_N;
+  const int32_t max_stop = lim->max_stop > 0 && lim->max_stop < STRATA_API_MAX_STOP_LIMIT
+                               ? lim->max_stop
+                               : lim->max_stop > 0 ? STRATA_API_MAX_STOP_LIMIT
+                                                   : STRATA_API_MAX_STOP;
   r->kind = kind;
   r->n = 1;
   r->sampling = STRATA_SAMPLING_DEFAULTS;
@@ -536,7 +542,7 @@ int strata_api_parse_request(enum strata_api_kind kind, const char *body,
       goto fail;
     if (present) r->max_tokens = (int32_t)i;
   }
-  if (get_int(o, "n", 1, STRATA_API_MAX_N, &i, &present, e)) goto fail;
+  if (get_int(o, "n", 1, max_n, &i, &present, e)) goto fail;
   if (present) r->n = (int32_t)i;
   if (r->n_prompts * (size_t)r->n > STRATA_API_MAX_CHOICES) {
     bad(e, "n", "%zu prompts with n = %d make %zu choices, at most %d allowed", r->n_prompts,
@@ -570,7 +576,7 @@ int strata_api_parse_request(enum strata_api_kind kind, const char *body,
     goto fail;
   }
   if (get_str(o, "user", &r->user, NULL, e)) goto fail;
-  if (parse_stop(o, r, e)) goto fail;
+  if (parse_stop(o, max_stop, r, e)) goto fail;
   json_t *st = opt(o, "stop_token_ids");
   if (st) {
     if (!json_is_array(st)) {
@@ -585,7 +591,7 @@ int strata_api_parse_request(enum strata_api_kind kind, const char *body,
       goto fail;
   }
   if (parse_metadata(o, lim, r, e)) goto fail;
-  if (check_unsupported(o, kind, r->n, e)) goto fail;
+  if (check_unsupported(o, kind, r->n, max_n, e)) goto fail;
   char serr[256];
   if (strata_sampling_check(&r->sampling, serr, sizeof serr) != 0) {
     bad(e, NULL, "%s", serr);

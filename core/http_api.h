@@ -51,6 +51,8 @@ enum strata_api_kind {
 struct strata_api_limits {
   size_t max_metadata_bytes; /* metadata as compact JSON text */
   int32_t n_vocab;           /* token ids must be in [0, n_vocab) */
+  int32_t max_n;             /* n and best_of; 0: STRATA_API_MAX_N */
+  int32_t max_stop;          /* stop strings; 0: STRATA_API_MAX_STOP */
 };
 
 /* A parsed and validated completion or chat request. Strings point into
@@ -112,7 +114,8 @@ struct strata_api_request {
 #define STRATA_API_MAX_N 128
 #define STRATA_API_MAX_PROMPTS 256 /* prompts of one completions request */
 #define STRATA_API_MAX_CHOICES 1024 /* prompts x n */
-#define STRATA_API_MAX_STOP 16
+#define STRATA_API_MAX_STOP 16 /* the default of server.max_stop */
+#define STRATA_API_MAX_STOP_LIMIT 1024 /* the most server.max_stop may allow */
 
 /* Parses body[0..len) as a request of kind. 0, or -1 with err filled (400,
  * or 500 when out of memory). On -1 nothing needs freeing. */

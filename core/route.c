@@ -1151,7 +1151,8 @@ int strata_route_run(const struct strata_plugin *p, const strata_config_node_t *
   if (rt.needs_cache && route_cache_open(&rt) != 0) goto out;
   if (route_wf_open(&rt) != 0) goto out;
   evhttp_set_max_body_size(rt.http, (ev_ssize_t)o->max_body_bytes);
-  evhttp_set_max_headers_size(rt.http, 64 * 1024);
+  evhttp_set_max_headers_size(rt.http, (ev_ssize_t)(o->max_header_bytes ? o->max_header_bytes
+                                                                         : 64 * 1024));
   evhttp_set_timeout(rt.http, o->idle_timeout > 0 ? o->idle_timeout : 60);
   evhttp_set_allowed_methods(rt.http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD |
                                           EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE |

@@ -28,6 +28,7 @@ struct strata_route_opts {
   int port;                  /* 0: any free port (printed) */
   const char *api_key;       /* NULL or "": none */
   size_t max_body_bytes;     /* larger bodies get 413 */
+  size_t max_header_bytes;   /* larger request headers get 400 (0: 64 KiB) */
   /* "http://HOST:PORT" each, or "dns://NAME:PORT": every address NAME
    * resolves to is an instance on PORT, re-resolved every dns_interval
    * seconds (a Kubernetes headless Service lists its pods so) */

@@ -573,9 +573,10 @@ static void handle_generate(struct server *srv, struct evhttp_request *http,
     reply_errorf(srv, http, 500, NULL, NULL, "out of memory");
     return;
   }
-  struct strata_api_limits lim = {.max_metadata_bytes =
-                                      srv->o->max_metadata_bytes,
-                                  .n_vocab = srv->n_vocab};
+  struct strata_api_limits lim = {.max_metadata_bytes = srv->o->max_metadata_bytes,
+                                  .n_vocab = srv->n_vocab,
+                                  .max_n = srv->o->max_n,
+                                  .max_stop = srv->o->max_stop};
   if (strata_api_parse_request(kind, body, len, &lim, &s->req, &e) != 0) {
     free(s);
     reply_error(srv, http, &e);
@@ -1382,7 +1383,9 @@ int strata_server_run(struct strata_runtime *rt, strata_engine_t *eng,
     goto out;
   }
   evhttp_set_max_body_size(srv.http, (ev_ssize_t)o->max_body_bytes);
-  evhttp_set_max_headers_size(srv.http, 64 * 1024);
+  evhttp_set_max_headers_size(srv.http, (ev_ssize_t)(srv.o->max_header_bytes
+                                                         ? srv.o->max_header_bytes
+                                                         : 64 * 1024));
   srv.idle_timeout = o->idle_timeout > 0 ? o->idle_timeout : 60;
   evhttp_set_timeout(srv.http, srv.idle_timeout);
   evhttp_set_allowed_methods(

@@ -26,6 +26,9 @@ struct strata_server_opts {
       *served_model_name;    /* NULL: the model file name without extension */
   size_t max_body_bytes;     /* larger bodies get 413 */
   size_t max_metadata_bytes; /* a request's metadata as compact JSON */
+  int32_t max_n;             /* n and best_of */
+  int32_t max_stop;          /* stop strings of a request */
+  size_t max_header_bytes;   /* a request's headers */
   const char
       *chat_template; /* server.chat_template override; NULL: the model's */
   int request_log;    /* one stderr line per finished request */

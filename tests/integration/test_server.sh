@@ -35,7 +35,8 @@ start_server() {
 
 cat >"$T/main.conf" <<EOF
 engine: { model = "$MODEL"; };
-server: { host = "127.0.0.1"; port = 8000; max_metadata_bytes = 256; };
+server: { host = "127.0.0.1"; port = 8000; max_metadata_bytes = 256; max_n = 16; max_stop = 2;
+          max_header_bytes = "4KiB"; };
 EOF
 start_server main "$T/main.conf"
 U=$URL_main
@@ -305,6 +306,18 @@ check "DELETE is 405" test "$code" = 405
 # Unknown fields are ignored, as OpenAI and vLLM do.
 post /v1/completions '{"prompt":"Once upon a time","max_tokens":20,"temperature":0,"frobnicate":{"x":[1,2]},"guided_json":null}' >"$T/unk"
 check "unknown fields ignored" test "$(status)" = 200 -a "$(jq -r '.choices[0].text' "$T/unk")" = "$GREEDY20"
+# Configured per-request limits: server.max_n 16, max_stop 2, max_header_bytes 4 KiB.
+c=$(curl -s -o "$T/lim" -w '%{http_code}' "$U/v1/completions" -d '{"prompt":"Hi","max_tokens":1,"n":17}')
+check "n above server.max_n: 400 naming n ($c)" [ "$c" = 400 -a "$(jq -r .error.param "$T/lim")" = n ]
+c=$(curl -s -o "$T/lim" -w '%{http_code}' "$U/v1/completions" -d '{"prompt":"Hi","max_tokens":1,"stop":["a","b","c"]}')
+check "stop strings above server.max_stop: 400 naming stop ($c)" [ "$c" = 400 -a "$(jq -r .error.param "$T/lim")" = stop ]
+c=$(curl -s -o /dev/null -w '%{http_code}' "$U/v1/completions" -H "X-Big: $(head -c 5000 /dev/zero | tr '\0' x)" \
+  -d '{"prompt":"Hi","max_tokens":1}')
+check "headers above server.max_header_bytes: 400 ($c)" [ "$c" = 400 ]
+c=$(curl -s -o /dev/null -w '%{http_code}' "$U/v1/completions" -H "X-Ok: $(head -c 3000 /dev/zero | tr '\0' x)" \
+  -d '{"prompt":"Hi","max_tokens":1}')
+check "headers below it served ($c)" [ "$c" = 200 ]
+
 # Bodies above server.max_body_bytes (4 MiB by default): 413.
 head -c 5000000 /dev/zero | tr '\0' ' ' | sed 's/^/{"prompt":"x","pad":"/; s/$/"}/' >"$T/huge"
 code=$(curl -s -o /dev/null -w '%{http_code}' -H 'Content-Type: application/json' --data-binary @"$T/huge" "$U/v1/completions")

@@ -47,6 +47,46 @@ static void want_400(const char *body, const char *param) {
                   body, e.param, param, e.message);
 }
 
+/* server.max_n and server.max_stop tighten the built-in limits, and the
+ * defaults (0) are the built-in ones. */
+START_TEST(configured_limits) {
+  const struct strata_api_limits tight = {.max_metadata_bytes = 256, .n_vocab = 512,
+                                          .max_n = 4, .max_stop = 2};
+  struct strata_api_request r;
+  struct strata_api_error e;
+  const char *ok = "{\"prompt\":\"x\",\"n\":4,\"stop\":[\"a\",\"b\"]}";
+  ck_assert_int_eq(strata_api_parse_request(STRATA_API_COMPLETIONS, ok, strlen(ok), &tight, &r, &e), 0);
+  strata_api_request_free(&r);
+  const char *n5 = "{\"prompt\":\"x\",\"n\":5}";
+  ck_assert_int_eq(strata_api_parse_request(STRATA_API_COMPLETIONS, n5, strlen(n5), &tight, &r, &e), -1);
+  ck_assert_int_eq(e.status, 400);
+  ck_assert_str_eq(e.param, "n");
+  const char *b5 = "{\"prompt\":\"x\",\"n\":4,\"best_of\":5}";
+  ck_assert_int_eq(strata_api_parse_request(STRATA_API_COMPLETIONS, b5, strlen(b5), &tight, &r, &e), -1);
+  ck_assert_str_eq(e.param, "best_of");
+  const char *s3 = "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"stop\":[\"a\",\"b\",\"c\"]}";
+  ck_assert_int_eq(strata_api_parse_request(STRATA_API_CHAT, s3, strlen(s3), &tight, &r, &e), -1);
+  ck_assert_str_eq(e.param, "stop");
+  ck_assert_ptr_nonnull(strstr(e.message, "server.max_stop"));
+  /* the defaults: 128 and 16 */
+  char body[512];
+  snprintf(body, sizeof body, "{\"prompt\":\"x\",\"n\":128,\"stop\":[%s\"p\"]}",
+           "\"a\",\"b\",\"c\",\"d\",\"e\",\"f\",\"g\",\"h\",\"i\",\"j\",\"k\",\"l\",\"m\",\"n\",\"o\",");
+  ck_assert_int_eq(strata_api_parse_request(STRATA_API_COMPLETIONS, body, strlen(body), &lim, &r, &e), 0);
+  strata_api_request_free(&r);
+  snprintf(body, sizeof body, "{\"prompt\":\"x\",\"n\":129}");
+  ck_assert_int_eq(strata_api_parse_request(STRATA_API_COMPLETIONS, body, strlen(body), &lim, &r, &e), -1);
+  snprintf(body, sizeof body, "{\"prompt\":\"x\",\"stop\":[%s\"p\",\"q\"]}",
+           "\"a\",\"b\",\"c\",\"d\",\"e\",\"f\",\"g\",\"h\",\"i\",\"j\",\"k\",\"l\",\"m\",\"n\",\"o\",");
+  ck_assert_int_eq(strata_api_parse_request(STRATA_API_COMPLETIONS, body, strlen(body), &lim, &r, &e), -1);
+  ck_assert_str_eq(e.param, "stop");
+  /* a max_stop above the built-in default is honoured */
+  const struct strata_api_limits wide = {.max_metadata_bytes = 256, .n_vocab = 512, .max_stop = 20};
+  ck_assert_int_eq(strata_api_parse_request(STRATA_API_COMPLETIONS, body, strlen(body), &wide, &r, &e), 0);
+  strata_api_request_free(&r);
+}
+END_TEST
+
 START_TEST(valid_completion_fields) {
   const char *body = "{\"model\":\"m\",\"prompt\":\"Once "
                      "upon\",\"max_tokens\":7,\"n\":3,\"temperature\":0.5,"
@@ -946,6 +986,7 @@ int main(void) {
   Suite *s = suite_create("server");
   TCase *tc = tcase_create("api");
   tcase_add_test(tc, valid_completion_fields);
+  tcase_add_test(tc, configured_limits);
   tcase_add_test(tc, valid_chat_fields);
   tcase_add_test(tc, malformed_json);
   tcase_add_test(tc, invalid_utf8);
