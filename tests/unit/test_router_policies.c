@@ -332,6 +332,43 @@ START_TEST(kv_aware_follows_the_caches) {
 }
 END_TEST
 
+/* New workflows go where the fewest active workflows are, even when the
+ * instances' loads say nothing (workflows in tool-call pauses send none). */
+START_TEST(workflow_places_by_active_workflows) {
+  load("workflow", "workflow_aware", "workflow-aware", "active_window = 0.2;");
+  struct strata_route_backend b[5];
+  size_t n = fleet(b, 3, -1);
+  char id[32];
+  struct hdrs h = {"X-Workflow-Id", id};
+  int per[3] = {0, 0, 0};
+  for (int k = 0; k < 6; k++) {
+    snprintf(id, sizeof id, "w-%d", k);
+    const int32_t at = route(NULL, &h, b, n, NULL);
+    ck_assert(at >= 0 && at < 3);
+    per[at]++;
+  }
+  ck_assert_int_eq(per[0], 2);
+  ck_assert_int_eq(per[1], 2);
+  ck_assert_int_eq(per[2], 2);
+  /* load breaks ties among the fewest */
+  b[0].inflight = 4;
+  b[2].inflight = 1;
+  snprintf(id, sizeof id, "w-tie");
+  ck_assert_int_eq(route(NULL, &h, b, n, NULL), 1);
+  /* the fewest active wins over a lighter load: instance 1 holds 3 now */
+  b[1].inflight = 0;
+  b[0].inflight = 9;
+  snprintf(id, sizeof id, "w-next");
+  ck_assert_int_eq(route(NULL, &h, b, n, NULL), 2);
+  /* past the window none is active: load alone decides */
+  usleep(300 * 1000);
+  b[2].inflight = 5;
+  snprintf(id, sizeof id, "w-late");
+  ck_assert_int_eq(route(NULL, &h, b, n, NULL), 1);
+  unload();
+}
+END_TEST
+
 START_TEST(workflow_binds_moves_and_expires) {
   load("workflow", "workflow_aware", "workflow-aware", "max_imbalance = 3; idle_ttl = 0.2;");
   struct strata_route_backend b[5];
@@ -401,6 +438,7 @@ int main(void) {
   tcase_add_test(tc, session_is_consistent);
   tcase_add_test(tc, prefix_aware_matches_and_spills);
   tcase_add_test(tc, workflow_binds_moves_and_expires);
+  tcase_add_test(tc, workflow_places_by_active_workflows);
   tcase_add_test(tc, kv_aware_follows_the_caches);
   suite_add_tcase(s, tc);
   return test_run_suite(s);

@@ -4,7 +4,10 @@
  *
  * A request names its workflow with the X-Workflow-Id header, or with
  * `workflow_id` in its body's `metadata` (or at the top level). The first
- * request of a workflow binds it to the least loaded instance. Later ones
+ * request of a workflow binds it to the instance with the fewest active
+ * workflows (bindings used in the last `active_window` seconds: a workflow
+ * in a tool-call pause sends nothing but still holds its context there),
+ * the least loaded among those. Later ones
  * follow the binding, unless that instance carries more than
  * `max_imbalance` requests above the least loaded one, or is out (ejected,
  * removed, already tried): then the workflow moves, the binding with it,
@@ -35,7 +38,7 @@ struct binding {
 
 struct workflow {
   int64_t max_imbalance;
-  double idle_ttl;
+  double idle_ttl, active_window;
   struct binding *tab;
   size_t cap, n; /* cap a power of two; n <= cap / 2 */
 };
@@ -68,6 +71,7 @@ static int wf_create(const strata_config_node_t *cfg, void **state, char *err, s
   }
   w->max_imbalance = host->config_int(cfg, "max_imbalance");
   w->idle_ttl = host->config_float(cfg, "idle_ttl");
+  w->active_window = host->config_float(cfg, "active_window");
   *state = w;
   return 0;
 }
@@ -117,6 +121,26 @@ static const char *workflow_id(const struct strata_route_request *req, size_t *l
   return v && *len ? v : NULL;
 }
 
+/* The position in b of the instance for a new workflow: the fewest active
+ * workflows, then the least loaded. */
+static size_t place(const struct workflow *w, const struct strata_route_backend *b, size_t n,
+                    double now) {
+  int64_t counts[64] = {0};
+  const size_t m = n < 64 ? n : 64; /* beyond 64 instances: load alone decides */
+  for (size_t i = 0; i < w->cap && m; i++) {
+    const struct binding *e = &w->tab[i];
+    if (!e->key || e->id < 0 || now - e->last > w->active_window) continue;
+    for (size_t k = 0; k < m; k++)
+      if (b[k].id == e->id) counts[k]++;
+  }
+  size_t pick = 0;
+  for (size_t k = 1; k < n; k++) {
+    const int64_t ck = k < m ? counts[k] : 0, cp = pick < m ? counts[pick] : 0;
+    if (ck < cp || (ck == cp && router_less_loaded(&b[k], &b[pick]))) pick = k;
+  }
+  return pick;
+}
+
 static int wf_route(void *state, const struct strata_route_request *req,
                     const struct strata_route_backend *b, size_t n,
                     struct strata_route_choice *out) {
@@ -151,7 +175,7 @@ static int wf_route(void *state, const struct strata_route_request *req,
   for (size_t i = 0; i < n; i++)
     if (b[i].id == e->id) at = i;
   if (e->id < 0) {
-    at = least;
+    at = place(w, b, n, now);
     out->reason = "workflow_new";
   } else if (at == n || router_load(&b[at]) - router_load(&b[least]) > w->max_imbalance) {
     at = least;
@@ -171,6 +195,9 @@ static const struct strata_param wf_params[] = {
      "moves"},
     {"idle_ttl", STRATA_PARAM_FLOAT, 0, "600", 0, 86400 * 7,
      "seconds without a request after which a workflow's binding ends"},
+    {"active_window", STRATA_PARAM_FLOAT, 0, "30", 0, 86400,
+     "a workflow with a request in the last this many seconds counts as active on its "
+     "instance when a new workflow is placed (the fewest active wins)"},
     {NULL, STRATA_PARAM_END, 0, NULL, 0, 0, NULL},
 };
 
