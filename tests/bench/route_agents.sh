@@ -6,7 +6,10 @@
 # gets freshly started engines (empty caches). workflow-aware runs twice:
 # without and with the router's cache hints (router.workflows.cache_hints);
 # the other policies run without hints. Prints each run's prefix-cache hit
-# rate, prompt tokens recomputed, and workflow completion time (mean, p99).
+# rate and prompt tokens computed, counted by the engines themselves
+# (vllm:prefix_cache_queries_total and _hits_total, so the router's prefill
+# requests count too), the same seen by the clients (usage), and workflow
+# completion time (mean, p99).
 #
 # The model is synthetic (strata mkmodel; SHAPE below, q8_0), its tokenizer
 # its own. Run from a configured build tree:
@@ -31,7 +34,7 @@ trap 'kill ${PIDS[@]+"${PIDS[@]}"} 2>/dev/null; wait 2>/dev/null; rm -rf "$T"' E
 printf 'engine: { model = "%s"; kv_cache: { tokens = %d; }; };\nserver: { request_log = false; };\n' \
   "$T/m.gguf" "$KV" >"$T/e.conf"
 echo "$WORKFLOWS workflows x 5 agents, $CONC at a time, ${CTX}-token contexts, KV $KV tokens x 3 engines"
-printf '%-22s %8s %12s %10s %10s %9s\n' policy hit-rate recomputed "wf mean" "wf p99" seconds
+printf '%-22s %8s %10s %10s %10s %10s %9s\n' policy hit-rate computed "client hit" "wf mean" "wf p99" seconds
 for run in $POLICIES; do
   pol=${run%+hints}
   hints=false
@@ -60,11 +63,19 @@ CONF
   node "$S/tests/bench/agents.mjs" --url "$R" --workflows "$WORKFLOWS" --concurrency "$CONC" \
     --context-tokens "$CTX" --pause "$PAUSE" >"$T/$run.out"
   res=$(sed -n 's/^RESULT //p' "$T/$run.out")
+  q=0
+  h=0
+  for u in "${E[@]}"; do # the engines started empty: their totals are this run's
+    m=$(curl -s "$u/metrics")
+    q=$((q + $(echo "$m" | sed -n 's/^vllm:prefix_cache_queries_total[{ ].* \([0-9]*\)$/\1/p;s/^vllm:prefix_cache_queries_total \([0-9]*\)$/\1/p' | head -1)))
+    h=$((h + $(echo "$m" | sed -n 's/^vllm:prefix_cache_hits_total[{ ].* \([0-9]*\)$/\1/p;s/^vllm:prefix_cache_hits_total \([0-9]*\)$/\1/p' | head -1)))
+  done
   node -e '
-    const r = JSON.parse(process.argv[1]);
-    console.log(process.argv[2].padEnd(22) + " " + (100 * r.hit_rate).toFixed(1).padStart(7) + "% " +
-      String(r.recomputed_tokens).padStart(12) + " " + (r.wf_mean.toFixed(2) + " s").padStart(10) + " " +
-      (r.wf_p99.toFixed(2) + " s").padStart(10) + " " + r.seconds.toFixed(1).padStart(9));' "$res" "$run"
+    const r = JSON.parse(process.argv[1]), q = +process.argv[3], h = +process.argv[4];
+    console.log(process.argv[2].padEnd(22) + " " + (100 * h / q).toFixed(1).padStart(7) + "% " +
+      String(q - h).padStart(10) + " " + ((100 * r.hit_rate).toFixed(1) + "%").padStart(10) + " " +
+      (r.wf_mean.toFixed(2) + " s").padStart(10) + " " + (r.wf_p99.toFixed(2) + " s").padStart(10) + " " +
+      r.seconds.toFixed(1).padStart(9));' "$res" "$run" "$q" "$h"
   kill "${PIDS[@]}" 2>/dev/null || true
   wait 2>/dev/null || true
   PIDS=()
