@@ -61,7 +61,7 @@ check "the client's request id comes back ($rid)" [ "$rid" = "client-id-7" ]
 body='{"prompt":"Once upon a time","max_tokens":16,"temperature":0,"stream":true}'
 sd=$(curl -sN "$URL_e1/v1/completions" -d "$body" | sed -n 's/^data: //p' | grep -v DONE | jq -r '.choices[0].text' | tr -d '\n')
 sr=$(curl -sN "$R/v1/completions" -d "$body" | sed -n 's/^data: //p' | grep -v DONE | jq -r '.choices[0].text' | tr -d '\n')
-check "streamed text through the router equals direct ('$sr' vs '$sd')" [ -n "$sd" ] && [ "$sr" = "$sd" ]
+check "streamed text through the router equals direct ('$sr' vs '$sd')" [ -n "$sd" -a "$sr" = "$sd" ]
 check "the router's stream ends with [DONE]" bash -c "curl -sN '$R/v1/completions' -d '$body' | grep -q '^data: \[DONE\]'"
 chat=$(curl -s "$R/v1/chat/completions" -d '{"messages":[{"role":"user","content":"Hi"}],"max_tokens":4}' | jq -r .object)
 check "chat through the router ($chat)" [ "$chat" = "chat.completion" ]
@@ -321,7 +321,7 @@ curl -s -o /dev/null "$URL_kvp/v1/chat/completions" \
   -d "{\"messages\":[{\"role\":\"user\",\"content\":\"$docE\"}],\"max_tokens\":1}"
 probes=$(curl -s "$URL_kvp/admin/backends" | jq '[.backends[].cache.probes] | add')
 check "probing, the document's question goes to its engine ($prev -> $afterP, $probes probes)" \
-  [ "$(jq -n --argjson a "$prev" --argjson b "$afterP" '$b[1] - $a[1]')" = 1 ] && [ "$probes" = 6 ]
+  [ "$(jq -n --argjson a "$prev" --argjson b "$afterP" '$b[1] - $a[1]')" = 1 -a "$probes" = 6 ]
 check "and so does the chat, to the engine that answered it before" \
   [ "$(curl -s "$URL_kvp/metrics" | sed -n 's/^strata_router_decisions_total{policy="kv-aware",reason="kv_match"} //p')" = 2 ]
 

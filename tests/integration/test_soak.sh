@@ -101,8 +101,8 @@ for u in "$E0" "$E1"; do
     sleep 0.1
   done
   check "$u idle, every KV block free (running $(metric "$u" vllm:num_requests_running), waiting $(metric "$u" vllm:num_requests_waiting), blocks used $(metric "$u" strata:kv_blocks_used))" \
-    [ "$(metric "$u" vllm:num_requests_running)" = 0 ] && [ "$(metric "$u" vllm:num_requests_waiting)" = 0 ] &&
-    [ "$(metric "$u" strata:kv_blocks_used)" = 0 ]
+    [ "$(metric "$u" vllm:num_requests_running)" = 0 -a "$(metric "$u" vllm:num_requests_waiting)" = 0 \
+      -a "$(metric "$u" strata:kv_blocks_used)" = 0 ]
 done
 check "the router holds no request ($(curl -s "$R/admin/backends" | jq -c '[.backends[].inflight]'))" \
   [ "$(curl -s "$R/admin/backends" | jq '[.backends[].inflight] | add')" = 0 ]

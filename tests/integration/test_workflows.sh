@@ -83,7 +83,7 @@ check "plan is done with the answer's text" \
 check "write is ready now" [ "$(curl -s "$R/v1/workflows/team/steps/write" | jq -r .status)" = ready ]
 c=$(code "$R/v1/workflows/team/steps?wait_for=write&timeout=0.3")
 check "a wait for an unfinished step times out: 408 step_timeout ($c)" \
-  [ "$c" = 408 ] && [ "$(jq -r .error.code "$T/body")" = step_timeout ]
+  [ "$c" = 408 -a "$(jq -r .error.code "$T/body")" = step_timeout ]
 a2=$(chat writer write "Write it.")
 wait "$wpid"
 check "the open wait got both steps' outputs" \
@@ -128,7 +128,7 @@ check "the writer gets 1, 2 then 3, then nothing" \
   [ "$(echo "$p1" "$p2" "$p3" | jq -sc '[.[].data | map(.message.parts[0].text)]')" = '[["one","two"],["three"],[]]' ]
 pe=$(curl -s "$R/v1/workflows/team/messages?agent=editor&timeout=0" | jq -c '[.data[].message.parts[0].text]')
 pp=$(curl -s "$R/v1/workflows/team/messages?agent=planner&timeout=0" | jq -c '[.data[].message.parts[0].text]')
-check "the broadcast reaches the editor, not its sender ($pe, $pp)" [ "$pe" = '["two"]' ] && [ "$pp" = '[]' ]
+check "the broadcast reaches the editor, not its sender ($pe, $pp)" [ "$pe" = '["two"]' -a "$pp" = '[]' ]
 check "A2A shape: kind, role, messageId, contextId" \
   [ "$(echo "$p1" | jq -c '.data[0].message | [.kind, .role, (.messageId | length > 0), .contextId]')" = '["message","agent",true,"team"]' ]
 # a long poll is answered when a message comes
@@ -171,7 +171,7 @@ wait "${bp[@]}"
 check "the third releases all three, same generation" \
   [ "$(cat "$T/bar1" "$T/bar2" <(echo "$b3") | jq -sc '[.[].generation] | unique')" = '[0]' ]
 c=$(code "$R/v1/workflows/team/barriers/lonely" -d '{"parties":2,"timeout":0.3}')
-check "a barrier times out: 408 ($c)" [ "$c" = 408 ] && [ "$(jq -r .error.code "$T/body")" = barrier_timeout ]
+check "a barrier times out: 408 ($c)" [ "$c" = 408 -a "$(jq -r .error.code "$T/body")" = barrier_timeout ]
 check "and the arrival is withdrawn" \
   [ "$(curl -s "$R/v1/workflows/team" | jq '.barriers[] | select(.name == "lonely") | .arrived')" = 0 ]
 post /v1/workflows/team/barriers/sync '{"parties":2}' >"$T/bar4" &
@@ -196,7 +196,7 @@ for i in 1 2 3 4 5 6; do post /v1/workflows "{\"id\":\"many$i\"}" >/dev/null; do
 c=$(code "$R/v1/workflows" -d '{"id":"toomany"}')
 check "a workflow over max_workflows: 429 ($c)" [ "$c" = 429 ]
 c=$(code "$R/v1/completions" -H 'X-Workflow-Id: toomany2' -d '{"prompt":"Hi","max_tokens":1}')
-check "an implicit one too: 429 ($c)" [ "$c" = 429 ] && [ "$(jq -r .error.code "$T/body")" = too_many_workflows ]
+check "an implicit one too: 429 ($c)" [ "$c" = 429 -a "$(jq -r .error.code "$T/body")" = too_many_workflows ]
 for i in 1 2 3 4 5 6; do curl -s -o /dev/null -X DELETE "$R/v1/workflows/many$i"; done
 # the barrier party and three long polls of agents with nothing pending
 for a in planner editor nobody; do
@@ -205,15 +205,15 @@ for a in planner editor nobody; do
 done
 sleep 0.3
 c=$(code "$R/v1/workflows/team/messages?agent=a&timeout=10")
-check "a fifth waiter over max_waiters 4: 429 ($c)" [ "$c" = 429 ] && [ "$(jq -r .error.code "$T/body")" = too_many_waiters ]
+check "a fifth waiter over max_waiters 4: 429 ($c)" [ "$c" = 429 -a "$(jq -r .error.code "$T/body")" = too_many_waiters ]
 
 # ---- DELETE cancels waiters -----------------------------------------------------------------
 c=$(code -X DELETE "$R/v1/workflows/team")
-check "delete: 200 ($c)" [ "$c" = 200 ] && [ "$(jq .final.steps_done "$T/body")" = 3 ]
+check "delete: 200 ($c)" [ "$c" = 200 -a "$(jq .final.steps_done "$T/body")" = 3 ]
 wait "${bp[@]}"
 check "the waiting barrier party got 410 workflow_ended" [ "$(jq -r .error.code "$T/bar4")" = workflow_ended ]
 c=$(code "$R/v1/workflows/team")
-check "then it is gone: 404 ($c)" [ "$c" = 404 ] && [ "$(jq -r .error.code "$T/body")" = workflow_not_found ]
+check "then it is gone: 404 ($c)" [ "$c" = 404 -a "$(jq -r .error.code "$T/body")" = workflow_not_found ]
 check "no waiter left" [ "$(curl -s "$R/metrics" | sed -n 's/^strata_router_workflow_waiters //p')" = 0 ]
 
 # ---- hostile input ---------------------------------------------------------------------------
@@ -263,7 +263,7 @@ for i in 1 2 3 4 5; do
   codes="$codes $(code "$R/v1/workflows/fill/messages" -d "{\"from\":\"a\",\"parts\":[{\"kind\":\"text\",\"text\":\"$chunk\"}]}")"
 done
 check "messages beyond max_total_bytes 4KiB: 429 router_full ($codes)" \
-  [ "$codes" = " 200 200 200 200 429" ] && [ "$(jq -r .error.code "$T/body")" = router_full ]
+  [ "$codes" = " 200 200 200 200 429" -a "$(jq -r .error.code "$T/body")" = router_full ]
 curl -s -o /dev/null -X DELETE "$R/v1/workflows/fill"
 c=$(code "$R/v1/workflows/h/messages" -d "{\"from\":\"a\",\"parts\":[{\"kind\":\"text\",\"text\":\"$chunk\"}]}")
 check "the deleted workflow's bytes are free again: 200 ($c)" [ "$c" = 200 ]
