@@ -145,7 +145,8 @@ struct rreq { /* one client request */
   struct event *ptimer;
   /* its workflow (route_wf.c): id, agent, step; NULL: none */
   char *wf_id, *wf_agent, *wf_step;
-  int wf_held; /* waiting for its workflow's context prefill */
+  int wf_held;     /* waiting for its workflow's context prefill */
+  uint64_t wf_gen; /* which workflow of that id it joined */
 };
 
 

@@ -105,7 +105,8 @@ struct barrier {
 
 struct wf {
   char *id;
-  uint64_t key;
+  uint64_t key, gen; /* gen: which workflow of this id (ids are reused after DELETE) */
+  uint64_t active;   /* its proxied requests in flight: it does not idle out meanwhile */
   struct wf *hnext;
   struct router *rt;
   int declared;
@@ -135,6 +136,7 @@ struct hint {
   struct rconn *conn;
   struct evhttp_request *up;
   char *wf_id; /* whose (a prefill, or HINT_THEN_CONTEXT) */
+  uint64_t wf_gen;
   unsigned flags;
   int in_make, done;
   struct hint *next, *prev;
@@ -155,8 +157,8 @@ struct wf_reg {
   double no_hints[ROUTE_MAX_BACKENDS];
   uint64_t created_declared, created_implicit, ended_deleted, ended_idle, rejected;
   uint64_t messages, delivered, barrier_released, barrier_timeouts, step_timeouts, steps_done;
-  uint64_t hints_keep, hints_release, hints_failed, prefills, held;
-  uint64_t next_auto;
+  uint64_t hints_keep, hints_release, hints_failed, prefills, held, promoted;
+  uint64_t next_auto, next_gen;
   int closing;
   size_t msg_bytes; /* of every open workflow's messages and step outputs */
 };
@@ -230,6 +232,7 @@ static struct wf *new_wf(struct router *rt, const char *id, int declared) {
     return NULL;
   }
   w->key = key_of(id);
+  w->gen = ++g->next_gen;
   w->rt = rt;
   w->declared = declared;
   w->created = w->last = strata_now();
@@ -473,11 +476,13 @@ static int send_hint(struct router *rt, int32_t id, const json_t *part, const ch
 
 /* The requests of w held while its context was being prefilled go now. */
 static void release_held(struct router *rt, const struct wf *w) {
-  for (struct rreq *r = rt->inflight, *nx; r; r = nx) {
-    nx = r->next;
-    if (r->wf_held && strcmp(r->wf_id, w->id) == 0) {
+  struct rreq *r = rt->inflight;
+  while (r && r->next) r = r->next; /* the list is newest first: oldest go first */
+  for (struct rreq *pv; r; r = pv) {
+    pv = r->prev;
+    if (r->wf_held && strcmp(r->wf_id, w->id) == 0 && r->wf_gen == w->gen) {
       r->wf_held = 0;
-      route_start(r); /* may free r (not nx) */
+      route_start(r); /* may free r (not pv) */
     }
   }
 }
@@ -495,6 +500,7 @@ static void on_hint_done(struct evhttp_request *req, void *arg) {
   if (code == 404) rt->wf->no_hints[h->b->id] = strata_now() + 60;
   if (code != 200) rt->wf->hints_failed++;
   struct wf *w = h->wf_id ? find_wf(rt, h->wf_id) : NULL;
+  if (w && w->gen != h->wf_gen) w = NULL; /* deleted and declared again meanwhile */
   if (w && (h->flags & HINT_PREFILL) && w->prefill == 1) {
     if (code == 200) {
       struct evbuffer *in = evhttp_request_get_input_buffer(req);
@@ -545,6 +551,10 @@ static int send_hint(struct router *rt, int32_t id, const json_t *part, const ch
     h->b = b;
     h->flags = flags;
     h->wf_id = wf_id ? strata_strdup(wf_id) : NULL;
+    if (wf_id) {
+      const struct wf *w = find_wf(rt, wf_id);
+      h->wf_gen = w ? w->gen : 0;
+    }
     h->conn = route_take_conn(rt, b);
   }
   struct evhttp_request *req = h && h->conn ? evhttp_request_new(on_hint_done, h) : NULL;
@@ -852,8 +862,7 @@ static void handle_declare(struct router *rt, struct evhttp_request *req) {
   }
   if (!w->declared) { /* implicit until now: declared from here on */
     w->declared = 1;
-    rt->wf->created_declared++;
-    rt->wf->created_implicit--;
+    rt->wf->promoted++;
   }
   w->last = strata_now();
   if (ttl) w->idle_ttl = json_number_value(ttl);
@@ -958,20 +967,20 @@ static void handle_post_message(struct router *rt, struct evhttp_request *req, s
     route_reply_errorf(rt, req, 500, NULL, "out of memory");
     return;
   }
-  if (rt->wf->msg_bytes + bytes > rt->o->wf_max_total_bytes) {
-    json_decref(env);
-    json_decref(o);
-    rt->wf->rejected++;
-    route_reply_errorf(rt, req, 429, "router_full", "the router holds %zu bytes of workflow "
-                       "messages (router.workflows.max_total_bytes): retry later", rt->wf->msg_bytes);
-    return;
-  }
   if (bytes > rt->o->wf_max_message_bytes) {
     json_decref(env);
     json_decref(o);
     route_reply_errorf(rt, req, 413, "message_too_large", "the message is %zu bytes as JSON; "
                        "router.workflows.max_message_bytes is %zu", bytes,
                        rt->o->wf_max_message_bytes);
+    return;
+  }
+  if (rt->wf->msg_bytes + bytes > rt->o->wf_max_total_bytes) {
+    json_decref(env);
+    json_decref(o);
+    rt->wf->rejected++;
+    route_reply_errorf(rt, req, 429, "router_full", "the router holds %zu bytes of workflow "
+                       "messages (router.workflows.max_total_bytes): retry later", rt->wf->msg_bytes);
     return;
   }
   const ssize_t fa = agent_of(w, json_string_value(from));
@@ -1186,7 +1195,13 @@ static void handle_get_steps(struct router *rt, struct evhttp_request *req, stru
       return;
     }
     names = nn;
-    names[n++] = strata_strndup(p, len);
+    if (!(names[n] = strata_strndup(p, len))) {
+      for (size_t i = 0; i < n; i++) free(names[i]);
+      free(names);
+      route_reply_errorf(rt, req, 500, NULL, "out of memory");
+      return;
+    }
+    n++;
     p += len + (c != NULL);
   }
   if (n == 0) {
@@ -1376,6 +1391,8 @@ int route_wf_join(struct rreq *r) {
   }
   w->last = strata_now();
   w->requests++;
+  w->active++;
+  r->wf_gen = w->gen;
   if (r->wf_agent && agent_of(w, r->wf_agent) < 0) {
     free(r->wf_agent);
     r->wf_agent = NULL; /* over the limit: the request still goes, unattributed */
@@ -1404,7 +1421,7 @@ static json_t *answer_text(const json_t *o) {
 void route_wf_done(struct rreq *r, int status, struct evbuffer *body) {
   struct router *rt = r->rt;
   struct wf *w = r->wf_id ? find_wf(rt, r->wf_id) : NULL;
-  if (!w) return;
+  if (!w || w->gen != r->wf_gen) return;
   w->last = strata_now();
   if (status < 200 || status >= 300) {
     w->failed++;
@@ -1443,11 +1460,29 @@ void route_wf_done(struct rreq *r, int status, struct evbuffer *body) {
     else
       send_hint(rt, inst, ag->prompt, w->cache_salt, HINT_FORCE | HINT_THEN_CONTEXT, w->id);
   }
-  if (k >= 0 && !w->steps[k].done) finish_step(w, (size_t)k, answer_text(ans));
+  if (k >= 0 && !w->steps[k].done) {
+    /* the answer's text is the step's output, within the limits a posted
+     * output has (else null: the step is done all the same) */
+    json_t *out = answer_text(ans);
+    const size_t bytes = out ? json_string_length(out) + 2 : 0;
+    if (out && (bytes > rt->o->wf_max_message_bytes ||
+                rt->wf->msg_bytes + bytes > rt->o->wf_max_total_bytes)) {
+      json_decref(out);
+      out = NULL;
+    }
+    w->steps[k].bytes = out ? bytes : 0;
+    rt->wf->msg_bytes += w->steps[k].bytes;
+    finish_step(w, (size_t)k, out);
+  }
   json_decref(ans);
 }
 
 void route_wf_release(struct rreq *r) {
+  struct wf *w = r->wf_id && r->rt->wf ? find_wf(r->rt, r->wf_id) : NULL;
+  if (w && w->gen == r->wf_gen && w->active > 0) {
+    w->active--;
+    w->last = strata_now();
+  }
   free(r->wf_id);
   free(r->wf_agent);
   free(r->wf_step);
@@ -1478,7 +1513,7 @@ void route_wf_tick(struct router *rt) {
                    "its requests go on without it", w->id);
         prefill_over(w, 0);
       }
-      if (!w->waiters && now - w->last > w->idle_ttl) {
+      if (!w->waiters && !w->active && now - w->last > w->idle_ttl) {
         strata_log(STRATA_LOG_INFO, "route", "workflow %s ended: idle for %.0f s", w->id,
                    now - w->last);
         end_wf(w, 1);
@@ -1521,6 +1556,10 @@ void route_wf_metrics(struct router *rt, struct evbuffer *b) {
       "# TYPE strata_router_workflows_created_total counter\n"
       "strata_router_workflows_created_total{how=\"declared\"} %llu\n"
       "strata_router_workflows_created_total{how=\"implicit\"} %llu\n"
+      "# HELP strata_router_workflows_declared_after_use_total Implicit workflows declared "
+      "later.\n"
+      "# TYPE strata_router_workflows_declared_after_use_total counter\n"
+      "strata_router_workflows_declared_after_use_total %llu\n"
       "# HELP strata_router_workflows_ended_total Workflows ended, by reason.\n"
       "# TYPE strata_router_workflows_ended_total counter\n"
       "strata_router_workflows_ended_total{reason=\"deleted\"} %llu\n"
@@ -1564,6 +1603,7 @@ void route_wf_metrics(struct router *rt, struct evbuffer *b) {
       "# TYPE strata_router_workflow_held_total counter\n"
       "strata_router_workflow_held_total %llu\n",
       g->n, (unsigned long long)g->created_declared, (unsigned long long)g->created_implicit,
+      (unsigned long long)g->promoted,
       (unsigned long long)g->ended_deleted, (unsigned long long)g->ended_idle,
       (unsigned long long)g->rejected, waiters, msgs, (unsigned long long)g->messages,
       (unsigned long long)g->delivered, (unsigned long long)g->barrier_released,

@@ -9,7 +9,10 @@ int route_wf_name_ok(const char *s, size_t n) {
   if (!s || n == 0 || n > ROUTE_WF_MAX_NAME) return 0;
   for (size_t i = 0; i < n; i++)
     if ((unsigned char)s[i] < 0x20 || s[i] == 0x7f) return 0;
-  return 1;
+  /* valid UTF-8 (names go into JSON answers): jansson checks it */
+  json_t *t = json_stringn(s, n);
+  json_decref(t);
+  return t != NULL;
 }
 
 int route_wf_name_json(const json_t *v) {

@@ -11,8 +11,8 @@
 
 #define ROUTE_WF_MAX_NAME 256 /* bytes of an id, agent, step or barrier name */
 
-/* 1 if s[0, n) is a usable name: 1 to 256 bytes, no control character
- * (so no NUL). */
+/* 1 if s[0, n) is a usable name: 1 to 256 bytes of valid UTF-8, no
+ * control character (so no NUL). */
 int route_wf_name_ok(const char *s, size_t n);
 /* 1 if v is a JSON string that is a usable name. */
 int route_wf_name_json(const json_t *v);

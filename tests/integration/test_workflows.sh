@@ -250,6 +250,10 @@ for path in /v1/workflows/h/nothing /v1/workflows/h/barriers /v1/workflows/h/mes
 done
 c=$(code "$R/v1/workflows/a%00b")
 check "an id with a NUL: 400 ($c)" [ "$c" = 400 ]
+c=$(code "$R/v1/workflows/caf%E9")
+check "an id that is not UTF-8: 400 ($c)" [ "$c" = 400 ]
+c=$(code "$R/v1/completions" -H "$(printf 'X-Workflow-Id: caf\xe9')" -d '{"prompt":"Hi","max_tokens":1}')
+check "a request naming a non-UTF-8 workflow is served, in no workflow ($c)" [ "$c" = 200 ]
 c=$(code -X PUT "$R/v1/workflows/h")
 check "PUT on a workflow: 405 ($c)" [ "$c" = 405 ]
 c=$(code "$R/v1/workflows/h%2Fx")
