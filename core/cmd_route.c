@@ -157,6 +157,7 @@ int strata_cmd_route(int argc, char **argv) {
       .wf_max_wait = strata_config_float(wn, "max_wait"),
       .wf_cache_hints = strata_config_bool(wn, "cache_hints"),
       .wf_hint_ttl = strata_config_float(wn, "hint_ttl"),
+      .wf_keep_agents = strata_config_bool(wn, "keep_agents"),
   };
   if (!o.host) o.host = "127.0.0.1";
   if (!strata_may_listen("route", "route on", "router", o.host, o.api_key,

@@ -196,6 +196,10 @@ static const struct strata_param workflow_params[] = {
     {"cache_hints", STRATA_PARAM_BOOL, 0, "true", NO_RANGE,
      "tell the instances which workflow contexts to keep and which to release "
      "(POST /v1/cache/hints), from each workflow's step graph"},
+    {"keep_agents", STRATA_PARAM_BOOL, 0, "false", NO_RANGE,
+     "with cache_hints, also keep each agent's own prompt while the step graph says it runs "
+     "again, and again when its next step becomes ready (not only the declared contexts); "
+     "protecting that much can crowd a small cache"},
     {"hint_ttl", STRATA_PARAM_FLOAT, 0, "300", 1, 86400,
      "seconds a keep hint protects an agent's context on its instance"},
     {NULL, STRATA_PARAM_END, 0, NULL, 0, 0, NULL},

@@ -62,6 +62,7 @@ struct strata_route_opts {
   double wf_max_wait;           /* longest timeout a waiter may ask for */
   int wf_cache_hints;           /* send POST /v1/cache/hints to the instances */
   double wf_hint_ttl;           /* seconds a keep hint protects an agent's context */
+  int wf_keep_agents;           /* keep an agent's prompt while it runs again */
 };
 
 /* Serves until SIGINT or SIGTERM with the policy p (a loaded, initialised

@@ -627,6 +627,7 @@ static int agent_runs_again(const struct wf *w, size_t a, ssize_t skip) {
 /* Steps that became ready: their agents' contexts are kept again (the
  * "needed soon" half of the step graph). */
 static void hint_ready(struct wf *w) {
+  if (!w->rt->o->wf_keep_agents) return;
   for (size_t i = 0; i < w->n_steps; i++) {
     const struct step *s = &w->steps[i];
     if (!s->agent || !step_ready(w, s)) continue;
@@ -1455,9 +1456,9 @@ void route_wf_done(struct rreq *r, int status, struct evbuffer *body) {
     /* its context: kept while the graph says it comes back, else let go
      * first -- with force, since its own earlier keep protects it; the
      * workflow's shared context, in that prompt too, is kept again after */
-    if (agent_runs_again(w, (size_t)a, k))
-      send_hint(rt, inst, ag->prompt, w->cache_salt, HINT_KEEP, NULL);
-    else
+    if (agent_runs_again(w, (size_t)a, k)) {
+      if (rt->o->wf_keep_agents) send_hint(rt, inst, ag->prompt, w->cache_salt, HINT_KEEP, NULL);
+    } else
       send_hint(rt, inst, ag->prompt, w->cache_salt, HINT_FORCE | HINT_THEN_CONTEXT, w->id);
   }
   if (k >= 0 && !w->steps[k].done) {

@@ -15,7 +15,8 @@
 # its own. Run from a configured build tree:
 #   bash ../../tests/bench/route_agents.sh [WORKFLOWS [CONCURRENCY [CONTEXT [KV]]]]
 # MODEL_ARGS overrides the mkmodel shape (e.g. "--shape tinyllama-1.1b" on
-# a machine that can afford it); PAUSE the tool-call pause in seconds.
+# a machine that can afford it); PAUSE the tool-call pause in seconds; SEED
+# the workload's random seed.
 set -eu
 B=$(pwd)
 S=$(cd "$(dirname "$0")/../.." && pwd)
@@ -50,8 +51,9 @@ router: {
   policy = "$pol";
   backends = [ "${E[0]}", "${E[1]}", "${E[2]}" ];
   tokenizer = "$T/m.gguf";
-  workflows: { cache_hints = $hints; };
+  workflows: { cache_hints = $hints; ${WF_EXTRA:-} };
 };
+${ROUTER_EXTRA:-}
 CONF
   up r route --config "$T/r.conf"
   R=$URL
@@ -61,7 +63,7 @@ CONF
     sleep 0.1
   done
   node "$S/tests/bench/agents.mjs" --url "$R" --workflows "$WORKFLOWS" --concurrency "$CONC" \
-    --context-tokens "$CTX" --pause "$PAUSE" >"$T/$run.out"
+    --context-tokens "$CTX" --pause "$PAUSE" --seed "${SEED:-1}" >"$T/$run.out"
   res=$(sed -n 's/^RESULT //p' "$T/$run.out")
   q=0
   h=0
@@ -76,6 +78,15 @@ CONF
       String(q - h).padStart(10) + " " + ((100 * r.hit_rate).toFixed(1) + "%").padStart(10) + " " +
       (r.wf_mean.toFixed(2) + " s").padStart(10) + " " + (r.wf_p99.toFixed(2) + " s").padStart(10) + " " +
       r.seconds.toFixed(1).padStart(9));' "$res" "$run" "$q" "$h"
+  curl -s "$R/metrics" | sed -n 's/^strata_router_decisions_total{[^,]*,reason="\([^"]*\)"} /  \1 /p;
+    s/^strata_router_cache_hints_total{action="\([a-z]*\)"} /  hint_\1 /p;
+    s/^strata_router_cache_hint_failures_total /  hint_failures /p;
+    s/^strata_router_workflow_held_total /  held /p' | tr '\n' ' '
+  for u in "${E[@]}"; do
+    curl -s "$u/metrics" | sed -n 's/^vllm:num_preemptions_total[^ ]* /  preemptions /p;
+      s/^strata:prefix_cache_evictions_total[^ ]* /  evictions /p' | tr '\n' ' '
+  done
+  echo
   kill "${PIDS[@]}" 2>/dev/null || true
   wait 2>/dev/null || true
   PIDS=()
