@@ -39,6 +39,18 @@ static const double lat_bounds[ROUTE_LAT_BUCKETS] = {25e-6, 50e-6, 100e-6, 250e-
 
 /* ---- replies -------------------------------------------------------------------- */
 
+json_t *route_json_buffer(struct evbuffer *b, json_error_t *je) {
+  json_error_t ignored;
+  if (!je) je = &ignored;
+  const size_t n = evbuffer_get_length(b);
+  const char *t = n ? (const char *)evbuffer_pullup(b, (ev_ssize_t)n) : "";
+  if (!t) {
+    snprintf(je->text, sizeof je->text, "out of memory");
+    return NULL;
+  }
+  return json_loadb(t, n, 0, je);
+}
+
 void route_count_status(struct router *rt, int status) {
   const int c = status / 100;
   if (c >= 0 && c < 6) rt->by_class[c]++;
@@ -531,18 +543,26 @@ static void count_decision(struct router *rt, const char *reason) {
   rt->decisions[rt->n_decisions++] = (struct decision){reason, c, 1};
 }
 
-/* Sends r to the instance the policy picks among those healthy and not yet
- * tried for it; answers the client itself when none is left. */
-void route_dispatch(struct rreq *r) {
-  struct router *rt = r->rt;
+/* Fills rt->view with the instances a policy may pick: healthy, not
+ * removed, and not marked in tried (a bit per id; NULL: none tried).
+ * Returns how many. */
+static size_t eligible(struct router *rt, const unsigned char *tried) {
   size_t n = 0;
   for (size_t i = 0; i < rt->n_be; i++) {
-    struct backend *b = rt->be[i];
-    if (!b->healthy || b->removed || (r->tried[i / 8] >> (i % 8) & 1)) continue;
+    const struct backend *b = rt->be[i];
+    if (!b->healthy || b->removed || (tried && (tried[i / 8] >> (i % 8) & 1))) continue;
     rt->view[n++] = (struct strata_route_backend){
         .id = b->id, .url = b->url, .inflight = b->inflight, .running = b->running,
         .waiting = b->waiting, .kv_usage = b->kv, .routed = b->routed};
   }
+  return n;
+}
+
+/* Sends r to the instance the policy picks among those healthy and not yet
+ * tried for it; answers the client itself when none is left. */
+void route_dispatch(struct rreq *r) {
+  struct router *rt = r->rt;
+  const size_t n = eligible(rt, r->tried);
   if (n == 0) {
     const int st = r->attempts ? 502 : 503;
     log_request(r, st);
@@ -622,14 +642,7 @@ void route_dispatch(struct rreq *r) {
 }
 
 int32_t route_pick(struct router *rt, const char *wf_id, const json_t *body) {
-  size_t n = 0;
-  for (size_t i = 0; i < rt->n_be; i++) {
-    const struct backend *b = rt->be[i];
-    if (!b->healthy || b->removed) continue;
-    rt->view[n++] = (struct strata_route_backend){
-        .id = b->id, .url = b->url, .inflight = b->inflight, .running = b->running,
-        .waiting = b->waiting, .kv_usage = b->kv, .routed = b->routed};
-  }
+  const size_t n = eligible(rt, NULL);
   json_t *o = n ? json_deep_copy(body) : NULL;
   if (!o) return -1;
   json_object_set_new(o, "metadata", json_pack("{s:s}", "workflow_id", wf_id));

@@ -308,10 +308,7 @@ static void on_probe_done(struct evhttp_request *req, void *arg) {
   p->b->probes++;
   int ok = 0;
   if (req && evhttp_request_get_response_code(req) == 200) {
-    struct evbuffer *in = evhttp_request_get_input_buffer(req);
-    const size_t n = evbuffer_get_length(in);
-    const char *t = (const char *)evbuffer_pullup(in, (ev_ssize_t)n);
-    json_t *o = t ? json_loadb(t, n, 0, NULL) : NULL;
+    json_t *o = route_json_buffer(evhttp_request_get_input_buffer(req), NULL);
     const json_t *c = o ? json_object_get(o, "cached_tokens") : NULL;
     if (json_is_integer(c) && json_integer_value(c) >= 0 && json_integer_value(c) <= INT32_MAX) {
       r->probed[p->b->id] = (int32_t)json_integer_value(c);

@@ -159,6 +159,9 @@ void route_dispatch(struct rreq *r);
  * cache-aware policy, else at once. May free r. */
 void route_start(struct rreq *r);
 void route_count_status(struct router *rt, int status);
+/* The JSON in a whole body (an answer of an instance, or a client's
+ * request), or NULL with why in je (may be NULL). */
+json_t *route_json_buffer(struct evbuffer *b, json_error_t *je);
 void route_reply_body(struct router *rt, struct evhttp_request *req, int status, const char *ctype,
                       const char *body, size_t len);
 void route_reply_errorf(struct router *rt, struct evhttp_request *req, int status,

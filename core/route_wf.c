@@ -503,10 +503,7 @@ static void on_hint_done(struct evhttp_request *req, void *arg) {
   if (w && w->gen != h->wf_gen) w = NULL; /* deleted and declared again meanwhile */
   if (w && (h->flags & HINT_PREFILL) && w->prefill == 1) {
     if (code == 200) {
-      struct evbuffer *in = evhttp_request_get_input_buffer(req);
-      const size_t n = evbuffer_get_length(in);
-      const char *t = (const char *)evbuffer_pullup(in, (ev_ssize_t)n);
-      json_t *o = t ? json_loadb(t, n, 0, NULL) : NULL;
+      json_t *o = route_json_buffer(evhttp_request_get_input_buffer(req), NULL);
       const json_t *p = json_object_get(o, "prefilled_tokens");
       if (json_is_integer(p)) w->prefilled_tokens = json_integer_value(p);
       json_decref(o);
@@ -777,11 +774,9 @@ static void end_wf(struct wf *w, int idle) {
 
 static json_t *body_json(struct router *rt, struct evhttp_request *req, int required) {
   struct evbuffer *in = evhttp_request_get_input_buffer(req);
-  const size_t n = evbuffer_get_length(in);
-  if (n == 0 && !required) return json_object();
-  const char *t = (const char *)evbuffer_pullup(in, (ev_ssize_t)n);
+  if (evbuffer_get_length(in) == 0 && !required) return json_object();
   json_error_t je;
-  json_t *o = t ? json_loadb(t, n, 0, &je) : NULL;
+  json_t *o = route_json_buffer(in, &je);
   if (!json_is_object(o)) {
     route_reply_errorf(rt, req, 400, "invalid_json", "the body is not a JSON object%s%s",
                        o ? "" : ": ", o ? "" : je.text);
@@ -1433,9 +1428,7 @@ void route_wf_done(struct rreq *r, int status, struct evbuffer *body) {
   w->last_instance = inst;
   json_t *ans = NULL;
   if (body) {
-    const size_t n = evbuffer_get_length(body);
-    const char *t = (const char *)evbuffer_pullup(body, (ev_ssize_t)n);
-    ans = t ? json_loadb(t, n, 0, NULL) : NULL;
+    ans = route_json_buffer(body, NULL);
     const json_t *u = json_object_get(ans, "usage");
     const json_t *pt = json_object_get(u, "prompt_tokens");
     const json_t *ct = json_object_get(json_object_get(u, "prompt_tokens_details"), "cached_tokens");
