@@ -2,7 +2,7 @@
 # messages call them) and NEEDS (the tools they use): the build and shared
 # paths, a skip (exit 77) when the model or a tool is missing, a scratch
 # directory $T removed at exit with every process in PIDS (or in $T/*.pid)
-# killed, the ok/bad/check counters, start NAME ARGS... and sanitizer_scan.
+# killed, the ok/bad/check counters, start / start_cmd and sanitizer_scan.
 set -u
 . "$(dirname "${BASH_SOURCE[0]}")/sanitizer_scan.sh"
 B=${STRATA_BUILDDIR:?}
@@ -41,11 +41,13 @@ check() { # check NAME COND...
   if "$@"; then ok; else bad "$name"; fi
 }
 
-# start NAME ARGS...: runs strata ARGS, waits for "listening on", sets URL_<NAME>, PID_<NAME>
-start() {
+# start_cmd NAME CMD...: runs CMD (a strata that listens, possibly under env),
+# waits for "listening on", sets URL_<NAME> and PID_<NAME>; exits 1 showing
+# its stderr when it does not start
+start_cmd() {
   local name=$1
   shift
-  "$STRATA" "$@" >"$T/$name.out" 2>"$T/$name.err" &
+  "$@" >"$T/$name.out" 2>"$T/$name.err" &
   local pid=$!
   PIDS+=("$pid")
   local i
@@ -62,6 +64,13 @@ start() {
     exit 1
   fi
   eval "URL_$name=\$url; PID_$name=\$pid"
+}
+
+# start NAME ARGS...: start_cmd NAME strata ARGS
+start() {
+  local name=$1
+  shift
+  start_cmd "$name" "$STRATA" "$@"
 }
 
 # finish: ends every process (leak reports come at exit), scans for

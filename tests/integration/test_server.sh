@@ -14,23 +14,7 @@ jqe() { jq -e "$@" >/dev/null 2>&1; }
 start_server() {
   local name=$1 conf=$2
   shift 2
-  env "$@" "$STRATA" serve --config "$conf" --port 0 --threads 1 >"$T/$name.out" 2>"$T/$name.err" &
-  local pid=$!
-  PIDS+=("$pid")
-  local i
-  for i in $(seq 1 600); do
-    grep -q '^listening on http://' "$T/$name.err" && break
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  local url
-  url=$(sed -n 's/^listening on \(http:[^ ]*\)$/\1/p' "$T/$name.err" | head -1)
-  if [ -z "$url" ]; then
-    echo "FAIL: server $name did not start:"
-    cat "$T/$name.err"
-    exit 1
-  fi
-  eval "URL_$name=\$url; PID_$name=\$pid"
+  start_cmd "$name" env "$@" "$STRATA" serve --config "$conf" --port 0 --threads 1
 }
 
 cat >"$T/main.conf" <<EOF
