@@ -130,6 +130,7 @@ int strata_cmd_route(int argc, char **argv) {
       .api_key = env_key && *env_key ? env_key : key,
       .max_body_bytes = (size_t)strata_config_int(rn, "max_body_bytes"),
       .max_header_bytes = (size_t)strata_config_int(rn, "max_header_bytes"),
+      .max_connections = (size_t)strata_config_int(rn, "max_connections"),
       .backends = n_flag ? flag_backends : cfg_backends,
       .n_backends = n_flag ? n_flag : n_cfg,
       .dns_interval = strata_config_float(rn, "dns_interval"),

@@ -127,6 +127,7 @@ int strata_cmd_serve(int argc, char **argv) {
       .max_n = (int32_t)strata_config_int(srvn, "max_n"),
       .max_stop = (int32_t)strata_config_int(srvn, "max_stop"),
       .max_header_bytes = (size_t)strata_config_int(srvn, "max_header_bytes"),
+      .max_connections = (size_t)strata_config_int(srvn, "max_connections"),
       .chat_template = tmpl,
       .request_log = strata_config_bool(srvn, "request_log"),
       .idle_timeout = (int)strata_config_int(srvn, "idle_timeout"),

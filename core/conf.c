@@ -107,6 +107,10 @@ static const struct strata_param server_params[] = {
      "largest `metadata` object of a request (as JSON text)"},
     {"max_header_bytes", STRATA_PARAM_SIZE, 0, "64KiB", 1024, 1048576,
      "largest request header block; larger gets HTTP 400"},
+    {"max_connections", STRATA_PARAM_INT, 0, "1024", 1, 1048576,
+     "open client connections; one that arrives past it gets HTTP 503 and is closed, and "
+     "past it by an eighth accepting pauses (lowered, with a warning, to fit the file "
+     "descriptor limit)"},
     {"max_n", STRATA_PARAM_INT, 0, "128", 1, 128, "largest `n` (and `best_of`) of a request"},
     {"max_stop", STRATA_PARAM_INT, 0, "16", 1, 1024, "most `stop` strings of a request"},
     {"chat_template", STRATA_PARAM_STRING, 0, NULL, NO_RANGE,
@@ -142,6 +146,10 @@ static const struct strata_param router_params[] = {
      "largest request body; larger gets HTTP 413"},
     {"max_header_bytes", STRATA_PARAM_SIZE, 0, "64KiB", 1024, 1048576,
      "largest request header block; larger gets HTTP 400"},
+    {"max_connections", STRATA_PARAM_INT, 0, "1024", 1, 1048576,
+     "open client connections; one that arrives past it gets HTTP 503 and is closed, and "
+     "past it by an eighth accepting pauses (lowered, with a warning, to fit the file "
+     "descriptor limit: each needs two, its own and one to an instance)"},
     {"health_interval", STRATA_PARAM_FLOAT, 0, "2", 0.05, 3600,
      "seconds between checks of each instance's /health and /metrics"},
     {"health_timeout", STRATA_PARAM_FLOAT, 0, "2", 0.05, 600, "seconds a check may take"},

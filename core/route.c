@@ -27,6 +27,7 @@
 #include <jansson.h>
 
 #include "http_api.h"
+#include "http_conns.h"
 #include "http_util.h"
 #include "log.h"
 #include "util.h"
@@ -785,6 +786,7 @@ static void handle_metrics(struct router *rt, struct evhttp_request *req) {
                       (unsigned long long)rt->lat_count, rt->lat_sum,
                       (unsigned long long)rt->lat_count);
   route_wf_metrics(rt, b);
+  strata_http_conns_metrics(rt->conns, b, "strata_router");
   evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
                     "text/plain; version=0.0.4");
   route_count_status(rt, 200);
@@ -822,6 +824,14 @@ static void drop_unlisted(struct rreq *r) {
 
 static void on_request(struct evhttp_request *req, void *arg) {
   struct router *rt = arg;
+  if (strata_http_conns_over(rt->conns, req)) {
+    strata_http_conns_refuse_headers(req);
+    route_reply_errorf(rt, req, 503, "server_busy",
+                       "too many connections: the router has its limit of %zu open "
+                       "(router.max_connections); retry on a new connection",
+                       strata_http_conns_max(rt->conns));
+    return;
+  }
   const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
   const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
   if (!path || !*path) path = "/";
@@ -1171,11 +1181,13 @@ int strata_route_run(const struct strata_plugin *p, const strata_config_node_t *
                                           EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE |
                                           EVHTTP_REQ_OPTIONS | EVHTTP_REQ_PATCH);
   evhttp_set_gencb(rt.http, on_request, &rt);
+  rt.conns = strata_http_conns_new(rt.base, rt.http, "route",
+                                   o->max_connections ? o->max_connections : 1024, 1);
   rt.sig_int = evsignal_new(rt.base, SIGINT, on_signal, &rt);
   rt.sig_term = evsignal_new(rt.base, SIGTERM, on_signal, &rt);
   rt.tick = event_new(rt.base, -1, EV_PERSIST, on_tick, &rt);
   rt.peek = event_new(rt.base, -1, EV_PERSIST, on_peek, &rt);
-  if (!rt.sig_int || !rt.sig_term || !rt.tick || !rt.peek) {
+  if (!rt.sig_int || !rt.sig_term || !rt.tick || !rt.peek || !rt.conns) {
     fprintf(stderr, "strata: route: cannot create events\n");
     goto out;
   }
@@ -1191,6 +1203,7 @@ int strata_route_run(const struct strata_plugin *p, const strata_config_node_t *
   strata_log(STRATA_LOG_INFO, "route", "policy %s over %zu instance%s%s", p->desc->name, rt.n_be,
              rt.n_be == 1 ? "" : "s", rt.n_dns ? " and DNS names" : "");
   if (!(rt.bound = strata_http_listen(rt.http, "route", o->host, o->port))) goto out;
+  strata_http_conns_attach(rt.conns, rt.bound);
   event_base_dispatch(rt.base);
   rc = 0;
 out:
@@ -1210,6 +1223,7 @@ out:
   if (rt.sig_int) event_free(rt.sig_int);
   if (rt.sig_term) event_free(rt.sig_term);
   if (rt.http) evhttp_free(rt.http);
+  strata_http_conns_free(rt.conns);
   if (rt.dns_tick) event_free(rt.dns_tick);
   if (rt.dnsbase) {
     /* fails lookups in flight: their callbacks (and the frees of their

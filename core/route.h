@@ -29,6 +29,7 @@ struct strata_route_opts {
   const char *api_key;       /* NULL or "": none */
   size_t max_body_bytes;     /* larger bodies get 413 */
   size_t max_header_bytes;   /* larger request headers get 400 (0: 64 KiB) */
+  size_t max_connections;    /* open client connections (0: 1024) */
   /* "http://HOST:PORT" each, or "dns://NAME:PORT": every address NAME
    * resolves to is an instance on PORT, re-resolved every dns_interval
    * seconds (a Kubernetes headless Service lists its pods so) */

@@ -78,6 +78,7 @@ struct router {
   struct event_base *base;
   struct evhttp *http;
   struct evhttp_bound_socket *bound;
+  struct strata_http_conns *conns; /* router.max_connections */
   struct event *sig_int, *sig_term, *tick, *peek;
   char *api_key_header;
   struct backend *be[ROUTE_MAX_BACKENDS]; /* ids are positions; never reused */

@@ -28,6 +28,7 @@
 #include "log.h"
 #include "runtime.h"
 #include "cache_feed.h"
+#include "http_conns.h"
 #include "http_util.h"
 #include "tokenizer.h"
 #include "util.h"
@@ -102,6 +103,7 @@ struct server {
   struct event_base *base;
   struct evhttp *http;
   struct evhttp_bound_socket *bound;
+  struct strata_http_conns *conns; /* server.max_connections */
   struct event *sig_int, *sig_term, *grace, *peek;
   struct cache_feed *feed; /* GET /v1/cache/events */
   char *model_name;
@@ -1095,12 +1097,18 @@ static void handle_metrics(struct server *srv, struct evhttp_request *http) {
   memset(&m, 0, sizeof m);
   strata_engine_get_metrics(srv->eng, &m);
   char *text = strata_api_metrics_text(&m, srv->model_name, &srv->stats);
-  if (!text) {
-    reply_errorf(srv, http, 500, NULL, NULL, "out of memory");
-    return;
+  struct evbuffer *b = text ? evbuffer_new() : NULL;
+  const char *all = NULL;
+  if (b && evbuffer_add(b, text, strlen(text)) == 0) {
+    strata_http_conns_metrics(srv->conns, b, "strata_http");
+    all = (const char *)evbuffer_pullup(b, -1);
   }
-  reply_body(srv, http, 200, "text/plain; version=0.0.4; charset=utf-8", text,
-             strlen(text));
+  if (!all)
+    reply_errorf(srv, http, 500, NULL, NULL, "out of memory");
+  else
+    reply_body(srv, http, 200, "text/plain; version=0.0.4; charset=utf-8", all,
+               evbuffer_get_length(b));
+  if (b) evbuffer_free(b);
   free(text);
 }
 
@@ -1174,6 +1182,14 @@ static int auth_ok(struct server *srv, struct evhttp_request *http) {
 
 static void on_request(struct evhttp_request *http, void *arg) {
   struct server *srv = arg;
+  if (strata_http_conns_over(srv->conns, http)) {
+    strata_http_conns_refuse_headers(http);
+    reply_errorf(srv, http, 503, "server_busy", NULL,
+                 "too many connections: the server has its limit of %zu open "
+                 "(server.max_connections); retry on a new connection",
+                 strata_http_conns_max(srv->conns));
+    return;
+  }
   const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(http);
   const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
   if (!path || !*path) path = "/";
@@ -1393,12 +1409,14 @@ int strata_server_run(struct strata_runtime *rt, strata_engine_t *eng,
                     EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE | EVHTTP_REQ_OPTIONS |
                     EVHTTP_REQ_PATCH);
   evhttp_set_gencb(srv.http, on_request, &srv);
+  srv.conns = strata_http_conns_new(srv.base, srv.http, "serve",
+                                    o->max_connections ? o->max_connections : 1024, 0);
   srv.sig_int = evsignal_new(srv.base, SIGINT, on_signal, &srv);
   srv.sig_term = evsignal_new(srv.base, SIGTERM, on_signal, &srv);
   srv.grace = evtimer_new(srv.base, on_grace, &srv);
   srv.peek = event_new(srv.base, -1, EV_PERSIST, on_peek, &srv);
   srv.feed = cache_feed_new(srv.base, eng, srv.model_name);
-  if (!srv.sig_int || !srv.sig_term || !srv.grace || !srv.peek || !srv.feed) {
+  if (!srv.sig_int || !srv.sig_term || !srv.grace || !srv.peek || !srv.feed || !srv.conns) {
     fprintf(stderr, "strata: serve: cannot create events\n");
     goto out;
   }
@@ -1408,6 +1426,7 @@ int strata_server_run(struct strata_runtime *rt, strata_engine_t *eng,
   event_add(srv.peek, &pt);
   signal(SIGPIPE, SIG_IGN);
   if (!(srv.bound = strata_http_listen(srv.http, "serve", o->host, o->port))) goto out;
+  strata_http_conns_attach(srv.conns, srv.bound);
   event_base_dispatch(srv.base);
   rc = 0;
 out:
@@ -1427,6 +1446,7 @@ out:
   if (srv.peek) event_free(srv.peek);
   cache_feed_free(srv.feed);
   if (srv.http) evhttp_free(srv.http);
+  strata_http_conns_free(srv.conns);
   if (srv.base) event_base_free(srv.base);
   if (srv.have_tmpl) strata_chat_template_free(&srv.tmpl);
   free(srv.model_name);

@@ -29,6 +29,7 @@ struct strata_server_opts {
   int32_t max_n;             /* n and best_of */
   int32_t max_stop;          /* stop strings of a request */
   size_t max_header_bytes;   /* a request's headers */
+  size_t max_connections;    /* open client connections (0: 1024) */
   const char
       *chat_template; /* server.chat_template override; NULL: the model's */
   int request_log;    /* one stderr line per finished request */

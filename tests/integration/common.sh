@@ -83,3 +83,57 @@ finish() {
   [ "$fail" -eq 0 ]
   exit
 }
+
+# conn_limit_checks URL MAX METRIC_PREFIX KEY: the server at URL has
+# max_connections = MAX. Raw sockets (bash's /dev/tcp) hold connections open:
+# a request on one past MAX gets 503 server_busy with Connection: close, one
+# within gets its answer; past MAX + MAX/8 + 4 accepting pauses (a request
+# on a new connection waits), and once they close it resumes and /metrics
+# counts the refusals and the pause. KEY: an API key for /metrics, or "".
+conn_limit_checks() {
+  local url=$1 max=$2 prefix=$3 key=$4
+  local hp=${url#http://}
+  local host=${hp%:*} port=${hp##*:} fd i
+  local -a fds=()
+  local req='GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n'
+  for i in $(seq 0 "$max"); do
+    exec {fd}<>"/dev/tcp/$host/$port"
+    fds+=("$fd")
+  done
+  sleep 0.3
+  # shellcheck disable=SC2059
+  printf "$req" >&"${fds[$max]}"
+  local over under
+  over=$(timeout 10 cat <&"${fds[$max]}" | tr -d '\r')
+  check "connection past max_connections: 503" grep -q '^HTTP/1.1 503' <<<"$over"
+  check "... code server_busy" grep -q '"code":"server_busy"' <<<"$over"
+  check "... Connection: close" grep -qi '^Connection: close' <<<"$over"
+  # shellcheck disable=SC2059
+  printf "$req" >&"${fds[0]}"
+  under=$(timeout 10 cat <&"${fds[0]}" | tr -d '\r')
+  check "connection within max_connections: answered" grep -q '^HTTP/1.1 [0-9]' <<<"$under"
+  check "... not refused" test "$(grep -c server_busy <<<"$under")" = 0
+  # far past the limit: accepting pauses
+  local hard=$((max + max / 8 + 4))
+  for i in $(seq 0 "$hard"); do
+    exec {fd}<>"/dev/tcp/$host/$port"
+    fds+=("$fd")
+  done
+  sleep 0.3
+  check "accepting paused far past max_connections" \
+    test "$(curl -s -m 1 -o /dev/null -w '%{http_code}' "$url/health")" = 000
+  for fd in "${fds[@]}"; do exec {fd}>&-; done
+  # the closed ones still queued are accepted (and counted until they are
+  # read) first: a client retries a 503 as Retry-After says
+  local m
+  for i in $(seq 1 20); do
+    m=$(curl -s -m 10 ${key:+-H "Authorization: Bearer $key"} "$url/metrics")
+    grep -q server_busy <<<"$m" || break
+    sleep 1
+  done
+  echo "$m" | grep "^${prefix}_"
+  check "accepting resumed once they closed" grep -q "^${prefix}_connections_max $max\$" <<<"$m"
+  check "... refusals counted" awk -v p="${prefix}_connections_refused_total" '$1 == p && $2 >= 1 { f = 1 } END { exit !f }' <<<"$m"
+  check "... the pause counted" awk -v p="${prefix}_accept_pauses_total" '$1 == p && $2 >= 1 { f = 1 } END { exit !f }' <<<"$m"
+  check "... closed connections uncounted" awk -v p="${prefix}_connections" '$1 == p && $2 <= 2 { f = 1 } END { exit !f }' <<<"$m"
+}

@@ -368,6 +368,14 @@ else
   echo "node is missing: the DNS discovery checks do not run"
 fi
 
+# ---- connection limit (router.max_connections) ----------------------------------------------
+cat >"$T/rconns.conf" <<EOF
+router: { host = "127.0.0.1"; port = 0; policy = "round-robin"; backends = [ "$URL_e0" ];
+          max_connections = 3; };
+EOF
+start rconns route --config "$T/rconns.conf"
+conn_limit_checks "$URL_rconns" 3 strata_router ""
+
 # every process ends first (leak reports come at exit)
 for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
 wait 2>/dev/null

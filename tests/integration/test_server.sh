@@ -644,6 +644,16 @@ check "a silent connection is closed after idle_timeout (${took} ms)" test "$too
 kill -TERM "$PID_queue"
 wait "$PID_queue"
 
+# ---- connection limit ----------------------------------------------------------------------------
+cat >"$T/conns.conf" <<EOF
+engine: { model = "$MODEL"; };
+server: { host = "127.0.0.1"; port = 8000; max_connections = 4; };
+EOF
+start_server conns "$T/conns.conf"
+conn_limit_checks "$URL_conns" 4 strata_http ""
+kill -TERM "$PID_conns"
+wait "$PID_conns"
+
 # ---- graceful stop -------------------------------------------------------------------------------
 kill -TERM "$PID_limited"
 rc=0
