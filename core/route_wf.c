@@ -29,6 +29,7 @@
 #include <sys/queue.h>
 #include <errno.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -735,6 +736,10 @@ static void end_wf(struct wf *w, int idle) {
   for (size_t i = 0; i < w->n_agents; i++)
     if (w->agents[i].prompt)
       send_hint(rt, w->agents[i].instance, w->agents[i].prompt, w->cache_salt, HINT_FORCE, NULL);
+  if (rt->vt->size >= offsetof(struct strata_router_vtable, on_workflow_end) +
+                         sizeof rt->vt->on_workflow_end &&
+      rt->vt->on_workflow_end)
+    rt->vt->on_workflow_end(rt->state, w->id, strlen(w->id));
   struct wf **pp = &g->tab[w->key & (g->cap - 1)];
   while (*pp != w) pp = &(*pp)->hnext;
   *pp = w->hnext;

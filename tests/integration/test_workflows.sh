@@ -110,6 +110,12 @@ q1=$(jq -nc --arg ctx "$CTX and a dragon" '{messages: [{role: "system", content:
 check "a request right after the declaration hits the prefilled context" \
   [ "$(echo "$q1" | jq '.usage.prompt_tokens_details.cached_tokens')" -gt 0 ]
 curl -s -o /dev/null -X DELETE "$R/v1/workflows/quick"
+# the policy heard of the end: the id's next request is placed afresh, not bound
+placed() { curl -s "$R/metrics" | sed -n 's/^strata_router_decisions_total{policy="workflow-aware",reason="workflow_new"} //p'; }
+p0=$(placed)
+curl -s -o /dev/null "$R/v1/completions" -H 'X-Workflow-Id: quick' -d '{"prompt":"Hi","max_tokens":1}'
+check "a deleted workflow's binding ended with it ($p0 -> $(placed) placements)" test "$(placed)" = $((p0 + 1))
+curl -s -o /dev/null -X DELETE "$R/v1/workflows/quick"
 
 # ---- implicit workflows ------------------------------------------------------------------------
 post /v1/completions '{"prompt":"Hi","max_tokens":1,"metadata":{"workflow_id":"quiet","agent_id":"solo"}}' >/dev/null

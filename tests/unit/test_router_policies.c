@@ -2,6 +2,7 @@
  * as a real plugin, and route() is driven the way strata route drives it. */
 #include "config.h"
 
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -341,15 +342,38 @@ START_TEST(workflow_places_by_active_workflows) {
   char id[32];
   struct hdrs h = {"X-Workflow-Id", id};
   int per[3] = {0, 0, 0};
+  int32_t where[6];
   for (int k = 0; k < 6; k++) {
     snprintf(id, sizeof id, "w-%d", k);
     const int32_t at = route(NULL, &h, b, n, NULL);
     ck_assert(at >= 0 && at < 3);
     per[at]++;
+    where[k] = at;
   }
   ck_assert_int_eq(per[0], 2);
   ck_assert_int_eq(per[1], 2);
   ck_assert_int_eq(per[2], 2);
+  /* the router ends the two workflows on one instance (the hook is read
+   * only where the vtable's size covers it): a new one goes there, busier
+   * or not, and the ended ones start afresh */
+  ck_assert(vt->size >= offsetof(struct strata_router_vtable, on_workflow_end) +
+                           sizeof vt->on_workflow_end);
+  ck_assert_ptr_nonnull(vt->on_workflow_end);
+  const int32_t freed = where[0];
+  for (int k = 0; k < 6; k++)
+    if (where[k] == freed) {
+      snprintf(id, sizeof id, "w-%d", k);
+      vt->on_workflow_end(state, id, strlen(id));
+    }
+  vt->on_workflow_end(state, "never-seen", 10); /* unknown: nothing happens */
+  b[freed].inflight = 3;
+  snprintf(id, sizeof id, "w-after-end");
+  ck_assert_int_eq(route(NULL, &h, b, n, NULL), freed);
+  const char *why;
+  snprintf(id, sizeof id, "w-0");
+  ck_assert_int_eq(route(NULL, &h, b, n, &why), freed); /* 1 there, 2 elsewhere */
+  ck_assert_str_eq(why, "workflow_new");
+  b[freed].inflight = 0; /* two each again */
   /* load breaks ties among the fewest */
   b[0].inflight = 4;
   b[2].inflight = 1;

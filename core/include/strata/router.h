@@ -90,6 +90,14 @@ struct strata_router_vtable {
   /* (optional, 0) STRATA_ROUTE_NEEDS_* bits: what the host must work out
    * before route(). */
   uint32_t needs;
+
+  /* (optional; read only when size covers it) A workflow the router tracks
+   * (router.workflows, docs/agents.md) ended: deleted, or idle past its
+   * idle_ttl. id is its id (len bytes, not NUL-terminated), as requests
+   * name it in X-Workflow-Id or metadata.workflow_id. A policy that binds
+   * workflows to instances drops the binding, and stops counting the
+   * workflow as active on its instance. */
+  void (*on_workflow_end)(void *state, const char *id, size_t len);
 };
 
 #ifdef __cplusplus

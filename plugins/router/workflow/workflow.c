@@ -12,8 +12,10 @@
  * `max_imbalance` requests above the least loaded one, or is out (ejected,
  * removed, already tried): then the workflow moves, the binding with it,
  * and the move is counted (reason "workflow_moved" in the router's
- * metrics). A binding unused for `idle_ttl` seconds ends. A request without
- * a workflow goes to the least loaded instance. */
+ * metrics). A binding unused for `idle_ttl` seconds ends, and so does one
+ * whose workflow the router's workflow API ends (DELETE, or idle there):
+ * from then on it no longer counts as active where it was. A request
+ * without a workflow goes to the least loaded instance. */
 #define _POSIX_C_SOURCE 200809L /* clock_gettime */
 #include <stdint.h>
 #include <stdio.h>
@@ -189,6 +191,18 @@ static int wf_route(void *state, const struct strata_route_request *req,
   return 0;
 }
 
+/* The router ended a workflow: its binding ends (the entry stays, as an
+ * ended one, until make_room drops it). */
+static void wf_workflow_end(void *state, const char *id, size_t len) {
+  struct workflow *w = state;
+  uint64_t key = XXH3_64bits(id, len);
+  if (!key) key = 1;
+  struct binding *e = find(w, key);
+  if (!e->key) return;
+  e->id = -1;
+  e->last = -1e300;
+}
+
 static const struct strata_param wf_params[] = {
     {"max_imbalance", STRATA_PARAM_INT, 0, "8", 0, 1 << 30,
      "requests a workflow's instance may carry above the least loaded one before the workflow "
@@ -207,6 +221,8 @@ static const struct strata_router_vtable wf_vtable = {
     .destroy = wf_destroy,
     .route = wf_route,
     .on_done = NULL,
+    .needs = 0,
+    .on_workflow_end = wf_workflow_end,
 };
 
 static const struct strata_plugin_desc wf_desc = {
