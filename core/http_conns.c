@@ -86,6 +86,7 @@ static void pause_accepting(struct strata_http_conns *c, const char *why) {
 static void on_resume(evutil_socket_t fd, short what, void *arg) {
   (void)fd, (void)what;
   struct strata_http_conns *c = arg;
+  if (!c->lev) return;
   sweep(c, 1);
   if (c->open < c->max && evconnlistener_enable(c->lev) == 0) {
     c->paused = 0;
@@ -213,7 +214,12 @@ struct strata_http_conns *strata_http_conns_new(struct event_base *base, struct 
 
 void strata_http_conns_attach(struct strata_http_conns *c, struct evhttp_bound_socket *bound) {
   c->lev = bound ? evhttp_bound_socket_get_listener(bound) : NULL;
-  if (c->lev) evconnlistener_set_error_cb(c->lev, on_accept_error);
+  if (c->lev) {
+    evconnlistener_set_error_cb(c->lev, on_accept_error);
+  } else {
+    evtimer_del(c->resume_ev);
+    c->paused = 0;
+  }
 }
 
 int strata_http_conns_over(struct strata_http_conns *c, struct evhttp_request *req) {

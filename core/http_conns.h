@@ -36,7 +36,8 @@ struct strata_http_conns *strata_http_conns_new(struct event_base *base, struct 
                                                 const char *who, size_t max,
                                                 unsigned fds_per_conn);
 
-/* After strata_http_listen: lets it pause and resume bound's listener. */
+/* After strata_http_listen: lets it pause and resume bound's listener.
+ * Before evhttp_del_accept_socket: with NULL, it lets go of it. */
 void strata_http_conns_attach(struct strata_http_conns *c, struct evhttp_bound_socket *bound);
 
 /* Whether req arrived on a connection accepted over the limit: the caller

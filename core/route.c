@@ -963,6 +963,7 @@ static void on_signal(evutil_socket_t sig, short what, void *arg) {
   strata_log(STRATA_LOG_INFO, "route", "%s: no new requests; waiting for the open ones (again "
              "to stop at once)", sig == SIGINT ? "SIGINT" : "SIGTERM");
   if (rt->bound) {
+    strata_http_conns_attach(rt->conns, NULL);
     evhttp_del_accept_socket(rt->http, rt->bound);
     rt->bound = NULL;
   }

@@ -1311,6 +1311,7 @@ static void on_signal(evutil_socket_t sig, short what, void *arg) {
   fprintf(stderr, "strata: serve: %s: stopping (no new requests)\n",
           sig == SIGINT ? "SIGINT" : "SIGTERM");
   if (srv->bound) {
+    strata_http_conns_attach(srv->conns, NULL);
     evhttp_del_accept_socket(srv->http, srv->bound);
     srv->bound = NULL;
   }

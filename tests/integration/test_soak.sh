@@ -4,10 +4,13 @@
 # kinds (tests/integration/soak.mjs): plain, streamed and chat requests, n > 1,
 # clients that cancel mid-stream or give up on a plain answer, slow readers,
 # malformed and oversized bodies, bad parameters; meanwhile one engine is
-# killed (SIGKILL) and restarted on its port, twice per half. Afterwards:
-# no request was lost without an error reaching its client, every engine is
-# idle with every KV block free, the surviving engine's memory did not grow
-# from the first half to the second, and every process stops cleanly.
+# killed (SIGKILL) and restarted on its port every SOAK_KILL_EVERY seconds
+# (default 2) while the load runs. Afterwards: no request was lost without
+# an error reaching its client, every engine is idle with every KV block
+# free, neither the surviving engine's nor the router's memory grew from the
+# first half to the second, and every process stops cleanly. A long soak:
+#   SOAK_REQUESTS=20000 bash tests/integration/test_soak.sh (from a build
+#   tree, with STRATA_BUILDDIR etc. as `make check` sets them)
 SUITE="soak test"
 NEEDS="curl jq node"
 . "$(dirname "$0")/common.sh"
@@ -44,26 +47,29 @@ if [ -z "$E0" ] || [ -z "$E1" ] || [ -z "$R" ]; then
 fi
 
 rss() { echo $(($(sed -n 's/^VmRSS:[^0-9]*\([0-9]*\) kB/\1/p' "/proc/$1/status") * 1024)); }
-restarts=0
-# kill e1 mid-load and bring it back on its port, twice, in the background
+EVERY=${SOAK_KILL_EVERY:-2}
+: >"$T/kills"
+# kill e1 mid-load and bring it back on its port, every $EVERY seconds until
+# the phase's load is done (once at least, however quick the load)
 chaos() {
-  local k
-  for k in 1 2; do
-    sleep 1.5
-    kill -9 "$(cat "$T/e1.pid")" 2>/dev/null
-    sleep 0.5
+  local first=1
+  while sleep "$(awk -v e="$EVERY" 'BEGIN { print e * 0.75 }')" && [ $first = 1 -o ! -f "$T/phase.done" ]; do
+    first=0
+    kill -9 "$(cat "$T/e1.pid")" 2>/dev/null && echo kill >>"$T/kills"
+    sleep "$(awk -v e="$EVERY" 'BEGIN { print e * 0.25 }')"
     "$STRATA" serve --config "$T/e.conf" --port "${E1##*:}" --threads 1 >>"$T/e1.out" 2>>"$T/e1.err" &
     echo $! >"$T/e1.pid"
     disown $!
   done
 }
 phase() { # phase NAME SEED
+  rm -f "$T/phase.done"
   chaos &
   local cpid=$!
   node "$S/tests/integration/soak.mjs" --url "$R" --requests $((N / 2)) --concurrency 16 \
     --seed "$2" >"$T/$1.json"
+  touch "$T/phase.done"
   wait "$cpid"
-  restarts=$((restarts + 2))
   local j
   j=$(cat "$T/$1.json")
   echo "$1: $j" | cut -c1-400
@@ -75,19 +81,23 @@ phase() { # phase NAME SEED
 }
 # warm up, so that the memory compared is the steady state
 node "$S/tests/integration/soak.mjs" --url "$R" --requests 64 --concurrency 16 --seed 7 >/dev/null
-rss0=$(rss "$E0PID")
+rss0=$(rss "$E0PID") rr0=$(rss "$RPID")
 phase first 11
-rss1=$(rss "$E0PID")
+rss1=$(rss "$E0PID") rr1=$(rss "$RPID")
 phase second 12
-rss2=$(rss "$E0PID")
+rss2=$(rss "$E0PID") rr2=$(rss "$RPID")
+restarts=$(wc -l <"$T/kills")
 echo "engine e0 resident: $rss0 after warm-up, $rss1 after the first half, $rss2 after the second"
+echo "router resident: $rr0 after warm-up, $rr1 after the first half, $rr2 after the second"
+flat() { [ $(($2 - $1)) -lt $(($1 / 20 > 4194304 ? $1 / 20 : 4194304)) ]; }
 if [ "${STRATA_SANITIZERS:-0}" = 1 ]; then
   # ASan holds freed memory in its quarantine (up to 256 MiB): RSS says nothing here
   echo "memory: not compared under sanitizers"
 else
-  check "memory flat from the first half to the second ($rss1 -> $rss2)" \
-    [ $((rss2 - rss1)) -lt $((rss1 / 20 > 4194304 ? rss1 / 20 : 4194304)) ]
+  check "engine memory flat from the first half to the second ($rss1 -> $rss2)" flat "$rss1" "$rss2"
+  check "router memory flat from the first half to the second ($rr1 -> $rr2)" flat "$rr1" "$rr2"
 fi
+check "an engine was killed and restarted in each half ($restarts kills)" [ "$restarts" -ge 2 ]
 
 # afterwards: every engine idle, every KV block free, the router holding nothing
 for i in $(seq 1 100); do
