@@ -22,7 +22,7 @@
 // (prompt tokens not from the cache), and workflow completion time mean,
 // p50 and p99 in seconds.
 const args = { url: '', workflows: 40, concurrency: 8, contextTokens: 1500, maxTokens: 16,
-               pause: 0.5, seed: 1, declare: true };
+               pause: 0.5, seed: 1, declare: true, prefill: true };
 function die(m) { console.error('agents.mjs: ' + m); process.exit(2); }
 for (let i = 2; i < process.argv.length; i++) {
   const a = process.argv[i], v = process.argv[i + 1];
@@ -36,6 +36,7 @@ for (let i = 2; i < process.argv.length; i++) {
     case '--pause': args.pause = num(); break;
     case '--seed': args.seed = num(); break;
     case '--no-declare': args.declare = false; break;
+    case '--no-prefill': args.prefill = false; break;
     default: die('unknown argument ' + a);
   }
 }
@@ -88,7 +89,7 @@ async function workflow(k, ctx) {
   const t0 = performance.now();
   const workers = ['worker1', 'worker2', 'worker3'];
   if (args.declare)
-    await call('POST', '/v1/workflows', { id: wf, context: ctx,
+    await call('POST', '/v1/workflows', { id: wf, context: ctx, prefill: args.prefill,
       agents: ['planner', ...workers, 'reviewer'],
       steps: [{ name: 'plan', agent: 'planner' },
         ...workers.flatMap((w) => [{ name: `${w}-a`, agent: w, after: ['plan'] },

@@ -16,7 +16,8 @@
 #   bash ../../tests/bench/route_agents.sh [WORKFLOWS [CONCURRENCY [CONTEXT [KV]]]]
 # MODEL_ARGS overrides the mkmodel shape (e.g. "--shape tinyllama-1.1b" on
 # a machine that can afford it); PAUSE the tool-call pause in seconds; SEED
-# the workload's random seed.
+# the workload's random seed; AGENTS_EXTRA more agents.mjs arguments (e.g.
+# --no-prefill: declared contexts are not prefilled ahead).
 set -eu
 B=$(pwd)
 S=$(cd "$(dirname "$0")/../.." && pwd)
@@ -63,7 +64,7 @@ CONF
     sleep 0.1
   done
   node "$S/tests/bench/agents.mjs" --url "$R" --workflows "$WORKFLOWS" --concurrency "$CONC" \
-    --context-tokens "$CTX" --pause "$PAUSE" --seed "${SEED:-1}" >"$T/$run.out"
+    --context-tokens "$CTX" --pause "$PAUSE" --seed "${SEED:-1}" ${AGENTS_EXTRA:-} >"$T/$run.out"
   res=$(sed -n 's/^RESULT //p' "$T/$run.out")
   q=0
   h=0
