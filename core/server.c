@@ -1100,7 +1100,7 @@ static void handle_metrics(struct server *srv, struct evhttp_request *http) {
   struct evbuffer *b = text ? evbuffer_new() : NULL;
   const char *all = NULL;
   if (b && evbuffer_add(b, text, strlen(text)) == 0) {
-    strata_http_conns_metrics(srv->conns, b, "strata_http");
+    strata_http_conns_metrics(srv->conns, b, "strata:http");
     all = (const char *)evbuffer_pullup(b, -1);
   }
   if (!all)

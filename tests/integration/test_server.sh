@@ -650,7 +650,7 @@ engine: { model = "$MODEL"; };
 server: { host = "127.0.0.1"; port = 8000; max_connections = 4; };
 EOF
 start_server conns "$T/conns.conf"
-conn_limit_checks "$URL_conns" 4 strata_http ""
+conn_limit_checks "$URL_conns" 4 strata:http ""
 kill -TERM "$PID_conns"
 wait "$PID_conns"
 
