@@ -653,6 +653,14 @@ start_server conns "$T/conns.conf"
 conn_limit_checks "$URL_conns" 4 strata:http ""
 kill -TERM "$PID_conns"
 wait "$PID_conns"
+# a file-descriptor limit too low for the default max_connections: lowered to fit, said so
+start_cmd fdlim bash -c "ulimit -n 90 && exec '$STRATA' serve --config '$T/main.conf' --port 0 --threads 1"
+check "max_connections lowered to the descriptor limit, with a warning" \
+  grep -q 'max_connections 1024 lowered to [0-9]*: the file descriptor limit is 90' "$T/fdlim.err"
+fitted=$(curl -s "$URL_fdlim/metrics" | sed -n 's/^strata:http_connections_max //p')
+check "... and /metrics says so ($fitted)" [ "${fitted:-0}" -ge 1 -a "${fitted:-0}" -lt 90 ]
+kill -TERM "$PID_fdlim"
+wait "$PID_fdlim"
 
 # ---- graceful stop -------------------------------------------------------------------------------
 kill -TERM "$PID_limited"
