@@ -84,6 +84,7 @@ struct agent {
   uint64_t requests, received;
   json_t *prompt;      /* the last request's prompt as a hint body part */
   int32_t instance;    /* where that request ran; -1: none yet */
+  double kept_at;      /* when a keep of that prompt was sent; 0: none since it changed */
 };
 
 struct step {
@@ -626,12 +627,19 @@ static int agent_runs_again(const struct wf *w, size_t a, ssize_t skip) {
  * "needed soon" half of the step graph). */
 static void hint_ready(struct wf *w) {
   if (!w->rt->o->wf_keep_agents) return;
+  const double now = strata_now();
   for (size_t i = 0; i < w->n_steps; i++) {
     const struct step *s = &w->steps[i];
     if (!s->agent || !step_ready(w, s)) continue;
     const ssize_t a = find_agent(w, s->agent);
-    if (a >= 0 && w->agents[a].prompt)
-      send_hint(w->rt, w->agents[a].instance, w->agents[a].prompt, w->cache_salt, HINT_KEEP, NULL);
+    if (a < 0 || !w->agents[a].prompt) continue;
+    struct agent *ag = &w->agents[a];
+    /* once per prompt (an agent with several ready steps, or a step that
+     * stays ready while others finish, is not hinted again), renewed only
+     * when half its keep's ttl has passed */
+    if (ag->kept_at > 0 && now - ag->kept_at < w->rt->o->wf_hint_ttl / 2) continue;
+    if (send_hint(w->rt, ag->instance, ag->prompt, w->cache_salt, HINT_KEEP, NULL))
+      ag->kept_at = now;
   }
 }
 
@@ -1451,11 +1459,13 @@ void route_wf_done(struct rreq *r, int status, struct evbuffer *body) {
     json_decref(ag->prompt);
     ag->prompt = prompt_part(r->json, strcmp(r->rr.path, "/v1/chat/completions") == 0);
     ag->instance = inst;
+    ag->kept_at = 0;
     /* its context: kept while the graph says it comes back, else let go
      * first -- with force, since its own earlier keep protects it; the
      * workflow's shared context, in that prompt too, is kept again after */
     if (agent_runs_again(w, (size_t)a, k)) {
-      if (rt->o->wf_keep_agents) send_hint(rt, inst, ag->prompt, w->cache_salt, HINT_KEEP, NULL);
+      if (rt->o->wf_keep_agents && send_hint(rt, inst, ag->prompt, w->cache_salt, HINT_KEEP, NULL))
+        ag->kept_at = strata_now();
     } else
       send_hint(rt, inst, ag->prompt, w->cache_salt, HINT_FORCE | HINT_THEN_CONTEXT, w->id);
   }

@@ -293,4 +293,17 @@ start r2 route --config "$T/r.conf"
 c=$(code "$URL_r2/v1/workflows/h/messages?agent=a&timeout=0")
 check "after a restart a workflow is unknown: 404 ($c)" [ "$c" = 404 ]
 
+# ---- keep_agents: an agent with two steps ready after its first is kept once, not per step --
+sed 's/workflows: {/workflows: { keep_agents = true;/' "$T/r.conf" >"$T/rk.conf"
+start rk route --config "$T/rk.conf"
+keeps() { curl -s "$URL_rk/metrics" | sed -n 's/^strata_router_cache_hints_total{action="keep"} //p'; }
+curl -s -o /dev/null "$URL_rk/v1/workflows" -d '{"id":"fan","agents":["a","b"],"steps":[{"name":"a1","agent":"a"},
+  {"name":"a2","agent":"a","after":["a1"]},{"name":"a3","agent":"a","after":["a1"]},{"name":"b1","agent":"b","after":["a1"]}]}'
+k0=$(keeps)
+curl -s -o /dev/null "$URL_rk/v1/completions" -H 'X-Workflow-Id: fan' -H 'X-Agent-Id: a' -H 'X-Workflow-Step: a1' \
+  -d '{"prompt":"Once upon a time","max_tokens":2}'
+for i in $(seq 1 50); do [ "$(curl -s "$URL_rk/metrics" | sed -n 's/^strata_router_cache_hints_total{action="keep"} //p')" != "$k0" ] && break; sleep 0.1; done
+sleep 0.3
+check "one keep for agent a's prompt ($k0 -> $(keeps))" [ "$(keeps)" = $((k0 + 1)) ]
+
 finish
