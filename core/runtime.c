@@ -16,6 +16,7 @@ static int pick_backend(struct strata_runtime *rt, const char *name, int threads
   const struct strata_plugin *best = NULL;
   int best_dev = -1, best_score = 0;
   struct strata_backend_device best_info = {0};
+  char unusable[256] = ""; /* why the last unusable device of the backend named is */
   for (size_t i = 0; i < rt->reg.n_plugins; i++) {
     struct strata_plugin *p = &rt->reg.plugins[i];
     if (p->desc->kind != STRATA_PLUGIN_BACKEND) continue;
@@ -31,6 +32,7 @@ static int pick_backend(struct strata_runtime *rt, const char *name, int threads
       if (p->desc->vt.backend->device_info(d, &info) != 0) continue;
       strata_log(STRATA_LOG_INFO, "backend", "%s device %d (%s): score %d: %s", p->desc->name, d,
                  info.name, info.score, info.why);
+      if (info.score <= 0) snprintf(unusable, sizeof unusable, "%s", info.why);
       if (info.score > best_score) {
         best = p;
         best_dev = d;
@@ -43,7 +45,8 @@ static int pick_backend(struct strata_runtime *rt, const char *name, int threads
     if (strcmp(name, "auto") == 0) return strata_errf(err, errlen, "no usable backend plugin found (see `strata plugins`)");
     if (!strata_registry_find(&rt->reg, STRATA_PLUGIN_BACKEND, name))
       return strata_errf(err, errlen, "unknown backend '%s' (see `strata plugins`)", name);
-    return strata_errf(err, errlen, "backend '%s' has no usable device here", name);
+    return strata_errf(err, errlen, "backend '%s' has no usable device here%s%s", name,
+                       *unusable ? ": " : "", unusable);
   }
   strata_log(STRATA_LOG_INFO, "backend", "using %s device %d (%s): %s", best->desc->name, best_dev,
              best_info.name, best_info.why);

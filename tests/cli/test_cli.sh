@@ -128,7 +128,12 @@ for l in allowed_token_ids bad_words min_tokens logit_bias repetition_penalty fr
   presence_penalty; do
   has "plugins lists logits $l" "$T/out" "^logits +$l +"
 done
-has "plugins count" "$T/out" "^22 plugin\(s\) loaded, 0 file\(s\) rejected"
+n_plugins=22
+if [ -e "$B/plugins/backend/cuda/backend_cuda.la" ]; then # built where configure found nvcc
+  n_plugins=23
+  has "plugins lists cuda backend" "$T/out" "^backend +cuda +"
+fi
+has "plugins count" "$T/out" "^$n_plugins plugin\(s\) loaded, 0 file\(s\) rejected"
 
 # ---- strata route: bad setups fail at once, with a reason --------------------
 run "route unknown policy" 2 "$STRATA" route --policy nope --backend http://127.0.0.1:1

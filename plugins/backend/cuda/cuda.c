@@ -1,0 +1,671 @@
+/* cuda: the backend on an NVIDIA GPU, with the kernels of kernels-cuda/.
+ *
+ * Registry: one device per GPU the CUDA runtime sees, scored 100 (above the
+ * CPU's 10) so that `backend = "auto"` picks it. Without a driver or a GPU,
+ * one pseudo-device scores 0 and says why (the runtime's own message): the
+ * plugin loads everywhere; it just is not chosen. The runtime is linked
+ * statically, so the plugin needs no CUDA library on the machine, only the
+ * driver where a GPU is used.
+ *
+ * An instance owns one stream; ops queue on it and run asynchronously until
+ * synchronize() or a download. The runtime's current device is per thread,
+ * so every entry point makes the instance's device current first (the engine
+ * opens the backend on one thread and steps on another).
+ *
+ * The step's batch arrays are copied to device memory by set_batch (one
+ * buffer, grown as needed), with the token -> sequence map the attention
+ * kernel reads. */
+#include "config.h"
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cuda_runtime_api.h>
+
+#include <strata/backend.h>
+#include <strata/plugin.h>
+#include <strata/quant.h>
+
+#include "../../../kernels-cuda/kernels.h"
+
+static const struct strata_host_api *cu_host;
+
+struct strata_buf {
+  void *dev;
+  uint64_t size;
+};
+
+struct strata_backend {
+  int device;
+  cudaStream_t stream;
+  char err[512];
+  int have_batch;
+  struct strata_batch batch;     /* the host's arrays, valid until the next set_batch */
+  int32_t *d_ints;               /* the batch arrays on the device */
+  size_t d_cap;                  /* ints */
+  int32_t *h_ints;               /* staging on the host */
+  size_t h_cap;
+  int32_t *d_tokens, *d_positions, *d_slots, *d_seq_of, *d_block_tables, *d_out_rows;
+};
+
+__attribute__((format(printf, 2, 3))) static int cu_fail(struct strata_backend *b,
+                                                         const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(b->err, sizeof b->err, fmt, ap);
+  va_end(ap);
+  return -1;
+}
+
+/* A runtime call's error as the op's: "what: message (cuda.c:LINE)". */
+#define CU_CHECK(b, call, what)                                                                \
+  do {                                                                                         \
+    const cudaError_t cu_e_ = (call);                                                          \
+    if (cu_e_ != cudaSuccess)                                                                  \
+      return cu_fail((b), "%s: %s (cuda.c:%d)", (what), cudaGetErrorString(cu_e_), __LINE__); \
+  } while (0)
+
+static int cu_enter(struct strata_backend *b) {
+  CU_CHECK(b, cudaSetDevice(b->device), "cudaSetDevice");
+  return 0;
+}
+
+static const char *cu_type_name(uint32_t t) {
+  switch (t) {
+  case STRATA_TYPE_F32: return "f32";
+  case STRATA_TYPE_F16: return "f16";
+  case STRATA_TYPE_BF16: return "bf16";
+  case STRATA_TYPE_Q8_0: return "q8_0";
+  case STRATA_TYPE_Q4_0: return "q4_0";
+  default: return "(other)";
+  }
+}
+
+/* Bytes of a row of ne0 elements, 0 for a type the kernels do not read or a
+ * row that is not whole blocks. */
+static size_t cu_row_bytes(uint32_t type, int64_t ne0) {
+  switch (type) {
+  case STRATA_TYPE_F32: return (size_t)ne0 * 4;
+  case STRATA_TYPE_F16:
+  case STRATA_TYPE_BF16: return (size_t)ne0 * 2;
+  case STRATA_TYPE_Q8_0: return ne0 % 32 ? 0 : (size_t)(ne0 / 32) * 34;
+  case STRATA_TYPE_Q4_0: return ne0 % 32 ? 0 : (size_t)(ne0 / 32) * 18;
+  default: return 0;
+  }
+}
+
+/* Checks a view (buffer, shape, bounds) and returns its device address, or
+ * NULL with the error set. */
+static void *cu_view(struct strata_backend *b, const struct strata_tensor *t, const char *what,
+                     size_t *row_bytes) {
+  if (!t || !t->buf) {
+    cu_fail(b, "%s: no tensor or no buffer", what);
+    return NULL;
+  }
+  if (t->ne[0] <= 0 || t->ne[1] < 0 || t->ne[0] > (INT64_C(1) << 40) ||
+      t->ne[1] > (INT64_C(1) << 40)) {
+    cu_fail(b, "%s: bad shape [%lld, %lld]", what, (long long)t->ne[0], (long long)t->ne[1]);
+    return NULL;
+  }
+  const size_t rb = cu_row_bytes(t->type, t->ne[0]);
+  if (!rb) {
+    cu_fail(b, "%s: %s rows of %lld elements are not a layout this backend reads", what,
+            cu_type_name(t->type), (long long)t->ne[0]);
+    return NULL;
+  }
+  const uint64_t bytes = (uint64_t)rb * (uint64_t)t->ne[1];
+  if (t->offset > t->buf->size || bytes > t->buf->size - t->offset) {
+    cu_fail(b, "%s: view of %llu bytes at offset %llu is outside its buffer of %llu bytes", what,
+            (unsigned long long)bytes, (unsigned long long)t->offset,
+            (unsigned long long)t->buf->size);
+    return NULL;
+  }
+  /* f32 elements; f16/bf16 elements and the q8_0/q4_0 blocks' fp16 scales */
+  const size_t align = t->type == STRATA_TYPE_F32 ? 4 : 2;
+  if (t->offset % align != 0) {
+    cu_fail(b, "%s: %s data at offset %llu is not %zu-byte aligned", what,
+            cu_type_name(t->type), (unsigned long long)t->offset, align);
+    return NULL;
+  }
+  if (row_bytes) *row_bytes = rb;
+  return (uint8_t *)t->buf->dev + t->offset;
+}
+
+/* An f32 view of exactly [ne0, ne1] (-1: any). */
+static float *cu_f32(struct strata_backend *b, const struct strata_tensor *t, const char *what,
+                     int64_t ne0, int64_t ne1) {
+  void *p = cu_view(b, t, what, NULL);
+  if (!p) return NULL;
+  if (t->type != STRATA_TYPE_F32) {
+    cu_fail(b, "%s: type %s, expected f32", what, cu_type_name(t->type));
+    return NULL;
+  }
+  if ((ne0 >= 0 && t->ne[0] != ne0) || (ne1 >= 0 && t->ne[1] != ne1)) {
+    cu_fail(b, "%s: shape [%lld, %lld], expected [%lld, %lld]", what, (long long)t->ne[0],
+            (long long)t->ne[1], (long long)ne0, (long long)ne1);
+    return NULL;
+  }
+  return p;
+}
+
+static int cu_need_batch(struct strata_backend *b, const char *op) {
+  if (!b->have_batch) return cu_fail(b, "%s: no batch (call set_batch first)", op);
+  return 0;
+}
+
+/* ---- registry -------------------------------------------------------------------- */
+
+static int cu_n_devices(void) {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess || n <= 0) return 1; /* the pseudo-device */
+  return n;
+}
+
+static int cu_device_info(int index, struct strata_backend_device *out) {
+  if (!out || index < 0) return -1;
+  struct strata_backend_device d;
+  memset(&d, 0, sizeof d);
+  d.size = sizeof d;
+  int n = 0;
+  const cudaError_t e = cudaGetDeviceCount(&n);
+  if (e != cudaSuccess || n <= 0) {
+    if (index != 0) return -1;
+    snprintf(d.name, sizeof d.name, "cuda (no device)");
+    snprintf(d.why, sizeof d.why, "no usable GPU: %s",
+             e != cudaSuccess ? cudaGetErrorString(e) : "the CUDA runtime sees no device");
+  } else {
+    if (index >= n) return -1;
+    struct cudaDeviceProp p;
+    int drv = 0;
+    cudaDriverGetVersion(&drv);
+    if (cudaGetDeviceProperties(&p, index) != cudaSuccess) {
+      snprintf(d.name, sizeof d.name, "cuda:%d", index);
+      snprintf(d.why, sizeof d.why, "cannot read the device's properties");
+    } else {
+      snprintf(d.name, sizeof d.name, "cuda:%d %.40s", index % 1000, p.name);
+      size_t fr = 0, tot = 0;
+      if (cudaSetDevice(index) == cudaSuccess && cudaMemGetInfo(&fr, &tot) == cudaSuccess) {
+        d.memory_total = tot;
+        d.memory_free = fr;
+      } else {
+        d.memory_total = p.totalGlobalMem;
+      }
+      if (p.major < 8) {
+        snprintf(d.why, sizeof d.why, "compute capability %d.%d: the kernels are built for 8.0 "
+                                      "and up", p.major, p.minor);
+      } else {
+        d.score = 100;
+        snprintf(d.why, sizeof d.why, "%.100s, sm_%d%d, %.1f GiB, driver %d.%d", p.name,
+                 p.major % 100, p.minor % 100, (double)p.totalGlobalMem / (1024.0 * 1024 * 1024),
+                 drv / 1000 % 1000, drv % 1000 / 10);
+      }
+    }
+  }
+  const size_t m = out->size < sizeof d ? out->size : sizeof d;
+  if (m < offsetof(struct strata_backend_device, score) + sizeof d.score) return -1;
+  const uint32_t caller_size = out->size;
+  memcpy(out, &d, m);
+  out->size = caller_size;
+  return 0;
+}
+
+/* ---- instance -------------------------------------------------------------------- */
+
+static int cu_open(int index, const struct strata_backend_params *params,
+                   strata_backend_t **out, char *err, size_t errlen) {
+  (void)params;
+  if (!out) return -1;
+  *out = NULL;
+  int n = 0;
+  const cudaError_t e = cudaGetDeviceCount(&n);
+  if (e != cudaSuccess || n <= 0) {
+    snprintf(err, errlen, "cuda backend: no usable GPU: %s",
+             e != cudaSuccess ? cudaGetErrorString(e) : "no device");
+    return -1;
+  }
+  if (index < 0 || index >= n) {
+    snprintf(err, errlen, "cuda backend: no device %d (there are %d)", index, n);
+    return -1;
+  }
+  struct strata_backend *b = calloc(1, sizeof *b);
+  if (!b) {
+    snprintf(err, errlen, "cuda backend: out of memory");
+    return -1;
+  }
+  b->device = index;
+  cudaError_t c = cudaSetDevice(index);
+  if (c == cudaSuccess) c = cudaStreamCreateWithFlags(&b->stream, cudaStreamNonBlocking);
+  if (c != cudaSuccess) {
+    snprintf(err, errlen, "cuda backend: device %d: %s", index, cudaGetErrorString(c));
+    free(b);
+    return -1;
+  }
+  if (cu_host && cu_host->log) {
+    struct cudaDeviceProp p;
+    if (cudaGetDeviceProperties(&p, index) == cudaSuccess)
+      cu_host->log(STRATA_LOG_INFO, "cuda", "device %d: %s, sm_%d%d", index, p.name, p.major,
+                   p.minor);
+  }
+  *out = b;
+  return 0;
+}
+
+static void cu_close(strata_backend_t *b) {
+  if (!b) return;
+  cudaSetDevice(b->device);
+  cudaStreamSynchronize(b->stream);
+  cudaFree(b->d_ints);
+  cudaStreamDestroy(b->stream);
+  free(b->h_ints);
+  free(b);
+}
+
+static const char *cu_last_error(strata_backend_t *b) { return b ? b->err : "no backend"; }
+
+static int cu_supports_type(strata_backend_t *b, uint32_t type) {
+  return b && kc_type_ok(type);
+}
+
+/* ---- memory ---------------------------------------------------------------------- */
+
+static strata_buf_t *cu_buf_alloc(strata_backend_t *b, uint64_t bytes) {
+  if (!b || cu_enter(b)) return NULL;
+  struct strata_buf *buf = calloc(1, sizeof *buf);
+  if (!buf) {
+    cu_fail(b, "out of host memory");
+    return NULL;
+  }
+  const cudaError_t e = cudaMalloc(&buf->dev, bytes ? bytes : 1);
+  if (e != cudaSuccess) {
+    cu_fail(b, "cudaMalloc of %llu bytes: %s", (unsigned long long)bytes, cudaGetErrorString(e));
+    free(buf);
+    return NULL;
+  }
+  buf->size = bytes;
+  return buf;
+}
+
+static void cu_buf_free(strata_backend_t *b, strata_buf_t *buf) {
+  if (!b || !buf) return;
+  cudaSetDevice(b->device);
+  cudaFree(buf->dev); /* waits for the work queued on it */
+  free(buf);
+}
+
+static int cu_span(struct strata_backend *b, const strata_buf_t *buf, uint64_t offset,
+                   uint64_t bytes, const char *what) {
+  if (!buf) return cu_fail(b, "%s: no buffer", what);
+  if (offset > buf->size || bytes > buf->size - offset)
+    return cu_fail(b, "%s: %llu bytes at offset %llu are outside the buffer of %llu", what,
+                   (unsigned long long)bytes, (unsigned long long)offset,
+                   (unsigned long long)buf->size);
+  return 0;
+}
+
+static int cu_upload(strata_backend_t *b, strata_buf_t *dst, uint64_t offset, const void *src,
+                     uint64_t bytes) {
+  if (!b || cu_enter(b) || cu_span(b, dst, offset, bytes, "upload")) return -1;
+  if (!bytes) return 0;
+  /* from pageable memory the call returns once src is staged: the caller
+   * may reuse it at once */
+  CU_CHECK(b, cudaMemcpyAsync((uint8_t *)dst->dev + offset, src, bytes, cudaMemcpyHostToDevice,
+                              b->stream),
+           "upload");
+  return 0;
+}
+
+static int cu_download(strata_backend_t *b, const strata_buf_t *src, uint64_t offset, void *dst,
+                       uint64_t bytes) {
+  if (!b || cu_enter(b) || cu_span(b, src, offset, bytes, "download")) return -1;
+  if (!bytes) return 0;
+  CU_CHECK(b, cudaMemcpyAsync(dst, (const uint8_t *)src->dev + offset, bytes,
+                              cudaMemcpyDeviceToHost, b->stream),
+           "download");
+  CU_CHECK(b, cudaStreamSynchronize(b->stream), "download");
+  return 0;
+}
+
+static int cu_synchronize(strata_backend_t *b) {
+  if (!b || cu_enter(b)) return -1;
+  CU_CHECK(b, cudaStreamSynchronize(b->stream), "synchronize");
+  return 0;
+}
+
+/* ---- the step -------------------------------------------------------------------- */
+
+static int cu_set_batch(strata_backend_t *b, const struct strata_batch *batch) {
+  if (!b) return -1;
+  b->have_batch = 0;
+  if (cu_enter(b)) return -1;
+  if (!batch) return cu_fail(b, "set_batch: no batch");
+  const size_t need = offsetof(struct strata_batch, out_rows) + sizeof batch->out_rows;
+  if (batch->size < need)
+    return cu_fail(b, "set_batch: batch struct of %u bytes is older than this backend (%zu)",
+                   batch->size, need);
+  memset(&b->batch, 0, sizeof b->batch);
+  memcpy(&b->batch, batch, batch->size < sizeof b->batch ? batch->size : sizeof b->batch);
+  const struct strata_batch *B = &b->batch;
+  const int32_t T = B->n_tokens, S = B->n_seqs, O = B->n_out;
+  if (T < 0 || S < 0 || O < 0)
+    return cu_fail(b, "set_batch: negative count (n_tokens %d, n_seqs %d, n_out %d)", T, S, O);
+  if (T > 0 && (!B->tokens || !B->positions || !B->slots))
+    return cu_fail(b, "set_batch: %d tokens but no tokens/positions/slots", T);
+  for (int32_t i = 0; i < T; i++)
+    if (B->positions[i] < 0)
+      return cu_fail(b, "set_batch: token %d has position %d", i, B->positions[i]);
+  if (S > 0) {
+    if (!B->seq_start || !B->seq_len || !B->block_tables)
+      return cu_fail(b, "set_batch: %d sequences but no seq_start/seq_len/block_tables", S);
+    if (B->block_size <= 0 || B->max_blocks <= 0)
+      return cu_fail(b, "set_batch: block_size %d, max_blocks %d", B->block_size,
+                     B->max_blocks);
+    if (B->seq_start[0] != 0 || B->seq_start[S] != T)
+      return cu_fail(b, "set_batch: seq_start runs %d..%d, expected 0..%d", B->seq_start[0],
+                     B->seq_start[S], T);
+    for (int32_t s = 0; s < S; s++) {
+      if (B->seq_start[s + 1] < B->seq_start[s])
+        return cu_fail(b, "set_batch: seq_start decreases at sequence %d", s);
+      if (B->seq_len[s] < 0 || (int64_t)B->seq_len[s] > (int64_t)B->max_blocks * B->block_size)
+        return cu_fail(b, "set_batch: sequence %d has length %d (at most %lld)", s,
+                       B->seq_len[s], (long long)B->max_blocks * B->block_size);
+      for (int32_t i = B->seq_start[s]; i < B->seq_start[s + 1]; i++)
+        if (B->positions[i] >= B->seq_len[s])
+          return cu_fail(b, "set_batch: token %d at position %d is past its sequence's length "
+                            "%d", i, B->positions[i], B->seq_len[s]);
+      /* attention reads every block a position up to seq_len maps to */
+      const int32_t used = (B->seq_len[s] + B->block_size - 1) / B->block_size;
+      for (int32_t k = 0; k < used; k++)
+        if (B->block_tables[(int64_t)s * B->max_blocks + k] < 0)
+          return cu_fail(b, "set_batch: sequence %d's block %d is %d", s, k,
+                         B->block_tables[(int64_t)s * B->max_blocks + k]);
+    }
+  }
+  if (O > 0) {
+    if (!B->out_rows) return cu_fail(b, "set_batch: n_out %d but no out_rows", O);
+    for (int32_t j = 0; j < O; j++)
+      if (B->out_rows[j] < 0 || B->out_rows[j] >= T)
+        return cu_fail(b, "set_batch: out_rows[%d] = %d is not a token of the batch (%d)", j,
+                       B->out_rows[j], T);
+  }
+  /* tokens, positions, slots, seq_of: T each; block tables; out rows */
+  const size_t nbt = S > 0 ? (size_t)S * (size_t)B->max_blocks : 0;
+  const size_t total = 4 * (size_t)T + nbt + (size_t)O;
+  if (total > b->h_cap) {
+    int32_t *h = realloc(b->h_ints, (total + total / 4 + 64) * sizeof *h);
+    if (!h) return cu_fail(b, "set_batch: out of host memory");
+    b->h_ints = h;
+    b->h_cap = total + total / 4 + 64;
+  }
+  if (total > b->d_cap) {
+    cudaFree(b->d_ints);
+    b->d_ints = NULL;
+    b->d_cap = 0;
+    CU_CHECK(b, cudaMalloc((void **)&b->d_ints, b->h_cap * sizeof(int32_t)), "set_batch");
+    b->d_cap = b->h_cap;
+  }
+  int32_t *h = b->h_ints;
+  if (T > 0) {
+    memcpy(h, B->tokens, (size_t)T * sizeof *h);
+    memcpy(h + T, B->positions, (size_t)T * sizeof *h);
+    memcpy(h + 2 * (size_t)T, B->slots, (size_t)T * sizeof *h);
+  }
+  int32_t *seq_of = h + 3 * (size_t)T;
+  for (int32_t i = 0; i < T; i++) seq_of[i] = -1;
+  for (int32_t s = 0; s < S; s++)
+    for (int32_t i = B->seq_start[s]; i < B->seq_start[s + 1]; i++) seq_of[i] = s;
+  if (nbt) memcpy(h + 4 * (size_t)T, B->block_tables, nbt * sizeof *h);
+  if (O > 0) memcpy(h + 4 * (size_t)T + nbt, B->out_rows, (size_t)O * sizeof *h);
+  if (total)
+    CU_CHECK(b, cudaMemcpyAsync(b->d_ints, h, total * sizeof *h, cudaMemcpyHostToDevice,
+                                b->stream),
+             "set_batch");
+  int32_t *d = b->d_ints;
+  b->d_tokens = d;
+  b->d_positions = d + T;
+  b->d_slots = d + 2 * (size_t)T;
+  b->d_seq_of = d + 3 * (size_t)T;
+  b->d_block_tables = d + 4 * (size_t)T;
+  b->d_out_rows = d + 4 * (size_t)T + nbt;
+  b->have_batch = 1;
+  return 0;
+}
+
+/* ---- ops ------------------------------------------------------------------------- */
+
+static int cu_embed(strata_backend_t *b, const struct strata_tensor *table,
+                    struct strata_tensor *out) {
+  if (!b || cu_enter(b) || cu_need_batch(b, "embed")) return -1;
+  const struct strata_batch *B = &b->batch;
+  size_t rb;
+  const void *tab = cu_view(b, table, "embed table", &rb);
+  if (!tab) return -1;
+  float *o = cu_f32(b, out, "embed out", table->ne[0], B->n_tokens);
+  if (!o) return -1;
+  for (int32_t t = 0; t < B->n_tokens; t++)
+    if (B->tokens[t] < 0 || B->tokens[t] >= table->ne[1])
+      return cu_fail(b, "embed: token %d is %d, outside the table's %lld rows", t, B->tokens[t],
+                     (long long)table->ne[1]);
+  return kc_embed(b->stream, table->type, tab, rb, table->ne[0], b->d_tokens, B->n_tokens, o,
+                  b->err, sizeof b->err);
+}
+
+static int cu_rmsnorm(strata_backend_t *b, const struct strata_tensor *x,
+                      const struct strata_tensor *w, float eps, struct strata_tensor *out) {
+  if (!b || cu_enter(b)) return -1;
+  const float *xd = cu_f32(b, x, "rmsnorm x", -1, -1);
+  const float *wd = xd ? cu_f32(b, w, "rmsnorm weight", x->ne[0], 1) : NULL;
+  float *od = wd ? cu_f32(b, out, "rmsnorm out", x->ne[0], x->ne[1]) : NULL;
+  if (!od) return -1;
+  if (!(eps >= 0.0f)) return cu_fail(b, "rmsnorm: eps %g", (double)eps);
+  return kc_rmsnorm(b->stream, xd, wd, eps, x->ne[0], x->ne[1], od, b->err, sizeof b->err);
+}
+
+static int cu_matmul(strata_backend_t *b, const struct strata_tensor *w,
+                     const struct strata_tensor *x, struct strata_tensor *out) {
+  if (!b || cu_enter(b)) return -1;
+  size_t rb;
+  const void *wd = cu_view(b, w, "matmul weight", &rb);
+  const float *xd = wd ? cu_f32(b, x, "matmul x", w->ne[0], -1) : NULL;
+  float *od = xd ? cu_f32(b, out, "matmul out", w->ne[1], x->ne[1]) : NULL;
+  if (!od) return -1;
+  if (out->buf == x->buf || out->buf == w->buf) {
+    const uint64_t o0 = out->offset, o1 = o0 + (uint64_t)out->ne[0] * out->ne[1] * 4;
+    const uint64_t x0 = x->offset, x1 = x0 + (uint64_t)x->ne[0] * x->ne[1] * 4;
+    const uint64_t w0 = w->offset, w1 = w0 + (uint64_t)rb * w->ne[1];
+    if ((out->buf == x->buf && o0 < x1 && x0 < o1) || (out->buf == w->buf && o0 < w1 && w0 < o1))
+      return cu_fail(b, "matmul: out overlaps an input");
+  }
+  return kc_matmul(b->stream, w->type, wd, rb, w->ne[0], w->ne[1], xd, x->ne[1], od, b->err,
+                   sizeof b->err);
+}
+
+static int cu_add_bias(strata_backend_t *b, struct strata_tensor *x,
+                       const struct strata_tensor *bias) {
+  if (!b || cu_enter(b)) return -1;
+  float *xd = cu_f32(b, x, "add_bias x", -1, -1);
+  const float *bd = xd ? cu_f32(b, bias, "add_bias bias", x->ne[0], 1) : NULL;
+  if (!bd) return -1;
+  return kc_add_bias(b->stream, xd, bd, x->ne[0], x->ne[1], b->err, sizeof b->err);
+}
+
+static int cu_rope(strata_backend_t *b, struct strata_tensor *x, int n_heads, int head_dim,
+                   const struct strata_rope *r) {
+  if (!b || cu_enter(b) || cu_need_batch(b, "rope")) return -1;
+  if (!r) return cu_fail(b, "rope: no parameters");
+  if (n_heads <= 0 || head_dim <= 0) return cu_fail(b, "rope: %d heads of %d", n_heads, head_dim);
+  if (r->n_dims <= 0 || r->n_dims > head_dim || r->n_dims % 2 != 0)
+    return cu_fail(b, "rope: n_dims %d (must be even, 2..head_dim %d)", r->n_dims, head_dim);
+  if (!(r->theta > 0.0f) || !(r->freq_scale == r->freq_scale))
+    return cu_fail(b, "rope: theta %g, freq_scale %g", (double)r->theta, (double)r->freq_scale);
+  float *xd = cu_f32(b, x, "rope x", (int64_t)n_heads * head_dim, b->batch.n_tokens);
+  if (!xd) return -1;
+  return kc_rope(b->stream, xd, b->d_positions, b->batch.n_tokens, n_heads, head_dim, r->theta,
+                 r->freq_scale, r->neox, r->n_dims, b->err, sizeof b->err);
+}
+
+static int cu_kv_store(strata_backend_t *b, const struct strata_tensor *k,
+                       const struct strata_tensor *v, struct strata_tensor *k_cache,
+                       struct strata_tensor *v_cache) {
+  if (!b || cu_enter(b) || cu_need_batch(b, "kv_store")) return -1;
+  const struct strata_batch *B = &b->batch;
+  const float *kd = cu_f32(b, k, "kv_store k", -1, B->n_tokens);
+  const float *vd = kd ? cu_f32(b, v, "kv_store v", k->ne[0], B->n_tokens) : NULL;
+  void *kc = vd ? cu_view(b, k_cache, "kv_store k_cache", NULL) : NULL;
+  void *vc = kc ? cu_view(b, v_cache, "kv_store v_cache", NULL) : NULL;
+  if (!vc) return -1;
+  const struct strata_tensor *caches[2] = {k_cache, v_cache};
+  for (int i = 0; i < 2; i++) {
+    if (caches[i]->type != STRATA_TYPE_F32 && caches[i]->type != STRATA_TYPE_F16)
+      return cu_fail(b, "kv_store: cache type %s (f32 or f16 only)",
+                     cu_type_name(caches[i]->type));
+    if (caches[i]->ne[0] != k->ne[0])
+      return cu_fail(b, "kv_store: cache rows of %lld, k/v rows of %lld",
+                     (long long)caches[i]->ne[0], (long long)k->ne[0]);
+  }
+  for (int32_t t = 0; t < B->n_tokens; t++)
+    if (B->slots[t] < 0 || B->slots[t] >= k_cache->ne[1] || B->slots[t] >= v_cache->ne[1])
+      return cu_fail(b, "kv_store: token %d has slot %d, the cache has %lld rows", t,
+                     B->slots[t], (long long)k_cache->ne[1]);
+  return kc_kv_store(b->stream, kd, vd, k->ne[0], b->d_slots, B->n_tokens, kc, k_cache->type,
+                     vc, v_cache->type, b->err, sizeof b->err);
+}
+
+static int cu_attention(strata_backend_t *b, const struct strata_tensor *q,
+                        const struct strata_tensor *k_cache, const struct strata_tensor *v_cache,
+                        const struct strata_attention *a, struct strata_tensor *out) {
+  if (!b || cu_enter(b) || cu_need_batch(b, "attention")) return -1;
+  const struct strata_batch *B = &b->batch;
+  if (!a) return cu_fail(b, "attention: no parameters");
+  if (a->n_heads <= 0 || a->n_kv_heads <= 0 || a->head_dim <= 0 ||
+      a->n_heads % a->n_kv_heads != 0)
+    return cu_fail(b, "attention: %d heads, %d kv heads of %d", a->n_heads, a->n_kv_heads,
+                   a->head_dim);
+  const int64_t qd = (int64_t)a->n_heads * a->head_dim, kvd = (int64_t)a->n_kv_heads * a->head_dim;
+  const float *qp = cu_f32(b, q, "attention q", qd, B->n_tokens);
+  const void *kc = qp ? cu_view(b, k_cache, "attention k_cache", NULL) : NULL;
+  const void *vc = kc ? cu_view(b, v_cache, "attention v_cache", NULL) : NULL;
+  float *op = vc ? cu_f32(b, out, "attention out", qd, B->n_tokens) : NULL;
+  if (!op) return -1;
+  if (k_cache->ne[0] != kvd || v_cache->ne[0] != kvd)
+    return cu_fail(b, "attention: cache rows of %lld/%lld, expected %lld",
+                   (long long)k_cache->ne[0], (long long)v_cache->ne[0], (long long)kvd);
+  if (B->n_tokens > 0 && B->n_seqs <= 0)
+    return cu_fail(b, "attention: the batch has tokens but no sequences");
+  /* every block a sequence's positions map to must be a row range of both caches */
+  const int64_t rows = k_cache->ne[1] < v_cache->ne[1] ? k_cache->ne[1] : v_cache->ne[1];
+  for (int32_t s = 0; s < B->n_seqs; s++) {
+    const int32_t used = (B->seq_len[s] + B->block_size - 1) / B->block_size;
+    for (int32_t k = 0; k < used; k++)
+      if (((int64_t)B->block_tables[(int64_t)s * B->max_blocks + k] + 1) * B->block_size > rows)
+        return cu_fail(b, "attention: sequence %d's block %d is past the cache's %lld rows", s,
+                       k, (long long)rows);
+  }
+  const struct kc_batch kb = {B->n_tokens,      b->d_positions, b->d_seq_of,
+                              b->d_block_tables, B->max_blocks, B->block_size};
+  return kc_attention(b->stream, &kb, qp, kc, k_cache->type, vc, v_cache->type, a->n_heads,
+                      a->n_kv_heads, a->head_dim, a->scale, op, b->err, sizeof b->err);
+}
+
+static int cu_swiglu(strata_backend_t *b, const struct strata_tensor *gate,
+                     const struct strata_tensor *up, struct strata_tensor *out) {
+  if (!b || cu_enter(b)) return -1;
+  const float *gd = cu_f32(b, gate, "swiglu gate", -1, -1);
+  const float *ud = gd ? cu_f32(b, up, "swiglu up", gate->ne[0], gate->ne[1]) : NULL;
+  float *od = ud ? cu_f32(b, out, "swiglu out", gate->ne[0], gate->ne[1]) : NULL;
+  if (!od) return -1;
+  return kc_swiglu(b->stream, gd, ud, od, gate->ne[0] * gate->ne[1], b->err, sizeof b->err);
+}
+
+static int cu_add(strata_backend_t *b, const struct strata_tensor *a,
+                  const struct strata_tensor *c, struct strata_tensor *out) {
+  if (!b || cu_enter(b)) return -1;
+  const float *ad = cu_f32(b, a, "add a", -1, -1);
+  const float *cd = ad ? cu_f32(b, c, "add c", a->ne[0], a->ne[1]) : NULL;
+  float *od = cd ? cu_f32(b, out, "add out", a->ne[0], a->ne[1]) : NULL;
+  if (!od) return -1;
+  return kc_add(b->stream, ad, cd, od, a->ne[0] * a->ne[1], b->err, sizeof b->err);
+}
+
+static int cu_get_rows(strata_backend_t *b, const struct strata_tensor *x,
+                       struct strata_tensor *out) {
+  if (!b || cu_enter(b) || cu_need_batch(b, "get_rows")) return -1;
+  const struct strata_batch *B = &b->batch;
+  const float *xd = cu_f32(b, x, "get_rows x", -1, -1);
+  float *od = xd ? cu_f32(b, out, "get_rows out", x->ne[0], B->n_out) : NULL;
+  if (!od) return -1;
+  for (int32_t j = 0; j < B->n_out; j++)
+    if (B->out_rows[j] >= x->ne[1])
+      return cu_fail(b, "get_rows: out_rows[%d] = %d, x has %lld rows", j, B->out_rows[j],
+                     (long long)x->ne[1]);
+  if (x->buf == out->buf) {
+    const uint64_t x0 = x->offset, x1 = x0 + (uint64_t)x->ne[0] * x->ne[1] * 4;
+    const uint64_t o0 = out->offset, o1 = o0 + (uint64_t)out->ne[0] * out->ne[1] * 4;
+    if (x0 < o1 && o0 < x1) return cu_fail(b, "get_rows: out overlaps x");
+  }
+  return kc_get_rows(b->stream, xd, x->ne[0], b->d_out_rows, B->n_out, od, b->err,
+                     sizeof b->err);
+}
+
+static const struct strata_backend_vtable cu_vtable = {
+    .size = sizeof(struct strata_backend_vtable),
+    .n_devices = cu_n_devices,
+    .device_info = cu_device_info,
+    .open = cu_open,
+    .close = cu_close,
+    .last_error = cu_last_error,
+    .supports_type = cu_supports_type,
+    .buf_alloc = cu_buf_alloc,
+    .buf_wrap_host = NULL,
+    .buf_free = cu_buf_free,
+    .upload = cu_upload,
+    .download = cu_download,
+    .synchronize = cu_synchronize,
+    .set_batch = cu_set_batch,
+    .embed = cu_embed,
+    .rmsnorm = cu_rmsnorm,
+    .matmul = cu_matmul,
+    .add_bias = cu_add_bias,
+    .rope = cu_rope,
+    .kv_store = cu_kv_store,
+    .attention = cu_attention,
+    .swiglu = cu_swiglu,
+    .add = cu_add,
+    .get_rows = cu_get_rows,
+    .prepare_weight = NULL,
+    .matmul_n = NULL,
+};
+
+static int cu_init(const struct strata_host_api *host, const strata_config_node_t *cfg,
+                   char *err, size_t errlen) {
+  (void)cfg;
+  (void)err;
+  (void)errlen;
+  cu_host = host;
+  return 0;
+}
+
+static const struct strata_param cu_params[] = {
+    {.name = NULL, .type = STRATA_PARAM_END},
+};
+
+static const struct strata_plugin_desc cu_desc = {
+    .size = sizeof(struct strata_plugin_desc),
+    .abi_version = STRATA_ABI_VERSION,
+    .fingerprint = STRATA_BUILD_FINGERPRINT,
+    .kind = STRATA_PLUGIN_BACKEND,
+    .name = "cuda",
+    .version = "0.1",
+    .license = "MIT",
+    .description = "NVIDIA GPU (CUDA, sm_80 and up): paged attention, q8_0/q4_0/f16/bf16/f32 "
+                   "matmul dequantizing on the fly",
+    .params = cu_params,
+    .init = cu_init,
+    .fini = NULL,
+    .vt.backend = &cu_vtable,
+};
+
+STRATA_PLUGIN_DEFINE(cu_desc)
