@@ -5,8 +5,12 @@
  * (tests/gpu/test_backend_cuda.c): quantized weights are dequantized on the
  * fly, attention is an online softmax over the paged cache (FlashAttention's
  * running max and sum), a chunk of 128 positions at a time. */
+#ifdef __HIPCC__ /* the HIP build of this same source (kernels-hip/) */
+#include "../kernels-hip/hip_compat.h"
+#else
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
+#endif
 
 #include <math.h>
 #include <stdio.h>

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The whole test suite, from a fresh clone: installs dependencies, builds
-# out of tree with -Werror, runs every test, runs the unit tests and the
+# The whole test suite, from a fresh clone: installs dependencies (hipcc
+# too: the hip backend builds, and the cuda one where /usr/local/cuda has
+# nvcc; their tests SKIP without a GPU), builds out of tree with -Werror,
+# runs every test, runs the unit tests and the
 # server and router integration tests again under AddressSanitizer +
 # UndefinedBehaviorSanitizer, runs the server and soak tests under
 # ThreadSanitizer, runs each fuzz target briefly, then `make distcheck`.
@@ -9,7 +11,7 @@ cd "$(dirname "$0")/.."
 top=$(pwd)
 jobs=$(nproc 2>/dev/null || echo 2)
 
-scripts/install-deps.sh
+scripts/install-deps.sh --gpu
 autoreconf -fi >/dev/null
 
 echo "== build and test (-Werror)"

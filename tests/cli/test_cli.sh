@@ -129,10 +129,12 @@ for l in allowed_token_ids bad_words min_tokens logit_bias repetition_penalty fr
   has "plugins lists logits $l" "$T/out" "^logits +$l +"
 done
 n_plugins=22
-if [ -e "$B/plugins/backend/cuda/backend_cuda.la" ]; then # built where configure found nvcc
-  n_plugins=23
-  has "plugins lists cuda backend" "$T/out" "^backend +cuda +"
-fi
+for g in cuda hip; do # built where configure found nvcc / hipcc
+  if [ -e "$B/plugins/backend/$g/backend_$g.la" ]; then
+    n_plugins=$((n_plugins + 1))
+    has "plugins lists $g backend" "$T/out" "^backend +$g +"
+  fi
+done
 has "plugins count" "$T/out" "^$n_plugins plugin\(s\) loaded, 0 file\(s\) rejected"
 
 # ---- strata route: bad setups fail at once, with a reason --------------------

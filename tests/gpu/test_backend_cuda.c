@@ -32,6 +32,12 @@
 #include "plugin_loader.h"
 #include "../unit/testutil.h"
 
+/* Built once per GPU backend: "cuda", and "hip" with -DGPU_BACKEND='"hip"'
+ * (the same plugin source and kernels through kernels-hip/hip_compat.h). */
+#ifndef GPU_BACKEND
+#define GPU_BACKEND "cuda"
+#endif
+
 static struct strata_registry g_reg;
 static const struct strata_backend_vtable *cpu, *gpu;
 static strata_backend_t *bc, *bg;
@@ -68,8 +74,8 @@ static void load_plugins(void) {
   }
   strata_config_free(cfg);
   const struct strata_plugin *pc = strata_registry_find(&g_reg, STRATA_PLUGIN_BACKEND, "cpu");
-  const struct strata_plugin *pg = strata_registry_find(&g_reg, STRATA_PLUGIN_BACKEND, "cuda");
-  need(pc && pg, "backend plugins cpu and cuda not both under %s", dir);
+  const struct strata_plugin *pg = strata_registry_find(&g_reg, STRATA_PLUGIN_BACKEND, GPU_BACKEND);
+  need(pc && pg, "backend plugins cpu and " GPU_BACKEND " not both under %s", dir);
   cpu = pc->desc->vt.backend;
   gpu = pg->desc->vt.backend;
 }
@@ -102,7 +108,8 @@ START_TEST(registry_says_why) {
     ck_assert_ptr_null(b);
     ck_assert_msg(strstr(err, "no usable GPU") != NULL, "open without a device said: %s", err);
   } else {
-    ck_assert_msg(strncmp(d.name, "cuda:0", 6) == 0, "device name %s", d.name);
+    ck_assert_msg(strncmp(d.name, GPU_BACKEND ":0", strlen(GPU_BACKEND ":0")) == 0,
+                  "device name %s", d.name);
     ck_assert_msg(d.memory_total > 0, "no device memory reported");
   }
 }
@@ -188,7 +195,7 @@ static void compare(const char *what, struct twin *t, double bound) {
 #define BOTH(call_c, call_g)                                                           \
   do {                                                                                 \
     ck_assert_msg((call_c) == 0, "cpu: %s", cpu->last_error(bc));                      \
-    ck_assert_msg((call_g) == 0, "cuda: %s", gpu->last_error(bg));                      \
+    ck_assert_msg((call_g) == 0, GPU_BACKEND ": %s", gpu->last_error(bg));              \
   } while (0)
 
 /* A batch: n_seqs sequences of the given lengths, the last q[s] positions
@@ -262,7 +269,7 @@ static void setup(void) {
   struct strata_backend_params p = {.size = sizeof p, .threads = 2};
   char err[512] = "";
   ck_assert_msg(cpu->open(0, &p, &bc, err, sizeof err) == 0, "cpu: %s", err);
-  ck_assert_msg(gpu->open(0, &p, &bg, err, sizeof err) == 0, "cuda: %s", err);
+  ck_assert_msg(gpu->open(0, &p, &bg, err, sizeof err) == 0, GPU_BACKEND ": %s", err);
 }
 
 static void teardown(void) {
@@ -412,7 +419,7 @@ END_TEST
 
 int main(void) {
   load_plugins();
-  Suite *s = suite_create("backend_cuda");
+  Suite *s = suite_create("backend_" GPU_BACKEND);
   TCase *tr = tcase_create("registry");
   tcase_add_test(tr, registry_says_why);
   suite_add_tcase(s, tr);

@@ -1,4 +1,7 @@
 /* cuda: the backend on an NVIDIA GPU, with the kernels of kernels-cuda/.
+ * Built a second time with STRATA_HIP as `hip`, for AMD GPUs: the same
+ * source through kernels-hip/hip_compat.h, which maps the CUDA runtime's
+ * names to HIP's (the kernels likewise, compiled by hipcc).
  *
  * Registry: one device per GPU the CUDA runtime sees, scored 100 (above the
  * CPU's 10) so that `backend = "auto"` picks it. Without a driver or a GPU,
@@ -24,7 +27,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+#ifdef STRATA_HIP
+#include "../../../kernels-hip/hip_compat.h"
+#define CU_NAME "hip"
+#else
 #include <cuda_runtime_api.h>
+#define CU_NAME "cuda"
+#endif
 
 #include <strata/backend.h>
 #include <strata/plugin.h>
@@ -174,7 +183,7 @@ static int cu_device_info(int index, struct strata_backend_device *out) {
   const cudaError_t e = cudaGetDeviceCount(&n);
   if (e != cudaSuccess || n <= 0) {
     if (index != 0) return -1;
-    snprintf(d.name, sizeof d.name, "cuda (no device)");
+    snprintf(d.name, sizeof d.name, CU_NAME " (no device)");
     snprintf(d.why, sizeof d.why, "no usable GPU: %s",
              e != cudaSuccess ? cudaGetErrorString(e) : "the CUDA runtime sees no device");
   } else {
@@ -183,10 +192,10 @@ static int cu_device_info(int index, struct strata_backend_device *out) {
     int drv = 0;
     cudaDriverGetVersion(&drv);
     if (cudaGetDeviceProperties(&p, index) != cudaSuccess) {
-      snprintf(d.name, sizeof d.name, "cuda:%d", index);
+      snprintf(d.name, sizeof d.name, CU_NAME ":%d", index);
       snprintf(d.why, sizeof d.why, "cannot read the device's properties");
     } else {
-      snprintf(d.name, sizeof d.name, "cuda:%d %.40s", index % 1000, p.name);
+      snprintf(d.name, sizeof d.name, CU_NAME ":%d %.40s", index % 1000, p.name);
       size_t fr = 0, tot = 0;
       if (cudaSetDevice(index) == cudaSuccess && cudaMemGetInfo(&fr, &tot) == cudaSuccess) {
         d.memory_total = tot;
@@ -194,6 +203,23 @@ static int cu_device_info(int index, struct strata_backend_device *out) {
       } else {
         d.memory_total = p.totalGlobalMem;
       }
+#ifdef STRATA_HIP
+      /* the kernels run on the targets hipcc built them for (STRATA_HIP_ARCHS) */
+      char arch[80];
+      snprintf(arch, sizeof arch, " %.60s", p.gcnArchName);
+      arch[strcspn(arch, ":")] = 0; /* "gfx90a:sramecc+:xnack-" -> "gfx90a" */
+      const size_t al = strlen(arch);
+      const char *built = " " STRATA_HIP_ARCHS " ", *hit = strstr(built, arch);
+      const int usable = hit && hit[al] == ' ';
+      if (!usable) {
+        snprintf(d.why, sizeof d.why, "%.60s: the kernels are built for %s only", arch + 1,
+                 STRATA_HIP_ARCHS);
+      } else {
+        d.score = 100;
+        snprintf(d.why, sizeof d.why, "%.100s, %s, %.1f GiB, driver %d", p.name, arch + 1,
+                 (double)p.totalGlobalMem / (1024.0 * 1024 * 1024), drv);
+      }
+#else
       if (p.major < 8) {
         snprintf(d.why, sizeof d.why, "compute capability %d.%d: the kernels are built for 8.0 "
                                       "and up", p.major, p.minor);
@@ -203,6 +229,7 @@ static int cu_device_info(int index, struct strata_backend_device *out) {
                  p.major % 100, p.minor % 100, (double)p.totalGlobalMem / (1024.0 * 1024 * 1024),
                  drv / 1000 % 1000, drv % 1000 / 10);
       }
+#endif
     }
   }
   const size_t m = out->size < sizeof d ? out->size : sizeof d;
@@ -223,31 +250,31 @@ static int cu_open(int index, const struct strata_backend_params *params,
   int n = 0;
   const cudaError_t e = cudaGetDeviceCount(&n);
   if (e != cudaSuccess || n <= 0) {
-    snprintf(err, errlen, "cuda backend: no usable GPU: %s",
+    snprintf(err, errlen, CU_NAME " backend: no usable GPU: %s",
              e != cudaSuccess ? cudaGetErrorString(e) : "no device");
     return -1;
   }
   if (index < 0 || index >= n) {
-    snprintf(err, errlen, "cuda backend: no device %d (there are %d)", index, n);
+    snprintf(err, errlen, CU_NAME " backend: no device %d (there are %d)", index, n);
     return -1;
   }
   struct strata_backend *b = calloc(1, sizeof *b);
   if (!b) {
-    snprintf(err, errlen, "cuda backend: out of memory");
+    snprintf(err, errlen, CU_NAME " backend: out of memory");
     return -1;
   }
   b->device = index;
   cudaError_t c = cudaSetDevice(index);
   if (c == cudaSuccess) c = cudaStreamCreateWithFlags(&b->stream, cudaStreamNonBlocking);
   if (c != cudaSuccess) {
-    snprintf(err, errlen, "cuda backend: device %d: %s", index, cudaGetErrorString(c));
+    snprintf(err, errlen, CU_NAME " backend: device %d: %s", index, cudaGetErrorString(c));
     free(b);
     return -1;
   }
   if (cu_host && cu_host->log) {
     struct cudaDeviceProp p;
     if (cudaGetDeviceProperties(&p, index) == cudaSuccess)
-      cu_host->log(STRATA_LOG_INFO, "cuda", "device %d: %s, sm_%d%d", index, p.name, p.major,
+      cu_host->log(STRATA_LOG_INFO, CU_NAME, "device %d: %s, %d.%d", index, p.name, p.major,
                    p.minor);
   }
   *out = b;
@@ -657,11 +684,16 @@ static const struct strata_plugin_desc cu_desc = {
     .abi_version = STRATA_ABI_VERSION,
     .fingerprint = STRATA_BUILD_FINGERPRINT,
     .kind = STRATA_PLUGIN_BACKEND,
-    .name = "cuda",
+    .name = CU_NAME,
     .version = "0.1",
     .license = "MIT",
+#ifdef STRATA_HIP
+    .description = "AMD GPU (HIP, " STRATA_HIP_ARCHS "): the cuda backend's kernels built by "
+                   "hipcc",
+#else
     .description = "NVIDIA GPU (CUDA, sm_80 and up): paged attention, q8_0/q4_0/f16/bf16/f32 "
                    "matmul dequantizing on the fly",
+#endif
     .params = cu_params,
     .init = cu_init,
     .fini = NULL,
