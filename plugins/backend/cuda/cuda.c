@@ -379,11 +379,14 @@ static int cu_set_batch(strata_backend_t *b, const struct strata_batch *batch) {
   const int32_t T = B->n_tokens, S = B->n_seqs, O = B->n_out;
   if (T < 0 || S < 0 || O < 0)
     return cu_fail(b, "set_batch: negative count (n_tokens %d, n_seqs %d, n_out %d)", T, S, O);
-  if (T > 0 && (!B->tokens || !B->positions || !B->slots))
-    return cu_fail(b, "set_batch: %d tokens but no tokens/positions/slots", T);
-  for (int32_t i = 0; i < T; i++)
-    if (B->positions[i] < 0)
-      return cu_fail(b, "set_batch: token %d has position %d", i, B->positions[i]);
+  /* tokens, positions and slots may be absent (the ops that read them
+   * say so); sequences need positions */
+  if (B->positions)
+    for (int32_t i = 0; i < T; i++)
+      if (B->positions[i] < 0)
+        return cu_fail(b, "set_batch: token %d has position %d", i, B->positions[i]);
+  if (S > 0 && T > 0 && !B->positions)
+    return cu_fail(b, "set_batch: %d sequences but no positions", S);
   if (S > 0) {
     if (!B->seq_start || !B->seq_len || !B->block_tables)
       return cu_fail(b, "set_batch: %d sequences but no seq_start/seq_len/block_tables", S);
@@ -436,9 +439,12 @@ static int cu_set_batch(strata_backend_t *b, const struct strata_batch *batch) {
   }
   int32_t *h = b->h_ints;
   if (T > 0) {
-    memcpy(h, B->tokens, (size_t)T * sizeof *h);
-    memcpy(h + T, B->positions, (size_t)T * sizeof *h);
-    memcpy(h + 2 * (size_t)T, B->slots, (size_t)T * sizeof *h);
+    const int32_t *src[3] = {B->tokens, B->positions, B->slots};
+    for (int k = 0; k < 3; k++)
+      if (src[k])
+        memcpy(h + k * (size_t)T, src[k], (size_t)T * sizeof *h);
+      else
+        memset(h + k * (size_t)T, 0xff, (size_t)T * sizeof *h); /* -1: never read */
   }
   int32_t *seq_of = h + 3 * (size_t)T;
   for (int32_t i = 0; i < T; i++) seq_of[i] = -1;
@@ -472,6 +478,7 @@ static int cu_embed(strata_backend_t *b, const struct strata_tensor *table,
   if (!tab) return -1;
   float *o = cu_f32(b, out, "embed out", table->ne[0], B->n_tokens);
   if (!o) return -1;
+  if (B->n_tokens > 0 && !B->tokens) return cu_fail(b, "embed: the batch has no tokens");
   for (int32_t t = 0; t < B->n_tokens; t++)
     if (B->tokens[t] < 0 || B->tokens[t] >= table->ne[1])
       return cu_fail(b, "embed: token %d is %d, outside the table's %lld rows", t, B->tokens[t],
@@ -530,6 +537,8 @@ static int cu_rope(strata_backend_t *b, struct strata_tensor *x, int n_heads, in
     return cu_fail(b, "rope: theta %g, freq_scale %g", (double)r->theta, (double)r->freq_scale);
   float *xd = cu_f32(b, x, "rope x", (int64_t)n_heads * head_dim, b->batch.n_tokens);
   if (!xd) return -1;
+  if (b->batch.n_tokens > 0 && !b->batch.positions)
+    return cu_fail(b, "rope: the batch has no positions");
   return kc_rope(b->stream, xd, b->d_positions, b->batch.n_tokens, n_heads, head_dim, r->theta,
                  r->freq_scale, r->neox, r->n_dims, b->err, sizeof b->err);
 }
@@ -553,6 +562,7 @@ static int cu_kv_store(strata_backend_t *b, const struct strata_tensor *k,
       return cu_fail(b, "kv_store: cache rows of %lld, k/v rows of %lld",
                      (long long)caches[i]->ne[0], (long long)k->ne[0]);
   }
+  if (B->n_tokens > 0 && !B->slots) return cu_fail(b, "kv_store: the batch has no slots");
   for (int32_t t = 0; t < B->n_tokens; t++)
     if (B->slots[t] < 0 || B->slots[t] >= k_cache->ne[1] || B->slots[t] >= v_cache->ne[1])
       return cu_fail(b, "kv_store: token %d has slot %d, the cache has %lld rows", t,
