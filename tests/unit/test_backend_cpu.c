@@ -1230,6 +1230,17 @@ START_TEST(errors_are_reported) {
   sl[0] = 1; /* token 1 at position 1 is past the length */
   EXPECT_FAIL(be->set_batch(b, &bad_batch), "past");
   sl[0] = 2;
+  {
+    /* a middle seq_start past the tokens, the last one right: refused
+     * before any position is read through it (ASan checks the reading) */
+    int32_t ss3[3] = {0, 100, 2}, sl2[2] = {2, 2}, bt2[2] = {0, 1};
+    struct strata_batch two = bad_batch;
+    two.n_seqs = 2;
+    two.seq_start = ss3;
+    two.seq_len = sl2;
+    two.block_tables = bt2;
+    EXPECT_FAIL(be->set_batch(b, &two), "passes n_tokens");
+  }
   ck_assert_int_eq(be->set_batch(b, &bad_batch), 0);
   struct strata_attention at = {.n_heads = 3, .n_kv_heads = 2, .head_dim = 8, .scale = 0.3f};
   struct strata_tensor q = tensor(fb, STRATA_TYPE_F32, 24, 2), ao = tensor(ob, STRATA_TYPE_F32, 24, 2);

@@ -665,8 +665,8 @@ static int cpu_set_batch(strata_backend_t *b, const struct strata_batch *batch) 
       return cpu_fail(b, "set_batch: seq_start runs %d..%d, expected 0..%d", B->seq_start[0],
                       B->seq_start[B->n_seqs], B->n_tokens);
     for (int32_t s = 0; s < B->n_seqs; s++) {
-      if (B->seq_start[s + 1] < B->seq_start[s])
-        return cpu_fail(b, "set_batch: seq_start decreases at sequence %d", s);
+      if (B->seq_start[s + 1] < B->seq_start[s] || B->seq_start[s + 1] > B->n_tokens)
+        return cpu_fail(b, "set_batch: seq_start decreases or passes n_tokens at sequence %d", s);
       if (B->seq_len[s] < 0 || (int64_t)B->seq_len[s] > (int64_t)B->max_blocks * B->block_size)
         return cpu_fail(b, "set_batch: sequence %d has length %d (at most %lld)", s,
                         B->seq_len[s], (long long)B->max_blocks * B->block_size);
