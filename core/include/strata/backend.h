@@ -24,6 +24,8 @@
 #ifndef STRATA_BACKEND_H
 #define STRATA_BACKEND_H
 
+#include <stdio.h>
+
 #include <strata/plugin.h>
 
 #ifdef __cplusplus
@@ -173,6 +175,56 @@ struct strata_backend_vtable {
   int (*matmul_n)(strata_backend_t *b, int n, const struct strata_tensor *const *w,
                   const struct strata_tensor *x, struct strata_tensor *const *out);
 };
+
+/* The checks every backend's set_batch makes on a batch (counts, the
+ * sequences' token ranges, lengths and positions, out_rows), shared so that
+ * each backend refuses the same batches: 0, or -1 with "set_batch: ..." in
+ * err. The arrays a batch may lack (tokens, positions, slots) are checked
+ * by the ops that read them. */
+static inline int strata_batch_check(const struct strata_batch *B, char *err, size_t errlen) {
+#define STRATA_BATCH_FAIL(...) return (snprintf(err, errlen, __VA_ARGS__), -1)
+  if (B->n_tokens < 0 || B->n_seqs < 0 || B->n_out < 0)
+    STRATA_BATCH_FAIL("set_batch: negative count (n_tokens %d, n_seqs %d, n_out %d)",
+                      B->n_tokens, B->n_seqs, B->n_out);
+  if (B->positions)
+    for (int32_t i = 0; i < B->n_tokens; i++)
+      if (B->positions[i] < 0)
+        STRATA_BATCH_FAIL("set_batch: token %d has position %d", i, B->positions[i]);
+  if (B->n_seqs > 0) {
+    if (!B->seq_start || !B->seq_len || !B->block_tables)
+      STRATA_BATCH_FAIL("set_batch: %d sequences but no seq_start/seq_len/block_tables",
+                        B->n_seqs);
+    if (B->block_size <= 0 || B->max_blocks <= 0)
+      STRATA_BATCH_FAIL("set_batch: block_size %d, max_blocks %d", B->block_size,
+                        B->max_blocks);
+    if (B->seq_start[0] != 0 || B->seq_start[B->n_seqs] != B->n_tokens)
+      STRATA_BATCH_FAIL("set_batch: seq_start runs %d..%d, expected 0..%d", B->seq_start[0],
+                        B->seq_start[B->n_seqs], B->n_tokens);
+    for (int32_t s = 0; s < B->n_seqs; s++) {
+      /* bounded before the positions are read through it */
+      if (B->seq_start[s + 1] < B->seq_start[s] || B->seq_start[s + 1] > B->n_tokens)
+        STRATA_BATCH_FAIL("set_batch: seq_start decreases or passes n_tokens at sequence %d",
+                          s);
+      if (B->seq_len[s] < 0 || (int64_t)B->seq_len[s] > (int64_t)B->max_blocks * B->block_size)
+        STRATA_BATCH_FAIL("set_batch: sequence %d has length %d (at most %lld)", s,
+                          B->seq_len[s], (long long)B->max_blocks * B->block_size);
+      if (B->positions)
+        for (int32_t i = B->seq_start[s]; i < B->seq_start[s + 1]; i++)
+          if (B->positions[i] >= B->seq_len[s])
+            STRATA_BATCH_FAIL("set_batch: token %d at position %d is past its sequence's "
+                              "length %d", i, B->positions[i], B->seq_len[s]);
+    }
+  }
+  if (B->n_out > 0) {
+    if (!B->out_rows) STRATA_BATCH_FAIL("set_batch: n_out %d but no out_rows", B->n_out);
+    for (int32_t j = 0; j < B->n_out; j++)
+      if (B->out_rows[j] < 0 || B->out_rows[j] >= B->n_tokens)
+        STRATA_BATCH_FAIL("set_batch: out_rows[%d] = %d is not a token of the batch (%d)", j,
+                          B->out_rows[j], B->n_tokens);
+  }
+  return 0;
+#undef STRATA_BATCH_FAIL
+}
 
 #ifdef __cplusplus
 }

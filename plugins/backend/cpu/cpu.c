@@ -646,45 +646,10 @@ static int cpu_set_batch(strata_backend_t *b, const struct strata_batch *batch) 
   memset(&b->batch, 0, sizeof b->batch);
   memcpy(&b->batch, batch, batch->size < sizeof b->batch ? batch->size : sizeof b->batch);
   const struct strata_batch *B = &b->batch;
-  if (B->n_tokens < 0 || B->n_seqs < 0 || B->n_out < 0)
-    return cpu_fail(b, "set_batch: negative count (n_tokens %d, n_seqs %d, n_out %d)", B->n_tokens,
-                    B->n_seqs, B->n_out);
-  if (B->positions)
-    for (int32_t i = 0; i < B->n_tokens; i++)
-      if (B->positions[i] < 0)
-        return cpu_fail(b, "set_batch: token %d has position %d", i, B->positions[i]);
+  if (strata_batch_check(B, b->err, sizeof b->err) != 0) return -1;
   b->max_ctx = 0;
-  if (B->n_seqs > 0) {
-    if (!B->seq_start || !B->seq_len || !B->block_tables)
-      return cpu_fail(b, "set_batch: %d sequences but no seq_start/seq_len/block_tables",
-                      B->n_seqs);
-    if (B->block_size <= 0 || B->max_blocks <= 0)
-      return cpu_fail(b, "set_batch: block_size %d, max_blocks %d", B->block_size,
-                      B->max_blocks);
-    if (B->seq_start[0] != 0 || B->seq_start[B->n_seqs] != B->n_tokens)
-      return cpu_fail(b, "set_batch: seq_start runs %d..%d, expected 0..%d", B->seq_start[0],
-                      B->seq_start[B->n_seqs], B->n_tokens);
-    for (int32_t s = 0; s < B->n_seqs; s++) {
-      if (B->seq_start[s + 1] < B->seq_start[s] || B->seq_start[s + 1] > B->n_tokens)
-        return cpu_fail(b, "set_batch: seq_start decreases or passes n_tokens at sequence %d", s);
-      if (B->seq_len[s] < 0 || (int64_t)B->seq_len[s] > (int64_t)B->max_blocks * B->block_size)
-        return cpu_fail(b, "set_batch: sequence %d has length %d (at most %lld)", s,
-                        B->seq_len[s], (long long)B->max_blocks * B->block_size);
-      if (B->seq_len[s] > b->max_ctx) b->max_ctx = B->seq_len[s];
-      if (B->positions)
-        for (int32_t i = B->seq_start[s]; i < B->seq_start[s + 1]; i++)
-          if (B->positions[i] >= B->seq_len[s])
-            return cpu_fail(b, "set_batch: token %d at position %d is past its sequence's "
-                               "length %d", i, B->positions[i], B->seq_len[s]);
-    }
-  }
-  if (B->n_out > 0) {
-    if (!B->out_rows) return cpu_fail(b, "set_batch: n_out %d but no out_rows", B->n_out);
-    for (int32_t j = 0; j < B->n_out; j++)
-      if (B->out_rows[j] < 0 || B->out_rows[j] >= B->n_tokens)
-        return cpu_fail(b, "set_batch: out_rows[%d] = %d is not a token of the batch (%d)", j,
-                        B->out_rows[j], B->n_tokens);
-  }
+  for (int32_t s = 0; s < B->n_seqs; s++)
+    if (B->seq_len[s] > b->max_ctx) b->max_ctx = B->seq_len[s];
   b->have_batch = 1;
   return 0;
 }

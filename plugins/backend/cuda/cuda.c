@@ -376,50 +376,15 @@ static int cu_set_batch(strata_backend_t *b, const struct strata_batch *batch) {
   memset(&b->batch, 0, sizeof b->batch);
   memcpy(&b->batch, batch, batch->size < sizeof b->batch ? batch->size : sizeof b->batch);
   const struct strata_batch *B = &b->batch;
+  if (strata_batch_check(B, b->err, sizeof b->err) != 0) return -1;
   const int32_t T = B->n_tokens, S = B->n_seqs, O = B->n_out;
-  if (T < 0 || S < 0 || O < 0)
-    return cu_fail(b, "set_batch: negative count (n_tokens %d, n_seqs %d, n_out %d)", T, S, O);
-  /* tokens, positions and slots may be absent (the ops that read them
-   * say so); sequences need positions */
-  if (B->positions)
-    for (int32_t i = 0; i < T; i++)
-      if (B->positions[i] < 0)
-        return cu_fail(b, "set_batch: token %d has position %d", i, B->positions[i]);
-  if (S > 0 && T > 0 && !B->positions)
-    return cu_fail(b, "set_batch: %d sequences but no positions", S);
-  if (S > 0) {
-    if (!B->seq_start || !B->seq_len || !B->block_tables)
-      return cu_fail(b, "set_batch: %d sequences but no seq_start/seq_len/block_tables", S);
-    if (B->block_size <= 0 || B->max_blocks <= 0)
-      return cu_fail(b, "set_batch: block_size %d, max_blocks %d", B->block_size,
-                     B->max_blocks);
-    if (B->seq_start[0] != 0 || B->seq_start[S] != T)
-      return cu_fail(b, "set_batch: seq_start runs %d..%d, expected 0..%d", B->seq_start[0],
-                     B->seq_start[S], T);
-    for (int32_t s = 0; s < S; s++) {
-      if (B->seq_start[s + 1] < B->seq_start[s] || B->seq_start[s + 1] > B->n_tokens)
-        return cu_fail(b, "set_batch: seq_start decreases or passes n_tokens at sequence %d", s);
-      if (B->seq_len[s] < 0 || (int64_t)B->seq_len[s] > (int64_t)B->max_blocks * B->block_size)
-        return cu_fail(b, "set_batch: sequence %d has length %d (at most %lld)", s,
-                       B->seq_len[s], (long long)B->max_blocks * B->block_size);
-      for (int32_t i = B->seq_start[s]; i < B->seq_start[s + 1]; i++)
-        if (B->positions[i] >= B->seq_len[s])
-          return cu_fail(b, "set_batch: token %d at position %d is past its sequence's length "
-                            "%d", i, B->positions[i], B->seq_len[s]);
-      /* attention reads every block a position up to seq_len maps to */
-      const int32_t used = (B->seq_len[s] + B->block_size - 1) / B->block_size;
-      for (int32_t k = 0; k < used; k++)
-        if (B->block_tables[(int64_t)s * B->max_blocks + k] < 0)
-          return cu_fail(b, "set_batch: sequence %d's block %d is %d", s, k,
-                         B->block_tables[(int64_t)s * B->max_blocks + k]);
-    }
-  }
-  if (O > 0) {
-    if (!B->out_rows) return cu_fail(b, "set_batch: n_out %d but no out_rows", O);
-    for (int32_t j = 0; j < O; j++)
-      if (B->out_rows[j] < 0 || B->out_rows[j] >= T)
-        return cu_fail(b, "set_batch: out_rows[%d] = %d is not a token of the batch (%d)", j,
-                       B->out_rows[j], T);
+  for (int32_t s = 0; s < S; s++) {
+    /* attention reads every block a position below seq_len maps to */
+    const int32_t used = (B->seq_len[s] + B->block_size - 1) / B->block_size;
+    for (int32_t k = 0; k < used; k++)
+      if (B->block_tables[(int64_t)s * B->max_blocks + k] < 0)
+        return cu_fail(b, "set_batch: sequence %d's block %d is %d", s, k,
+                       B->block_tables[(int64_t)s * B->max_blocks + k]);
   }
   /* tokens, positions, slots, seq_of: T each; block tables; out rows */
   const size_t nbt = S > 0 ? (size_t)S * (size_t)B->max_blocks : 0;
@@ -592,6 +557,8 @@ static int cu_attention(strata_backend_t *b, const struct strata_tensor *q,
                    (long long)k_cache->ne[0], (long long)v_cache->ne[0], (long long)kvd);
   if (B->n_tokens > 0 && B->n_seqs <= 0)
     return cu_fail(b, "attention: the batch has tokens but no sequences");
+  if (B->n_tokens > 0 && !B->positions)
+    return cu_fail(b, "attention: the batch has no positions");
   /* every block a sequence's positions map to must be a row range of both caches */
   const int64_t rows = k_cache->ne[1] < v_cache->ne[1] ? k_cache->ne[1] : v_cache->ne[1];
   for (int32_t s = 0; s < B->n_seqs; s++) {
