@@ -238,18 +238,11 @@ void strata_http_conns_refuse_headers(struct evhttp_request *req) {
 
 size_t strata_http_conns_max(const struct strata_http_conns *c) { return c->max; }
 
-size_t strata_http_conns_open(struct strata_http_conns *c) {
-  if (c->n_fresh) take_fresh(c);
-  sweep(c, 1);
-  return c->open;
-}
-
-uint64_t strata_http_conns_refused(const struct strata_http_conns *c) { return c->refused; }
-uint64_t strata_http_conns_pauses(const struct strata_http_conns *c) { return c->pauses; }
-
 void strata_http_conns_metrics(struct strata_http_conns *c, struct evbuffer *b,
                                const char *prefix) {
-  const size_t open = strata_http_conns_open(c);
+  if (c->n_fresh) take_fresh(c);
+  sweep(c, 1);
+  const size_t open = c->open;
   evbuffer_add_printf(b,
                       "# HELP %s_connections Open client connections.\n"
                       "# TYPE %s_connections gauge\n%s_connections %zu\n"

@@ -46,16 +46,13 @@ void strata_http_conns_attach(struct strata_http_conns *c, struct evhttp_bound_s
 int strata_http_conns_over(struct strata_http_conns *c, struct evhttp_request *req);
 void strata_http_conns_refuse_headers(struct evhttp_request *req);
 
-/* The effective limit, the connections open now, those refused (served a
- * 503) and the times accepting paused, since start. */
+/* The effective limit (max_connections, fitted to the descriptor limit). */
 size_t strata_http_conns_max(const struct strata_http_conns *c);
-size_t strata_http_conns_open(struct strata_http_conns *c);
-uint64_t strata_http_conns_refused(const struct strata_http_conns *c);
-uint64_t strata_http_conns_pauses(const struct strata_http_conns *c);
 
-/* Appends those four as Prometheus metrics named PREFIX_connections,
- * PREFIX_connections_max, PREFIX_connections_refused_total and
- * PREFIX_accept_pauses_total. */
+/* Appends the connections open now, that limit, those refused (served a
+ * 503) and the times accepting paused, as Prometheus metrics named
+ * PREFIX_connections, PREFIX_connections_max,
+ * PREFIX_connections_refused_total and PREFIX_accept_pauses_total. */
 struct evbuffer;
 void strata_http_conns_metrics(struct strata_http_conns *c, struct evbuffer *b,
                                const char *prefix);

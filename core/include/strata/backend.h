@@ -24,7 +24,9 @@
 #ifndef STRATA_BACKEND_H
 #define STRATA_BACKEND_H
 
+#include <stddef.h>
 #include <stdio.h>
+#include <string.h>
 
 #include <strata/plugin.h>
 
@@ -175,6 +177,19 @@ struct strata_backend_vtable {
   int (*matmul_n)(strata_backend_t *b, int n, const struct strata_tensor *const *w,
                   const struct strata_tensor *x, struct strata_tensor *const *out);
 };
+
+/* Fills device_info's out from the plugin's own d: the caller's struct may
+ * be older (smaller) than the plugin's, so only what it has is copied and
+ * its size kept. 0, or -1 when it is too old to hold the score. */
+static inline int strata_backend_device_fill(struct strata_backend_device *out,
+                                             const struct strata_backend_device *d) {
+  const size_t n = out->size < sizeof *d ? out->size : sizeof *d;
+  if (n < offsetof(struct strata_backend_device, score) + sizeof d->score) return -1;
+  const uint32_t caller_size = out->size;
+  memcpy(out, d, n);
+  out->size = caller_size;
+  return 0;
+}
 
 /* The checks every backend's set_batch makes on a batch (counts, the
  * sequences' token ranges, lengths and positions, out_rows), shared so that

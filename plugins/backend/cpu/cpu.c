@@ -480,13 +480,7 @@ static int cpu_device_info(int index, struct strata_backend_device *out) {
   d.score = 10;
   snprintf(d.why, sizeof d.why, "always available (%d cores, %s kernels)", cpu_nprocs(),
            cpu_tier_name(cpu_detect_tier()));
-  /* the caller's struct may be older (smaller) than ours: fill what it has */
-  size_t n = out->size < sizeof d ? out->size : sizeof d;
-  if (n < offsetof(struct strata_backend_device, score) + sizeof d.score) return -1;
-  const uint32_t caller_size = out->size;
-  memcpy(out, &d, n);
-  out->size = caller_size;
-  return 0;
+  return strata_backend_device_fill(out, &d);
 }
 
 /* ---- instance -------------------------------------------------------------------- */

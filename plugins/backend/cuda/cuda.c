@@ -232,12 +232,7 @@ static int cu_device_info(int index, struct strata_backend_device *out) {
 #endif
     }
   }
-  const size_t m = out->size < sizeof d ? out->size : sizeof d;
-  if (m < offsetof(struct strata_backend_device, score) + sizeof d.score) return -1;
-  const uint32_t caller_size = out->size;
-  memcpy(out, &d, m);
-  out->size = caller_size;
-  return 0;
+  return strata_backend_device_fill(out, &d);
 }
 
 /* ---- instance -------------------------------------------------------------------- */
