@@ -125,11 +125,16 @@ conn_limit_checks() {
   for fd in "${fds[@]}"; do exec {fd}>&-; done
   # the closed ones still queued are accepted (and counted until they are
   # read) first: a client retries a 503 as Retry-After says
+  # and the server drops a closed one once it has read its end (asynchronous):
+  # /metrics is asked again until the count is down or 20 tries passed
   local m
   for i in $(seq 1 20); do
     m=$(curl -s -m 10 ${key:+-H "Authorization: Bearer $key"} "$url/metrics")
-    grep -q server_busy <<<"$m" || break
-    sleep 1
+    if ! grep -q server_busy <<<"$m" &&
+      ! awk -v p="${prefix}_connections" '$1 == p && $2 > 2 { f = 1 } END { exit !f }' <<<"$m"; then
+      break
+    fi
+    sleep 0.5
   done
   echo "$m" | grep "^${prefix}_"
   check "accepting resumed once they closed" grep -q "^${prefix}_connections_max $max\$" <<<"$m"
