@@ -40,18 +40,32 @@ static int cmp_double(const void *a, const void *b) {
   return x < y ? -1 : x > y;
 }
 
+/* The read bandwidth measured between decode steps (see decode_steps). */
+struct bw_probe {
+  const uint64_t *buf;
+  size_t bytes;
+  int threads;
+  double *pass; /* bytes/s of the pass after each step */
+  double *step; /* that step's seconds */
+};
+
 /* Decodes `steps` tokens for n_seqs sequences that already hold `ctx`
- * tokens each; returns seconds, and the median step's seconds in *median
- * (when not NULL): on a shared machine a neighbour's burst stretches a few
- * steps, which the mean carries and the median does not. */
+ * tokens each; returns the seconds the steps took, and the median step's
+ * seconds in *median (when not NULL): on a shared machine a neighbour's
+ * burst stretches a few steps, which the mean carries and the median does
+ * not. With probe, one read-bandwidth pass follows each step (not counted
+ * in its time), so that every step has a bandwidth measured next to it:
+ * this VM's bandwidth drifts by up to 2x within minutes, which made a
+ * roofline measured once, before or after, a coin toss. */
 static double decode_steps(struct strata_model *m, int n_seqs, int ctx, int steps, int32_t *bt, int per,
-                           float *logits, double *median, char *err, size_t errlen) {
+                           float *logits, double *median, struct bw_probe *probe, char *err,
+                           size_t errlen) {
   int bs = m->opts.block_size;
   int32_t *tok = malloc(sizeof *tok * n_seqs), *pos = malloc(sizeof *pos * n_seqs),
           *slots = malloc(sizeof *slots * n_seqs), *start = malloc(sizeof *start * (n_seqs + 1)),
           *lens = malloc(sizeof *lens * n_seqs), *outr = malloc(sizeof *outr * n_seqs);
   double *st = malloc(sizeof *st * (size_t)steps);
-  double t0 = strata_now(), dt = -1, ts = t0;
+  double dt = -1, sum = 0, ts = strata_now();
   for (int s = 0; s < n_seqs; s++) tok[s] = 1 + s;
   for (int step = 0; step < steps; step++) {
     for (int s = 0; s < n_seqs; s++) {
@@ -71,9 +85,18 @@ static double decode_steps(struct strata_model *m, int n_seqs, int ctx, int step
     for (int s = 0; s < n_seqs; s++) tok[s] = strata_argmax(logits + (size_t)s * m->hp.n_vocab, m->hp.n_vocab);
     const double te = strata_now();
     st[step] = te - ts;
-    ts = te;
+    sum += st[step];
+    if (probe) {
+      probe->step[step] = st[step];
+      /* first let the backend's idle threads stop spinning (libgomp spins a
+       * few ms after a parallel region): two spinners on two cores halved
+       * the pass (30 vs 55 GB/s here), flattering the decode */
+      usleep(30000);
+      probe->pass[step] = strata_read_bandwidth_of(probe->buf, probe->bytes, probe->threads, 1, 1);
+    }
+    ts = strata_now();
   }
-  dt = strata_now() - t0;
+  dt = sum;
   if (median) {
     qsort(st, (size_t)steps, sizeof *st, cmp_double);
     *median = steps % 2 ? st[steps / 2] : 0.5 * (st[steps / 2 - 1] + st[steps / 2]);
@@ -219,12 +242,34 @@ int strata_cmd_bench(int argc, char **argv) {
   printf("backend: %s, threads %d\n", rt.device.name, ro.threads);
 
   /* warm-up: faults in the mmapped weights */
-  if (decode_steps(m, 1, 0, 2, bt, per, logits, NULL, err, sizeof err) < 0) goto fail;
+  if (decode_steps(m, 1, 0, 2, bt, per, logits, NULL, NULL, err, sizeof err) < 0) goto fail;
   double tp = prefill(m, 1, (int)n_prompt, bt, per, logits, err, sizeof err);
   if (tp < 0) goto fail;
+  int threads = ro.threads > 0 ? ro.threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
+  /* 512 MiB: far past any last-level cache, ~10-20 ms a pass */
+  struct bw_probe probe = {.bytes = (size_t)512 << 20, .threads = threads};
+  uint64_t *bwbuf = NULL;
+  if (posix_memalign((void **)&bwbuf, 64, probe.bytes) != 0) bwbuf = NULL;
+  double *pass = malloc(sizeof *pass * (size_t)n_gen), *stepv = malloc(sizeof *stepv * (size_t)n_gen);
+  if (!bwbuf || !pass || !stepv) {
+    free(bwbuf);
+    free(pass);
+    free(stepv);
+    snprintf(err, sizeof err, "out of memory for the bandwidth probe");
+    goto fail;
+  }
+  for (size_t i = 0; i < probe.bytes / sizeof *bwbuf; i++) bwbuf[i] = i; /* touch every page */
+  probe.buf = bwbuf;
+  probe.pass = pass;
+  probe.step = stepv;
   double med1 = 0;
-  double td1 = decode_steps(m, 1, (int)n_prompt, (int)n_gen, bt, per, logits, &med1, err, sizeof err);
-  if (td1 < 0) goto fail;
+  double td1 = decode_steps(m, 1, (int)n_prompt, (int)n_gen, bt, per, logits, &med1, &probe, err, sizeof err);
+  free(bwbuf);
+  if (td1 < 0) {
+    free(pass);
+    free(stepv);
+    goto fail;
+  }
   double pf = n_prompt / tp, d1 = n_gen / td1;
   printf("prefill:  %ld tokens in %.3f s: %.1f tokens/s (%.2f ms/token)\n", n_prompt, tp, pf, 1e3 / pf);
   printf("decode:   1 sequence, %ld tokens in %.3f s: %.2f tokens/s (%.1f ms/token; median step %.1f ms)\n",
@@ -237,21 +282,43 @@ int strata_cmd_bench(int argc, char **argv) {
     double tpb = prefill(m, (int)batch, (int)batch_ctx, bt, per, logits, err, sizeof err);
     if (tpb < 0) goto fail;
     double medB = 0;
-    double tdb = decode_steps(m, (int)batch, (int)batch_ctx, (int)n_gen, bt, per, logits, &medB, err, sizeof err);
-    if (tdb < 0) goto fail;
+    double tdb =
+        decode_steps(m, (int)batch, (int)batch_ctx, (int)n_gen, bt, per, logits, &medB, NULL, err, sizeof err);
+    if (tdb < 0) {
+      free(pass);
+      free(stepv);
+      goto fail;
+    }
     dB = batch * n_gen / tdb;
     printf("decode:   %ld sequences at %ld positions, %ld steps in %.3f s: %.2f tokens/s aggregate "
            "(%.1fx one sequence; %.1f ms/step; median step %.1f ms, %.1fx one sequence's)\n",
            batch, batch_ctx, n_gen, tdb, dB, dB / d1, 1e3 * tdb / n_gen, 1e3 * medB, batch * med1 / medB);
   }
-  int threads = ro.threads > 0 ? ro.threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
-  double bw = strata_read_bandwidth((size_t)1 << 30, threads);
+  /* The roofline: the median of the passes made between the 1-sequence
+   * decode steps; and each step against the pass right after it. */
   double bytes_step = (double)m->weight_bytes;
-  double roof = bw / bytes_step;
-  printf("roofline: %.1f MB of weights per decode step, read bandwidth %.2f GB/s (%d threads): %.2f tokens/s max\n",
-         bytes_step / 1e6, bw / 1e9, threads, roof);
-  printf("decode at 1 sequence reaches %.0f%% of the roofline (%.0f%% at the median step)\n",
-         100.0 * d1 / roof, 100.0 / med1 / roof);
+  double *ratio = malloc(sizeof *ratio * (size_t)n_gen);
+  if (!ratio) {
+    free(pass);
+    free(stepv);
+    snprintf(err, sizeof err, "out of memory");
+    goto fail;
+  }
+  for (long i = 0; i < n_gen; i++) ratio[i] = stepv[i] > 0 && pass[i] > 0 ? bytes_step / stepv[i] / pass[i] : 0;
+  qsort(pass, (size_t)n_gen, sizeof *pass, cmp_double);
+  qsort(ratio, (size_t)n_gen, sizeof *ratio, cmp_double);
+  const double bw = n_gen % 2 ? pass[n_gen / 2] : 0.5 * (pass[n_gen / 2 - 1] + pass[n_gen / 2]);
+  const double rmed = n_gen % 2 ? ratio[n_gen / 2] : 0.5 * (ratio[n_gen / 2 - 1] + ratio[n_gen / 2]);
+  const double roof = bw / bytes_step;
+  printf("roofline: %.1f MB of weights per decode step, read bandwidth %.2f GB/s (%d threads; median of %ld "
+         "passes, one after each 1-sequence decode step; %.1f-%.1f GB/s): %.2f tokens/s max\n",
+         bytes_step / 1e6, bw / 1e9, threads, n_gen, pass[0] / 1e9, pass[n_gen - 1] / 1e9, roof);
+  printf("decode at 1 sequence reaches %.0f%% of the roofline (%.0f%% at the median step); each step against "
+         "the pass after it: median %.0f%% (%.0f-%.0f%%)\n",
+         100.0 * d1 / roof, 100.0 / med1 / roof, 100.0 * rmed, 100.0 * ratio[0], 100.0 * ratio[n_gen - 1]);
+  free(ratio);
+  free(pass);
+  free(stepv);
   long rss = rss_kib();
   double file_mib = file_mb * 1e6 / 1048576.0, kv_mib = m->kv_bytes / 1048576.0;
   printf("memory: resident %.1f MiB; model file %.1f MiB + KV cache %.1f MiB = %.1f MiB (%.1f%% over); at start %.1f MiB\n",

@@ -52,7 +52,7 @@ __attribute__((target("avx2"))) static void *bw_worker_avx2(void *a) {
 }
 #endif
 
-double strata_read_bandwidth_of(const uint64_t *buf, size_t bytes, int threads, int simd) {
+double strata_read_bandwidth_of(const uint64_t *buf, size_t bytes, int threads, int simd, int passes) {
   void *(*worker)(void *) = bw_worker;
 #if defined(__x86_64__)
   if (simd && __builtin_cpu_supports("avx2")) worker = bw_worker_avx2;
@@ -64,7 +64,7 @@ double strata_read_bandwidth_of(const uint64_t *buf, size_t bytes, int threads, 
   struct bw_arg args[256];
   const size_t n = bytes / sizeof *buf;
   double best = 0;
-  for (int rep = 0; rep < 5; rep++) {
+  for (int rep = 0; rep < passes; rep++) {
     double t0 = strata_now();
     int started = 0;
     for (int t = 0; t < threads; t++) {
@@ -92,8 +92,8 @@ double strata_read_bandwidth(size_t bytes, int threads) {
   uint64_t *buf = NULL;
   if (posix_memalign((void **)&buf, 64, bytes) != 0) return 0;
   for (size_t i = 0; i < bytes / sizeof *buf; i++) buf[i] = i; /* touch every page */
-  double a = strata_read_bandwidth_of(buf, bytes, threads, 0);
-  double b = strata_read_bandwidth_of(buf, bytes, threads, 1);
+  double a = strata_read_bandwidth_of(buf, bytes, threads, 0, 5);
+  double b = strata_read_bandwidth_of(buf, bytes, threads, 1, 5);
   free(buf);
   return a > b ? a : b;
 }

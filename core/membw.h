@@ -6,11 +6,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* Best of five passes of `threads` threads summing buf[0 .. bytes) (64-byte
- * aligned, pages already touched), in bytes/s. simd = 0: a plain C loop;
- * 1: 256-bit loads where the CPU has AVX2 (a core keeps more misses in
+/* Best of `passes` passes of `threads` threads summing buf[0 .. bytes)
+ * (64-byte aligned, pages already touched), in bytes/s. simd = 0: a plain C
+ * loop; 1: 256-bit loads where the CPU has AVX2 (a core keeps more misses in
  * flight that way, as a SIMD matvec does). */
-double strata_read_bandwidth_of(const uint64_t *buf, size_t bytes, int threads, int simd);
+double strata_read_bandwidth_of(const uint64_t *buf, size_t bytes, int threads, int simd, int passes);
 
 /* The roofline bandwidth: the larger of both loops over a fresh buffer of
  * `bytes` (0 when it cannot be allocated). */

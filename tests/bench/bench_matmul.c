@@ -197,8 +197,8 @@ int main(int argc, char **argv) {
     struct strata_backend_params p = {.size = sizeof p, .threads = nt};
     strata_backend_t *b;
     if (be->open(0, &p, &b, err, sizeof err) != 0) die("open", err);
-    const double bw_plain = strata_read_bandwidth_of(bwbuf, bw_bytes, nt, 0);
-    const double bw_simd = strata_read_bandwidth_of(bwbuf, bw_bytes, nt, 1);
+    const double bw_plain = strata_read_bandwidth_of(bwbuf, bw_bytes, nt, 0, 5);
+    const double bw_simd = strata_read_bandwidth_of(bwbuf, bw_bytes, nt, 1, 5);
     const double bw = bw_simd > bw_plain ? bw_simd : bw_plain;
     printf("threads %d: memory read bandwidth %.1f GB/s (plain C loop %.1f GB/s, 256-bit loads "
            "%.1f GB/s)\n", nt, bw / 1e9, bw_plain / 1e9, bw_simd / 1e9);

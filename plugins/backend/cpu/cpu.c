@@ -116,8 +116,17 @@ enum { CPU_QM_Q4 = 0, CPU_QM_Q8_XOR = 1, CPU_QM_Q8_SIGN = 2 };
  * prefetcher alone kept a decode matvec at about 60% of the read bandwidth;
  * tinyllama-1.1b q8_0 decode, 2 threads (Zen 5 VM), alternating runs: no
  * prefetch 28.9-37.3 ms/token, 3 KiB 25.0-32.0, 6 KiB 24.8-28.4, 8.5 KiB
- * 26.6-28.6, 12 KiB 26.9-29.6, 17 KiB and more slower again. */
+ * 26.6-28.6, 12 KiB 26.9-29.6, 17 KiB and more slower again.
+ * CPU_PF_L2: a second prefetch, into L2 only, that much further on (one
+ * token). The L1 prefetches alone are bounded by L1's few outstanding
+ * misses; L2 keeps more in flight. bench_matmul's packed q8_0 2048 -> 5632
+ * matvec, 2 threads, alternating: 26.4 -> 43.3 GB/s (measured bandwidth
+ * 52); tinyllama q8_0 decode, five alternations, median step 56.2 -> 42.3
+ * ms (24 KiB: 47.1); q4_0 unchanged (22.1 vs 22.1 ms over eight), and with
+ * several tokens a further L2 prefetch of the row group after next gained
+ * nothing (q8_0 80.2 vs 79.1 ms at 16 sequences, q4_0 69.1 vs 73.0). */
 #define CPU_PF_DIST 6144
+#define CPU_PF_L2 12288
 /* Backend-private tensor types of packed matrices (STRATA_TYPE_BACKEND_PRIVATE
  * + the GGUF type). */
 #define CPU_TYPE_Q8_0_PACKED (STRATA_TYPE_BACKEND_PRIVATE + STRATA_TYPE_Q8_0)

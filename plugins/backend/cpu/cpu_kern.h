@@ -450,7 +450,7 @@ CPU_INLINE void K(qpack_rg)(const int mode, const uint8_t *const *w, int64_t nb,
 /* 512-bit: one chunk is one group of 16 lanes; no lanes need folding. */
 CPU_INLINE void K(qtile)(const int mode, const int C, const uint8_t *pw, int64_t ngr,
                          const struct cpu_qact *A, int64_t t0, float *o, int64_t ldo, int nr,
-                         const uint8_t *pfp, size_t pfs) {
+                         const uint8_t *pfp, size_t pfs, size_t pf2) {
   const size_t qb = mode == CPU_QM_Q4 ? CPU_PQ4 : CPU_PQ8, chunk = CPU_QR * (qb + 2 * CPU_PG);
   const __m512i lo4 = _mm512_set1_epi8(0x0f);
   __m512 acc[CPU_QR][3];
@@ -471,8 +471,10 @@ CPU_INLINE void K(qtile)(const int mode, const int C, const uint8_t *pw, int64_t
     const int64_t g = k * CPU_PG;
     const size_t off = (size_t)g * 32;
     if (pfp)
-      for (size_t l = 0; l < pfs; l += 64)
+      for (size_t l = 0; l < pfs; l += 64) {
         _mm_prefetch((const char *)(pfp + (size_t)k * pfs + l), _MM_HINT_T0);
+        if (pf2) _mm_prefetch((const char *)(pfp + pf2 + (size_t)k * pfs + l), _MM_HINT_T1);
+      }
     /* One token alone has only CPU_QR independent dot chains, each 8
      * vpdpbusd long: latency-bound (q4_0 ran at half the speed of q8_0 from
      * cache). Then odd steps (q4_0: the high nibbles) go to a second
@@ -560,7 +562,7 @@ CPU_INLINE void K(qtile)(const int mode, const int C, const uint8_t *pw, int64_t
 /* 256-bit: each chunk is two groups of 8 lanes, the halves of its steps. */
 CPU_INLINE void K(qtile)(const int mode, const int C, const uint8_t *pw, int64_t ngr,
                          const struct cpu_qact *A, int64_t t0, float *o, int64_t ldo, int nr,
-                         const uint8_t *pfp, size_t pfs) {
+                         const uint8_t *pfp, size_t pfs, size_t pf2) {
   const size_t qb = mode == CPU_QM_Q4 ? CPU_PQ4 : CPU_PQ8, chunk = CPU_QR * (qb + 2 * CPU_PG);
   const __m256i lo4 = _mm256_set1_epi8(0x0f);
   __m256 acc[CPU_QR][3];
@@ -579,8 +581,10 @@ CPU_INLINE void K(qtile)(const int mode, const int C, const uint8_t *pw, int64_t
   for (int64_t k = 0; k < ngr; k++) {
     const uint8_t *d = pw + (size_t)k * chunk;
     if (pfp)
-      for (size_t l = 0; l < pfs; l += 64)
+      for (size_t l = 0; l < pfs; l += 64) {
         _mm_prefetch((const char *)(pfp + (size_t)k * pfs + l), _MM_HINT_T0);
+        if (pf2) _mm_prefetch((const char *)(pfp + pf2 + (size_t)k * pfs + l), _MM_HINT_T1);
+      }
     for (int h = 0; h < 2; h++) {
       const int64_t g = k * CPU_PG + h * 8;
       const size_t off = (size_t)k * CPU_PG * 32 + (size_t)h * 32;
@@ -706,7 +710,8 @@ static void K(q_tile_rows)(int mode, const uint8_t *wbase, size_t row_bytes, int
       const uint8_t *pfp = !packed ? NULL
                            : ntile > 1 ? pw + rgb + (size_t)tile * (size_t)ngr * pfs
                                        : pw + CPU_PF_DIST;
-#define CPU_QT(M, C) K(qtile)(M, C, pw, ngr, A, t, o, ldo, nr, pfp, pfs)
+      const size_t pf2 = ntile > 1 ? 0 : CPU_PF_L2; /* the L2 prefetch: one token only */
+#define CPU_QT(M, C) K(qtile)(M, C, pw, ngr, A, t, o, ldo, nr, pfp, pfs, pf2)
       if (mode == CPU_QM_Q4) {
         if (C == 3) CPU_QT(CPU_QM_Q4, 3);
         else if (C == 2) CPU_QT(CPU_QM_Q4, 2);
