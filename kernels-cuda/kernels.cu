@@ -380,3 +380,193 @@ extern "C" int kc_matmul(void *stream, uint32_t type, const void *w, size_t row_
       type, (const uint8_t *)w, row_bytes, n_in, n_out, x, n_tokens, out);
   return KC_LAUNCHED();
 }
+
+/* ---- integer matmul on split weights ---------------------------------------------- */
+
+/* a . b over four signed bytes, plus c */
+__device__ __forceinline__ int kc_dp4a(int a, int b, int c) {
+#ifdef __HIPCC__
+  /* byte by byte: the HIP targets' dot instructions differ (and HIP has no
+   * __dp4a); the AMD path is not tuned yet */
+  for (int i = 0; i < 4; i++) c += (int)(int8_t)(a >> (8 * i)) * (int)(int8_t)(b >> (8 * i));
+  return c;
+#else
+  return __dp4a(a, b, c);
+#endif
+}
+
+/* One thread per block of 32 weights. */
+__global__ void kc_split_q_k(int q4, const uint8_t *w, size_t row_bytes, int64_t k, int64_t n_out,
+                             uint8_t *dst) {
+  const int64_t nb = k / 32, total = nb * n_out;
+  const int qbytes = q4 ? 16 : 32;
+  unsigned short *scales = (unsigned short *)(dst + (size_t)total * qbytes);
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total;
+       i += (int64_t)gridDim.x * blockDim.x) {
+    const int64_t r = i / nb, blk = i % nb;
+    const uint8_t *src = w + (size_t)r * row_bytes + (size_t)blk * (q4 ? 18 : 34);
+    uint8_t *dq = dst + (size_t)i * qbytes;
+    for (int j = 0; j < qbytes; j++) dq[j] = src[2 + j];
+    scales[i] = (unsigned short)(src[0] | (src[1] << 8));
+  }
+}
+
+extern "C" int kc_split_q(void *stream, uint32_t type, const void *w, size_t row_bytes, int64_t k,
+                          int64_t n_out, void *dst, char *err, size_t errlen) {
+  if (type != T_Q8_0 && type != T_Q4_0)
+    return kc_fail(__LINE__, err, errlen, "split: weights not q8_0 or q4_0");
+  if (k <= 0 || k % 32 != 0) return kc_fail(__LINE__, err, errlen, "split: rows are not whole blocks");
+  if ((size_t)(k / 32) * (type == T_Q4_0 ? 18 : 34) != row_bytes)
+    return kc_fail(__LINE__, err, errlen, "split: row bytes do not match the row length");
+  if (n_out <= 0) return 0;
+  kc_split_q_k<<<kc_blocks((k / 32) * n_out, KC_THREADS), KC_THREADS, 0, (cudaStream_t)stream>>>(
+      type == T_Q4_0, (const uint8_t *)w, row_bytes, k, n_out, (uint8_t *)dst);
+  return KC_LAUNCHED();
+}
+
+/* One 32-lane group per block of 32 activations; the same operations as
+ * the q8_0 quant plugin's reference quantizer, so that the result is its,
+ * bit for bit. */
+__global__ void kc_quant_act_k(const float *x, int64_t n_blocks, int8_t *xq, float2 *xs) {
+  const int64_t blk = (int64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+  const int lane = threadIdx.x & 31;
+  if (blk >= n_blocks) return; /* the whole group: blk is the same for its 32 lanes */
+  const float v = x[blk * 32 + lane];
+  float a = fabsf(v);
+  for (int o = 16; o > 0; o >>= 1) a = fmaxf(a, __shfl_xor_sync(0xffffffffu, a, o));
+  const float d = a / 127.0f;
+  const float id = d != 0.0f ? 1.0f / d : 0.0f;
+  const int q = (int)roundf(v * id);
+  xq[blk * 32 + lane] = (int8_t)q;
+  int s = q;
+  for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+  if (lane == 0) {
+    const float dh = __half2float(__float2half_rn(d));
+    xs[blk] = make_float2(dh, dh * (float)s);
+  }
+}
+
+extern "C" int kc_quant_act(void *stream, const float *x, int64_t k, int64_t n_tokens, int8_t *xq,
+                            float *xs, char *err, size_t errlen) {
+  if (k <= 0 || k % 32 != 0) return kc_fail(__LINE__, err, errlen, "quant_act: rows are not whole blocks");
+  if (n_tokens <= 0) return 0;
+  const int64_t n_blocks = k / 32 * n_tokens;
+  const int per = KC_THREADS / 32;
+  const int64_t grid = (n_blocks + per - 1) / per;
+  if (grid > 0x7fffffff) return kc_fail(__LINE__, err, errlen, "quant_act: too many blocks");
+  kc_quant_act_k<<<(unsigned)grid, KC_THREADS, 0, (cudaStream_t)stream>>>(x, n_blocks, xq,
+                                                                          (float2 *)xs);
+  return KC_LAUNCHED();
+}
+
+#define KC_MQ_WARPS 4 /* output rows per block: one 32-lane group each */
+
+/* One 32-lane group per output row and TT tokens. Each lane reads 16 bytes
+ * of the row at a time (the group: 512 consecutive bytes), i.e. half a
+ * q8_0 block or a whole q4_0 block, and takes its integer dot with each
+ * token's activations (dp4a), scaled by the weight's and the activation
+ * block's fp16 scales; q4_0's nibbles are (value + 8), so 8 * d * sum(q)
+ * comes off per block. */
+template <int Q4, int TT>
+__global__ void kc_matmul_q_k(const uint8_t *wq, const unsigned short *ws, int64_t k,
+                              int64_t n_out, const int8_t *xq, const float2 *xs,
+                              int64_t n_tokens, float *out) {
+  const int lane = threadIdx.x & 31;
+  const int64_t o = (int64_t)blockIdx.x * KC_MQ_WARPS + (threadIdx.x >> 5);
+  if (o >= n_out) return;
+  const int64_t t0 = (int64_t)blockIdx.y * TT;
+  const int nt = n_tokens - t0 < TT ? (int)(n_tokens - t0) : TT;
+  const int64_t nb = k / 32;
+  const int nch = (int)(Q4 ? nb : 2 * nb); /* 16-byte pieces of the row (k < 2^31, checked) */
+  const int4 *wr = (const int4 *)(wq + (size_t)o * (size_t)(Q4 ? k / 2 : k));
+  const unsigned short *wsr = ws + (size_t)o * (size_t)nb;
+  float acc[TT];
+#pragma unroll
+  for (int t = 0; t < TT; t++) acc[t] = 0.0f;
+#pragma unroll 4
+  for (int c = lane; c < nch; c += 32) {
+    const int4 wv = __ldg(&wr[c]); /* read once: past L1 */
+    const int blk = Q4 ? c : c >> 1;
+    const float dw = __half2float(__ushort_as_half(wsr[blk]));
+    if (Q4) {
+      const int l0 = wv.x & 0x0f0f0f0f, l1 = wv.y & 0x0f0f0f0f, l2 = wv.z & 0x0f0f0f0f,
+                l3 = wv.w & 0x0f0f0f0f;
+      const int h0 = (wv.x >> 4) & 0x0f0f0f0f, h1 = (wv.y >> 4) & 0x0f0f0f0f,
+                h2 = (wv.z >> 4) & 0x0f0f0f0f, h3 = (wv.w >> 4) & 0x0f0f0f0f;
+#pragma unroll
+      for (int t = 0; t < TT; t++) {
+        if (t < nt) {
+        const int4 *xa = (const int4 *)(xq + (size_t)(t0 + t) * (size_t)k + (size_t)blk * 32);
+        const int4 a0 = xa[0], a1 = xa[1];
+        int s = kc_dp4a(l0, a0.x, 0);
+        s = kc_dp4a(l1, a0.y, s);
+        s = kc_dp4a(l2, a0.z, s);
+        s = kc_dp4a(l3, a0.w, s);
+        s = kc_dp4a(h0, a1.x, s);
+        s = kc_dp4a(h1, a1.y, s);
+        s = kc_dp4a(h2, a1.z, s);
+        s = kc_dp4a(h3, a1.w, s);
+        const float2 d = xs[(t0 + t) * nb + blk];
+        acc[t] += dw * (d.x * (float)s - 8.0f * d.y);
+        }
+      }
+    } else {
+#pragma unroll
+      for (int t = 0; t < TT; t++) {
+        if (t < nt) {
+        const int4 a = *(const int4 *)(xq + (size_t)(t0 + t) * (size_t)k + (size_t)c * 16);
+        int s = kc_dp4a(wv.x, a.x, 0);
+        s = kc_dp4a(wv.y, a.y, s);
+        s = kc_dp4a(wv.z, a.z, s);
+        s = kc_dp4a(wv.w, a.w, s);
+        acc[t] += dw * (xs[(t0 + t) * nb + blk].x * (float)s);
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int t = 0; t < TT; t++) {
+    float v = acc[t];
+    for (int s = 16; s > 0; s >>= 1) v += __shfl_xor_sync(0xffffffffu, v, s);
+    if (lane == 0 && t < nt) out[(t0 + t) * n_out + o] = v;
+  }
+}
+
+template <int Q4, int TT>
+static void kc_matmul_q_launch(dim3 grid, cudaStream_t st, const void *wsplit, int64_t k,
+                               int64_t n_out, const int8_t *xq, const float *xs, int64_t n_tokens,
+                               float *out) {
+  const uint8_t *wq = (const uint8_t *)wsplit;
+  const unsigned short *ws =
+      (const unsigned short *)(wq + (size_t)n_out * (size_t)(Q4 ? k / 2 : k));
+  kc_matmul_q_k<Q4, TT><<<grid, KC_MQ_WARPS * 32, 0, st>>>(wq, ws, k, n_out, xq,
+                                                           (const float2 *)xs, n_tokens, out);
+}
+
+extern "C" int kc_matmul_q(void *stream, uint32_t type, const void *wsplit, int64_t k,
+                           int64_t n_out, const int8_t *xq, const float *xs, int64_t n_tokens,
+                           float *out, char *err, size_t errlen) {
+  if (type != T_Q8_0 && type != T_Q4_0)
+    return kc_fail(__LINE__, err, errlen, "matmul_q: weights not q8_0 or q4_0");
+  if (k <= 0 || k % 32 != 0 || k > 0x3fffffff)
+    return kc_fail(__LINE__, err, errlen, "matmul_q: rows are not whole blocks (or too long)");
+  if (n_tokens <= 0 || n_out <= 0) return 0;
+  /* tokens per pass over a row: all of a small batch, 8 at a time beyond */
+  const int tt = n_tokens == 1 ? 1 : n_tokens == 2 ? 2 : n_tokens <= 4 ? 4 : 8;
+  const int64_t gx = (n_out + KC_MQ_WARPS - 1) / KC_MQ_WARPS, gy = (n_tokens + tt - 1) / tt;
+  if (gx > 0x7fffffff || gy > 65535) return kc_fail(__LINE__, err, errlen, "matmul_q: too large");
+  const dim3 grid((unsigned)gx, (unsigned)gy);
+  cudaStream_t st = (cudaStream_t)stream;
+  const int q4 = type == T_Q4_0;
+#define KC_MQ(TT)                                                                          \
+  (q4 ? kc_matmul_q_launch<1, TT>(grid, st, wsplit, k, n_out, xq, xs, n_tokens, out)       \
+      : kc_matmul_q_launch<0, TT>(grid, st, wsplit, k, n_out, xq, xs, n_tokens, out))
+  switch (tt) {
+  case 1: KC_MQ(1); break;
+  case 2: KC_MQ(2); break;
+  case 4: KC_MQ(4); break;
+  default: KC_MQ(8); break;
+  }
+#undef KC_MQ
+  return KC_LAUNCHED();
+}

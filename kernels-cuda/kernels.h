@@ -79,6 +79,31 @@ int kc_matmul(void *stream, uint32_t type, const void *w, size_t row_bytes, int6
               int64_t n_out, const float *x, int64_t n_tokens, float *out, char *err,
               size_t errlen);
 
+/* ---- integer matmul (q8_0 / q4_0 weights, 8-bit activations) ---- */
+
+/* q8_0/q4_0 weights (n_out rows of row_bytes, GGUF blocks) into the split
+ * layout kc_matmul_q reads, at dst (row_bytes * n_out bytes, 16-byte
+ * aligned): first every row's quants, row r at r * k bytes (q8_0) or
+ * r * k / 2 (q4_0; each block's 16 bytes as in the GGUF: element j < 16 the
+ * low nibble of byte j, j + 16 the high one), then every block's fp16
+ * scale, row r's block i at index r * k / 32 + i. k: a multiple of 32. */
+int kc_split_q(void *stream, uint32_t type, const void *w, size_t row_bytes, int64_t k,
+               int64_t n_out, void *dst, char *err, size_t errlen);
+
+/* x ([k, n_tokens] f32, k a multiple of 32) quantized per block of 32 as
+ * llama.cpp's reference q8_0 does it (d = amax / 127, q = round(x / d) half
+ * away from zero, d kept as fp16): xq [n_tokens][k] int8 (16-byte aligned),
+ * xs [n_tokens][k / 32] pairs (d as the float of its fp16, d * sum(q)). */
+int kc_quant_act(void *stream, const float *x, int64_t k, int64_t n_tokens, int8_t *xq,
+                 float *xs, char *err, size_t errlen);
+
+/* out[t, o] = sum_i w[o, i] * x[t, i] for split weights (kc_split_q) and
+ * quantized activations (kc_quant_act): per block of 32 an exact integer
+ * dot, times both scales. */
+int kc_matmul_q(void *stream, uint32_t type, const void *wsplit, int64_t k, int64_t n_out,
+                const int8_t *xq, const float *xs, int64_t n_tokens, float *out, char *err,
+                size_t errlen);
+
 #ifdef __cplusplus
 }
 #endif

@@ -13,7 +13,11 @@
  * - add, add_bias, swiglu, rmsnorm, rope: 1e-5;
  * - attention: 1e-4 (summation order over up to 300 positions);
  * - matmul: 1e-4 against the CPU's f32 path (q8_activations_min is set so
- *   high that the CPU dequantizes every weight type to f32). */
+ *   high that the CPU dequantizes every weight type to f32);
+ * - matmul of prepared (split) q8_0/q4_0 weights, whose activations the GPU
+ *   quantizes to q8_0: 1e-5 against the CPU's f32 path on the activations
+ *   rounded through the q8_0 plugin's reference quantizer (the same
+ *   rounding, so only the summation order differs). */
 #include "config.h"
 
 #include <math.h>
@@ -358,6 +362,70 @@ START_TEST(matmul_all_types) {
 }
 END_TEST
 
+/* prepare_weight's split q8_0/q4_0 layout through the integer matmul, at
+ * the token counts of each of its variants (1, 2, 3-4, 5-8, then passes of
+ * 8) and two shapes (rows of 8 and 64 blocks: fewer 16-byte pieces than
+ * lanes, and several per lane). Token t's activations are scaled by 1 + t
+ * (different block scales) and token 0's first block is zero (scale 0). */
+START_TEST(matmul_split) {
+  const int64_t shapes[2][2] = {{256, 300}, {2048, 40}};
+  const int64_t Ts[] = {1, 2, 3, 5, 8, 9, 17, 40};
+  const uint32_t types[2] = {STRATA_TYPE_Q8_0, STRATA_TYPE_Q4_0};
+  const struct strata_quant_vtable *q8 = quant(STRATA_TYPE_Q8_0);
+  for (int si = 0; si < 2; si++)
+    for (int k = 0; k < 2; k++) {
+      const int64_t n_in = shapes[si][0], n_out = shapes[si][1];
+      float *w = rand_floats((size_t)(n_in * n_out), 1.0f);
+      size_t bytes;
+      void *d = as_type(w, n_in, n_out, types[k], &bytes);
+      struct twin wt = twin_of(d, bytes, types[k], n_in, n_out);
+      struct strata_tensor prep;
+      ck_assert_msg(gpu->prepare_weight(bg, &wt.tg, &prep) == 1, "prepare_weight: %s",
+                    gpu->last_error(bg));
+      ck_assert_msg(prep.type != wt.tg.type && prep.ne[0] == n_in && prep.ne[1] == n_out,
+                    "prepared: type %u, shape [%lld, %lld]", prep.type, (long long)prep.ne[0],
+                    (long long)prep.ne[1]);
+      for (size_t ti = 0; ti < sizeof Ts / sizeof *Ts; ti++) {
+        const int64_t T = Ts[ti];
+        float *x = rand_floats((size_t)(n_in * T), 1.0f), *xr = malloc((size_t)(n_in * T) * 4);
+        uint8_t *qb = malloc((size_t)(n_in / 32) * q8->type_size);
+        for (int64_t t = 0; t < T; t++)
+          for (int64_t i = 0; i < n_in; i++) x[t * n_in + i] *= (float)(1 + t);
+        memset(x, 0, 32 * sizeof *x);
+        for (int64_t t = 0; t < T; t++) {
+          q8->quantize_row(x + t * n_in, qb, n_in);
+          q8->dequantize_row(qb, xr + t * n_in, n_in);
+        }
+        struct twin xt = twin_f32(x, n_in, T), xrt = twin_f32(xr, n_in, T);
+        struct twin o = twin_f32(NULL, n_out, T);
+        BOTH(cpu->matmul(bc, &wt.tc, &xrt.tc, &o.tc), gpu->matmul(bg, &prep, &xt.tg, &o.tg));
+        char what[96];
+        snprintf(what, sizeof what, "split matmul (type %u, [%lld, %lld], %lld tokens)", types[k],
+                 (long long)n_in, (long long)n_out, (long long)T);
+        compare(what, &o, 1e-5);
+        twin_free(&xt), twin_free(&xrt), twin_free(&o);
+        free(x), free(xr), free(qb);
+      }
+      /* only matmul reads the split layout */
+      struct twin e = twin_f32(NULL, n_in, 1);
+      ck_assert_int_ne(gpu->rmsnorm(bg, &prep, &e.tg, 1e-5f, &e.tg), 0);
+      twin_free(&e);
+      gpu->buf_free(bg, prep.buf);
+      twin_free(&wt);
+      free(w), free(d);
+    }
+  /* a small matrix stays as it is (the float path) */
+  float *w = rand_floats(64 * 64, 1.0f);
+  size_t bytes;
+  void *d = as_type(w, 64, 64, STRATA_TYPE_Q8_0, &bytes);
+  struct twin wt = twin_of(d, bytes, STRATA_TYPE_Q8_0, 64, 64);
+  struct strata_tensor prep;
+  ck_assert_int_eq(gpu->prepare_weight(bg, &wt.tg, &prep), 0);
+  twin_free(&wt);
+  free(w), free(d);
+}
+END_TEST
+
 /* kv_store then attention, on f32 and f16 caches, GQA (8 heads over 2),
  * three sequences of 300, 17 and 129 positions (several 128-position
  * chunks, a partial block, a chunk boundary) with 5, 1 and 3 queries. */
@@ -431,6 +499,7 @@ int main(void) {
     tcase_add_test(tc, row_ops);
     tcase_add_test(tc, embed_all_types);
     tcase_add_test(tc, matmul_all_types);
+    tcase_add_test(tc, matmul_split);
     tcase_add_test(tc, kv_store_and_attention);
     tcase_add_test(tc, refuses_bad_views);
     suite_add_tcase(s, tc);

@@ -31,6 +31,29 @@ while IFS= read -r line; do
   n=$((n + 1))
 done < <(head -3 "$REF")
 check "three reference prompts compared" [ "$n" = 3 ]
+# q8_0 and q4_0 on a synthetic model whose matrices are large enough for
+# the split layout and its integer matmul: every prompt position's logits
+# against the cpu backend's, which quantizes the activations the same way
+# (relative L2 over all of them; 22 prompt tokens: prefill in passes of 8).
+# 1e-2, not float rounding's 1e-5: where the two backends' float sums differ
+# in the last bit, an activation can round to the neighbouring 8-bit value,
+# which moves its matmul's output by about 1e-3 and the layers after it; a
+# wrong layout or scale is off by order 1.
+long="Once upon a time there was a little girl who lived in a village near the forest and loved to play"
+for q in q8_0 q4_0; do
+  "$STRATA" mkmodel --shape tiny --quant $q --out "$T/tiny-$q.gguf" >/dev/null 2>&1
+  for be in cpu "$GPU"; do
+    "$STRATA" generate --model "$T/tiny-$q.gguf" --backend "$be" --prompt "$long" -n 1 --temperature 0 \
+      --dump-logits "$T/logits-$q-$be.txt" >/dev/null 2>&1
+  done
+  rel=$(paste -d'\n' "$T/logits-$q-cpu.txt" "$T/logits-$q-$GPU.txt" | awk '
+    NR % 2 == 1 { n = split($0, c, " "); next }
+    { m = split($0, g, " "); if (m != n) bad = 1
+      for (i = 1; i <= n; i++) { e += (g[i] - c[i]) ^ 2; r += c[i] ^ 2 } rows++ }
+    END { if (bad || rows < 22 || r == 0) print "mismatch"; else printf "%.3g", sqrt(e / r) }')
+  check "$q split-layout logits on $GPU match cpu's (relative L2 $rel)" \
+    awk -v r="$rel" 'BEGIN { exit !(r != "mismatch" && r + 0 <= 1e-2) }'
+done
 cat >"$T/gpu.conf" <<EOF
 engine: { model = "$MODEL"; backend = "$GPU"; };
 server: { request_log = false; };

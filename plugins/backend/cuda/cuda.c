@@ -17,7 +17,16 @@
  *
  * The step's batch arrays are copied to device memory by set_batch (one
  * buffer, grown as needed), with the token -> sequence map the attention
- * kernel reads. */
+ * kernel reads.
+ *
+ * Weights: prepare_weight puts q8_0/q4_0 matrices into a split layout (all
+ * quants, 16-byte aligned rows, then all fp16 scales; kernels.h) that the
+ * integer matmul reads in 16-byte pieces; its activations are quantized to
+ * q8_0 per step into a workspace of the instance's. Small matrices (under
+ * CU_SPLIT_MIN elements, as the cpu backend's q8_activations_min) stay in
+ * the GGUF layout on the float path: there the activations' rounding only
+ * adds error (stories260K's logits, dim 64: twice the f32 path's, on the
+ * cpu backend). */
 #include "config.h"
 
 #include <stdarg.h>
@@ -43,6 +52,10 @@
 
 static const struct strata_host_api *cu_host;
 
+/* The split layout of q8_0/q4_0 (prepare_weight): a backend-private type */
+#define CU_SPLIT(t) (STRATA_TYPE_BACKEND_PRIVATE | (t))
+#define CU_SPLIT_MIN 65536
+
 struct strata_buf {
   void *dev;
   uint64_t size;
@@ -59,6 +72,8 @@ struct strata_backend {
   int32_t *h_ints;               /* staging on the host */
   size_t h_cap;
   int32_t *d_tokens, *d_positions, *d_slots, *d_seq_of, *d_block_tables, *d_out_rows;
+  void *d_ws; /* the integer matmul's quantized activations */
+  size_t ws_cap;
 };
 
 __attribute__((format(printf, 2, 3))) static int cu_fail(struct strata_backend *b,
@@ -90,6 +105,8 @@ static const char *cu_type_name(uint32_t t) {
   case STRATA_TYPE_BF16: return "bf16";
   case STRATA_TYPE_Q8_0: return "q8_0";
   case STRATA_TYPE_Q4_0: return "q4_0";
+  case CU_SPLIT(STRATA_TYPE_Q8_0): return "q8_0 (split)";
+  case CU_SPLIT(STRATA_TYPE_Q4_0): return "q4_0 (split)";
   default: return "(other)";
   }
 }
@@ -108,9 +125,10 @@ static size_t cu_row_bytes(uint32_t type, int64_t ne0) {
 }
 
 /* Checks a view (buffer, shape, bounds) and returns its device address, or
- * NULL with the error set. */
-static void *cu_view(struct strata_backend *b, const struct strata_tensor *t, const char *what,
-                     size_t *row_bytes) {
+ * NULL with the error set. split: a split q8_0/q4_0 matrix is accepted too
+ * (row_bytes then its GGUF rows', which it has in all). */
+static void *cu_view_of(struct strata_backend *b, const struct strata_tensor *t, const char *what,
+                        size_t *row_bytes, int split) {
   if (!t || !t->buf) {
     cu_fail(b, "%s: no tensor or no buffer", what);
     return NULL;
@@ -120,7 +138,10 @@ static void *cu_view(struct strata_backend *b, const struct strata_tensor *t, co
     cu_fail(b, "%s: bad shape [%lld, %lld]", what, (long long)t->ne[0], (long long)t->ne[1]);
     return NULL;
   }
-  const size_t rb = cu_row_bytes(t->type, t->ne[0]);
+  const int is_split = split && (t->type == CU_SPLIT(STRATA_TYPE_Q8_0) ||
+                                 t->type == CU_SPLIT(STRATA_TYPE_Q4_0));
+  const size_t rb =
+      cu_row_bytes(is_split ? t->type & ~STRATA_TYPE_BACKEND_PRIVATE : t->type, t->ne[0]);
   if (!rb) {
     cu_fail(b, "%s: %s rows of %lld elements are not a layout this backend reads", what,
             cu_type_name(t->type), (long long)t->ne[0]);
@@ -133,8 +154,9 @@ static void *cu_view(struct strata_backend *b, const struct strata_tensor *t, co
             (unsigned long long)t->buf->size);
     return NULL;
   }
-  /* f32 elements; f16/bf16 elements and the q8_0/q4_0 blocks' fp16 scales */
-  const size_t align = t->type == STRATA_TYPE_F32 ? 4 : 2;
+  /* f32 elements; f16/bf16 elements and the q8_0/q4_0 blocks' fp16 scales;
+   * split rows are read 16 bytes at a time */
+  const size_t align = is_split ? 16 : t->type == STRATA_TYPE_F32 ? 4 : 2;
   if (t->offset % align != 0) {
     cu_fail(b, "%s: %s data at offset %llu is not %zu-byte aligned", what,
             cu_type_name(t->type), (unsigned long long)t->offset, align);
@@ -142,6 +164,11 @@ static void *cu_view(struct strata_backend *b, const struct strata_tensor *t, co
   }
   if (row_bytes) *row_bytes = rb;
   return (uint8_t *)t->buf->dev + t->offset;
+}
+
+static void *cu_view(struct strata_backend *b, const struct strata_tensor *t, const char *what,
+                     size_t *row_bytes) {
+  return cu_view_of(b, t, what, row_bytes, 0);
 }
 
 /* An f32 view of exactly [ne0, ne1] (-1: any). */
@@ -281,6 +308,7 @@ static void cu_close(strata_backend_t *b) {
   cudaSetDevice(b->device);
   cudaStreamSynchronize(b->stream);
   cudaFree(b->d_ints);
+  cudaFree(b->d_ws);
   cudaStreamDestroy(b->stream);
   free(b->h_ints);
   free(b);
@@ -458,11 +486,32 @@ static int cu_rmsnorm(strata_backend_t *b, const struct strata_tensor *x,
   return kc_rmsnorm(b->stream, xd, wd, eps, x->ne[0], x->ne[1], od, b->err, sizeof b->err);
 }
 
+/* The integer matmul's workspace: x quantized, then its block scales. */
+static int cu_matmul_split(struct strata_backend *b, const struct strata_tensor *w,
+                           const void *wd, const float *xd, int64_t T, float *od) {
+  const int64_t K = w->ne[0];
+  const size_t q_bytes = ((size_t)K * (size_t)T + 255) & ~(size_t)255;
+  const size_t need = q_bytes + (size_t)(K / 32) * (size_t)T * 2 * sizeof(float);
+  if (need > b->ws_cap) {
+    cudaFree(b->d_ws); /* waits for the work that may still read it */
+    b->d_ws = NULL;
+    b->ws_cap = 0;
+    const size_t cap = need + need / 4;
+    CU_CHECK(b, cudaMalloc(&b->d_ws, cap), "matmul workspace");
+    b->ws_cap = cap;
+  }
+  int8_t *xq = b->d_ws;
+  float *xs = (float *)(void *)((uint8_t *)b->d_ws + q_bytes);
+  const uint32_t base = w->type & ~STRATA_TYPE_BACKEND_PRIVATE;
+  if (kc_quant_act(b->stream, xd, K, T, xq, xs, b->err, sizeof b->err) != 0) return -1;
+  return kc_matmul_q(b->stream, base, wd, K, w->ne[1], xq, xs, T, od, b->err, sizeof b->err);
+}
+
 static int cu_matmul(strata_backend_t *b, const struct strata_tensor *w,
                      const struct strata_tensor *x, struct strata_tensor *out) {
   if (!b || cu_enter(b)) return -1;
   size_t rb;
-  const void *wd = cu_view(b, w, "matmul weight", &rb);
+  const void *wd = cu_view_of(b, w, "matmul weight", &rb, 1);
   const float *xd = wd ? cu_f32(b, x, "matmul x", w->ne[0], -1) : NULL;
   float *od = xd ? cu_f32(b, out, "matmul out", w->ne[1], x->ne[1]) : NULL;
   if (!od) return -1;
@@ -473,8 +522,34 @@ static int cu_matmul(strata_backend_t *b, const struct strata_tensor *w,
     if ((out->buf == x->buf && o0 < x1 && x0 < o1) || (out->buf == w->buf && o0 < w1 && w0 < o1))
       return cu_fail(b, "matmul: out overlaps an input");
   }
+  if (w->type & STRATA_TYPE_BACKEND_PRIVATE) return cu_matmul_split(b, w, wd, xd, x->ne[1], od);
   return kc_matmul(b->stream, w->type, wd, rb, w->ne[0], w->ne[1], xd, x->ne[1], od, b->err,
                    sizeof b->err);
+}
+
+/* q8_0/q4_0 matrices of CU_SPLIT_MIN elements and more into the split
+ * layout, in a buffer of their own (the same bytes in all). */
+static int cu_prepare_weight(strata_backend_t *b, const struct strata_tensor *w,
+                             struct strata_tensor *out) {
+  if (!b || cu_enter(b)) return -1;
+  if (!w || !out) return cu_fail(b, "prepare_weight: no tensor");
+  if ((w->type != STRATA_TYPE_Q8_0 && w->type != STRATA_TYPE_Q4_0) ||
+      w->ne[0] * w->ne[1] < CU_SPLIT_MIN)
+    return 0;
+  size_t rb;
+  const void *wd = cu_view(b, w, "prepare_weight", &rb);
+  if (!wd) return -1;
+  if (w->ne[0] > 0x3fffffff) return cu_fail(b, "prepare_weight: rows of %lld", (long long)w->ne[0]);
+  strata_buf_t *buf = cu_buf_alloc(b, (uint64_t)rb * (uint64_t)w->ne[1]);
+  if (!buf) return -1;
+  if (kc_split_q(b->stream, w->type, wd, rb, w->ne[0], w->ne[1], buf->dev, b->err,
+                 sizeof b->err) != 0) {
+    cu_buf_free(b, buf);
+    return -1;
+  }
+  *out = (struct strata_tensor){.buf = buf, .offset = 0, .type = CU_SPLIT(w->type),
+                                .ne = {w->ne[0], w->ne[1]}};
+  return 1;
 }
 
 static int cu_add_bias(strata_backend_t *b, struct strata_tensor *x,
@@ -634,7 +709,7 @@ static const struct strata_backend_vtable cu_vtable = {
     .swiglu = cu_swiglu,
     .add = cu_add,
     .get_rows = cu_get_rows,
-    .prepare_weight = NULL,
+    .prepare_weight = cu_prepare_weight,
     .matmul_n = NULL,
 };
 
@@ -663,8 +738,8 @@ static const struct strata_plugin_desc cu_desc = {
     .description = "AMD GPU (HIP, " STRATA_HIP_ARCHS "): the cuda backend's kernels built by "
                    "hipcc",
 #else
-    .description = "NVIDIA GPU (CUDA, sm_80 and up): paged attention, q8_0/q4_0/f16/bf16/f32 "
-                   "matmul dequantizing on the fly",
+    .description = "NVIDIA GPU (CUDA, sm_80 and up): paged attention, q8_0/q4_0 integer "
+                   "matmul on 8-bit activations, f16/bf16/f32 matmul",
 #endif
     .params = cu_params,
     .init = cu_init,
