@@ -296,7 +296,11 @@ int strata_cmd_bench(int argc, char **argv) {
   }
   /* The roofline: the median of the passes made between the 1-sequence
    * decode steps; and each step against the pass right after it. */
+  /* the weights one decode step reads: all but the embedding table, of
+   * which it reads one row (unless the table is the output matrix too) */
   double bytes_step = (double)m->weight_bytes;
+  if (!m->hp.tied_output)
+    bytes_step -= (double)m->embd_bytes - (double)m->embd_bytes / (double)m->hp.n_vocab;
   double *ratio = malloc(sizeof *ratio * (size_t)n_gen);
   if (!ratio) {
     free(pass);

@@ -344,9 +344,12 @@ int strata_model_load(const char *path, const struct strata_model_opts *opts,
   /* The embedding is a row lookup: requantizing it saves memory but no
    * time and only adds error, so it keeps its type unless it doubles as
    * the output projection (a matmul). */
+  const uint64_t before_embd = m->weight_bytes;
   if (load_weight(m, reg, "token_embd.weight", hp->dim, hp->n_vocab, 0, hp->tied_output, &m->tok_embd,
-                  err, errlen) ||
-      load_weight(m, reg, "output_norm.weight", hp->dim, 1, 1, 0, &m->output_norm, err, errlen))
+                  err, errlen))
+    goto fail;
+  m->embd_bytes = m->weight_bytes - before_embd;
+  if (load_weight(m, reg, "output_norm.weight", hp->dim, 1, 1, 0, &m->output_norm, err, errlen))
     goto fail;
   if (hp->tied_output)
     m->output = m->tok_embd;

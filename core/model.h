@@ -75,6 +75,8 @@ struct strata_model {
   uint64_t (*released)[2]; /* [start, end) addresses of mapped weights copied elsewhere */
   size_t n_released;
   uint64_t weight_bytes;  /* bytes of weights read per full forward */
+  uint64_t embd_bytes;    /* of which the token embedding table's (a decode step
+                           * reads one row of it, unless it is the output too) */
   uint64_t kv_bytes;
   uint64_t ws_bytes;      /* a plan: bytes alloc_act would take (KV included) */
 };
