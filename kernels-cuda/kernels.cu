@@ -1,10 +1,10 @@
-/* CUDA kernels of the backend ops and their launchers (kernels.h).
- *
- * Plain first versions, one thread block per row / token / (token, head),
- * written to be checked against the CPU backend op by op
- * (tests/gpu/test_backend_cuda.c): quantized weights are dequantized on the
- * fly, attention is an online softmax over the paged cache (FlashAttention's
- * running max and sum), a chunk of 128 positions at a time. */
+/* CUDA kernels of the backend ops and their launchers (kernels.h), checked
+ * against the CPU backend op by op (tests/gpu/test_backend_cuda.c): row ops
+ * one thread block per row or token; attention over the paged cache by
+ * query tiles through shared memory with an online softmax (FlashAttention's
+ * running maximum and sum), split over the positions where the tiles are
+ * too few (flash-decoding); q8_0/q4_0 matmul on a split layout with 8-bit
+ * activations and dp4a; f32/f16/bf16 matmul dequantizing on the fly. */
 #ifdef __HIPCC__ /* the HIP build of this same source (kernels-hip/) */
 #include "../kernels-hip/hip_compat.h"
 #else
@@ -255,66 +255,207 @@ extern "C" int kc_kv_store(void *stream, const float *k, const float *v, int64_t
 
 /* ---- attention ------------------------------------------------------------------ */
 
-#define KC_ATT_THREADS 128
+#define KC_ATT_THREADS 128 /* the merge kernel's */
 #define KC_ATT_MAX_HD 256
 
-/* One block per (token, head). Each chunk of KC_ATT_THREADS positions: a
- * thread scores one position (q . k, whole head), the block rescales its
- * running sum and output by the new maximum, then each thread accumulates
- * its output dimensions over the chunk's weights. */
-__global__ void kc_attention_k(struct kc_batch b, const float *q, const void *kc, uint32_t ktype,
-                               const void *vc, uint32_t vtype, int n_heads, int n_kv_heads,
-                               int head_dim, float scale, float *out) {
-  __shared__ float qs[KC_ATT_MAX_HD];
-  __shared__ float wt[KC_ATT_THREADS];
-  __shared__ int64_t rows[KC_ATT_THREADS];
-  const int t = blockIdx.x, h = blockIdx.y, kvh = h / (n_heads / n_kv_heads);
-  const int64_t qdim = (int64_t)n_heads * head_dim, kvd = (int64_t)n_kv_heads * head_dim;
-  const float *qr = q + t * qdim + (int64_t)h * head_dim;
-  for (int i = threadIdx.x; i < head_dim; i += blockDim.x) qs[i] = qr[i];
-  const int32_t npos = b.positions[t] + 1;
-  const int32_t *bt = b.block_tables + (int64_t)b.seq_of[t] * b.max_blocks;
-  float m = -INFINITY, l = 0.0f;
-  float acc[KC_ATT_MAX_HD / KC_ATT_THREADS] = {0.0f, 0.0f};
-  __syncthreads();
-  for (int32_t p0 = 0; p0 < npos; p0 += KC_ATT_THREADS) {
-    const int32_t p = p0 + (int32_t)threadIdx.x;
-    float s = -INFINITY;
-    if (p < npos) {
-      const int64_t slot = (int64_t)bt[p / b.block_size] * b.block_size + p % b.block_size;
-      const int64_t base = slot * kvd + (int64_t)kvh * head_dim;
-      float d = 0.0f;
-      for (int i = 0; i < head_dim; i++) d += qs[i] * kc_cache_load(ktype, kc, base + i);
-      s = d * scale;
-      rows[threadIdx.x] = base;
-    }
-    const float mc = kc_block_reduce(s, 1);
-    const float mn = fmaxf(m, mc);
-    const float w = p < npos ? expf(s - mn) : 0.0f;
-    const float lc = kc_block_reduce(w, 0);
-    const float corr = m == -INFINITY ? 0.0f : expf(m - mn);
-    l = l * corr + lc;
-    wt[threadIdx.x] = w;
-    __syncthreads();
-    const int n = npos - p0 < KC_ATT_THREADS ? npos - p0 : KC_ATT_THREADS;
-    for (int j = 0; j * KC_ATT_THREADS + (int)threadIdx.x < head_dim; j++) {
-      const int d = j * KC_ATT_THREADS + (int)threadIdx.x;
-      float a = acc[j] * corr;
-      for (int k = 0; k < n; k++) a += wt[k] * kc_cache_load(vtype, vc, rows[k] + d);
-      acc[j] = a;
-    }
-    m = mn;
-    __syncthreads(); /* wt and rows are rewritten by the next chunk */
+#define KC_FA_THREADS 128
+#define KC_FA_OUT (KC_FA_Q * KC_ATT_MAX_HD / KC_FA_THREADS) /* outputs per thread, at most */
+
+/* Positions per K/V chunk for head_dim hd: shared memory holds the tile's
+ * queries [KC_FA_Q][hd], K [C][hd + 1] (padded: threads of a warp read
+ * different rows), V [C][hd], the scores [KC_FA_Q][C] and three floats per
+ * query; C is the largest of 64, 32, 16, 8 that keeps it within 48 KiB (the
+ * static limit on both vendors; AMD's LDS is 64 KiB). */
+static int kc_fa_chunk(int hd) {
+  for (int c = 64; c > 8; c /= 2)
+    if ((size_t)(KC_FA_Q * hd + c * (hd + 1) + c * hd + KC_FA_Q * c + 3 * KC_FA_Q) * 4 <=
+        48 * 1024 - 256) /* the kernel's static shared memory too */
+      return c;
+  return 8;
+}
+
+static size_t kc_fa_smem(int hd, int c) {
+  return (size_t)(KC_FA_Q * hd + c * (hd + 1) + c * hd + KC_FA_Q * c + 3 * KC_FA_Q) * sizeof(float);
+}
+
+/* Splits of the positions per (tile, head): one where the tiles and heads
+ * give every multiprocessor two blocks; else enough to, at most one per
+ * chunk of the longest sequence and 32 in all. */
+static int kc_attention_splits(const struct kc_batch *b, int n_heads, int hd, int sm_count) {
+  const int64_t blocks = (int64_t)b->n_tiles * n_heads, target = 2 * (int64_t)(sm_count > 0 ? sm_count : 1);
+  if (blocks >= target) return 1;
+  const int64_t chunks = ((int64_t)b->max_len + kc_fa_chunk(hd) - 1) / kc_fa_chunk(hd);
+  int64_t n = (target + blocks - 1) / blocks;
+  if (n > chunks) n = chunks;
+  if (n > 32) n = 32;
+  return n < 1 ? 1 : (int)n;
+}
+
+/* One block per (tile, head, split): the tile's queries (pre-scaled) stay
+ * in shared memory; each chunk of C positions of the block's share of the
+ * positions up to the tile's last one is loaded once (K and V rows through
+ * the block table, f16 widened), scored against every query (masked past
+ * the query's own position), folded into each query's running maximum and
+ * sum, and its weighted V rows added to the outputs, which each thread
+ * keeps for its (query, dimension) pairs. With one split the block writes
+ * the outputs; with several (flash-decoding: too few tiles to fill the
+ * GPU), each writes its maximum, sum and unnormalized outputs to part and
+ * kc_attention_merge_k combines them. */
+__global__ void kc_attention_fa_k(struct kc_batch b, const float *q, const void *kc, uint32_t ktype,
+                                  const void *vc, uint32_t vtype, int n_heads, int n_kv_heads,
+                                  int hd, float scale, int C, float *out, float *part) {
+  extern __shared__ float fa_smem[];
+  float *qs = fa_smem, *ks = qs + KC_FA_Q * hd, *vs = ks + C * (hd + 1), *ss = vs + C * hd;
+  float *rm = ss + KC_FA_Q * C, *rl = rm + KC_FA_Q, *rc = rl + KC_FA_Q;
+  __shared__ int32_t qpos[KC_FA_Q];
+  __shared__ int32_t last;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int32_t t0 = b.tiles[2 * blockIdx.x], nq = b.tiles[2 * blockIdx.x + 1];
+  const int h = blockIdx.y, kvh = h / (n_heads / n_kv_heads);
+  const int split = blockIdx.z, n_split = gridDim.z;
+  const int64_t qdim = (int64_t)n_heads * hd, kvd = (int64_t)n_kv_heads * hd;
+  const int32_t *bt = b.block_tables + (int64_t)b.seq_of[t0] * b.max_blocks;
+  for (int i = tid; i < nq * hd; i += KC_FA_THREADS) {
+    const int qi = i / hd, d = i % hd;
+    qs[i] = q[(t0 + qi) * qdim + (int64_t)h * hd + d] * scale;
   }
-  float *o = out + t * qdim + (int64_t)h * head_dim;
-  for (int j = 0; j * KC_ATT_THREADS + (int)threadIdx.x < head_dim; j++)
-    o[j * KC_ATT_THREADS + threadIdx.x] = acc[j] / l;
+  if (tid < KC_FA_Q) {
+    qpos[tid] = tid < nq ? b.positions[t0 + tid] : -1;
+    rm[tid] = -INFINITY;
+    rl[tid] = 0.0f;
+  }
+  __syncthreads();
+  if (tid == 0) {
+    int32_t mx = 0;
+    for (int i = 0; i < nq; i++) mx = qpos[i] > mx ? qpos[i] : mx;
+    last = mx;
+  }
+  float acc[KC_FA_OUT];
+#pragma unroll
+  for (int k = 0; k < KC_FA_OUT; k++) acc[k] = 0.0f;
+  __syncthreads();
+  /* this split's chunks */
+  const int32_t npos = last + 1, nch = (npos + C - 1) / C, per = (nch + n_split - 1) / n_split;
+  const int32_t p_begin = split * per * C;
+  const int32_t p_end = (split + 1) * per * C < npos ? (split + 1) * per * C : npos;
+  for (int32_t p0 = p_begin; p0 < p_end; p0 += C) {
+    const int n = p_end - p0 < C ? p_end - p0 : C;
+    for (int i = tid; i < n * hd; i += KC_FA_THREADS) {
+      const int j = i / hd, d = i % hd;
+      const int32_t p = p0 + j;
+      const int64_t slot = (int64_t)bt[p / b.block_size] * b.block_size + p % b.block_size;
+      const int64_t base = slot * kvd + (int64_t)kvh * hd + d;
+      ks[j * (hd + 1) + d] = kc_cache_load(ktype, kc, base);
+      vs[j * hd + d] = kc_cache_load(vtype, vc, base);
+    }
+    __syncthreads();
+    for (int i = tid; i < nq * n; i += KC_FA_THREADS) {
+      const int qi = i / n, j = i % n;
+      float sc = -INFINITY;
+      if (p0 + j <= qpos[qi]) {
+        const float *qr = qs + qi * hd, *kr = ks + j * (hd + 1);
+        float d = 0.0f;
+        for (int e = 0; e < hd; e++) d += qr[e] * kr[e];
+        sc = d;
+      }
+      ss[qi * C + j] = sc;
+    }
+    __syncthreads();
+    /* each warp folds its queries' rows: new maximum, weights, sum */
+    for (int qi = warp; qi < nq; qi += KC_FA_THREADS / 32) {
+      float mc = -INFINITY;
+      for (int j = lane; j < n; j += 32) mc = fmaxf(mc, ss[qi * C + j]);
+      for (int o = 16; o > 0; o >>= 1) mc = fmaxf(mc, __shfl_xor_sync(0xffffffffu, mc, o));
+      const float mo = rm[qi], mn = fmaxf(mo, mc);
+      float lc = 0.0f;
+      for (int j = lane; j < n; j += 32) {
+        /* a query with nothing unmasked yet keeps 0 */
+        const float w = mn == -INFINITY ? 0.0f : expf(ss[qi * C + j] - mn);
+        ss[qi * C + j] = w;
+        lc += w;
+      }
+      for (int o = 16; o > 0; o >>= 1) lc += __shfl_xor_sync(0xffffffffu, lc, o);
+      if (lane == 0) {
+        const float corr = mo == -INFINITY ? 0.0f : expf(mo - mn);
+        rc[qi] = corr;
+        rl[qi] = rl[qi] * corr + lc;
+        rm[qi] = mn;
+      }
+    }
+    __syncthreads();
+#pragma unroll
+    for (int k = 0; k < KC_FA_OUT; k++) {
+      const int i = tid + k * KC_FA_THREADS;
+      if (i < nq * hd) {
+        const int qi = i / hd, d = i % hd;
+        const float *w = ss + qi * C;
+        float a = acc[k] * rc[qi];
+        for (int j = 0; j < n; j++) a += w[j] * vs[j * hd + d];
+        acc[k] = a;
+      }
+    }
+    __syncthreads(); /* ks, vs and ss are rewritten by the next chunk */
+  }
+  if (n_split == 1) {
+#pragma unroll
+    for (int k = 0; k < KC_FA_OUT; k++) {
+      const int i = tid + k * KC_FA_THREADS;
+      if (i < nq * hd) out[(t0 + i / hd) * qdim + (int64_t)h * hd + i % hd] = acc[k] / rl[i / hd];
+    }
+    return;
+  }
+  /* part: per (tile, head, split) the maxima, the sums, then [KC_FA_Q][hd] */
+  float *pp = part + (((size_t)blockIdx.x * gridDim.y + h) * n_split + split) *
+                         (size_t)(2 * KC_FA_Q + KC_FA_Q * hd);
+  if (tid < KC_FA_Q) {
+    pp[tid] = rm[tid]; /* -inf for a split with no position of a query's */
+    pp[KC_FA_Q + tid] = rl[tid];
+  }
+#pragma unroll
+  for (int k = 0; k < KC_FA_OUT; k++) {
+    const int i = tid + k * KC_FA_THREADS;
+    if (i < nq * hd) pp[2 * KC_FA_Q + i] = acc[k];
+  }
+}
+
+/* One block per (tile, head): each output is its splits' unnormalized
+ * outputs, each scaled by e^(its maximum - the overall maximum), over the
+ * splits' sums scaled alike. */
+__global__ void kc_attention_merge_k(struct kc_batch b, int n_heads, int hd, int n_split,
+                                     const float *part, float *out) {
+  const int32_t t0 = b.tiles[2 * blockIdx.x], nq = b.tiles[2 * blockIdx.x + 1];
+  const int h = blockIdx.y;
+  const int64_t qdim = (int64_t)n_heads * hd;
+  const size_t stride = (size_t)(2 * KC_FA_Q + KC_FA_Q * hd);
+  const float *pp = part + ((size_t)blockIdx.x * gridDim.y + h) * n_split * stride;
+  for (int i = threadIdx.x; i < nq * hd; i += blockDim.x) {
+    const int qi = i / hd;
+    float m = -INFINITY;
+    for (int s = 0; s < n_split; s++) m = fmaxf(m, pp[s * stride + qi]);
+    float l = 0.0f, o = 0.0f;
+    for (int s = 0; s < n_split; s++) {
+      const float ms = pp[s * stride + qi];
+      if (ms == -INFINITY) continue; /* that split saw none of this query's positions */
+      const float w = expf(ms - m);
+      l += pp[s * stride + KC_FA_Q + qi] * w;
+      o += pp[s * stride + 2 * KC_FA_Q + i] * w;
+    }
+    out[(t0 + qi) * qdim + (int64_t)h * hd + i % hd] = o / l;
+  }
+}
+
+extern "C" size_t kc_attention_workspace(const struct kc_batch *b, int n_heads, int head_dim,
+                                         int sm_count) {
+  const int n = kc_attention_splits(b, n_heads, head_dim, sm_count);
+  return n > 1 ? (size_t)b->n_tiles * n_heads * n * (2 * KC_FA_Q + KC_FA_Q * head_dim) * sizeof(float)
+               : 0;
 }
 
 extern "C" int kc_attention(void *stream, const struct kc_batch *b, const float *q,
                             const void *k_cache, uint32_t ktype, const void *v_cache,
                             uint32_t vtype, int n_heads, int n_kv_heads, int head_dim,
-                            float scale, float *out, char *err, size_t errlen) {
+                            float scale, int sm_count, float *part, float *out, char *err,
+                            size_t errlen) {
   if (head_dim <= 0 || head_dim > KC_ATT_MAX_HD)
     return kc_fail(__LINE__, err, errlen, "attention: head_dim must be 1..256");
   if (n_kv_heads <= 0 || n_heads % n_kv_heads != 0)
@@ -323,9 +464,18 @@ extern "C" int kc_attention(void *stream, const struct kc_batch *b, const float 
     return kc_fail(__LINE__, err, errlen, "attention: cache type not f32 or f16");
   if (b->n_tokens <= 0) return 0;
   if (n_heads > 65535) return kc_fail(__LINE__, err, errlen, "attention: too many heads");
-  const dim3 grid((unsigned)b->n_tokens, (unsigned)n_heads);
-  kc_attention_k<<<grid, KC_ATT_THREADS, 0, (cudaStream_t)stream>>>(
-      *b, q, k_cache, ktype, v_cache, vtype, n_heads, n_kv_heads, head_dim, scale, out);
+  if (b->n_tiles <= 0 || b->n_tiles > b->n_tokens)
+    return kc_fail(__LINE__, err, errlen, "attention: no query tiles");
+  const int c = kc_fa_chunk(head_dim), n_split = kc_attention_splits(b, n_heads, head_dim, sm_count);
+  if (n_split > 1 && !part) return kc_fail(__LINE__, err, errlen, "attention: no split workspace");
+  const dim3 grid((unsigned)b->n_tiles, (unsigned)n_heads, (unsigned)n_split);
+  kc_attention_fa_k<<<grid, KC_FA_THREADS, kc_fa_smem(head_dim, c), (cudaStream_t)stream>>>(
+      *b, q, k_cache, ktype, v_cache, vtype, n_heads, n_kv_heads, head_dim, scale, c, out, part);
+  if (KC_LAUNCHED() != 0) return -1;
+  if (n_split == 1) return 0;
+  const dim3 mgrid((unsigned)b->n_tiles, (unsigned)n_heads);
+  kc_attention_merge_k<<<mgrid, KC_ATT_THREADS, 0, (cudaStream_t)stream>>>(*b, n_heads, head_dim,
+                                                                           n_split, part, out);
   return KC_LAUNCHED();
 }
 

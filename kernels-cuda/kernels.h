@@ -63,15 +63,30 @@ struct kc_batch {
   const int32_t *seq_of;       /* [n_tokens] the token's sequence */
   const int32_t *block_tables; /* [n_seqs * max_blocks] */
   int32_t max_blocks, block_size;
+  /* the query tiles of the prefill kernel: (first token, tokens) pairs, up
+   * to KC_FA_Q consecutive tokens of one sequence each */
+  const int32_t *tiles;        /* [2 * n_tiles] */
+  int32_t n_tiles;
+  int32_t max_len;             /* the longest sequence's positions (host-known) */
 };
+
+/* Query tokens per tile of the attention kernel. */
+#define KC_FA_Q 16
 
 /* out[t, h*head_dim ..] = softmax(q_h . K / scale) V over the cached
  * positions 0..positions[t] of t's sequence (causal), GQA: head h reads KV
- * head h / (n_heads / n_kv_heads). head_dim at most 256. */
+ * head h / (n_heads / n_kv_heads). head_dim at most 256. One block per
+ * (query tile, head) loads each chunk of K and V into shared memory once
+ * for the tile's queries (FlashAttention's tiling and online softmax; a
+ * decode step's tiles are single queries). Where tiles x heads would leave
+ * multiprocessors idle (sm_count of them), each (tile, head) is split over
+ * the positions and a second kernel merges the splits (flash-decoding),
+ * with kc_attention_workspace(...) bytes of device memory at part. */
+size_t kc_attention_workspace(const struct kc_batch *b, int n_heads, int head_dim, int sm_count);
 int kc_attention(void *stream, const struct kc_batch *b, const float *q, const void *k_cache,
                  uint32_t ktype, const void *v_cache, uint32_t vtype, int n_heads,
-                 int n_kv_heads, int head_dim, float scale, float *out, char *err,
-                 size_t errlen);
+                 int n_kv_heads, int head_dim, float scale, int sm_count, float *part,
+                 float *out, char *err, size_t errlen);
 
 /* out[t, o] = sum_i x[t, i] * w[o, i]  (w: n_out rows of n_in in its type,
  * row_bytes each; x: [n_in, n_tokens]; out: [n_out, n_tokens]) */

@@ -4,8 +4,10 @@
 # builds strata with the CUDA backend in build-gpu/, runs the GPU tests (ops
 # against the cpu backend, the model against the fp32 reference, the server
 # on the GPU), then `strata bench --backend cuda` on synthetic tinyllama-1.1b
-# in q8_0 and f16 at 1 and 64 sequences. Logs go to $OUT (default
-# ./gpu-check); a short summary is printed last.
+# in q8_0 and f16 at 1 and 64 sequences, and the paged decode attention
+# (tests/bench/bench_attention.c) against PyTorch's SDPA on the same shapes
+# (tests/bench/sdpa_reference.py). Logs go to $OUT (default ./gpu-check); a
+# short summary is printed last.
 set -u
 top=$(cd "$(dirname "$0")/../.." && pwd)
 OUT=${OUT:-$top/gpu-check}
@@ -33,5 +35,19 @@ bench $q batch $batch: $({ grep -iE 'decode|prefill' "$OUT/bench-$q-b$batch.log"
       tail -n 1 "$OUT/bench-$q-b$batch.log"; } | tr '\n' ' ' | cut -c1-300)"
   done
 done
+# paged decode attention against PyTorch's SDPA on the same shapes
+./libtool --mode=link gcc -O2 -I. -I"$top/core/include" -I"$top/core" -DSTRATA_BUILDDIR="\"$b\"" \
+  -DSTRATA_SRCDIR="\"$top\"" -DSTRATA_SHARED_DIR='"../shared"' -DSTRATA_PKGLIBDIR='"/nonexistent"' \
+  -o bench_attention "$top/tests/bench/bench_attention.c" core/libstrata.la -lpthread \
+  >"$OUT/bench_attention-build.log" 2>&1 &&
+  timeout 120 ./bench_attention cuda >"$OUT/attention.log" 2>&1
+timeout 120 python3 "$top/tests/bench/sdpa_reference.py" >"$OUT/sdpa.log" 2>&1
+# "attention B x CTX: M ms, ..." and "sdpa B x CTX: M ms, ...": field 5 is M
+while IFS='|' read -r shape ms; do
+  sd=$(awk -v s="sdpa $shape" 'index($0, s) == 1 { print $5 }' "$OUT/sdpa.log")
+  summary="$summary
+attention $shape strata $ms ms, sdpa ${sd:-?} ms$( [ -n "$sd" ] &&
+    awk -v a="$ms" -v s="$sd" 'BEGIN { printf ": %.2fx its speed", s / a }')"
+done < <(awk '/^attention / { print $2 " " $3 " " $4 "|" $5 }' "$OUT/attention.log")
 echo "== $(head -2 "$OUT/gpu.txt" | tail -1)"
 echo "$summary"

@@ -11,7 +11,9 @@
  * Bounds (relative L2 norm of the whole output unless stated):
  * - embed, get_rows, kv_store: exact (the same dequantization and rounding);
  * - add, add_bias, swiglu, rmsnorm, rope: 1e-5;
- * - attention: 1e-4 (summation order over up to 300 positions);
+ * - attention: 1e-4 (summation order over up to 300 positions), decode
+ *   and prefill tiles, split over the positions and not, head sizes 64 to
+ *   256;
  * - matmul: 1e-4 against the CPU's f32 path (q8_activations_min is set so
  *   high that the CPU dequantizes every weight type to f32);
  * - matmul of prepared (split) q8_0/q4_0 weights, whose activations the GPU
@@ -427,46 +429,62 @@ START_TEST(matmul_split) {
 END_TEST
 
 /* kv_store then attention, on f32 and f16 caches, GQA (8 heads over 2),
- * three sequences of 300, 17 and 129 positions (several 128-position
- * chunks, a partial block, a chunk boundary) with 5, 1 and 3 queries. */
+ * three sequences of 300, 17 and 129 positions (several chunks, a partial
+ * block, chunk boundaries), for four query shapes: 5, 1 and 3 queries (one
+ * tile each), 1, 1 and 1 (decode), 40, 1 and 20 (several tiles of 16, the
+ * last partial), and all 300, 17 and 129 (whole prompts, with 32 heads over
+ * 8: enough blocks that the positions are not split, where the smaller
+ * shapes are, on any GPU of 4 or more multiprocessors); head sizes 64, 128
+ * and 256 (chunks of 64, 32 and 8 positions). */
 START_TEST(kv_store_and_attention) {
-  const int n_heads = 8, n_kv = 2, hd = 64, bs = 16;
-  const int32_t len[3] = {300, 17, 129}, q[3] = {5, 1, 3};
-  struct tbatch tb;
-  make_batch(&tb, 3, len, q, bs, 10);
-  const int32_t T = tb.b.n_tokens;
-  const int64_t kvd = (int64_t)n_kv * hd, rows = 3 * 32 * bs;
+  const int bs = 16;
+  const int32_t len[3] = {300, 17, 129};
+  const int32_t qs[4][3] = {{5, 1, 3}, {1, 1, 1}, {40, 1, 20}, {300, 17, 129}};
+  const int hds[3] = {64, 128, 256};
   const uint32_t ctypes[2] = {STRATA_TYPE_F32, STRATA_TYPE_F16};
-  for (int ci = 0; ci < 2; ci++) {
-    /* the cache: random history everywhere, then this step's rows stored */
-    float *hist = rand_floats((size_t)(kvd * rows), 1.0f);
-    size_t cb;
-    void *hc = as_type(hist, kvd, rows, ctypes[ci], &cb);
-    struct twin kc = twin_of(hc, cb, ctypes[ci], kvd, rows), vc = twin_of(hc, cb, ctypes[ci], kvd, rows);
-    float *kn = rand_floats((size_t)(kvd * T), 1.0f), *vn = rand_floats((size_t)(kvd * T), 1.0f);
-    struct twin k = twin_f32(kn, kvd, T), v = twin_f32(vn, kvd, T);
-    BOTH(cpu->kv_store(bc, &k.tc, &v.tc, &kc.tc, &vc.tc), gpu->kv_store(bg, &k.tg, &v.tg, &kc.tg, &vc.tg));
-    /* the caches compared as bytes */
-    uint8_t *c1 = malloc(cb), *g1 = malloc(cb);
-    ck_assert_int_eq(cpu->download(bc, kc.c, 0, c1, cb), 0);
-    ck_assert_int_eq(gpu->download(bg, kc.g, 0, g1, cb), 0);
-    ck_assert_msg(memcmp(c1, g1, cb) == 0, "kv_store (%s): the K caches differ",
-                  ci ? "f16" : "f32");
-    ck_assert_int_eq(cpu->download(bc, vc.c, 0, c1, cb), 0);
-    ck_assert_int_eq(gpu->download(bg, vc.g, 0, g1, cb), 0);
-    ck_assert_msg(memcmp(c1, g1, cb) == 0, "kv_store (%s): the V caches differ",
-                  ci ? "f16" : "f32");
-    free(c1), free(g1);
-    float *qd = rand_floats((size_t)(n_heads * hd * T), 1.0f);
-    struct twin qt = twin_f32(qd, n_heads * hd, T), o = twin_f32(NULL, n_heads * hd, T);
-    const struct strata_attention at = {.n_heads = n_heads, .n_kv_heads = n_kv, .head_dim = hd,
-                                        .scale = 1.0f / sqrtf((float)hd)};
-    BOTH(cpu->attention(bc, &qt.tc, &kc.tc, &vc.tc, &at, &o.tc),
-         gpu->attention(bg, &qt.tg, &kc.tg, &vc.tg, &at, &o.tg));
-    compare(ci ? "attention (f16 cache)" : "attention (f32 cache)", &o, 1e-4);
-    twin_free(&kc), twin_free(&vc), twin_free(&k), twin_free(&v), twin_free(&qt), twin_free(&o);
-    free(hist), free(hc), free(kn), free(vn), free(qd);
-  }
+  for (int qi = 0; qi < 4; qi++)
+    for (int hi = 0; hi < 3; hi++)
+      for (int ci = 0; ci < 2; ci++) {
+        if (qi == 3 && hi > 0) continue; /* whole prompts: once is enough */
+        const int hd = hds[hi], n_heads = qi == 3 ? 32 : 8, n_kv = qi == 3 ? 8 : 2;
+        struct tbatch tb;
+        make_batch(&tb, 3, len, qs[qi], bs, 10);
+        const int32_t T = tb.b.n_tokens;
+        const int64_t kvd = (int64_t)n_kv * hd, rows = 3 * 32 * bs;
+        /* the cache: random history everywhere, then this step's rows stored */
+        float *hist = rand_floats((size_t)(kvd * rows), 1.0f);
+        size_t cb;
+        void *hc = as_type(hist, kvd, rows, ctypes[ci], &cb);
+        struct twin kc = twin_of(hc, cb, ctypes[ci], kvd, rows),
+                    vc = twin_of(hc, cb, ctypes[ci], kvd, rows);
+        float *kn = rand_floats((size_t)(kvd * T), 1.0f), *vn = rand_floats((size_t)(kvd * T), 1.0f);
+        struct twin k = twin_f32(kn, kvd, T), v = twin_f32(vn, kvd, T);
+        BOTH(cpu->kv_store(bc, &k.tc, &v.tc, &kc.tc, &vc.tc),
+             gpu->kv_store(bg, &k.tg, &v.tg, &kc.tg, &vc.tg));
+        char what[96];
+        snprintf(what, sizeof what, "%s cache, head_dim %d, queries %d/%d/%d", ci ? "f16" : "f32",
+                 hd, qs[qi][0], qs[qi][1], qs[qi][2]);
+        /* the caches compared as bytes */
+        uint8_t *c1 = malloc(cb), *g1 = malloc(cb);
+        ck_assert_int_eq(cpu->download(bc, kc.c, 0, c1, cb), 0);
+        ck_assert_int_eq(gpu->download(bg, kc.g, 0, g1, cb), 0);
+        ck_assert_msg(memcmp(c1, g1, cb) == 0, "kv_store (%s): the K caches differ", what);
+        ck_assert_int_eq(cpu->download(bc, vc.c, 0, c1, cb), 0);
+        ck_assert_int_eq(gpu->download(bg, vc.g, 0, g1, cb), 0);
+        ck_assert_msg(memcmp(c1, g1, cb) == 0, "kv_store (%s): the V caches differ", what);
+        free(c1), free(g1);
+        float *qd = rand_floats((size_t)(n_heads * hd * T), 1.0f);
+        struct twin qt = twin_f32(qd, n_heads * hd, T), o = twin_f32(NULL, n_heads * hd, T);
+        const struct strata_attention at = {.n_heads = n_heads, .n_kv_heads = n_kv, .head_dim = hd,
+                                            .scale = 1.0f / sqrtf((float)hd)};
+        BOTH(cpu->attention(bc, &qt.tc, &kc.tc, &vc.tc, &at, &o.tc),
+             gpu->attention(bg, &qt.tg, &kc.tg, &vc.tg, &at, &o.tg));
+        char w2[128];
+        snprintf(w2, sizeof w2, "attention (%s)", what);
+        compare(w2, &o, 1e-4);
+        twin_free(&kc), twin_free(&vc), twin_free(&k), twin_free(&v), twin_free(&qt), twin_free(&o);
+        free(hist), free(hc), free(kn), free(vn), free(qd);
+      }
 }
 END_TEST
 

@@ -71,9 +71,13 @@ struct strata_backend {
   size_t d_cap;                  /* ints */
   int32_t *h_ints;               /* staging on the host */
   size_t h_cap;
-  int32_t *d_tokens, *d_positions, *d_slots, *d_seq_of, *d_block_tables, *d_out_rows;
+  int32_t *d_tokens, *d_positions, *d_slots, *d_seq_of, *d_block_tables, *d_out_rows, *d_tiles;
+  int32_t n_tiles; /* the prefill attention's query tiles (kernels.h) */
   void *d_ws; /* the integer matmul's quantized activations */
   size_t ws_cap;
+  float *d_attn_ws; /* attention's split partials */
+  size_t attn_ws_cap;
+  int sm_count;     /* multiprocessors: how many blocks fill the device */
 };
 
 __attribute__((format(printf, 2, 3))) static int cu_fail(struct strata_backend *b,
@@ -293,11 +297,12 @@ static int cu_open(int index, const struct strata_backend_params *params,
     free(b);
     return -1;
   }
-  if (cu_host && cu_host->log) {
-    struct cudaDeviceProp p;
-    if (cudaGetDeviceProperties(&p, index) == cudaSuccess)
-      cu_host->log(STRATA_LOG_INFO, CU_NAME, "device %d: %s, %d.%d", index, p.name, p.major,
-                   p.minor);
+  struct cudaDeviceProp p;
+  if (cudaGetDeviceProperties(&p, index) == cudaSuccess) {
+    b->sm_count = p.multiProcessorCount;
+    if (cu_host && cu_host->log)
+      cu_host->log(STRATA_LOG_INFO, CU_NAME, "device %d: %s, %d.%d, %d multiprocessors", index,
+                   p.name, p.major, p.minor, p.multiProcessorCount);
   }
   *out = b;
   return 0;
@@ -309,6 +314,7 @@ static void cu_close(strata_backend_t *b) {
   cudaStreamSynchronize(b->stream);
   cudaFree(b->d_ints);
   cudaFree(b->d_ws);
+  cudaFree(b->d_attn_ws);
   cudaStreamDestroy(b->stream);
   free(b->h_ints);
   free(b);
@@ -409,9 +415,10 @@ static int cu_set_batch(strata_backend_t *b, const struct strata_batch *batch) {
         return cu_fail(b, "set_batch: sequence %d's block %d is %d", s, k,
                        B->block_tables[(int64_t)s * B->max_blocks + k]);
   }
-  /* tokens, positions, slots, seq_of: T each; block tables; out rows */
+  /* tokens, positions, slots, seq_of: T each; block tables; out rows;
+   * attention's query tiles: at most T pairs */
   const size_t nbt = S > 0 ? (size_t)S * (size_t)B->max_blocks : 0;
-  const size_t total = 4 * (size_t)T + nbt + (size_t)O;
+  const size_t total = 4 * (size_t)T + nbt + (size_t)O + 2 * (size_t)T;
   if (total > b->h_cap) {
     int32_t *h = realloc(b->h_ints, (total + total / 4 + 64) * sizeof *h);
     if (!h) return cu_fail(b, "set_batch: out of host memory");
@@ -440,8 +447,16 @@ static int cu_set_batch(strata_backend_t *b, const struct strata_batch *batch) {
     for (int32_t i = B->seq_start[s]; i < B->seq_start[s + 1]; i++) seq_of[i] = s;
   if (nbt) memcpy(h + 4 * (size_t)T, B->block_tables, nbt * sizeof *h);
   if (O > 0) memcpy(h + 4 * (size_t)T + nbt, B->out_rows, (size_t)O * sizeof *h);
-  if (total)
-    CU_CHECK(b, cudaMemcpyAsync(b->d_ints, h, total * sizeof *h, cudaMemcpyHostToDevice,
+  int32_t *tiles = h + 4 * (size_t)T + nbt + (size_t)O, nt = 0;
+  for (int32_t s = 0; s < S; s++)
+    for (int32_t i = B->seq_start[s]; i < B->seq_start[s + 1]; i += KC_FA_Q) {
+      tiles[2 * nt] = i;
+      tiles[2 * nt + 1] = B->seq_start[s + 1] - i < KC_FA_Q ? B->seq_start[s + 1] - i : KC_FA_Q;
+      nt++;
+    }
+  const size_t used = total - 2 * (size_t)T + 2 * (size_t)nt;
+  if (used)
+    CU_CHECK(b, cudaMemcpyAsync(b->d_ints, h, used * sizeof *h, cudaMemcpyHostToDevice,
                                 b->stream),
              "set_batch");
   int32_t *d = b->d_ints;
@@ -451,6 +466,8 @@ static int cu_set_batch(strata_backend_t *b, const struct strata_batch *batch) {
   b->d_seq_of = d + 3 * (size_t)T;
   b->d_block_tables = d + 4 * (size_t)T;
   b->d_out_rows = d + 4 * (size_t)T + nbt;
+  b->d_tiles = d + 4 * (size_t)T + nbt + (size_t)O;
+  b->n_tiles = nt;
   b->have_batch = 1;
   return 0;
 }
@@ -638,10 +655,22 @@ static int cu_attention(strata_backend_t *b, const struct strata_tensor *q,
         return cu_fail(b, "attention: sequence %d's block %d is past the cache's %lld rows", s,
                        k, (long long)rows);
   }
-  const struct kc_batch kb = {B->n_tokens,      b->d_positions, b->d_seq_of,
-                              b->d_block_tables, B->max_blocks, B->block_size};
+  int32_t max_len = 0;
+  for (int32_t s = 0; s < B->n_seqs; s++) max_len = B->seq_len[s] > max_len ? B->seq_len[s] : max_len;
+  const struct kc_batch kb = {B->n_tokens,   b->d_positions, b->d_seq_of, b->d_block_tables,
+                              B->max_blocks, B->block_size,  b->d_tiles,  b->n_tiles,
+                              max_len};
+  const size_t ws = kc_attention_workspace(&kb, a->n_heads, a->head_dim, b->sm_count);
+  if (ws > b->attn_ws_cap) {
+    cudaFree(b->d_attn_ws); /* waits for the work that may still read it */
+    b->d_attn_ws = NULL;
+    b->attn_ws_cap = 0;
+    CU_CHECK(b, cudaMalloc((void **)&b->d_attn_ws, ws + ws / 4), "attention workspace");
+    b->attn_ws_cap = ws + ws / 4;
+  }
   return kc_attention(b->stream, &kb, qp, kc, k_cache->type, vc, v_cache->type, a->n_heads,
-                      a->n_kv_heads, a->head_dim, a->scale, op, b->err, sizeof b->err);
+                      a->n_kv_heads, a->head_dim, a->scale, b->sm_count, b->d_attn_ws, op, b->err,
+                      sizeof b->err);
 }
 
 static int cu_swiglu(strata_backend_t *b, const struct strata_tensor *gate,
