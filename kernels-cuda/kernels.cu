@@ -5,11 +5,21 @@
  * running maximum and sum), split over the positions where the tiles are
  * too few (flash-decoding); q8_0/q4_0 matmul on a split layout with 8-bit
  * activations and dp4a; f32/f16/bf16 matmul dequantizing on the fly. */
-#ifdef __HIPCC__ /* the HIP build of this same source (kernels-hip/) */
+#if defined(STRATA_KERNELS_EMU) /* run on the CPU by the tests (tests/gpu/emu/) */
+#include "../tests/gpu/emu/cuda_emu.h"
+#elif defined(__HIPCC__) /* the HIP build of this same source (kernels-hip/) */
 #include "../kernels-hip/hip_compat.h"
 #else
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
+#endif
+
+/* A launch: KC_LAUNCH(grid, block, shared bytes, stream, kernel)(args). The
+ * kernel comes last so that a template's arguments may hold commas. The
+ * emulator (tests/gpu/emu/cuda_emu.h) defines its own. */
+#ifndef KC_LAUNCH
+#define KC_LAUNCH(grid, block, smem, stream, ...) __VA_ARGS__<<<grid, block, smem, stream>>>
+#define KC_DYN_SMEM(type, name) extern __shared__ type name[]
 #endif
 
 #include <math.h>
@@ -116,7 +126,7 @@ extern "C" int kc_embed(void *stream, uint32_t type, const void *table, size_t r
                         char *err, size_t errlen) {
   if (!kc_type_ok(type)) return kc_fail(__LINE__, err, errlen, "embed: unsupported table type");
   if (n_tokens <= 0) return 0;
-  kc_embed_k<<<n_tokens, KC_THREADS, 0, (cudaStream_t)stream>>>(type, (const uint8_t *)table,
+  KC_LAUNCH(n_tokens, KC_THREADS, 0, (cudaStream_t)stream, kc_embed_k)(type, (const uint8_t *)table,
                                                                 row_bytes, dim, tokens, out);
   return KC_LAUNCHED();
 }
@@ -135,7 +145,7 @@ extern "C" int kc_rmsnorm(void *stream, const float *x, const float *w, float ep
                           int64_t rows, float *out, char *err, size_t errlen) {
   if (rows <= 0) return 0;
   if (rows > 0x7fffffff) return kc_fail(__LINE__, err, errlen, "rmsnorm: too many rows");
-  kc_rmsnorm_k<<<(unsigned)rows, KC_THREADS, 0, (cudaStream_t)stream>>>(x, w, eps, dim, out);
+  KC_LAUNCH((unsigned)rows, KC_THREADS, 0, (cudaStream_t)stream, kc_rmsnorm_k)(x, w, eps, dim, out);
   return KC_LAUNCHED();
 }
 
@@ -148,7 +158,7 @@ __global__ void kc_add_k(const float *a, const float *c, float *out, int64_t n) 
 extern "C" int kc_add(void *stream, const float *a, const float *c, float *out, int64_t n,
                       char *err, size_t errlen) {
   if (n <= 0) return 0;
-  kc_add_k<<<kc_blocks(n, KC_THREADS), KC_THREADS, 0, (cudaStream_t)stream>>>(a, c, out, n);
+  KC_LAUNCH(kc_blocks(n, KC_THREADS), KC_THREADS, 0, (cudaStream_t)stream, kc_add_k)(a, c, out, n);
   return KC_LAUNCHED();
 }
 
@@ -162,7 +172,7 @@ extern "C" int kc_add_bias(void *stream, float *x, const float *bias, int64_t n,
                            char *err, size_t errlen) {
   const int64_t total = n * rows;
   if (total <= 0) return 0;
-  kc_add_bias_k<<<kc_blocks(total, KC_THREADS), KC_THREADS, 0, (cudaStream_t)stream>>>(
+  KC_LAUNCH(kc_blocks(total, KC_THREADS), KC_THREADS, 0, (cudaStream_t)stream, kc_add_bias_k)(
       x, bias, n, total);
   return KC_LAUNCHED();
 }
@@ -178,7 +188,7 @@ __global__ void kc_swiglu_k(const float *g, const float *u, float *out, int64_t 
 extern "C" int kc_swiglu(void *stream, const float *gate, const float *up, float *out,
                          int64_t n, char *err, size_t errlen) {
   if (n <= 0) return 0;
-  kc_swiglu_k<<<kc_blocks(n, KC_THREADS), KC_THREADS, 0, (cudaStream_t)stream>>>(gate, up, out,
+  KC_LAUNCH(kc_blocks(n, KC_THREADS), KC_THREADS, 0, (cudaStream_t)stream, kc_swiglu_k)(gate, up, out,
                                                                                    n);
   return KC_LAUNCHED();
 }
@@ -192,7 +202,7 @@ __global__ void kc_get_rows_k(const float *x, int64_t dim, const int32_t *rows, 
 extern "C" int kc_get_rows(void *stream, const float *x, int64_t dim, const int32_t *rows,
                            int32_t n_out, float *out, char *err, size_t errlen) {
   if (n_out <= 0) return 0;
-  kc_get_rows_k<<<n_out, KC_THREADS, 0, (cudaStream_t)stream>>>(x, dim, rows, out);
+  KC_LAUNCH(n_out, KC_THREADS, 0, (cudaStream_t)stream, kc_get_rows_k)(x, dim, rows, out);
   return KC_LAUNCHED();
 }
 
@@ -220,7 +230,7 @@ extern "C" int kc_rope(void *stream, float *x, const int32_t *positions, int32_t
   if (n_tokens <= 0) return 0;
   if ((int64_t)n_tokens * n_heads > 0x7fffffff)
     return kc_fail(__LINE__, err, errlen, "rope: too many rows");
-  kc_rope_k<<<n_tokens * n_heads, 128, 0, (cudaStream_t)stream>>>(
+  KC_LAUNCH(n_tokens * n_heads, 128, 0, (cudaStream_t)stream, kc_rope_k)(
       x, positions, n_heads, head_dim, theta, freq_scale, neox, n_dims);
   return KC_LAUNCHED();
 }
@@ -248,7 +258,7 @@ extern "C" int kc_kv_store(void *stream, const float *k, const float *v, int64_t
   if ((ktype != T_F32 && ktype != T_F16) || (vtype != T_F32 && vtype != T_F16))
     return kc_fail(__LINE__, err, errlen, "kv_store: cache type not f32 or f16");
   if (n_tokens <= 0) return 0;
-  kc_kv_store_k<<<n_tokens, KC_THREADS, 0, (cudaStream_t)stream>>>(k, v, kvd, slots, k_cache,
+  KC_LAUNCH(n_tokens, KC_THREADS, 0, (cudaStream_t)stream, kc_kv_store_k)(k, v, kvd, slots, k_cache,
                                                                    ktype, v_cache, vtype);
   return KC_LAUNCHED();
 }
@@ -278,11 +288,25 @@ static size_t kc_fa_smem(int hd, int c) {
   return (size_t)(KC_FA_Q * hd + c * (hd + 1) + c * hd + KC_FA_Q * c + 3 * KC_FA_Q) * sizeof(float);
 }
 
-/* Splits of the positions per (tile, head): one where the tiles and heads
- * give every multiprocessor two blocks; else enough to, at most one per
- * chunk of the longest sequence and 32 in all. */
-static int kc_attention_splits(const struct kc_batch *b, int n_heads, int hd, int sm_count) {
-  const int64_t blocks = (int64_t)b->n_tiles * n_heads, target = 2 * (int64_t)(sm_count > 0 ? sm_count : 1);
+/* Query heads per block: the most heads of one KV head's group (a divisor
+ * of the group) whose rows, with the largest tile's queries, fit KC_FA_Q:
+ * GQA's heads then share each K/V chunk loaded (a decode step: the whole
+ * group in one block). */
+static int kc_attention_gb(const struct kc_batch *b, int n_heads, int n_kv_heads) {
+  const int g = n_heads / n_kv_heads, mt = b->max_tile > 0 ? b->max_tile : KC_FA_Q;
+  int gb = 1;
+  for (int d = 1; d <= g; d++)
+    if (g % d == 0 && d * mt <= KC_FA_Q) gb = d;
+  return gb;
+}
+
+/* Splits of the positions per (tile, head group): one where those give
+ * every multiprocessor two blocks; else enough to, at most one per chunk of
+ * the longest sequence and 32 in all. */
+static int kc_attention_splits(const struct kc_batch *b, int n_heads, int n_kv_heads, int hd,
+                               int sm_count) {
+  const int64_t blocks = (int64_t)b->n_tiles * (n_heads / kc_attention_gb(b, n_heads, n_kv_heads));
+  const int64_t target = 2 * (int64_t)(sm_count > 0 ? sm_count : 1);
   if (blocks >= target) return 1;
   const int64_t chunks = ((int64_t)b->max_len + kc_fa_chunk(hd) - 1) / kc_fa_chunk(hd);
   int64_t n = (target + blocks - 1) / blocks;
@@ -291,7 +315,8 @@ static int kc_attention_splits(const struct kc_batch *b, int n_heads, int hd, in
   return n < 1 ? 1 : (int)n;
 }
 
-/* One block per (tile, head, split): the tile's queries (pre-scaled) stay
+/* One block per (tile, group of gb heads of one KV head, split): its rows
+ * are the (query, head) pairs, query-major; their queries (pre-scaled) stay
  * in shared memory; each chunk of C positions of the block's share of the
  * positions up to the tile's last one is loaded once (K and V rows through
  * the block table, f16 widened), scored against every query (masked past
@@ -303,31 +328,31 @@ static int kc_attention_splits(const struct kc_batch *b, int n_heads, int hd, in
  * kc_attention_merge_k combines them. */
 __global__ void kc_attention_fa_k(struct kc_batch b, const float *q, const void *kc, uint32_t ktype,
                                   const void *vc, uint32_t vtype, int n_heads, int n_kv_heads,
-                                  int hd, float scale, int C, float *out, float *part) {
-  extern __shared__ float fa_smem[];
+                                  int hd, float scale, int C, int gb, float *out, float *part) {
+  KC_DYN_SMEM(float, fa_smem);
   float *qs = fa_smem, *ks = qs + KC_FA_Q * hd, *vs = ks + C * (hd + 1), *ss = vs + C * hd;
   float *rm = ss + KC_FA_Q * C, *rl = rm + KC_FA_Q, *rc = rl + KC_FA_Q;
   __shared__ int32_t qpos[KC_FA_Q];
   __shared__ int32_t last;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int32_t t0 = b.tiles[2 * blockIdx.x], nq = b.tiles[2 * blockIdx.x + 1];
-  const int h = blockIdx.y, kvh = h / (n_heads / n_kv_heads);
+  const int32_t t0 = b.tiles[2 * blockIdx.x], nr = b.tiles[2 * blockIdx.x + 1] * gb;
+  const int h0 = blockIdx.y * gb, kvh = h0 / (n_heads / n_kv_heads);
   const int split = blockIdx.z, n_split = gridDim.z;
   const int64_t qdim = (int64_t)n_heads * hd, kvd = (int64_t)n_kv_heads * hd;
   const int32_t *bt = b.block_tables + (int64_t)b.seq_of[t0] * b.max_blocks;
-  for (int i = tid; i < nq * hd; i += KC_FA_THREADS) {
-    const int qi = i / hd, d = i % hd;
-    qs[i] = q[(t0 + qi) * qdim + (int64_t)h * hd + d] * scale;
+  for (int i = tid; i < nr * hd; i += KC_FA_THREADS) {
+    const int r = i / hd, d = i % hd;
+    qs[i] = q[(t0 + r / gb) * qdim + (int64_t)(h0 + r % gb) * hd + d] * scale;
   }
   if (tid < KC_FA_Q) {
-    qpos[tid] = tid < nq ? b.positions[t0 + tid] : -1;
+    qpos[tid] = tid < nr ? b.positions[t0 + tid / gb] : -1;
     rm[tid] = -INFINITY;
     rl[tid] = 0.0f;
   }
   __syncthreads();
   if (tid == 0) {
     int32_t mx = 0;
-    for (int i = 0; i < nq; i++) mx = qpos[i] > mx ? qpos[i] : mx;
+    for (int i = 0; i < nr; i++) mx = qpos[i] > mx ? qpos[i] : mx;
     last = mx;
   }
   float acc[KC_FA_OUT];
@@ -349,7 +374,7 @@ __global__ void kc_attention_fa_k(struct kc_batch b, const float *q, const void 
       vs[j * hd + d] = kc_cache_load(vtype, vc, base);
     }
     __syncthreads();
-    for (int i = tid; i < nq * n; i += KC_FA_THREADS) {
+    for (int i = tid; i < nr * n; i += KC_FA_THREADS) {
       const int qi = i / n, j = i % n;
       float sc = -INFINITY;
       if (p0 + j <= qpos[qi]) {
@@ -362,7 +387,7 @@ __global__ void kc_attention_fa_k(struct kc_batch b, const float *q, const void 
     }
     __syncthreads();
     /* each warp folds its queries' rows: new maximum, weights, sum */
-    for (int qi = warp; qi < nq; qi += KC_FA_THREADS / 32) {
+    for (int qi = warp; qi < nr; qi += KC_FA_THREADS / 32) {
       float mc = -INFINITY;
       for (int j = lane; j < n; j += 32) mc = fmaxf(mc, ss[qi * C + j]);
       for (int o = 16; o > 0; o >>= 1) mc = fmaxf(mc, __shfl_xor_sync(0xffffffffu, mc, o));
@@ -386,7 +411,7 @@ __global__ void kc_attention_fa_k(struct kc_batch b, const float *q, const void 
 #pragma unroll
     for (int k = 0; k < KC_FA_OUT; k++) {
       const int i = tid + k * KC_FA_THREADS;
-      if (i < nq * hd) {
+      if (i < nr * hd) {
         const int qi = i / hd, d = i % hd;
         const float *w = ss + qi * C;
         float a = acc[k] * rc[qi];
@@ -400,12 +425,15 @@ __global__ void kc_attention_fa_k(struct kc_batch b, const float *q, const void 
 #pragma unroll
     for (int k = 0; k < KC_FA_OUT; k++) {
       const int i = tid + k * KC_FA_THREADS;
-      if (i < nq * hd) out[(t0 + i / hd) * qdim + (int64_t)h * hd + i % hd] = acc[k] / rl[i / hd];
+      if (i < nr * hd) {
+        const int r = i / hd;
+        out[(t0 + r / gb) * qdim + (int64_t)(h0 + r % gb) * hd + i % hd] = acc[k] / rl[r];
+      }
     }
     return;
   }
   /* part: per (tile, head, split) the maxima, the sums, then [KC_FA_Q][hd] */
-  float *pp = part + (((size_t)blockIdx.x * gridDim.y + h) * n_split + split) *
+  float *pp = part + (((size_t)blockIdx.x * gridDim.y + blockIdx.y) * n_split + split) *
                          (size_t)(2 * KC_FA_Q + KC_FA_Q * hd);
   if (tid < KC_FA_Q) {
     pp[tid] = rm[tid]; /* -inf for a split with no position of a query's */
@@ -414,22 +442,22 @@ __global__ void kc_attention_fa_k(struct kc_batch b, const float *q, const void 
 #pragma unroll
   for (int k = 0; k < KC_FA_OUT; k++) {
     const int i = tid + k * KC_FA_THREADS;
-    if (i < nq * hd) pp[2 * KC_FA_Q + i] = acc[k];
+    if (i < nr * hd) pp[2 * KC_FA_Q + i] = acc[k];
   }
 }
 
-/* One block per (tile, head): each output is its splits' unnormalized
- * outputs, each scaled by e^(its maximum - the overall maximum), over the
- * splits' sums scaled alike. */
-__global__ void kc_attention_merge_k(struct kc_batch b, int n_heads, int hd, int n_split,
+/* One block per (tile, head group): each output is its splits'
+ * unnormalized outputs, each scaled by e^(its maximum - the overall
+ * maximum), over the splits' sums scaled alike. */
+__global__ void kc_attention_merge_k(struct kc_batch b, int n_heads, int hd, int gb, int n_split,
                                      const float *part, float *out) {
-  const int32_t t0 = b.tiles[2 * blockIdx.x], nq = b.tiles[2 * blockIdx.x + 1];
-  const int h = blockIdx.y;
+  const int32_t t0 = b.tiles[2 * blockIdx.x], nr = b.tiles[2 * blockIdx.x + 1] * gb;
+  const int h0 = blockIdx.y * gb;
   const int64_t qdim = (int64_t)n_heads * hd;
   const size_t stride = (size_t)(2 * KC_FA_Q + KC_FA_Q * hd);
-  const float *pp = part + ((size_t)blockIdx.x * gridDim.y + h) * n_split * stride;
-  for (int i = threadIdx.x; i < nq * hd; i += blockDim.x) {
-    const int qi = i / hd;
+  const float *pp = part + ((size_t)blockIdx.x * gridDim.y + blockIdx.y) * n_split * stride;
+  for (int i = threadIdx.x; i < nr * hd; i += blockDim.x) {
+    const int qi = i / hd; /* the row */
     float m = -INFINITY;
     for (int s = 0; s < n_split; s++) m = fmaxf(m, pp[s * stride + qi]);
     float l = 0.0f, o = 0.0f;
@@ -440,14 +468,16 @@ __global__ void kc_attention_merge_k(struct kc_batch b, int n_heads, int hd, int
       l += pp[s * stride + KC_FA_Q + qi] * w;
       o += pp[s * stride + 2 * KC_FA_Q + i] * w;
     }
-    out[(t0 + qi) * qdim + (int64_t)h * hd + i % hd] = o / l;
+    out[(t0 + qi / gb) * qdim + (int64_t)(h0 + qi % gb) * hd + i % hd] = o / l;
   }
 }
 
-extern "C" size_t kc_attention_workspace(const struct kc_batch *b, int n_heads, int head_dim,
-                                         int sm_count) {
-  const int n = kc_attention_splits(b, n_heads, head_dim, sm_count);
-  return n > 1 ? (size_t)b->n_tiles * n_heads * n * (2 * KC_FA_Q + KC_FA_Q * head_dim) * sizeof(float)
+extern "C" size_t kc_attention_workspace(const struct kc_batch *b, int n_heads, int n_kv_heads,
+                                         int head_dim, int sm_count) {
+  if (n_kv_heads <= 0 || n_heads % n_kv_heads != 0 || head_dim <= 0) return 0;
+  const int n = kc_attention_splits(b, n_heads, n_kv_heads, head_dim, sm_count);
+  const int groups = n_heads / kc_attention_gb(b, n_heads, n_kv_heads);
+  return n > 1 ? (size_t)b->n_tiles * groups * n * (2 * KC_FA_Q + KC_FA_Q * head_dim) * sizeof(float)
                : 0;
 }
 
@@ -466,16 +496,20 @@ extern "C" int kc_attention(void *stream, const struct kc_batch *b, const float 
   if (n_heads > 65535) return kc_fail(__LINE__, err, errlen, "attention: too many heads");
   if (b->n_tiles <= 0 || b->n_tiles > b->n_tokens)
     return kc_fail(__LINE__, err, errlen, "attention: no query tiles");
-  const int c = kc_fa_chunk(head_dim), n_split = kc_attention_splits(b, n_heads, head_dim, sm_count);
+  if (b->max_tile < 1 || b->max_tile > KC_FA_Q)
+    return kc_fail(__LINE__, err, errlen, "attention: tiles of 1..16 queries");
+  const int c = kc_fa_chunk(head_dim), gb = kc_attention_gb(b, n_heads, n_kv_heads);
+  const int n_split = kc_attention_splits(b, n_heads, n_kv_heads, head_dim, sm_count);
   if (n_split > 1 && !part) return kc_fail(__LINE__, err, errlen, "attention: no split workspace");
-  const dim3 grid((unsigned)b->n_tiles, (unsigned)n_heads, (unsigned)n_split);
-  kc_attention_fa_k<<<grid, KC_FA_THREADS, kc_fa_smem(head_dim, c), (cudaStream_t)stream>>>(
-      *b, q, k_cache, ktype, v_cache, vtype, n_heads, n_kv_heads, head_dim, scale, c, out, part);
+  const dim3 grid((unsigned)b->n_tiles, (unsigned)(n_heads / gb), (unsigned)n_split);
+  KC_LAUNCH(grid, KC_FA_THREADS, kc_fa_smem(head_dim, c), (cudaStream_t)stream, kc_attention_fa_k)(
+      *b, q, k_cache, ktype, v_cache, vtype, n_heads, n_kv_heads, head_dim, scale, c, gb, out,
+      part);
   if (KC_LAUNCHED() != 0) return -1;
   if (n_split == 1) return 0;
-  const dim3 mgrid((unsigned)b->n_tiles, (unsigned)n_heads);
-  kc_attention_merge_k<<<mgrid, KC_ATT_THREADS, 0, (cudaStream_t)stream>>>(*b, n_heads, head_dim,
-                                                                           n_split, part, out);
+  const dim3 mgrid((unsigned)b->n_tiles, (unsigned)(n_heads / gb));
+  KC_LAUNCH(mgrid, KC_ATT_THREADS, 0, (cudaStream_t)stream, kc_attention_merge_k)(
+      *b, n_heads, head_dim, gb, n_split, part, out);
   return KC_LAUNCHED();
 }
 
@@ -526,7 +560,7 @@ extern "C" int kc_matmul(void *stream, uint32_t type, const void *w, size_t row_
   if (n_tokens <= 0 || n_out <= 0) return 0;
   const int64_t blocks = (n_out + KC_MM_WARPS - 1) / KC_MM_WARPS;
   if (blocks > 0x7fffffff) return kc_fail(__LINE__, err, errlen, "matmul: too many rows");
-  kc_matmul_k<<<(unsigned)blocks, KC_MM_WARPS * 32, 0, (cudaStream_t)stream>>>(
+  KC_LAUNCH((unsigned)blocks, KC_MM_WARPS * 32, 0, (cudaStream_t)stream, kc_matmul_k)(
       type, (const uint8_t *)w, row_bytes, n_in, n_out, x, n_tokens, out);
   return KC_LAUNCHED();
 }
@@ -569,7 +603,7 @@ extern "C" int kc_split_q(void *stream, uint32_t type, const void *w, size_t row
   if ((size_t)(k / 32) * (type == T_Q4_0 ? 18 : 34) != row_bytes)
     return kc_fail(__LINE__, err, errlen, "split: row bytes do not match the row length");
   if (n_out <= 0) return 0;
-  kc_split_q_k<<<kc_blocks((k / 32) * n_out, KC_THREADS), KC_THREADS, 0, (cudaStream_t)stream>>>(
+  KC_LAUNCH(kc_blocks((k / 32) * n_out, KC_THREADS), KC_THREADS, 0, (cudaStream_t)stream, kc_split_q_k)(
       type == T_Q4_0, (const uint8_t *)w, row_bytes, k, n_out, (uint8_t *)dst);
   return KC_LAUNCHED();
 }
@@ -604,7 +638,7 @@ extern "C" int kc_quant_act(void *stream, const float *x, int64_t k, int64_t n_t
   const int per = KC_THREADS / 32;
   const int64_t grid = (n_blocks + per - 1) / per;
   if (grid > 0x7fffffff) return kc_fail(__LINE__, err, errlen, "quant_act: too many blocks");
-  kc_quant_act_k<<<(unsigned)grid, KC_THREADS, 0, (cudaStream_t)stream>>>(x, n_blocks, xq,
+  KC_LAUNCH((unsigned)grid, KC_THREADS, 0, (cudaStream_t)stream, kc_quant_act_k)(x, n_blocks, xq,
                                                                           (float2 *)xs);
   return KC_LAUNCHED();
 }
@@ -689,7 +723,7 @@ static void kc_matmul_q_launch(dim3 grid, cudaStream_t st, const void *wsplit, i
   const uint8_t *wq = (const uint8_t *)wsplit;
   const unsigned short *ws =
       (const unsigned short *)(wq + (size_t)n_out * (size_t)(Q4 ? k / 2 : k));
-  kc_matmul_q_k<Q4, TT><<<grid, KC_MQ_WARPS * 32, 0, st>>>(wq, ws, k, n_out, xq,
+  KC_LAUNCH(grid, KC_MQ_WARPS * 32, 0, st, kc_matmul_q_k<Q4, TT>)(wq, ws, k, n_out, xq,
                                                            (const float2 *)xs, n_tokens, out);
 }
 

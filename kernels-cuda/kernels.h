@@ -67,6 +67,7 @@ struct kc_batch {
    * to KC_FA_Q consecutive tokens of one sequence each */
   const int32_t *tiles;        /* [2 * n_tiles] */
   int32_t n_tiles;
+  int32_t max_tile;            /* the most queries in a tile */
   int32_t max_len;             /* the longest sequence's positions (host-known) */
 };
 
@@ -76,13 +77,16 @@ struct kc_batch {
 /* out[t, h*head_dim ..] = softmax(q_h . K / scale) V over the cached
  * positions 0..positions[t] of t's sequence (causal), GQA: head h reads KV
  * head h / (n_heads / n_kv_heads). head_dim at most 256. One block per
- * (query tile, head) loads each chunk of K and V into shared memory once
- * for the tile's queries (FlashAttention's tiling and online softmax; a
- * decode step's tiles are single queries). Where tiles x heads would leave
- * multiprocessors idle (sm_count of them), each (tile, head) is split over
- * the positions and a second kernel merges the splits (flash-decoding),
- * with kc_attention_workspace(...) bytes of device memory at part. */
-size_t kc_attention_workspace(const struct kc_batch *b, int n_heads, int head_dim, int sm_count);
+ * (query tile, group of heads sharing a KV head, as many as fit 16 rows
+ * with the largest tile) loads each chunk of K and V into shared memory
+ * once for all its (query, head) rows (FlashAttention's tiling and online
+ * softmax; a decode step's tiles are single queries, so a block takes a
+ * whole GQA group). Where those blocks would leave multiprocessors idle
+ * (sm_count of them), each is split over the positions and a second kernel
+ * merges the splits (flash-decoding), with kc_attention_workspace(...)
+ * bytes of device memory at part. */
+size_t kc_attention_workspace(const struct kc_batch *b, int n_heads, int n_kv_heads, int head_dim,
+                              int sm_count);
 int kc_attention(void *stream, const struct kc_batch *b, const float *q, const void *k_cache,
                  uint32_t ktype, const void *v_cache, uint32_t vtype, int n_heads,
                  int n_kv_heads, int head_dim, float scale, int sm_count, float *part,

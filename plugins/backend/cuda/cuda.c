@@ -36,7 +36,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#ifdef STRATA_HIP
+#if defined(STRATA_EMU) /* tests only: the kernels emulated on the CPU (tests/gpu/emu/) */
+#include "../../../tests/gpu/emu/cuda_emu_runtime.h"
+#define CU_NAME "emu"
+#elif defined(STRATA_HIP)
 #include "../../../kernels-hip/hip_compat.h"
 #define CU_NAME "hip"
 #else
@@ -72,7 +75,7 @@ struct strata_backend {
   int32_t *h_ints;               /* staging on the host */
   size_t h_cap;
   int32_t *d_tokens, *d_positions, *d_slots, *d_seq_of, *d_block_tables, *d_out_rows, *d_tiles;
-  int32_t n_tiles; /* the prefill attention's query tiles (kernels.h) */
+  int32_t n_tiles, max_tile; /* attention's query tiles (kernels.h) */
   void *d_ws; /* the integer matmul's quantized activations */
   size_t ws_cap;
   float *d_attn_ws; /* attention's split partials */
@@ -234,7 +237,13 @@ static int cu_device_info(int index, struct strata_backend_device *out) {
       } else {
         d.memory_total = p.totalGlobalMem;
       }
-#ifdef STRATA_HIP
+#if defined(STRATA_EMU)
+      /* above 0, so the tests run on it; below the cpu's 10, so that
+       * `auto` never takes it */
+      d.score = 1;
+      snprintf(d.why, sizeof d.why, "the cuda kernels emulated on the CPU (tests only)");
+      (void)drv;
+#elif defined(STRATA_HIP)
       /* the kernels run on the targets hipcc built them for (STRATA_HIP_ARCHS) */
       char arch[80];
       snprintf(arch, sizeof arch, " %.60s", p.gcnArchName);
@@ -447,11 +456,12 @@ static int cu_set_batch(strata_backend_t *b, const struct strata_batch *batch) {
     for (int32_t i = B->seq_start[s]; i < B->seq_start[s + 1]; i++) seq_of[i] = s;
   if (nbt) memcpy(h + 4 * (size_t)T, B->block_tables, nbt * sizeof *h);
   if (O > 0) memcpy(h + 4 * (size_t)T + nbt, B->out_rows, (size_t)O * sizeof *h);
-  int32_t *tiles = h + 4 * (size_t)T + nbt + (size_t)O, nt = 0;
+  int32_t *tiles = h + 4 * (size_t)T + nbt + (size_t)O, nt = 0, mt = 0;
   for (int32_t s = 0; s < S; s++)
     for (int32_t i = B->seq_start[s]; i < B->seq_start[s + 1]; i += KC_FA_Q) {
       tiles[2 * nt] = i;
       tiles[2 * nt + 1] = B->seq_start[s + 1] - i < KC_FA_Q ? B->seq_start[s + 1] - i : KC_FA_Q;
+      mt = tiles[2 * nt + 1] > mt ? tiles[2 * nt + 1] : mt;
       nt++;
     }
   const size_t used = total - 2 * (size_t)T + 2 * (size_t)nt;
@@ -468,6 +478,7 @@ static int cu_set_batch(strata_backend_t *b, const struct strata_batch *batch) {
   b->d_out_rows = d + 4 * (size_t)T + nbt;
   b->d_tiles = d + 4 * (size_t)T + nbt + (size_t)O;
   b->n_tiles = nt;
+  b->max_tile = mt;
   b->have_batch = 1;
   return 0;
 }
@@ -659,8 +670,8 @@ static int cu_attention(strata_backend_t *b, const struct strata_tensor *q,
   for (int32_t s = 0; s < B->n_seqs; s++) max_len = B->seq_len[s] > max_len ? B->seq_len[s] : max_len;
   const struct kc_batch kb = {B->n_tokens,   b->d_positions, b->d_seq_of, b->d_block_tables,
                               B->max_blocks, B->block_size,  b->d_tiles,  b->n_tiles,
-                              max_len};
-  const size_t ws = kc_attention_workspace(&kb, a->n_heads, a->head_dim, b->sm_count);
+                              b->max_tile,   max_len};
+  const size_t ws = kc_attention_workspace(&kb, a->n_heads, a->n_kv_heads, a->head_dim, b->sm_count);
   if (ws > b->attn_ws_cap) {
     cudaFree(b->d_attn_ws); /* waits for the work that may still read it */
     b->d_attn_ws = NULL;
@@ -763,7 +774,9 @@ static const struct strata_plugin_desc cu_desc = {
     .name = CU_NAME,
     .version = "0.1",
     .license = "MIT",
-#ifdef STRATA_HIP
+#if defined(STRATA_EMU)
+    .description = "tests only: the cuda backend with its kernels emulated on the CPU",
+#elif defined(STRATA_HIP)
     .description = "AMD GPU (HIP, " STRATA_HIP_ARCHS "): the cuda backend's kernels built by "
                    "hipcc",
 #else
