@@ -2,6 +2,7 @@
 
 #include "conf.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <libconfig.h>
 #include <limits.h>
@@ -577,6 +578,53 @@ static void check_range(const struct strata_config *cfg, const config_setting_t 
                        p->min, p->max);
 }
 
+/* libconfig reads an integer literal past 32 bits without its L suffix as
+ * its low 32 bits, silently (1.7.3: 5000000000 is 705032704, 1e15 is
+ * -1530494976), which may land inside the range. So a 32-bit integer
+ * setting is read again from its line of the file, and one whose literal
+ * says otherwise is an error naming the fix. 1 when it added that error. */
+static int check_int32_literal(const struct strata_config *cfg, const config_setting_t *m,
+                               const char *where, const char *name, struct strata_errlist *errs) {
+  const char *file = config_setting_source_file(m);
+  const int line = (int)config_setting_source_line(m);
+  if (!file || line <= 0 || !name) return 0;
+  FILE *f = fopen(file, "r");
+  if (!f) return 0;
+  char buf[4096];
+  int at = 0, found = 0;
+  while (fgets(buf, sizeof buf, f))
+    if (++at == line) {
+      found = 1;
+      break;
+    }
+  fclose(f);
+  if (!found) return 0;
+  const size_t nl = strlen(name);
+  for (const char *p = strstr(buf, name); p; p = strstr(p + 1, name)) {
+    const int word_start = p == buf || !(isalnum((unsigned char)p[-1]) || p[-1] == '_');
+    const char *q = p + nl;
+    if (!word_start || isalnum((unsigned char)*q) || *q == '_' || *q == '-') continue;
+    while (*q == ' ' || *q == '\t') q++;
+    if (*q != '=' && *q != ':') continue;
+    q++;
+    while (*q == ' ' || *q == '\t') q++;
+    char *end;
+    errno = 0;
+    const long long v = strtoll(q, &end, 0);
+    if (end == q) return 0;
+    if (errno == ERANGE || v != config_setting_get_int64(m)) {
+      strata_errlist_add(errs, setting_file(cfg, m), setting_line(m),
+                         "%s.%s = %.*s does not fit in 32 bits, and libconfig reads it as %lld: "
+                         "write a 64-bit integer with an L suffix (%.*sL)",
+                         where, name, (int)(end - q), q, (long long)config_setting_get_int64(m),
+                         (int)(end - q), q);
+      return 1;
+    }
+    return 0;
+  }
+  return 0;
+}
+
 /* Whether where.name is a core group of its own (engine.kv_cache). */
 static int is_core_subgroup(const char *where, const char *name) {
   char full[128];
@@ -610,11 +658,13 @@ static int validate_params(const struct strata_config *cfg, const config_setting
     switch (p->type) {
     case STRATA_PARAM_INT:
       ok = t == CONFIG_TYPE_INT || t == CONFIG_TYPE_INT64;
-      if (ok) check_range(cfg, m, where, p, (double)config_setting_get_int64(m), errs);
+      if (ok && !(t == CONFIG_TYPE_INT && check_int32_literal(cfg, m, where, name, errs)))
+        check_range(cfg, m, where, p, (double)config_setting_get_int64(m), errs);
       break;
     case STRATA_PARAM_FLOAT:
       ok = t == CONFIG_TYPE_INT || t == CONFIG_TYPE_INT64 || t == CONFIG_TYPE_FLOAT;
-      if (ok) {
+      if (ok && t == CONFIG_TYPE_INT && check_int32_literal(cfg, m, where, name, errs)) {
+      } else if (ok) {
         double v = t == CONFIG_TYPE_FLOAT ? config_setting_get_float(m)
                                           : (double)config_setting_get_int64(m);
         check_range(cfg, m, where, p, v, errs);
@@ -637,7 +687,9 @@ static int validate_params(const struct strata_config *cfg, const config_setting
       }
       break;
     case STRATA_PARAM_SIZE:
-      if (t == CONFIG_TYPE_INT || t == CONFIG_TYPE_INT64) {
+      if (t == CONFIG_TYPE_INT && check_int32_literal(cfg, m, where, name, errs)) {
+        ok = 1;
+      } else if (t == CONFIG_TYPE_INT || t == CONFIG_TYPE_INT64) {
         long long v = config_setting_get_int64(m);
         ok = 1;
         if (v < 0)

@@ -190,6 +190,37 @@ START_TEST(out_of_range) {
 }
 END_TEST
 
+/* libconfig reads 5000000000 as 705032704 (its low 32 bits): inside the
+ * range, so only the literal tells; written 5000000000L it is 64-bit. */
+START_TEST(int_past_32_bits) {
+  expect_one("big.conf", "engine: {\n  kv_cache: {\n    tokens = 5000000000;\n  };\n};\n", NULL, 3,
+             "engine.kv_cache.tokens = 5000000000 does not fit in 32 bits, and libconfig reads it "
+             "as 705032704: write a 64-bit integer with an L suffix (5000000000L)");
+  expect_one("hex.conf", "engine: { max_batch_tokens=0x100000800; };\n", NULL, 1,
+             "(0x100000800L)");
+  expect_one("plug.conf", "plugins: { backend: { cpu: {\n q8_activations_min = 1000000000000000;\n"
+             "}; }; };\n", NULL, 2, "reads it as -1530494976");
+  /* in an included file, at its own line */
+  free(put("inc/big.conf", "# b\nserver: { max_body_bytes = 4294967296; };\n"));
+  expect_one("top.conf", "@include \"inc/big.conf\"\n", "inc/big.conf", 2,
+             "server.max_body_bytes = 4294967296 does not fit in 32 bits");
+  /* the fix: a 64-bit literal, read whole; and 32-bit ones stay fine */
+  char *path = put("ok.conf", "engine: { kv_cache: { tokens = 500000000L; }; max_batch_tokens = 4096; };\n"
+                              "plugins: { backend: { cpu: { q8_activations_min = 1000000000000000L; }; }; };\n");
+  struct strata_errlist e = check(path);
+  for (size_t i = 0; i < e.n; i++) fprintf(stderr, "  got: %s\n", e.lines[i]);
+  ck_assert_uint_eq(e.n, 0);
+  struct strata_errlist e2 = {0};
+  strata_config_t *cfg = strata_config_load(path, &e2);
+  ck_assert_ptr_nonnull(cfg);
+  ck_assert_int_eq(strata_config_int(strata_config_group(cfg, "engine.kv_cache"), "tokens"), 500000000);
+  strata_config_free(cfg);
+  strata_errlist_free(&e);
+  strata_errlist_free(&e2);
+  free(path);
+}
+END_TEST
+
 START_TEST(unknown_key_typo) {
   expect_one("typo.conf", "engine: {\n  modle = \"x.gguf\";\n};\n", NULL, 2,
              "unknown key 'modle' in engine (did you mean 'model'?)");
@@ -420,6 +451,7 @@ static Suite *config_suite(void) {
   tcase_add_test(tc, syntax_error);
   tcase_add_test(tc, wrong_type);
   tcase_add_test(tc, out_of_range);
+  tcase_add_test(tc, int_past_32_bits);
   tcase_add_test(tc, unknown_key_typo);
   tcase_add_test(tc, unknown_top_level);
   tcase_add_test(tc, group_expected);
