@@ -1,12 +1,10 @@
 /* The CPU emulation of the CUDA runtime and of kernel launches (see
  * cuda_emu.h and cuda_emu_runtime.h). */
-/* the coroutines' _longjmp goes to another stack, which the fortified
- * longjmp refuses */
-#undef _FORTIFY_SOURCE
 #include "cuda_emu.h"
 
-#include <setjmp.h>
+#include <stdint.h>
 #include <stdlib.h>
+#include <sys/mman.h>
 #include <ucontext.h>
 
 #include <vector>
@@ -15,23 +13,84 @@ thread_local dim3 threadIdx;
 dim3 blockIdx, blockDim, gridDim;
 alignas(64) unsigned char emu_dyn_smem[64 * 1024]; /* AMD's LDS; CUDA's default is 48 KiB */
 
-/* A block's threads are coroutines (ucontext) on the calling thread, run
- * round-robin: each runs until it waits at a barrier (__syncthreads, or a
- * warp's for a shuffle) or returns. OS threads with real barriers cost a
- * futex and a reschedule per wait: minutes for what this does in seconds.
- * swapcontext also saves the signal mask, a system call per switch (half
- * the time); without sanitizers a coroutine is entered once by
- * swapcontext and switched afterwards by _setjmp/_longjmp. The sanitizers
- * follow swapcontext (they intercept it), not a longjmp to another stack. */
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-#define EMU_FAST 0
+/* A block's threads are coroutines on the calling thread, run round-robin:
+ * each runs until it waits at a barrier (__syncthreads, or a warp's for a
+ * shuffle) or returns. OS threads with real barriers cost a futex and a
+ * reschedule per wait: minutes for what this does in seconds.
+ *
+ * On x86-64 a switch is emu_swap below: the callee-saved registers pushed,
+ * the stack pointer exchanged, the registers popped (what Boost.Context
+ * does; a C11 test cannot take Boost). swapcontext instead saves the
+ * signal mask, a system call per switch, and _longjmp to another stack is
+ * a no-return call to AddressSanitizer, which then clears the shadow of
+ * the rest of the stack and asks sigaltstack: a test of five seconds took
+ * minutes. AddressSanitizer is told of each switch through its fiber
+ * annotations (EMU_LEAVING, EMU_ARRIVED). Elsewhere, and under
+ * ThreadSanitizer (whose fibers want their own annotations), every switch
+ * is a swapcontext. */
+#if defined(__x86_64__) && !defined(__SANITIZE_THREAD__)
+#define EMU_SWAP 1
+#if defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#undef EMU_SWAP
+#define EMU_SWAP 0
+#endif
+#endif
+#else
+#define EMU_SWAP 0
+#endif
+
+#if defined(__SANITIZE_ADDRESS__)
+#define EMU_ASAN 1
 #elif defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
-#define EMU_FAST 0
+#if __has_feature(address_sanitizer)
+#define EMU_ASAN 1
 #endif
 #endif
-#ifndef EMU_FAST
-#define EMU_FAST 1
+#if EMU_SWAP && defined(EMU_ASAN)
+#include <sanitizer/common_interface_defs.h>
+/* Before leaving a stack for another: the other's bounds, and where to
+ * keep this one's fake stack; on arriving: that keeping, and where to
+ * learn the bounds of the stack just left. */
+#define EMU_LEAVING(save, bottom, size) __sanitizer_start_switch_fiber(save, bottom, size)
+#define EMU_ARRIVED(save, bottom, size) __sanitizer_finish_switch_fiber(save, bottom, size)
+#else
+#define EMU_LEAVING(save, bottom, size) ((void)(save), (void)(bottom), (void)(size))
+#define EMU_ARRIVED(save, bottom, size) ((void)(save), (void)(bottom), (void)(size))
+#endif
+
+#if EMU_SWAP
+/* emu_swap(&from_sp, to_sp): saves the callee-saved registers of the
+ * System V ABI (with MXCSR and the x87 control word) on this stack, stores
+ * the stack pointer in *from_sp, and resumes the stack to_sp, which an
+ * emu_swap left, or which run_block laid out the same way. */
+extern "C" void emu_swap(void **from_sp, void *to_sp);
+asm(".text\n"
+    ".p2align 4\n"
+    ".type emu_swap, @function\n"
+    "emu_swap:\n"
+    "  pushq %rbp\n"
+    "  pushq %rbx\n"
+    "  pushq %r12\n"
+    "  pushq %r13\n"
+    "  pushq %r14\n"
+    "  pushq %r15\n"
+    "  subq $8, %rsp\n"
+    "  stmxcsr (%rsp)\n"
+    "  fnstcw 4(%rsp)\n"
+    "  movq %rsp, (%rdi)\n"
+    "  movq %rsi, %rsp\n"
+    "  ldmxcsr (%rsp)\n"
+    "  fldcw 4(%rsp)\n"
+    "  addq $8, %rsp\n"
+    "  popq %r15\n"
+    "  popq %r14\n"
+    "  popq %r13\n"
+    "  popq %r12\n"
+    "  popq %rbx\n"
+    "  popq %rbp\n"
+    "  ret\n"
+    ".size emu_swap, .-emu_swap\n");
 #endif
 
 namespace {
@@ -44,9 +103,12 @@ struct cbarrier {
 };
 
 struct coro {
+#if EMU_SWAP
+  void *sp = nullptr; /* where it left off: see emu_swap */
+#else
   ucontext_t ctx;
-  jmp_buf jb;      /* EMU_FAST: where it yielded (or finished, to run again) */
-  int started = 0; /* EMU_FAST: its context made and entered, once for good */
+#endif
+  int started = 0; /* EMU_SWAP: its stack laid out, the loop entered */
   char *stack = nullptr;
   int done = 0;
   const cbarrier *bar = nullptr; /* waiting at, or null */
@@ -55,13 +117,30 @@ struct coro {
 
 const size_t STACK = 256 * 1024;
 std::vector<coro> th;
+#if EMU_SWAP
+void *sched_sp;
+const void *sched_bottom; /* the scheduler's stack, for EMU_LEAVING */
+size_t sched_size;
+#else
 ucontext_t sched;
-jmp_buf sched_jb;
+#endif
 int cur;
 cbarrier block_bar, warp_bar[32];
 uint64_t xbuf[32][32]; /* a shuffle's values, per warp and lane */
 void (*g_body)(void *);
 void *g_ctx;
+
+/* From coroutine c back to the scheduler, until it enters c again. */
+void yield(coro &c) {
+#if EMU_SWAP
+  void *fake = nullptr;
+  EMU_LEAVING(&fake, sched_bottom, sched_size);
+  emu_swap(&c.sp, sched_sp);
+  EMU_ARRIVED(fake, &sched_bottom, &sched_size);
+#else
+  swapcontext(&c.ctx, &sched);
+#endif
+}
 
 void arrive(cbarrier &b) {
   if (++b.waiting >= b.alive) { /* the last: everyone goes on */
@@ -72,11 +151,7 @@ void arrive(cbarrier &b) {
   coro &c = th[(size_t)cur];
   c.bar = &b;
   c.gen = b.gen;
-#if EMU_FAST
-  if (!_setjmp(c.jb)) _longjmp(sched_jb, 1);
-#else
-  swapcontext(&c.ctx, &sched);
-#endif
+  yield(c);
 }
 
 void leave(cbarrier &b) {
@@ -87,39 +162,53 @@ void leave(cbarrier &b) {
   }
 }
 
-#if EMU_FAST
-/* Runs thread id of every block from now on: making a context costs a
- * system call (getcontext), so each is made once and loops. */
-void trampoline(int id) {
+void finish(int id) {
+  leave(block_bar);
+  leave(warp_bar[id >> 5]);
+  th[(size_t)id].done = 1;
+}
+
+#if EMU_SWAP
+/* The first entry into a coroutine (its id in cur): runs thread id of
+ * every block from then on, so that a stack is laid out once. */
+[[noreturn]] void coro_main(void) {
+  const int id = cur;
+  EMU_ARRIVED(nullptr, &sched_bottom, &sched_size);
   for (;;) {
     g_body(g_ctx);
-    leave(block_bar);
-    leave(warp_bar[id >> 5]);
-    th[(size_t)id].done = 1;
-    if (!_setjmp(th[(size_t)id].jb)) _longjmp(sched_jb, 1);
+    finish(id);
+    yield(th[(size_t)id]);
   }
+}
+
+/* A stack that emu_swap resumes into coro_main: the register slots (MXCSR
+ * and x87 control word at their defaults), coro_main's address for the
+ * ret, and an empty return address, so that coro_main starts with the
+ * stack aligned as after a call. */
+void *lay_out(char *stack) {
+  uintptr_t top = ((uintptr_t)(stack + STACK)) & ~(uintptr_t)15;
+  void **sp = reinterpret_cast<void **>(top);
+  *--sp = nullptr;
+  *--sp = reinterpret_cast<void *>(&coro_main);
+  for (int r = 0; r < 6; r++) *--sp = nullptr; /* rbp rbx r12 r13 r14 r15 */
+  const uint64_t csr = 0x1f80u | ((uint64_t)0x037fu << 32);
+  *--sp = reinterpret_cast<void *>(csr);
+  return sp;
 }
 #else
 void trampoline(int id) {
   g_body(g_ctx);
-  leave(block_bar);
-  leave(warp_bar[id >> 5]);
-  th[(size_t)id].done = 1;
+  finish(id);
 } /* back to the scheduler through uc_link */
 #endif
 
-/* Runs c until it yields or returns. Its own frame: nothing of the
- * scheduler's is live across the _setjmp. */
-__attribute__((noinline)) void enter(coro *c) {
-#if EMU_FAST
-  if (!_setjmp(sched_jb)) {
-    if (!c->started) {
-      c->started = 1;
-      swapcontext(&sched, &c->ctx);
-    } else {
-      _longjmp(c->jb, 1);
-    }
-  }
+/* Runs c until it yields or returns. */
+void enter(coro *c) {
+#if EMU_SWAP
+  void *fake = nullptr;
+  EMU_LEAVING(&fake, c->stack, STACK);
+  emu_swap(&sched_sp, c->sp);
+  EMU_ARRIVED(fake, nullptr, nullptr);
 #else
   swapcontext(&sched, &c->ctx);
 #endif
@@ -128,23 +217,33 @@ __attribute__((noinline)) void enter(coro *c) {
 void run_block(int n) {
   while (th.size() < (size_t)n) {
     th.emplace_back();
-    th.back().stack = static_cast<char *>(malloc(STACK));
-    if (!th.back().stack) {
+    /* mapped, not malloc'd: kept for the process's life, and LeakSanitizer
+     * (which scans neither these stacks nor swapped-out contexts well) need
+     * not see them */
+    void *st = mmap(nullptr, STACK, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK,
+                    -1, 0);
+    if (st == MAP_FAILED) {
       fprintf(stderr, "emu: out of memory for thread stacks\n");
       abort();
     }
+    th.back().stack = static_cast<char *>(st);
   }
   block_bar = cbarrier{n, 0, 0};
   for (int w = 0; w * 32 < n; w++) warp_bar[w] = cbarrier{n - w * 32 < 32 ? n - w * 32 : 32, 0, 0};
   for (int t = 0; t < n; t++) {
     coro &c = th[(size_t)t];
-    if (!EMU_FAST || !c.started) {
-      getcontext(&c.ctx);
-      c.ctx.uc_stack.ss_sp = c.stack;
-      c.ctx.uc_stack.ss_size = STACK;
-      c.ctx.uc_link = &sched;
-      makecontext(&c.ctx, (void (*)())trampoline, 1, t);
+#if EMU_SWAP
+    if (!c.started) {
+      c.sp = lay_out(c.stack);
+      c.started = 1;
     }
+#else
+    getcontext(&c.ctx);
+    c.ctx.uc_stack.ss_sp = c.stack;
+    c.ctx.uc_stack.ss_size = STACK;
+    c.ctx.uc_link = &sched;
+    makecontext(&c.ctx, (void (*)())trampoline, 1, t);
+#endif
     c.done = 0;
     c.bar = nullptr;
   }
@@ -248,7 +347,10 @@ cudaError_t cudaMemGetInfo(size_t *free_bytes, size_t *total_bytes) {
 }
 
 cudaError_t cudaMalloc(void **p, size_t bytes) {
-  *p = aligned_alloc(256, (bytes + 255) / 256 * 256);
+  /* exactly the bytes asked for, so that AddressSanitizer sees a kernel
+   * that reads or writes past them (a GPU would round up to 256 bytes and
+   * say nothing) */
+  if (posix_memalign(p, 256, bytes ? bytes : 1)) *p = nullptr;
   return *p ? cudaSuccess : cudaErrorMemoryAllocation;
 }
 
