@@ -4,7 +4,8 @@
 # nvcc; their tests SKIP without a GPU), builds out of tree with -Werror,
 # runs every test, runs the unit tests and the
 # server and router integration tests again under AddressSanitizer +
-# UndefinedBehaviorSanitizer, runs the server and soak tests under
+# UndefinedBehaviorSanitizer (the emulated cuda model test too), runs the
+# server and soak tests under
 # ThreadSanitizer, runs each fuzz target briefly, then `make distcheck`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
