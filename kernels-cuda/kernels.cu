@@ -754,3 +754,75 @@ extern "C" int kc_matmul_q(void *stream, uint32_t type, const void *wsplit, int6
 #undef KC_MQ
   return KC_LAUNCHED();
 }
+
+/* ---- the GEMM path's conversions ---- */
+
+__global__ void kc_to_half_k(const float *x, int64_t n, int bf16, unsigned short *dst) {
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+       i += (int64_t)gridDim.x * blockDim.x) {
+    const float v = x[i];
+    if (bf16) {
+      uint32_t u;
+      memcpy(&u, &v, sizeof u);
+      if ((u & 0x7fffffffu) > 0x7f800000u) { /* NaN stays NaN */
+        dst[i] = (unsigned short)((u >> 16) | 0x40u);
+      } else {
+        u += 0x7fffu + ((u >> 16) & 1u);
+        dst[i] = (unsigned short)(u >> 16);
+      }
+    } else {
+      dst[i] = __half_as_ushort(__float2half_rn(v));
+    }
+  }
+}
+
+extern "C" int kc_to_half(void *stream, const float *x, int64_t n, int bf16, void *dst, char *err,
+                          size_t errlen) {
+  if (n <= 0) return 0;
+  KC_LAUNCH(kc_blocks(n, KC_THREADS), KC_THREADS, 0, (cudaStream_t)stream, kc_to_half_k)(
+      x, n, bf16, (unsigned short *)dst);
+  return KC_LAUNCHED();
+}
+
+/* One thread per pair of weights: q8_0 two consecutive quants, q4_0 a byte
+ * (its low nibble is element j, its high one j + 16 of the block). */
+__global__ void kc_split_to_f16_k(int q4, const uint8_t *wq, const unsigned short *ws, int64_t k,
+                                  int64_t r0, int64_t rows, unsigned short *dst) {
+  const int64_t half_k = k / 2, total = rows * half_k;
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total;
+       i += (int64_t)gridDim.x * blockDim.x) {
+    const int64_t r = r0 + i / half_k, p = i % half_k; /* row, byte pair / byte */
+    unsigned short *drow = dst + (size_t)(r - r0) * (size_t)k;
+    if (q4) {
+      const int64_t blk = p / 16, j = p % 16;
+      const float d = __half2float(__ushort_as_half(ws[(size_t)r * (size_t)(k / 32) + blk]));
+      const int b = wq[(size_t)r * (size_t)half_k + p];
+      drow[blk * 32 + j] = __half_as_ushort(__float2half_rn(d * (float)((b & 15) - 8)));
+      drow[blk * 32 + j + 16] = __half_as_ushort(__float2half_rn(d * (float)((b >> 4) - 8)));
+    } else {
+      const int64_t c = 2 * p;
+      const float d = __half2float(__ushort_as_half(ws[(size_t)r * (size_t)(k / 32) + c / 32]));
+      const int8_t *q = (const int8_t *)wq + (size_t)r * (size_t)k + c;
+      drow[c] = __half_as_ushort(__float2half_rn(d * (float)q[0]));
+      drow[c + 1] = __half_as_ushort(__float2half_rn(d * (float)q[1]));
+    }
+  }
+}
+
+extern "C" int kc_split_to_f16(void *stream, uint32_t type, const void *wsplit, int64_t k,
+                               int64_t n_out, int64_t r0, int64_t rows, void *dst, char *err,
+                               size_t errlen) {
+  if (type != T_Q8_0 && type != T_Q4_0)
+    return kc_fail(__LINE__, err, errlen, "split_to_f16: weights not q8_0 or q4_0");
+  if (k <= 0 || k % 32 != 0) return kc_fail(__LINE__, err, errlen, "split_to_f16: rows are not whole blocks");
+  if (r0 < 0 || rows < 0 || r0 + rows > n_out)
+    return kc_fail(__LINE__, err, errlen, "split_to_f16: rows past the matrix");
+  if (rows == 0) return 0;
+  const int q4 = type == T_Q4_0;
+  const uint8_t *wq = (const uint8_t *)wsplit;
+  const unsigned short *ws =
+      (const unsigned short *)(wq + (size_t)n_out * (size_t)(q4 ? k / 2 : k));
+  KC_LAUNCH(kc_blocks(rows * (k / 2), KC_THREADS), KC_THREADS, 0, (cudaStream_t)stream,
+            kc_split_to_f16_k)(q4, wq, ws, k, r0, rows, (unsigned short *)dst);
+  return KC_LAUNCHED();
+}

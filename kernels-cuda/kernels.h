@@ -123,6 +123,19 @@ int kc_matmul_q(void *stream, uint32_t type, const void *wsplit, int64_t k, int6
                 const int8_t *xq, const float *xs, int64_t n_tokens, float *out, char *err,
                 size_t errlen);
 
+/* ---- the GEMM path's conversions (cuBLAS multiplies in f16/bf16) ---- */
+
+/* dst[i] = x[i] rounded to f16 (bf16 = 0) or bf16 (bf16 = 1), to nearest
+ * even, as 16-bit patterns (n elements). */
+int kc_to_half(void *stream, const float *x, int64_t n, int bf16, void *dst, char *err,
+               size_t errlen);
+
+/* Rows r0 .. r0 + rows - 1 of a split q8_0/q4_0 matrix (kc_split_q; k
+ * columns, n_out rows in all) dequantized to f16: dst[(r - r0) * k + i] =
+ * d * q rounded to nearest even. */
+int kc_split_to_f16(void *stream, uint32_t type, const void *wsplit, int64_t k, int64_t n_out,
+                    int64_t r0, int64_t rows, void *dst, char *err, size_t errlen);
+
 #ifdef __cplusplus
 }
 #endif

@@ -19,7 +19,12 @@
  * - matmul of prepared (split) q8_0/q4_0 weights, whose activations the GPU
  *   quantizes to q8_0: 1e-5 against the CPU's f32 path on the activations
  *   rounded through the q8_0 plugin's reference quantizer (the same
- *   rounding, so only the summation order differs). */
+ *   rounding, so only the summation order differs);
+ * - matmul through cuBLAS (gemm_min_tokens; not the HIP build, which has
+ *   none): 1e-5 against the CPU's f32 path on the activations rounded to
+ *   the weights' f16/bf16 and, for split q8_0/q4_0, on the weights
+ *   dequantized and rounded to f16 (the GPU's roundings). The other tests
+ *   run with gemm_min_tokens = 0: the kernels. */
 #include "config.h"
 
 #include <math.h>
@@ -31,6 +36,7 @@
 #include <unistd.h>
 
 #include <strata/backend.h>
+#include <strata/fp16.h>
 #include <strata/plugin.h>
 #include <strata/quant.h>
 
@@ -59,6 +65,29 @@ static void need(int ok, const char *fmt, const char *arg) {
   exit(1);
 }
 
+/* Initializes the GPU plugin again with this config text for its section
+ * (each test runs in a child process of its own). */
+static void gpu_config(const char *section) {
+  char path[] = "/tmp/strata-test-cuda-XXXXXX";
+  const int fd = mkstemp(path);
+  need(fd >= 0, "cannot create %s", path);
+  FILE *f = fdopen(fd, "w");
+  fprintf(f, "plugins: { backend: { %s: { %s }; }; };\n", GPU_BACKEND, section);
+  fclose(f);
+  struct strata_errlist errs = {0};
+  strata_config_t *cfg = strata_config_load(path, &errs);
+  unlink(path);
+  need(cfg != NULL, "the test config did not load%s", "");
+  strata_errlist_free(&errs);
+  for (size_t i = 0; i < g_reg.n_plugins; i++) {
+    if (g_reg.plugins[i].desc->vt.backend != gpu) continue;
+    g_reg.plugins[i].initialized = 0; /* init reads its section again */
+    char err[1024] = "";
+    need(strata_plugin_init(&g_reg.plugins[i], cfg, err, sizeof err) == 0, "%s", err);
+  }
+  strata_config_free(cfg);
+}
+
 static void load_plugins(void) {
   char dir[4096], emu[4096];
   snprintf(dir, sizeof dir, "%s/plugins", test_builddir());
@@ -74,7 +103,8 @@ static void load_plugins(void) {
   /* L: libconfig reads a plain integer past 32 bits as its low 32 bits
    * (1e15 became -1530494976, i.e. "always quantize": the emulated kernels
    * caught it) */
-  fprintf(f, "plugins: { backend: { cpu: { q8_activations_min = 1000000000000000L; }; }; };\n");
+  fprintf(f, "plugins: { backend: { cpu: { q8_activations_min = 1000000000000000L; }; "
+             "%s: { gemm_min_tokens = 0; }; }; };\n", GPU_BACKEND);
   fclose(f);
   struct strata_errlist errs = {0};
   strata_config_t *cfg = strata_config_load(path, &errs);
@@ -500,6 +530,67 @@ START_TEST(kv_store_and_attention) {
 }
 END_TEST
 
+/* Matmuls through cuBLAS (where the build has it): f32/f16/bf16 weights in
+ * the GGUF layout and split q8_0/q4_0 in slices of 64 rows (300 rows: 4
+ * whole and a partial one), at 1, 5 and 33 tokens. */
+START_TEST(matmul_gemm) {
+  const int blas = strcmp(GPU_BACKEND, "hip") != 0;
+  gpu_config("gemm_min_tokens = 1; gemm_slice_weights = 16384;");
+  const int64_t n_in = 256, n_out = 300;
+  float *w = rand_floats((size_t)(n_in * n_out), 1.0f);
+  const uint32_t types[] = {STRATA_TYPE_F32, STRATA_TYPE_F16, STRATA_TYPE_BF16,
+                            STRATA_TYPE_Q8_0, STRATA_TYPE_Q4_0};
+  for (int64_t T = 1; T <= 33; T += T == 1 ? 4 : 28) {
+    float *x = rand_floats((size_t)(n_in * T), 1.0f), *xr = malloc((size_t)(n_in * T) * 4);
+    struct twin xt = twin_f32(x, n_in, T);
+    for (size_t k = 0; k < sizeof types / sizeof *types; k++) {
+      const uint32_t ty = types[k];
+      const int split = ty == STRATA_TYPE_Q8_0 || ty == STRATA_TYPE_Q4_0;
+      size_t bytes;
+      void *d = as_type(w, n_in, n_out, ty, &bytes);
+      struct twin wt = twin_of(d, bytes, ty, n_in, n_out);
+      struct strata_tensor gw = wt.tg;
+      if (split)
+        ck_assert_msg(gpu->prepare_weight(bg, &wt.tg, &gw) == 1, "prepare_weight: %s",
+                      gpu->last_error(bg));
+      /* the reference: the GPU's roundings of x (and of split weights) */
+      for (int64_t i = 0; i < n_in * T; i++)
+        xr[i] = !blas || ty == STRATA_TYPE_F32 ? x[i]
+                : ty == STRATA_TYPE_BF16     ? strata_bf16_to_fp32(strata_fp32_to_bf16(x[i]))
+                                             : strata_fp16_to_fp32(strata_fp32_to_fp16(x[i]));
+      struct twin xrt = twin_f32(xr, n_in, T);
+      struct twin ref = wt;
+      float *wr = NULL;
+      if (split && blas) {
+        wr = malloc((size_t)(n_in * n_out) * 4);
+        const struct strata_quant_vtable *qv = quant(ty);
+        for (int64_t r = 0; r < n_out; r++)
+          qv->dequantize_row((const uint8_t *)d + (size_t)r * (bytes / (size_t)n_out),
+                             wr + r * n_in, n_in);
+        for (int64_t i = 0; i < n_in * n_out; i++)
+          wr[i] = strata_fp16_to_fp32(strata_fp32_to_fp16(wr[i]));
+        ref = twin_f32(wr, n_in, n_out);
+      }
+      struct twin o = twin_f32(NULL, n_out, T);
+      BOTH(cpu->matmul(bc, &ref.tc, split && !blas ? &xt.tc : &xrt.tc, &o.tc),
+           gpu->matmul(bg, &gw, &xt.tg, &o.tg));
+      char what[64];
+      snprintf(what, sizeof what, "gemm (type %u, %lld tokens)", ty, (long long)T);
+      /* split without BLAS: the integer kernel (its own test bounds it) */
+      compare(what, &o, split && !blas ? 2e-2 : 1e-5);
+      if (split) gpu->buf_free(bg, gw.buf);
+      if (wr) twin_free(&ref), free(wr);
+      twin_free(&wt), twin_free(&o), twin_free(&xrt);
+      free(d);
+    }
+    twin_free(&xt);
+    free(x), free(xr);
+  }
+  free(w);
+  gpu_config("gemm_min_tokens = 0;");
+}
+END_TEST
+
 /* Bad calls get an error naming the op, not a crash. */
 START_TEST(refuses_bad_views) {
   struct strata_tensor none = {0};
@@ -530,6 +621,7 @@ int main(void) {
     tcase_add_test(tc, embed_all_types);
     tcase_add_test(tc, matmul_all_types);
     tcase_add_test(tc, matmul_split);
+    tcase_add_test(tc, matmul_gemm);
     tcase_add_test(tc, kv_store_and_attention);
     tcase_add_test(tc, refuses_bad_views);
     suite_add_tcase(s, tc);

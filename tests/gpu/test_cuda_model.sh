@@ -40,8 +40,10 @@ check "$prompts reference prompts compared" [ "$n" = "$prompts" ]
 # q8_0 and q4_0 on a synthetic model whose matrices are large enough for
 # the split layout and its integer matmul: every prompt position's logits
 # against the cpu backend's, which quantizes the activations the same way
-# (relative L2 over all of them; 38 prompt tokens: prefill in passes of 8;
-# the stories260K vocabulary keeps the output matrix small for the emulator).
+# (relative L2 over all of them; 38 prompt tokens: a prefill of at least
+# gemm_min_tokens (32) goes through cuBLAS, the weights dequantized to f16,
+# and the decode through the integer kernel; the stories260K vocabulary
+# keeps the output matrix small for the emulator).
 # 5e-2, not float rounding's 1e-6 (what the f32 model gives): where the two
 # backends' float sums differ in the last bit, an activation can round to
 # the neighbouring 8-bit value; its K/V row then differs by about 1e-3, every

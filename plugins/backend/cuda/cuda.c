@@ -26,7 +26,16 @@
  * CU_SPLIT_MIN elements, as the cpu backend's q8_activations_min) stay in
  * the GGUF layout on the float path: there the activations' rounding only
  * adds error (stories260K's logits, dim 64: twice the f32 path's, on the
- * cpu backend). */
+ * cpu backend).
+ *
+ * GEMMs: a matmul of at least gemm_min_tokens tokens goes through cuBLAS's
+ * GEMM (tensor cores): f32 weights as they are, f16/bf16 weights with the
+ * activations rounded to their type, split q8_0/q4_0 dequantized to f16 a
+ * slice of rows at a time (as llama.cpp does for large batches). cuBLAS is
+ * opened at run time (libcublas.so.13 or .12, on the first GEMM), so the
+ * plugin still needs nothing but the driver; where it is missing, every
+ * matmul takes the kernels. The HIP build has no BLAS (hipBLAS is not
+ * packaged in Debian 12): its matmuls are the kernels. */
 #include "config.h"
 
 #include <stdarg.h>
@@ -43,9 +52,17 @@
 #include "../../../kernels-hip/hip_compat.h"
 #define CU_NAME "hip"
 #else
+#include <cublas_api.h>
 #include <cuda_runtime_api.h>
+#include <dlfcn.h>
 #define CU_NAME "cuda"
 #endif
+#if defined(STRATA_HIP)
+#define CU_HAVE_BLAS 0
+#else
+#define CU_HAVE_BLAS 1
+#endif
+#include <pthread.h>
 
 #include <strata/backend.h>
 #include <strata/plugin.h>
@@ -80,6 +97,14 @@ struct strata_backend {
   size_t ws_cap;
   float *d_attn_ws; /* attention's split partials */
   size_t attn_ws_cap;
+#if CU_HAVE_BLAS
+  cublasHandle_t blas; /* made on the first GEMM, on the instance's stream */
+  int blas_tried;
+#endif
+  void *d_gx; /* the GEMM path's activations in f16/bf16 */
+  size_t gx_cap;
+  void *d_gw; /* its slice of dequantized weights */
+  size_t gw_cap;
   int sm_count;     /* multiprocessors: how many blocks fill the device */
 };
 
@@ -99,6 +124,18 @@ __attribute__((format(printf, 2, 3))) static int cu_fail(struct strata_backend *
     if (cu_e_ != cudaSuccess)                                                                  \
       return cu_fail((b), "%s: %s (cuda.c:%d)", (what), cudaGetErrorString(cu_e_), __LINE__); \
   } while (0)
+
+/* Grows *p (device memory, *cap bytes) to at least need bytes. */
+static int cu_grow(struct strata_backend *b, void **p, size_t *cap, size_t need, const char *what) {
+  if (need <= *cap) return 0;
+  cudaFree(*p); /* waits for the work that may still read it */
+  *p = NULL;
+  *cap = 0;
+  const size_t c = need + need / 4;
+  CU_CHECK(b, cudaMalloc(p, c), what);
+  *cap = c;
+  return 0;
+}
 
 static int cu_enter(struct strata_backend *b) {
   CU_CHECK(b, cudaSetDevice(b->device), "cudaSetDevice");
@@ -199,6 +236,63 @@ static int cu_need_batch(struct strata_backend *b, const char *op) {
   if (!b->have_batch) return cu_fail(b, "%s: no batch (call set_batch first)", op);
   return 0;
 }
+
+/* ---- GEMM through cuBLAS (see the top) ---- */
+
+static int64_t cu_cfg_gemm_min = 32;
+static int64_t cu_cfg_gemm_slice = (int64_t)1 << 24; /* weights dequantized at a time */
+
+#if CU_HAVE_BLAS
+/* The cuBLAS entry points the GEMM path calls (the C API's). */
+static struct {
+  cublasStatus_t (*create)(cublasHandle_t *);
+  cublasStatus_t (*destroy)(cublasHandle_t);
+  cublasStatus_t (*set_stream)(cublasHandle_t, cudaStream_t);
+  cublasStatus_t (*gemm_ex)(cublasHandle_t, cublasOperation_t, cublasOperation_t, int, int, int,
+                            const void *, const void *, cudaDataType, int, const void *,
+                            cudaDataType, int, const void *, void *, cudaDataType, int,
+                            cublasComputeType_t, cublasGemmAlgo_t);
+} cu_blas;
+static int cu_blas_ok;
+static pthread_once_t cu_blas_once = PTHREAD_ONCE_INIT;
+
+/* Opens cuBLAS once for the process (kept open: handles may live until
+ * exit). The emulator brings its own, on the CPU. */
+static void cu_blas_load(void) {
+  char why[300] = "";
+#if defined(STRATA_EMU)
+  cu_blas.create = cublasCreate_v2;
+  cu_blas.destroy = cublasDestroy_v2;
+  cu_blas.set_stream = cublasSetStream_v2;
+  cu_blas.gemm_ex = cublasGemmEx;
+  cu_blas_ok = 1;
+#else
+  static const char *const names[] = {"libcublas.so.13", "libcublas.so.12", "libcublas.so"};
+  void *lib = NULL;
+  for (size_t i = 0; i < sizeof names / sizeof *names && !lib; i++) {
+    lib = dlopen(names[i], RTLD_NOW | RTLD_LOCAL);
+    if (!lib && i == 0) snprintf(why, sizeof why, "%s", dlerror());
+  }
+  if (lib) {
+    /* POSIX: a function pointer through a void * (dlsym's documented use) */
+    *(void **)&cu_blas.create = dlsym(lib, "cublasCreate_v2");
+    *(void **)&cu_blas.destroy = dlsym(lib, "cublasDestroy_v2");
+    *(void **)&cu_blas.set_stream = dlsym(lib, "cublasSetStream_v2");
+    *(void **)&cu_blas.gemm_ex = dlsym(lib, "cublasGemmEx");
+    cu_blas_ok = cu_blas.create && cu_blas.destroy && cu_blas.set_stream && cu_blas.gemm_ex;
+    if (!cu_blas_ok) snprintf(why, sizeof why, "libcublas lacks cublasGemmEx and friends");
+  }
+#endif
+  if (cu_host && cu_host->log) {
+    if (cu_blas_ok)
+      cu_host->log(STRATA_LOG_INFO, CU_NAME, "matmuls of %lld tokens and more through cuBLAS",
+                   (long long)cu_cfg_gemm_min);
+    else
+      cu_host->log(STRATA_LOG_WARN, CU_NAME, "no cuBLAS (%s): every matmul takes the kernels",
+                   why);
+  }
+}
+#endif
 
 /* ---- registry -------------------------------------------------------------------- */
 
@@ -324,6 +418,11 @@ static void cu_close(strata_backend_t *b) {
   cudaFree(b->d_ints);
   cudaFree(b->d_ws);
   cudaFree(b->d_attn_ws);
+  cudaFree(b->d_gx);
+  cudaFree(b->d_gw);
+#if CU_HAVE_BLAS
+  if (b->blas) cu_blas.destroy(b->blas);
+#endif
   cudaStreamDestroy(b->stream);
   free(b->h_ints);
   free(b);
@@ -520,19 +619,86 @@ static int cu_matmul_split(struct strata_backend *b, const struct strata_tensor 
   const int64_t K = w->ne[0];
   const size_t q_bytes = ((size_t)K * (size_t)T + 255) & ~(size_t)255;
   const size_t need = q_bytes + (size_t)(K / 32) * (size_t)T * 2 * sizeof(float);
-  if (need > b->ws_cap) {
-    cudaFree(b->d_ws); /* waits for the work that may still read it */
-    b->d_ws = NULL;
-    b->ws_cap = 0;
-    const size_t cap = need + need / 4;
-    CU_CHECK(b, cudaMalloc(&b->d_ws, cap), "matmul workspace");
-    b->ws_cap = cap;
-  }
+  if (cu_grow(b, &b->d_ws, &b->ws_cap, need, "matmul workspace")) return -1;
   int8_t *xq = b->d_ws;
   float *xs = (float *)(void *)((uint8_t *)b->d_ws + q_bytes);
   const uint32_t base = w->type & ~STRATA_TYPE_BACKEND_PRIVATE;
   if (kc_quant_act(b->stream, xd, K, T, xq, xs, b->err, sizeof b->err) != 0) return -1;
   return kc_matmul_q(b->stream, base, wd, K, w->ne[1], xq, xs, T, od, b->err, sizeof b->err);
+}
+
+/* out = x W^T through cuBLAS: 0 done (queued), -1 error, 1 not a matrix
+ * cuBLAS takes here (the kernels do it). Column-major, as cuBLAS sees
+ * them: W is k x n_out (lda = its row length), x k x T, out n_out x T. */
+static int cu_matmul_gemm(struct strata_backend *b, const struct strata_tensor *w,
+                          const void *wd, size_t rb, const float *xd, int64_t T, float *od) {
+#if !CU_HAVE_BLAS
+  (void)b, (void)w, (void)wd, (void)rb, (void)xd, (void)T, (void)od;
+  return 1;
+#else
+  const int64_t K = w->ne[0], N = w->ne[1];
+  if (K > 0x7fffffff || N > 0x7fffffff || T > 0x7fffffff) return 1;
+  const uint32_t t = w->type;
+  const int split = t == CU_SPLIT(STRATA_TYPE_Q8_0) || t == CU_SPLIT(STRATA_TYPE_Q4_0);
+  if (t != STRATA_TYPE_F32 && t != STRATA_TYPE_F16 && t != STRATA_TYPE_BF16 && !split) return 1;
+  if (!b->blas_tried) {
+    b->blas_tried = 1;
+    pthread_once(&cu_blas_once, cu_blas_load);
+    if (cu_blas_ok) {
+      if (cu_blas.create(&b->blas) != CUBLAS_STATUS_SUCCESS) {
+        b->blas = NULL;
+        if (cu_host && cu_host->log)
+          cu_host->log(STRATA_LOG_WARN, CU_NAME, "cublasCreate failed: matmuls take the kernels");
+      } else if (cu_blas.set_stream(b->blas, b->stream) != CUBLAS_STATUS_SUCCESS) {
+        cu_blas.destroy(b->blas);
+        b->blas = NULL;
+      }
+    }
+  }
+  if (!b->blas) return 1;
+  const float one = 1.0f, zero = 0.0f;
+  const int k = (int)K, n = (int)N, nt = (int)T;
+  cublasStatus_t st;
+  if (t == STRATA_TYPE_F32) {
+    if (rb % 4) return 1;
+    st = cu_blas.gemm_ex(b->blas, CUBLAS_OP_T, CUBLAS_OP_N, n, nt, k, &one, wd, CUDA_R_32F,
+                         (int)(rb / 4), xd, CUDA_R_32F, k, &zero, od, CUDA_R_32F, n,
+                         CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+  } else {
+    if (rb % 2) return 1;
+    const int bf = t == STRATA_TYPE_BF16;
+    const cudaDataType dt = bf ? CUDA_R_16BF : CUDA_R_16F;
+    if (cu_grow(b, &b->d_gx, &b->gx_cap, (size_t)K * (size_t)T * 2, "gemm activations") ||
+        kc_to_half(b->stream, xd, K * T, bf, b->d_gx, b->err, sizeof b->err))
+      return -1;
+    if (!split) {
+      st = cu_blas.gemm_ex(b->blas, CUBLAS_OP_T, CUBLAS_OP_N, n, nt, k, &one, wd, dt,
+                           (int)(rb / 2), b->d_gx, dt, k, &zero, od, CUDA_R_32F, n,
+                           CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+    } else {
+      /* slices of gemm_slice_weights (16 Mi: 32 MiB of f16) */
+      int64_t slice = cu_cfg_gemm_slice / K;
+      if (slice < 1) slice = 1;
+      if (slice > N) slice = N;
+      if (cu_grow(b, &b->d_gw, &b->gw_cap, (size_t)slice * (size_t)K * 2, "gemm weights"))
+        return -1;
+      const uint32_t base = t & ~STRATA_TYPE_BACKEND_PRIVATE;
+      st = CUBLAS_STATUS_SUCCESS;
+      for (int64_t r0 = 0; r0 < N && st == CUBLAS_STATUS_SUCCESS; r0 += slice) {
+        const int64_t rows = N - r0 < slice ? N - r0 : slice;
+        if (kc_split_to_f16(b->stream, base, wd, K, N, r0, rows, b->d_gw, b->err, sizeof b->err))
+          return -1;
+        st = cu_blas.gemm_ex(b->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)rows, nt, k, &one, b->d_gw,
+                             CUDA_R_16F, k, b->d_gx, CUDA_R_16F, k, &zero, od + r0, CUDA_R_32F,
+                             n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+      }
+    }
+  }
+  if (st != CUBLAS_STATUS_SUCCESS)
+    return cu_fail(b, "cublasGemmEx (%s [%lld, %lld], %lld tokens): status %d (cuda.c:%d)",
+                   cu_type_name(t), (long long)K, (long long)N, (long long)T, (int)st, __LINE__);
+  return 0;
+#endif
 }
 
 static int cu_matmul(strata_backend_t *b, const struct strata_tensor *w,
@@ -549,6 +715,10 @@ static int cu_matmul(strata_backend_t *b, const struct strata_tensor *w,
     const uint64_t w0 = w->offset, w1 = w0 + (uint64_t)rb * w->ne[1];
     if ((out->buf == x->buf && o0 < x1 && x0 < o1) || (out->buf == w->buf && o0 < w1 && w0 < o1))
       return cu_fail(b, "matmul: out overlaps an input");
+  }
+  if (cu_cfg_gemm_min > 0 && x->ne[1] >= cu_cfg_gemm_min) {
+    const int r = cu_matmul_gemm(b, w, wd, rb, xd, x->ne[1], od);
+    if (r <= 0) return r; /* 1: not for cuBLAS, the kernels take it */
   }
   if (w->type & STRATA_TYPE_BACKEND_PRIVATE) return cu_matmul_split(b, w, wd, xd, x->ne[1], od);
   return kc_matmul(b->stream, w->type, wd, rb, w->ne[0], w->ne[1], xd, x->ne[1], od, b->err,
@@ -755,14 +925,24 @@ static const struct strata_backend_vtable cu_vtable = {
 
 static int cu_init(const struct strata_host_api *host, const strata_config_node_t *cfg,
                    char *err, size_t errlen) {
-  (void)cfg;
   (void)err;
   (void)errlen;
   cu_host = host;
+  const int cfgd = cfg && host && host->config_int;
+  cu_cfg_gemm_min = cfgd ? host->config_int(cfg, "gemm_min_tokens") : 32;
+  cu_cfg_gemm_slice = cfgd ? host->config_int(cfg, "gemm_slice_weights") : (int64_t)1 << 24;
   return 0;
 }
 
 static const struct strata_param cu_params[] = {
+    {.name = "gemm_min_tokens", .type = STRATA_PARAM_INT, .required = 0, .defval = "32",
+     .min = 0, .max = 1 << 30,
+     .help = "matmuls of this many tokens and more go through cuBLAS (f16 tensor cores; q8_0/"
+             "q4_0 dequantized to f16), fewer through the kernels; 0: never cuBLAS"},
+    {.name = "gemm_slice_weights", .type = STRATA_PARAM_INT, .required = 0,
+     .defval = "16777216", .min = 1, .max = (double)((int64_t)1 << 34),
+     .help = "a q8_0/q4_0 GEMM dequantizes this many weights at a time (f16: twice as many "
+             "bytes of device memory), then multiplies them"},
     {.name = NULL, .type = STRATA_PARAM_END},
 };
 

@@ -77,6 +77,7 @@ struct __half {
 static inline float __half2float(__half h) { return strata_fp16_to_fp32(h.x); }
 static inline __half __float2half_rn(float f) { return __half{strata_fp32_to_fp16(f)}; }
 static inline __half __ushort_as_half(unsigned short u) { return __half{u}; }
+static inline unsigned short __half_as_ushort(__half h) { return h.x; }
 static inline float __uint_as_float(uint32_t u) {
   float f;
   memcpy(&f, &u, sizeof f);

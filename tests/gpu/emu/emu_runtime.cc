@@ -384,4 +384,66 @@ cudaError_t cudaStreamDestroy(cudaStream_t stream) {
   return cudaSuccess;
 }
 
+/* cuBLAS's GEMM in plain loops (column-major, as cuBLAS): C = alpha
+ * op(A) op(B) + beta C, float sums. */
+struct emu_cublas {
+  int unused;
+};
+
+cublasStatus_t cublasCreate_v2(cublasHandle_t *handle) {
+  *handle = static_cast<cublasHandle_t>(calloc(1, sizeof(emu_cublas)));
+  return *handle ? CUBLAS_STATUS_SUCCESS : CUBLAS_STATUS_NOT_SUPPORTED;
+}
+
+cublasStatus_t cublasDestroy_v2(cublasHandle_t handle) {
+  free(handle);
+  return CUBLAS_STATUS_SUCCESS;
+}
+
+cublasStatus_t cublasSetStream_v2(cublasHandle_t handle, cudaStream_t stream) {
+  (void)handle;
+  (void)stream;
+  return CUBLAS_STATUS_SUCCESS;
+}
+
+static float emu_elem(const void *p, cudaDataType t, size_t i) {
+  switch (t) {
+  case CUDA_R_32F: return static_cast<const float *>(p)[i];
+  case CUDA_R_16F: return strata_fp16_to_fp32(static_cast<const uint16_t *>(p)[i]);
+  default: return strata_bf16_to_fp32(static_cast<const uint16_t *>(p)[i]);
+  }
+}
+
+cublasStatus_t cublasGemmEx(cublasHandle_t handle, cublasOperation_t transa,
+                            cublasOperation_t transb, int m, int n, int k, const void *alpha,
+                            const void *A, cudaDataType Atype, int lda, const void *B,
+                            cudaDataType Btype, int ldb, const void *beta, void *C,
+                            cudaDataType Ctype, int ldc, cublasComputeType_t computeType,
+                            cublasGemmAlgo_t algo) {
+  (void)algo;
+  const auto known = [](cudaDataType t) {
+    return t == CUDA_R_32F || t == CUDA_R_16F || t == CUDA_R_16BF;
+  };
+  if (!handle || Atype != Btype || !known(Atype) || Ctype != CUDA_R_32F ||
+      computeType != CUBLAS_COMPUTE_32F || m < 0 || n < 0 || k < 0 ||
+      lda < (transa == CUBLAS_OP_N ? m : k) || ldb < (transb == CUBLAS_OP_N ? k : n) || ldc < m)
+    return CUBLAS_STATUS_NOT_SUPPORTED;
+  const float al = *static_cast<const float *>(alpha), be = *static_cast<const float *>(beta);
+  float *c = static_cast<float *>(C);
+  for (int j = 0; j < n; j++)
+    for (int i = 0; i < m; i++) {
+      float s = 0.0f;
+      for (int l = 0; l < k; l++) {
+        const size_t ai = transa == CUBLAS_OP_N ? (size_t)l * (size_t)lda + (size_t)i
+                                                : (size_t)i * (size_t)lda + (size_t)l;
+        const size_t bi = transb == CUBLAS_OP_N ? (size_t)j * (size_t)ldb + (size_t)l
+                                                : (size_t)l * (size_t)ldb + (size_t)j;
+        s += emu_elem(A, Atype, ai) * emu_elem(B, Btype, bi);
+      }
+      float &o = c[(size_t)j * (size_t)ldc + (size_t)i];
+      o = al * s + (be != 0.0f ? be * o : 0.0f);
+    }
+  return CUBLAS_STATUS_SUCCESS;
+}
+
 } // extern "C"
