@@ -15,6 +15,7 @@
 #include <event2/bufferevent.h>
 #include <event2/listener.h>
 
+#include "http_scan.h"
 #include "log.h"
 
 /* What is known of one accepted connection, by its socket's number. */
@@ -22,12 +23,16 @@ struct slot {
   unsigned char used, over;
   socklen_t llen, plen;
   struct sockaddr_storage local, peer;
+  /* the body scanner on its input (http_scan.h), or NULL; freed with the
+   * record (the connection is gone by then, its buffer with it) */
+  struct strata_http_scan *scan;
 };
 
 struct strata_http_conns {
   struct event_base *base;
   char who[32];
   size_t max, hard; /* refuse from max, pause accepting from hard */
+  uint64_t body_limit; /* scan for bodies above it (0: not) */
   struct slot *slots;
   size_t n_slots, open;
   /* Connections evhttp is setting up: their sockets are known once the
@@ -68,6 +73,8 @@ static void sweep(struct strata_http_conns *c, int force) {
   for (size_t fd = 0; fd < c->n_slots; fd++)
     if (c->slots[fd].used && !alive((int)fd, &c->slots[fd])) {
       c->slots[fd].used = 0;
+      free(c->slots[fd].scan);
+      c->slots[fd].scan = NULL;
       c->open--;
     }
 }
@@ -98,22 +105,28 @@ static void on_resume(evutil_socket_t fd, short what, void *arg) {
   evtimer_add(c->resume_ev, &tv);
 }
 
-static void record(struct strata_http_conns *c, int fd) {
+static void on_input(struct evbuffer *in, const struct evbuffer_cb_info *info, void *arg) {
+  if (info->n_added) strata_http_scan_feed(arg, in, info->n_added);
+}
+
+/* Records the connection on socket fd; 0, or -1 when it could not be. */
+static int record(struct strata_http_conns *c, int fd) {
   if ((size_t)fd >= c->n_slots) {
     size_t n = c->n_slots ? c->n_slots : 64;
     while (n <= (size_t)fd) n *= 2;
     struct slot *s = realloc(c->slots, n * sizeof *s);
-    if (!s) return; /* uncounted; the next one may fit */
+    if (!s) return -1; /* uncounted; the next one may fit */
     memset(s + c->n_slots, 0, (n - c->n_slots) * sizeof *s);
     c->slots = s;
     c->n_slots = n;
   }
   struct slot *s = &c->slots[fd];
   if (s->used) c->open--; /* the number was reused: that one is closed */
+  free(s->scan);
   memset(s, 0, sizeof *s);
   s->llen = sizeof s->local;
   s->plen = sizeof s->peer;
-  if (getsockname(fd, (struct sockaddr *)&s->local, &s->llen) != 0) return;
+  if (getsockname(fd, (struct sockaddr *)&s->local, &s->llen) != 0) return -1;
   if (getpeername(fd, (struct sockaddr *)&s->peer, &s->plen) != 0) s->plen = 0;
   if (c->open >= c->max) sweep(c, 0);
   s->over = c->open >= c->max;
@@ -121,12 +134,28 @@ static void record(struct strata_http_conns *c, int fd) {
   s->used = 1;
   c->open++;
   if (c->open >= c->hard) pause_accepting(c, "too many open connections");
+  return 0;
 }
 
 static void take_fresh(struct strata_http_conns *c) {
   for (size_t i = 0; i < c->n_fresh; i++) {
     const evutil_socket_t fd = bufferevent_getfd(c->fresh[i]);
-    if (fd >= 0) record(c, (int)fd);
+    if (fd >= 0 && record(c, (int)fd) == 0 && c->body_limit > 0) {
+      struct slot *s = &c->slots[fd];
+      s->scan = malloc(sizeof *s->scan);
+      if (s->scan) {
+        strata_http_scan_init(s->scan, c->body_limit);
+        struct evbuffer *in = bufferevent_get_input(c->fresh[i]);
+        /* bytes read before now (none, normally: this runs before the
+         * socket's first read) are looked at as new */
+        if (!evbuffer_add_cb(in, on_input, s->scan)) {
+          free(s->scan);
+          s->scan = NULL;
+        } else if (evbuffer_get_length(in) > 0) {
+          strata_http_scan_feed(s->scan, in, evbuffer_get_length(in));
+        }
+      }
+    }
     bufferevent_decref(c->fresh[i]);
   }
   c->n_fresh = 0;
@@ -238,6 +267,10 @@ void strata_http_conns_refuse_headers(struct evhttp_request *req) {
 
 size_t strata_http_conns_max(const struct strata_http_conns *c) { return c->max; }
 
+void strata_http_conns_body_limit(struct strata_http_conns *c, uint64_t bytes) {
+  c->body_limit = bytes;
+}
+
 void strata_http_conns_metrics(struct strata_http_conns *c, struct evbuffer *b,
                                const char *prefix) {
   if (c->n_fresh) take_fresh(c);
@@ -267,6 +300,8 @@ void strata_http_conns_free(struct strata_http_conns *c) {
   if (c->fresh_ev) event_free(c->fresh_ev);
   if (c->resume_ev) event_free(c->resume_ev);
   free(c->fresh);
+  /* after evhttp_free: the connections, and their buffers, are gone */
+  for (size_t fd = 0; fd < c->n_slots; fd++) free(c->slots[fd].scan);
   free(c->slots);
   free(c);
 }

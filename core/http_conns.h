@@ -46,6 +46,12 @@ void strata_http_conns_attach(struct strata_http_conns *c, struct evhttp_bound_s
 int strata_http_conns_over(struct strata_http_conns *c, struct evhttp_request *req);
 void strata_http_conns_refuse_headers(struct evhttp_request *req);
 
+/* Follows each new connection's requests for bodies above bytes, which
+ * get the server's JSON 413 instead of evhttp's HTML (http_scan.h: the
+ * server checks strata_http_body_too_large first). 0: not. Before any
+ * connection; the server still sets evhttp's own limit to the same. */
+void strata_http_conns_body_limit(struct strata_http_conns *c, uint64_t bytes);
+
 /* The effective limit (max_connections, fitted to the descriptor limit). */
 size_t strata_http_conns_max(const struct strata_http_conns *c);
 

@@ -28,6 +28,7 @@
 
 #include "http_api.h"
 #include "http_conns.h"
+#include "http_scan.h"
 #include "http_util.h"
 #include "log.h"
 #include "util.h"
@@ -832,6 +833,15 @@ static void on_request(struct evhttp_request *req, void *arg) {
                        strata_http_conns_max(rt->conns));
     return;
   }
+  const uint64_t big = strata_http_body_too_large(req);
+  if (big) { /* the scanner took its body away (http_scan.h) */
+    evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
+    route_reply_errorf(rt, req, 413, "request_too_large",
+                       "the request body is %llu bytes; the router takes at most %zu "
+                       "(router.max_body_bytes)",
+                       (unsigned long long)big, rt->o->max_body_bytes);
+    return;
+  }
   const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
   const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
   if (!path || !*path) path = "/";
@@ -1184,6 +1194,7 @@ int strata_route_run(const struct strata_plugin *p, const strata_config_node_t *
   evhttp_set_gencb(rt.http, on_request, &rt);
   rt.conns = strata_http_conns_new(rt.base, rt.http, "route",
                                    o->max_connections ? o->max_connections : 1024, 1);
+  if (rt.conns) strata_http_conns_body_limit(rt.conns, o->max_body_bytes);
   rt.sig_int = evsignal_new(rt.base, SIGINT, on_signal, &rt);
   rt.sig_term = evsignal_new(rt.base, SIGTERM, on_signal, &rt);
   rt.tick = event_new(rt.base, -1, EV_PERSIST, on_tick, &rt);

@@ -29,6 +29,7 @@
 #include "runtime.h"
 #include "cache_feed.h"
 #include "http_conns.h"
+#include "http_scan.h"
 #include "http_util.h"
 #include "tokenizer.h"
 #include "util.h"
@@ -1190,6 +1191,15 @@ static void on_request(struct evhttp_request *http, void *arg) {
                  strata_http_conns_max(srv->conns));
     return;
   }
+  const uint64_t big = strata_http_body_too_large(http);
+  if (big) { /* the scanner took its body away (http_scan.h) */
+    evhttp_add_header(evhttp_request_get_output_headers(http), "Connection", "close");
+    reply_errorf(srv, http, 413, "request_too_large", NULL,
+                 "the request body is %llu bytes; this server takes at most %zu "
+                 "(server.max_body_bytes)",
+                 (unsigned long long)big, srv->o->max_body_bytes);
+    return;
+  }
   const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(http);
   const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
   if (!path || !*path) path = "/";
@@ -1412,6 +1422,7 @@ int strata_server_run(struct strata_runtime *rt, strata_engine_t *eng,
   evhttp_set_gencb(srv.http, on_request, &srv);
   srv.conns = strata_http_conns_new(srv.base, srv.http, "serve",
                                     o->max_connections ? o->max_connections : 1024, 0);
+  if (srv.conns) strata_http_conns_body_limit(srv.conns, o->max_body_bytes);
   srv.sig_int = evsignal_new(srv.base, SIGINT, on_signal, &srv);
   srv.sig_term = evsignal_new(srv.base, SIGTERM, on_signal, &srv);
   srv.grace = evtimer_new(srv.base, on_grace, &srv);

@@ -57,6 +57,13 @@ rid=$(curl -s -D - -o /dev/null "$R/v1/completions" -H 'X-Request-Id: client-id-
   -d '{"prompt":"Hi","max_tokens":1}' | tr -d '\r' | sed -n 's/^X-Request-Id: //Ip')
 check "the client's request id comes back ($rid)" [ "$rid" = "client-id-7" ]
 
+# a body above router.max_body_bytes (4 MiB): the API's JSON 413, not
+# libevent's HTML page (core/http_scan.h)
+head -c 5000000 /dev/zero | tr '\0' ' ' | sed 's/^/{"prompt":"x","pad":"/; s/$/"}/' >"$T/huge"
+code=$(curl -s -o "$T/huge.out" -w '%{http_code}' --data-binary @"$T/huge" "$R/v1/completions")
+check "router: huge body is a JSON 413 (got $code)" \
+  sh -c "[ $code = 413 ] && jq -e '.error.code == \"request_too_large\"' '$T/huge.out' >/dev/null"
+
 # ---- streaming through the router equals streaming direct ------------------------------
 body='{"prompt":"Once upon a time","max_tokens":16,"temperature":0,"stream":true}'
 sd=$(curl -sN "$URL_e1/v1/completions" -d "$body" | sed -n 's/^data: //p' | grep -v DONE | jq -r '.choices[0].text' | tr -d '\n')

@@ -304,8 +304,29 @@ check "headers below it served ($c)" [ "$c" = 200 ]
 
 # Bodies above server.max_body_bytes (4 MiB by default): 413.
 head -c 5000000 /dev/zero | tr '\0' ' ' | sed 's/^/{"prompt":"x","pad":"/; s/$/"}/' >"$T/huge"
-code=$(curl -s -o /dev/null -w '%{http_code}' -H 'Content-Type: application/json' --data-binary @"$T/huge" "$U/v1/completions")
+code=$(curl -s -o "$T/huge.out" -w '%{http_code}' -H 'Content-Type: application/json' --data-binary @"$T/huge" "$U/v1/completions")
 check "huge body is 413 (got $code)" test "$code" = 413
+# in the API's JSON, not libevent's HTML page (core/http_scan.h), with or
+# without curl's Expect: 100-continue, and for a GET's body too
+check "huge body's 413 is JSON naming the sizes" \
+  jq -e '.error.code == "request_too_large" and (.error.message | test("5000023 bytes.*4194304"))' "$T/huge.out"
+code=$(curl -s -o "$T/huge.out" -w '%{http_code}' -H 'Expect:' --data-binary @"$T/huge" "$U/v1/completions")
+check "huge body without Expect: JSON 413 (got $code)" \
+  sh -c "[ $code = 413 ] && jq -e '.error.code == \"request_too_large\"' '$T/huge.out' >/dev/null"
+code=$(curl -s -o "$T/huge.out" -w '%{http_code}' -X GET --data-binary @"$T/huge" "$U/health")
+check "huge GET body: JSON 413 (got $code)" \
+  sh -c "[ $code = 413 ] && jq -e '.error.code == \"request_too_large\"' '$T/huge.out' >/dev/null"
+# two requests in one write, the second's declared body over the limit: the
+# first answered, then the 413 (the scanner keeps the stream in step)
+pipe=$( (
+  trap '' PIPE
+  hp=${U#http://}
+  exec 3<>"/dev/tcp/${hp%:*}/${hp##*:}" || exit 0
+  printf 'GET /health HTTP/1.1\r\nHost: x\r\n\r\nPOST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 9999999\r\n\r\nabc' >&3
+  timeout 5 cat <&3
+) | tr -d '\r')
+check "pipelined: 200 then a JSON 413" \
+  sh -c "printf '%s' \"\$1\" | grep -q '^HTTP/1.1 200' && printf '%s' \"\$1\" | grep -q 'HTTP/1.1 413' && printf '%s' \"\$1\" | grep -q request_too_large" _ "$pipe"
 check "server alive after hostile input" test "$(curl -s -o /dev/null -w '%{http_code}' "$U/health")" = 200
 # Raw hostile HTTP: garbage, bad lengths, truncated and bad chunked bodies,
 # huge headers, a client vanishing mid-body.
