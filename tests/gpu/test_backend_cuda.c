@@ -65,14 +65,14 @@ static void need(int ok, const char *fmt, const char *arg) {
   exit(1);
 }
 
-/* Initializes the GPU plugin again with this config text for its section
- * (each test runs in a child process of its own). */
-static void gpu_config(const char *section) {
+/* Initializes the plugins (only: the GPU one, again) with this config
+ * text; each test runs in a child process of its own. */
+static void init_plugins(const char *text, const struct strata_backend_vtable *only) {
   char path[] = "/tmp/strata-test-cuda-XXXXXX";
   const int fd = mkstemp(path);
   need(fd >= 0, "cannot create %s", path);
   FILE *f = fdopen(fd, "w");
-  fprintf(f, "plugins: { backend: { %s: { %s }; }; };\n", GPU_BACKEND, section);
+  fputs(text, f);
   fclose(f);
   struct strata_errlist errs = {0};
   strata_config_t *cfg = strata_config_load(path, &errs);
@@ -80,12 +80,18 @@ static void gpu_config(const char *section) {
   need(cfg != NULL, "the test config did not load%s", "");
   strata_errlist_free(&errs);
   for (size_t i = 0; i < g_reg.n_plugins; i++) {
-    if (g_reg.plugins[i].desc->vt.backend != gpu) continue;
-    g_reg.plugins[i].initialized = 0; /* init reads its section again */
+    if (only && g_reg.plugins[i].desc->vt.backend != only) continue;
+    if (only) g_reg.plugins[i].initialized = 0; /* init reads its section again */
     char err[1024] = "";
     need(strata_plugin_init(&g_reg.plugins[i], cfg, err, sizeof err) == 0, "%s", err);
   }
   strata_config_free(cfg);
+}
+
+static void gpu_config(const char *section) {
+  char text[512];
+  snprintf(text, sizeof text, "plugins: { backend: { %s: { %s }; }; };\n", GPU_BACKEND, section);
+  init_plugins(text, gpu);
 }
 
 static void load_plugins(void) {
@@ -96,26 +102,12 @@ static void load_plugins(void) {
   const char *dirs[] = {dir, emu};
   strata_registry_scan(&g_reg, dirs, strcmp(GPU_BACKEND, "emu") == 0 ? 2 : 1);
   strata_host_set_registry(&g_reg);
-  char path[] = "/tmp/strata-test-cuda-XXXXXX";
-  const int fd = mkstemp(path);
-  need(fd >= 0, "cannot create %s", path);
-  FILE *f = fdopen(fd, "w");
   /* L: libconfig reads a plain integer past 32 bits as its low 32 bits
    * (1e15 became -1530494976, i.e. "always quantize": the emulated kernels
    * caught it) */
-  fprintf(f, "plugins: { backend: { cpu: { q8_activations_min = 1000000000000000L; }; "
-             "%s: { gemm_min_tokens = 0; }; }; };\n", GPU_BACKEND);
-  fclose(f);
-  struct strata_errlist errs = {0};
-  strata_config_t *cfg = strata_config_load(path, &errs);
-  unlink(path);
-  need(cfg != NULL, "the test config did not load%s", "");
-  strata_errlist_free(&errs);
-  for (size_t i = 0; i < g_reg.n_plugins; i++) {
-    char err[1024] = "";
-    need(strata_plugin_init(&g_reg.plugins[i], cfg, err, sizeof err) == 0, "%s", err);
-  }
-  strata_config_free(cfg);
+  init_plugins("plugins: { backend: { cpu: { q8_activations_min = 1000000000000000L; }; " GPU_BACKEND
+               ": { gemm_min_tokens = 0; }; }; };\n",
+               NULL);
   const struct strata_plugin *pc = strata_registry_find(&g_reg, STRATA_PLUGIN_BACKEND, "cpu");
   const struct strata_plugin *pg = strata_registry_find(&g_reg, STRATA_PLUGIN_BACKEND, GPU_BACKEND);
   need(pc && pg, "backend plugins cpu and " GPU_BACKEND " not both under %s", dir);

@@ -62,6 +62,21 @@ static struct strata_errlist check(const char *path) {
   return errs;
 }
 
+/* path's config, which must check clean (any errors printed first),
+ * loaded and validated for its values. */
+static strata_config_t *load_clean(const char *path) {
+  struct strata_errlist e = check(path);
+  for (size_t i = 0; i < e.n; i++) fprintf(stderr, "  got: %s\n", e.lines[i]);
+  ck_assert_uint_eq(e.n, 0);
+  strata_errlist_free(&e);
+  struct strata_errlist e2 = {0};
+  strata_config_t *cfg = strata_config_load(path, &e2);
+  ck_assert_ptr_nonnull(cfg);
+  ck_assert_int_eq(strata_config_validate(cfg, &reg, &e2), 0);
+  strata_errlist_free(&e2);
+  return cfg;
+}
+
 /* Exactly one error, of the form FILE:LINE: ..., containing needle. */
 static void expect_one(const char *rel, const char *text, const char *file_rel, int line,
                        const char *needle) {
@@ -88,12 +103,7 @@ START_TEST(valid_config_ok) {
                    "server: { port = 8081; host = \"0.0.0.0\"; };\n"
                    "plugins: {\n  path = [\"p1\", \"/abs/p2\"];\n"
                    "  quant: { test-good: { label = \"hi\"; factor = 3; cache = 4096; }; };\n};\n");
-  struct strata_errlist e = check(path);
-  for (size_t i = 0; i < e.n; i++) fprintf(stderr, "%s\n", e.lines[i]);
-  ck_assert_uint_eq(e.n, 0);
-  struct strata_errlist e2 = {0};
-  strata_config_t *cfg = strata_config_load(path, &e2);
-  ck_assert_int_eq(strata_config_validate(cfg, &reg, &e2), 0);
+  strata_config_t *cfg = load_clean(path);
   const strata_config_node_t *eng = strata_config_group(cfg, "engine");
   ck_assert_str_eq(strata_config_string(eng, "backend"), "auto");
   ck_assert_int_eq(strata_config_int(eng, "context_length"), 0); /* default */
@@ -130,12 +140,7 @@ START_TEST(nested_engine_kv_cache) {
   char *path = put("kv.conf",
                    "engine: {\n  max_batch_tokens = 512;\n"
                    "  kv_cache: { block_size = 32; memory = \"64MiB\"; prefix_caching = false; };\n};\n");
-  struct strata_errlist e = check(path);
-  for (size_t i = 0; i < e.n; i++) fprintf(stderr, "%s\n", e.lines[i]);
-  ck_assert_uint_eq(e.n, 0);
-  struct strata_errlist e2 = {0};
-  strata_config_t *cfg = strata_config_load(path, &e2);
-  ck_assert_int_eq(strata_config_validate(cfg, &reg, &e2), 0);
+  strata_config_t *cfg = load_clean(path);
   const strata_config_node_t *eng = strata_config_group(cfg, "engine");
   ck_assert_int_eq(strata_config_int(eng, "max_batch_tokens"), 512);
   ck_assert_int_eq(strata_config_int(eng, "max_running"), 64); /* default */
@@ -150,6 +155,7 @@ START_TEST(nested_engine_kv_cache) {
   free(path);
   /* absent: every default */
   char *p2 = put("kv2.conf", "engine: { };\n");
+  struct strata_errlist e2 = {0};
   cfg = strata_config_load(p2, &e2);
   ck_assert_int_eq(strata_config_validate(cfg, &reg, &e2), 0);
   kv = strata_config_group(cfg, "engine.kv_cache");
@@ -207,16 +213,9 @@ START_TEST(int_past_32_bits) {
   /* the fix: a 64-bit literal, read whole; and 32-bit ones stay fine */
   char *path = put("ok.conf", "engine: { kv_cache: { tokens = 500000000L; }; max_batch_tokens = 4096; };\n"
                               "plugins: { backend: { cpu: { q8_activations_min = 1000000000000000L; }; }; };\n");
-  struct strata_errlist e = check(path);
-  for (size_t i = 0; i < e.n; i++) fprintf(stderr, "  got: %s\n", e.lines[i]);
-  ck_assert_uint_eq(e.n, 0);
-  struct strata_errlist e2 = {0};
-  strata_config_t *cfg = strata_config_load(path, &e2);
-  ck_assert_ptr_nonnull(cfg);
+  strata_config_t *cfg = load_clean(path);
   ck_assert_int_eq(strata_config_int(strata_config_group(cfg, "engine.kv_cache"), "tokens"), 500000000);
   strata_config_free(cfg);
-  strata_errlist_free(&e);
-  strata_errlist_free(&e2);
   free(path);
 }
 END_TEST
