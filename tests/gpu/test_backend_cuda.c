@@ -583,6 +583,76 @@ START_TEST(matmul_gemm) {
 }
 END_TEST
 
+/* matmul_n (one quantization or rounding of x for all its weights) gives
+ * exactly what matmul gives weight by weight, on the kernels and through
+ * cuBLAS, with weights of three kinds (split q8_0, f16, split q4_0); and
+ * refuses outputs that overlap or rows of different lengths. */
+START_TEST(matmul_n_as_singles) {
+  const int64_t K = 256, T = 5, rows[3] = {300, 64, 300};
+  const uint32_t types[3] = {STRATA_TYPE_Q8_0, STRATA_TYPE_F16, STRATA_TYPE_Q4_0};
+  struct twin wt[3], o[3], r[3];
+  struct strata_tensor gw[3];
+  void *d[3];
+  for (int i = 0; i < 3; i++) {
+    float *w = rand_floats((size_t)(K * rows[i]), 1.0f);
+    size_t bytes;
+    d[i] = as_type(w, K, rows[i], types[i], &bytes);
+    wt[i] = twin_of(d[i], bytes, types[i], K, rows[i]);
+    gw[i] = wt[i].tg;
+    if (types[i] != STRATA_TYPE_F16)
+      ck_assert_msg(gpu->prepare_weight(bg, &wt[i].tg, &gw[i]) == 1, "prepare_weight: %s",
+                    gpu->last_error(bg));
+    free(w);
+  }
+  float *x = rand_floats((size_t)(K * T), 1.0f), *x2 = rand_floats((size_t)(K * T), 1.0f);
+  struct twin xt = twin_f32(x, K, T), xt2 = twin_f32(x2, K, T);
+  for (int gemm = 0; gemm < 2; gemm++) {
+    gpu_config(gemm ? "gemm_min_tokens = 1;" : "gemm_min_tokens = 0;");
+    const struct strata_tensor *ws[3] = {&gw[0], &gw[1], &gw[2]};
+    struct strata_tensor *os[3];
+    for (int i = 0; i < 3; i++) {
+      o[i] = twin_f32(NULL, rows[i], T);
+      r[i] = twin_f32(NULL, rows[i], T);
+      os[i] = &o[i].tg;
+      /* the workspaces left holding another x's conversions */
+      ck_assert_msg(gpu->matmul(bg, &gw[i], &xt2.tg, &r[i].tg) == 0, "matmul: %s",
+                    gpu->last_error(bg));
+    }
+    ck_assert_msg(gpu->matmul_n(bg, 3, ws, &xt.tg, os) == 0, "matmul_n: %s", gpu->last_error(bg));
+    for (int i = 0; i < 3; i++)
+      ck_assert_msg(gpu->matmul(bg, &gw[i], &xt.tg, &r[i].tg) == 0, "matmul: %s",
+                    gpu->last_error(bg));
+    for (int i = 0; i < 3; i++) {
+      const size_t bytes = (size_t)(rows[i] * T) * 4;
+      float *a = malloc(bytes), *b = malloc(bytes);
+      ck_assert_int_eq(gpu->download(bg, o[i].g, 0, a, bytes), 0);
+      ck_assert_int_eq(gpu->download(bg, r[i].g, 0, b, bytes), 0);
+      ck_assert_msg(memcmp(a, b, bytes) == 0 && !isnan(a[0]),
+                    "matmul_n weight %d (type %u, cuBLAS %d) differs from matmul", i, types[i],
+                    gemm);
+      free(a), free(b);
+    }
+    /* outputs 0 and 2 the same memory; weight 1 with other rows */
+    struct strata_tensor *same[3] = {&o[0].tg, &o[1].tg, &o[0].tg};
+    ck_assert_int_ne(gpu->matmul_n(bg, 3, ws, &xt.tg, same), 0);
+    ck_assert_msg(strstr(gpu->last_error(bg), "overlap") != NULL, "%s", gpu->last_error(bg));
+    struct strata_tensor narrow = gw[1];
+    narrow.ne[0] = K / 2;
+    const struct strata_tensor *mixed[2] = {&gw[0], &narrow};
+    ck_assert_int_ne(gpu->matmul_n(bg, 2, mixed, &xt.tg, os), 0);
+    for (int i = 0; i < 3; i++) twin_free(&o[i]), twin_free(&r[i]);
+  }
+  gpu_config("gemm_min_tokens = 0;");
+  for (int i = 0; i < 3; i++) {
+    if (types[i] != STRATA_TYPE_F16) gpu->buf_free(bg, gw[i].buf);
+    twin_free(&wt[i]);
+    free(d[i]);
+  }
+  twin_free(&xt), twin_free(&xt2);
+  free(x), free(x2);
+}
+END_TEST
+
 /* Bad calls get an error naming the op, not a crash. */
 START_TEST(refuses_bad_views) {
   struct strata_tensor none = {0};
@@ -614,6 +684,7 @@ int main(void) {
     tcase_add_test(tc, matmul_all_types);
     tcase_add_test(tc, matmul_split);
     tcase_add_test(tc, matmul_gemm);
+    tcase_add_test(tc, matmul_n_as_singles);
     tcase_add_test(tc, kv_store_and_attention);
     tcase_add_test(tc, refuses_bad_views);
     suite_add_tcase(s, tc);

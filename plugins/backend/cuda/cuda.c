@@ -614,16 +614,29 @@ static int cu_rmsnorm(strata_backend_t *b, const struct strata_tensor *x,
 }
 
 /* The integer matmul's workspace: x quantized, then its block scales. */
+/* What one matmul call has made of its activations, for the next weight
+ * of a matmul_n (the same x): quantized to q8_0 in d_ws, rounded to
+ * f16 (1) or bf16 (2) in d_gx. */
+struct cu_xdone {
+  int q8, half;
+};
+
 static int cu_matmul_split(struct strata_backend *b, const struct strata_tensor *w,
-                           const void *wd, const float *xd, int64_t T, float *od) {
+                           const void *wd, const float *xd, int64_t T, float *od,
+                           struct cu_xdone *done) {
   const int64_t K = w->ne[0];
   const size_t q_bytes = ((size_t)K * (size_t)T + 255) & ~(size_t)255;
   const size_t need = q_bytes + (size_t)(K / 32) * (size_t)T * 2 * sizeof(float);
-  if (cu_grow(b, &b->d_ws, &b->ws_cap, need, "matmul workspace")) return -1;
   int8_t *xq = b->d_ws;
   float *xs = (float *)(void *)((uint8_t *)b->d_ws + q_bytes);
+  if (!done->q8) {
+    if (cu_grow(b, &b->d_ws, &b->ws_cap, need, "matmul workspace")) return -1;
+    xq = b->d_ws;
+    xs = (float *)(void *)((uint8_t *)b->d_ws + q_bytes);
+    if (kc_quant_act(b->stream, xd, K, T, xq, xs, b->err, sizeof b->err) != 0) return -1;
+    done->q8 = 1;
+  }
   const uint32_t base = w->type & ~STRATA_TYPE_BACKEND_PRIVATE;
-  if (kc_quant_act(b->stream, xd, K, T, xq, xs, b->err, sizeof b->err) != 0) return -1;
   return kc_matmul_q(b->stream, base, wd, K, w->ne[1], xq, xs, T, od, b->err, sizeof b->err);
 }
 
@@ -631,9 +644,10 @@ static int cu_matmul_split(struct strata_backend *b, const struct strata_tensor 
  * cuBLAS takes here (the kernels do it). Column-major, as cuBLAS sees
  * them: W is k x n_out (lda = its row length), x k x T, out n_out x T. */
 static int cu_matmul_gemm(struct strata_backend *b, const struct strata_tensor *w,
-                          const void *wd, size_t rb, const float *xd, int64_t T, float *od) {
+                          const void *wd, size_t rb, const float *xd, int64_t T, float *od,
+                          struct cu_xdone *done) {
 #if !CU_HAVE_BLAS
-  (void)b, (void)w, (void)wd, (void)rb, (void)xd, (void)T, (void)od;
+  (void)b, (void)w, (void)wd, (void)rb, (void)xd, (void)T, (void)od, (void)done;
   return 1;
 #else
   const int64_t K = w->ne[0], N = w->ne[1];
@@ -668,9 +682,12 @@ static int cu_matmul_gemm(struct strata_backend *b, const struct strata_tensor *
     if (rb % 2) return 1;
     const int bf = t == STRATA_TYPE_BF16;
     const cudaDataType dt = bf ? CUDA_R_16BF : CUDA_R_16F;
-    if (cu_grow(b, &b->d_gx, &b->gx_cap, (size_t)K * (size_t)T * 2, "gemm activations") ||
-        kc_to_half(b->stream, xd, K * T, bf, b->d_gx, b->err, sizeof b->err))
-      return -1;
+    if (done->half != 1 + bf) {
+      if (cu_grow(b, &b->d_gx, &b->gx_cap, (size_t)K * (size_t)T * 2, "gemm activations") ||
+          kc_to_half(b->stream, xd, K * T, bf, b->d_gx, b->err, sizeof b->err))
+        return -1;
+      done->half = 1 + bf;
+    }
     if (!split) {
       st = cu_blas.gemm_ex(b->blas, CUBLAS_OP_T, CUBLAS_OP_N, n, nt, k, &one, wd, dt,
                            (int)(rb / 2), b->d_gx, dt, k, &zero, od, CUDA_R_32F, n,
@@ -701,28 +718,77 @@ static int cu_matmul_gemm(struct strata_backend *b, const struct strata_tensor *
 #endif
 }
 
+/* One weight's product, its views checked (cu_matmul, cu_matmul_n). */
+static int cu_matmul_one(struct strata_backend *b, const struct strata_tensor *w, const void *wd,
+                         size_t rb, const float *xd, int64_t T, float *od,
+                         struct cu_xdone *done) {
+  if (cu_cfg_gemm_min > 0 && T >= cu_cfg_gemm_min) {
+    const int r = cu_matmul_gemm(b, w, wd, rb, xd, T, od, done);
+    if (r <= 0) return r; /* 1: not for cuBLAS, the kernels take it */
+  }
+  if (w->type & STRATA_TYPE_BACKEND_PRIVATE) return cu_matmul_split(b, w, wd, xd, T, od, done);
+  return kc_matmul(b->stream, w->type, wd, rb, w->ne[0], w->ne[1], xd, T, od, b->err,
+                   sizeof b->err);
+}
+
+/* Whether byte ranges [a0, a0 + an) of buffer ab and [c0, c0 + cn) of cb meet. */
+static int cu_meet(const strata_buf_t *ab, uint64_t a0, uint64_t an, const strata_buf_t *cb,
+                   uint64_t c0, uint64_t cn) {
+  return ab == cb && a0 < c0 + cn && c0 < a0 + an;
+}
+
+/* Checks weight w, x and out of one product (out apart from both). */
+static int cu_matmul_views(struct strata_backend *b, const struct strata_tensor *w,
+                           const struct strata_tensor *x, struct strata_tensor *out,
+                           const void **wd, size_t *rb, const float **xd, float **od) {
+  *wd = cu_view_of(b, w, "matmul weight", rb, 1);
+  *xd = *wd ? cu_f32(b, x, "matmul x", w->ne[0], -1) : NULL;
+  *od = *xd ? cu_f32(b, out, "matmul out", w->ne[1], x->ne[1]) : NULL;
+  if (!*od) return -1;
+  const uint64_t on = (uint64_t)out->ne[0] * out->ne[1] * 4;
+  if (cu_meet(out->buf, out->offset, on, x->buf, x->offset, (uint64_t)x->ne[0] * x->ne[1] * 4) ||
+      cu_meet(out->buf, out->offset, on, w->buf, w->offset, (uint64_t)*rb * w->ne[1]))
+    return cu_fail(b, "matmul: out overlaps an input");
+  return 0;
+}
+
 static int cu_matmul(strata_backend_t *b, const struct strata_tensor *w,
                      const struct strata_tensor *x, struct strata_tensor *out) {
   if (!b || cu_enter(b)) return -1;
+  const void *wd;
   size_t rb;
-  const void *wd = cu_view_of(b, w, "matmul weight", &rb, 1);
-  const float *xd = wd ? cu_f32(b, x, "matmul x", w->ne[0], -1) : NULL;
-  float *od = xd ? cu_f32(b, out, "matmul out", w->ne[1], x->ne[1]) : NULL;
-  if (!od) return -1;
-  if (out->buf == x->buf || out->buf == w->buf) {
-    const uint64_t o0 = out->offset, o1 = o0 + (uint64_t)out->ne[0] * out->ne[1] * 4;
-    const uint64_t x0 = x->offset, x1 = x0 + (uint64_t)x->ne[0] * x->ne[1] * 4;
-    const uint64_t w0 = w->offset, w1 = w0 + (uint64_t)rb * w->ne[1];
-    if ((out->buf == x->buf && o0 < x1 && x0 < o1) || (out->buf == w->buf && o0 < w1 && w0 < o1))
-      return cu_fail(b, "matmul: out overlaps an input");
+  const float *xd;
+  float *od;
+  if (cu_matmul_views(b, w, x, out, &wd, &rb, &xd, &od)) return -1;
+  struct cu_xdone done = {0, 0};
+  return cu_matmul_one(b, w, wd, rb, xd, x->ne[1], od, &done);
+}
+
+/* Up to 4 weights on one x: its quantization (or rounding for cuBLAS) is
+ * made once for all of them (Q, K and V; gate and up). */
+static int cu_matmul_n(strata_backend_t *b, int n, const struct strata_tensor *const *w,
+                       const struct strata_tensor *x, struct strata_tensor *const *out) {
+  if (!b || cu_enter(b)) return -1;
+  if (n < 1 || n > 4 || !w || !out) return cu_fail(b, "matmul: %d weights (1 to 4)", n);
+  const void *wd[4];
+  size_t rb[4];
+  const float *xd = NULL;
+  float *od[4];
+  for (int i = 0; i < n; i++) {
+    if (!w[i] || !out[i]) return cu_fail(b, "matmul: weight or output %d missing", i);
+    if (w[i]->ne[0] != w[0]->ne[0])
+      return cu_fail(b, "matmul: weight %d has rows of %lld, weight 0 of %lld", i,
+                     (long long)w[i]->ne[0], (long long)w[0]->ne[0]);
+    if (cu_matmul_views(b, w[i], x, out[i], &wd[i], &rb[i], &xd, &od[i])) return -1;
+    for (int j = 0; j < i; j++)
+      if (cu_meet(out[i]->buf, out[i]->offset, (uint64_t)out[i]->ne[0] * out[i]->ne[1] * 4,
+                  out[j]->buf, out[j]->offset, (uint64_t)out[j]->ne[0] * out[j]->ne[1] * 4))
+        return cu_fail(b, "matmul: outputs %d and %d overlap", j, i);
   }
-  if (cu_cfg_gemm_min > 0 && x->ne[1] >= cu_cfg_gemm_min) {
-    const int r = cu_matmul_gemm(b, w, wd, rb, xd, x->ne[1], od);
-    if (r <= 0) return r; /* 1: not for cuBLAS, the kernels take it */
-  }
-  if (w->type & STRATA_TYPE_BACKEND_PRIVATE) return cu_matmul_split(b, w, wd, xd, x->ne[1], od);
-  return kc_matmul(b->stream, w->type, wd, rb, w->ne[0], w->ne[1], xd, x->ne[1], od, b->err,
-                   sizeof b->err);
+  struct cu_xdone done = {0, 0};
+  for (int i = 0; i < n; i++)
+    if (cu_matmul_one(b, w[i], wd[i], rb[i], xd, x->ne[1], od[i], &done)) return -1;
+  return 0;
 }
 
 /* q8_0/q4_0 matrices of CU_SPLIT_MIN elements and more into the split
@@ -920,7 +986,7 @@ static const struct strata_backend_vtable cu_vtable = {
     .add = cu_add,
     .get_rows = cu_get_rows,
     .prepare_weight = cu_prepare_weight,
-    .matmul_n = NULL,
+    .matmul_n = cu_matmul_n,
 };
 
 static int cu_init(const struct strata_host_api *host, const strata_config_node_t *cfg,
