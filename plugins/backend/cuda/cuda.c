@@ -56,6 +56,9 @@
 #include <cuda_runtime_api.h>
 #include <dlfcn.h>
 #define CU_NAME "cuda"
+#ifndef STRATA_CUDA_DIR
+#define STRATA_CUDA_DIR "/usr/local/cuda"
+#endif
 #endif
 #if defined(STRATA_HIP)
 #define CU_HAVE_BLAS 0
@@ -267,11 +270,24 @@ static void cu_blas_load(void) {
   cu_blas.gemm_ex = cublasGemmEx;
   cu_blas_ok = 1;
 #else
+  /* by name (the loader's path), then in the toolkits' lib64 folders, which
+   * a tarball install leaves off the loader's path: $CUDA_HOME, the one
+   * this was built against, /usr/local/cuda */
   static const char *const names[] = {"libcublas.so.13", "libcublas.so.12", "libcublas.so"};
+  const char *env = getenv("CUDA_HOME");
+  const char *dirs[] = {NULL, env && *env ? env : NULL, STRATA_CUDA_DIR, "/usr/local/cuda"};
   void *lib = NULL;
-  for (size_t i = 0; i < sizeof names / sizeof *names && !lib; i++) {
-    lib = dlopen(names[i], RTLD_NOW | RTLD_LOCAL);
-    if (!lib && i == 0) snprintf(why, sizeof why, "%s", dlerror());
+  for (size_t d = 0; d < sizeof dirs / sizeof *dirs && !lib; d++) {
+    if (d > 0 && !dirs[d]) continue;
+    for (size_t i = 0; i < sizeof names / sizeof *names && !lib; i++) {
+      char path[600];
+      if (d == 0)
+        snprintf(path, sizeof path, "%s", names[i]);
+      else
+        snprintf(path, sizeof path, "%.500s/lib64/%s", dirs[d], names[i]);
+      lib = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+      if (!lib && d == 0 && i == 0) snprintf(why, sizeof why, "%s", dlerror());
+    }
   }
   if (lib) {
     /* POSIX: a function pointer through a void * (dlsym's documented use) */
