@@ -4,7 +4,8 @@
 # builds strata with the CUDA backend in build-gpu/, runs the GPU tests (ops
 # against the cpu backend, the model against the fp32 reference, the server
 # on the GPU), then `strata bench --backend cuda` on synthetic tinyllama-1.1b
-# in q8_0 and f16 at 1 and 64 sequences, and the paged decode attention
+# in q8_0 and f16 at 1 and 64 sequences (and q8_0 once more on the kernels
+# alone, without cuBLAS), and the paged decode attention
 # (tests/bench/bench_attention.c) against PyTorch's SDPA on the same shapes
 # (tests/bench/sdpa_reference.py). Logs go to $OUT (default ./gpu-check); a
 # short summary is printed last.
@@ -35,6 +36,16 @@ bench $q batch $batch: $({ grep -iE 'decode|prefill' "$OUT/bench-$q-b$batch.log"
       tail -n 1 "$OUT/bench-$q-b$batch.log"; } | tr '\n' ' ' | cut -c1-300)"
   done
 done
+# prefill through the kernels alone (gemm_min_tokens = 0), against the
+# default (cuBLAS from 32 tokens) above: for tuning gemm_min_tokens
+if [ -f "$b/tl-q8_0.gguf" ]; then
+  printf 'plugins: { backend: { cuda: { gemm_min_tokens = 0; }; }; };\n' >"$b/kernels-only.conf"
+  timeout 300 ./strata bench --model "$b/tl-q8_0.gguf" --backend cuda --prompt-tokens 512 \
+    --gen-tokens 16 --batch 64 --config "$b/kernels-only.conf" >"$OUT/bench-q8_0-kernels-only.log" 2>&1
+  summary="$summary
+bench q8_0 batch 64, kernels only: $({ grep -iE 'decode|prefill' "$OUT/bench-q8_0-kernels-only.log" ||
+    tail -n 1 "$OUT/bench-q8_0-kernels-only.log"; } | tr '\n' ' ' | cut -c1-300)"
+fi
 # paged decode attention against PyTorch's SDPA on the same shapes
 ./libtool --mode=link gcc -O2 -I. -I"$top/core/include" -I"$top/core" -DSTRATA_BUILDDIR="\"$b\"" \
   -DSTRATA_SRCDIR="\"$top\"" -DSTRATA_SHARED_DIR='"../shared"' -DSTRATA_PKGLIBDIR='"/nonexistent"' \
