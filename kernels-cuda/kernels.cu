@@ -770,8 +770,9 @@ __global__ void kc_to_half_k(const float *x, int64_t n, int bf16, unsigned short
         u += 0x7fffu + ((u >> 16) & 1u);
         dst[i] = (unsigned short)(u >> 16);
       }
-    } else {
-      dst[i] = __half_as_ushort(__float2half_rn(v));
+    } else { /* past f16's range: its largest value, not infinity (NaN stays) */
+      const float c = v > 65504.0f ? 65504.0f : v < -65504.0f ? -65504.0f : v;
+      dst[i] = __half_as_ushort(__float2half_rn(c));
     }
   }
 }

@@ -126,7 +126,8 @@ int kc_matmul_q(void *stream, uint32_t type, const void *wsplit, int64_t k, int6
 /* ---- the GEMM path's conversions (cuBLAS multiplies in f16/bf16) ---- */
 
 /* dst[i] = x[i] rounded to f16 (bf16 = 0) or bf16 (bf16 = 1), to nearest
- * even, as 16-bit patterns (n elements). */
+ * even, as 16-bit patterns (n elements); f16 saturates at +-65504 (an
+ * activation past it would otherwise be infinite, and the logits NaN). */
 int kc_to_half(void *stream, const float *x, int64_t n, int bf16, void *dst, char *err,
                size_t errlen);
 

@@ -636,6 +636,12 @@ START_TEST(matmul_n_as_singles) {
     struct strata_tensor *same[3] = {&o[0].tg, &o[1].tg, &o[0].tg};
     ck_assert_int_ne(gpu->matmul_n(bg, 3, ws, &xt.tg, same), 0);
     ck_assert_msg(strstr(gpu->last_error(bg), "overlap") != NULL, "%s", gpu->last_error(bg));
+    /* output 0 written over weight 1, which is read after it */
+    struct strata_tensor over = {.buf = gw[1].buf, .type = STRATA_TYPE_F32, .ne = {rows[0], T}};
+    struct strata_tensor *onw[3] = {&over, &o[1].tg, &o[2].tg};
+    ck_assert_int_ne(gpu->matmul_n(bg, 3, ws, &xt.tg, onw), 0);
+    ck_assert_msg(strstr(gpu->last_error(bg), "overlaps weight 1") != NULL, "%s",
+                  gpu->last_error(bg));
     struct strata_tensor narrow = gw[1];
     narrow.ne[0] = K / 2;
     const struct strata_tensor *mixed[2] = {&gw[0], &narrow};

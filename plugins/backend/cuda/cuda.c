@@ -52,15 +52,17 @@
 #include "../../../kernels-hip/hip_compat.h"
 #define CU_NAME "hip"
 #else
+#ifndef STRATA_CUDA_NO_BLAS /* configure: the toolkit has no cuBLAS header */
 #include <cublas_api.h>
-#include <cuda_runtime_api.h>
 #include <dlfcn.h>
+#endif
+#include <cuda_runtime_api.h>
 #define CU_NAME "cuda"
 #ifndef STRATA_CUDA_DIR
 #define STRATA_CUDA_DIR "/usr/local/cuda"
 #endif
 #endif
-#if defined(STRATA_HIP)
+#if defined(STRATA_HIP) || defined(STRATA_CUDA_NO_BLAS)
 #define CU_HAVE_BLAS 0
 #else
 #define CU_HAVE_BLAS 1
@@ -273,7 +275,11 @@ static void cu_blas_load(void) {
   /* by name (the loader's path), then in the toolkits' lib64 folders, which
    * a tarball install leaves off the loader's path: $CUDA_HOME, the one
    * this was built against, /usr/local/cuda */
-  static const char *const names[] = {"libcublas.so.13", "libcublas.so.12", "libcublas.so"};
+  /* the build's major version first: a newer cuBLAS may want a newer
+   * driver, or have dropped this GPU */
+  char own[32];
+  snprintf(own, sizeof own, "libcublas.so.%d", CUDART_VERSION / 1000);
+  const char *const names[] = {own, "libcublas.so.13", "libcublas.so.12", "libcublas.so"};
   const char *env = getenv("CUDA_HOME");
   const char *dirs[] = {NULL, env && *env ? env : NULL, STRATA_CUDA_DIR, "/usr/local/cuda"};
   void *lib = NULL;
@@ -286,7 +292,7 @@ static void cu_blas_load(void) {
       else
         snprintf(path, sizeof path, "%.500s/lib64/%s", dirs[d], names[i]);
       lib = dlopen(path, RTLD_NOW | RTLD_LOCAL);
-      if (!lib && d == 0 && i == 0) snprintf(why, sizeof why, "%s", dlerror());
+      if (!lib && d == 0 && i == 0) snprintf(why, sizeof why, "%s (and in the toolkits' lib64)", dlerror());
     }
   }
   if (lib) {
@@ -711,6 +717,7 @@ static int cu_matmul_gemm(struct strata_backend *b, const struct strata_tensor *
     } else {
       /* slices of gemm_slice_weights (16 Mi: 32 MiB of f16) */
       int64_t slice = cu_cfg_gemm_slice / K;
+      if (slice >= 64) slice &= ~(int64_t)63; /* out + r0 stays aligned for cuBLAS */
       if (slice < 1) slice = 1;
       if (slice > N) slice = N;
       if (cu_grow(b, &b->d_gw, &b->gw_cap, (size_t)slice * (size_t)K * 2, "gemm weights"))
@@ -727,9 +734,18 @@ static int cu_matmul_gemm(struct strata_backend *b, const struct strata_tensor *
       }
     }
   }
-  if (st != CUBLAS_STATUS_SUCCESS)
-    return cu_fail(b, "cublasGemmEx (%s [%lld, %lld], %lld tokens): status %d (cuda.c:%d)",
-                   cu_type_name(t), (long long)K, (long long)N, (long long)T, (int)st, __LINE__);
+  if (st != CUBLAS_STATUS_SUCCESS) {
+    /* e.g. a cuBLAS that has dropped this GPU: the kernels take this
+     * instance's matmuls from now on (this one's output is rewritten) */
+    if (cu_host && cu_host->log)
+      cu_host->log(STRATA_LOG_WARN, CU_NAME,
+                   "cublasGemmEx (%s [%lld, %lld], %lld tokens): status %d: matmuls take the "
+                   "kernels from now on",
+                   cu_type_name(t), (long long)K, (long long)N, (long long)T, (int)st);
+    cu_blas.destroy(b->blas);
+    b->blas = NULL;
+    return 1;
+  }
   return 0;
 #endif
 }
@@ -801,6 +817,12 @@ static int cu_matmul_n(strata_backend_t *b, int n, const struct strata_tensor *c
                   out[j]->buf, out[j]->offset, (uint64_t)out[j]->ne[0] * out[j]->ne[1] * 4))
         return cu_fail(b, "matmul: outputs %d and %d overlap", j, i);
   }
+  /* an output written before a later weight is read must not be that weight */
+  for (int i = 0; i < n; i++)
+    for (int j = i + 1; j < n; j++)
+      if (cu_meet(out[i]->buf, out[i]->offset, (uint64_t)out[i]->ne[0] * out[i]->ne[1] * 4,
+                  w[j]->buf, w[j]->offset, (uint64_t)rb[j] * w[j]->ne[1]))
+        return cu_fail(b, "matmul: output %d overlaps weight %d", i, j);
   struct cu_xdone done = {0, 0};
   for (int i = 0; i < n; i++)
     if (cu_matmul_one(b, w[i], wd[i], rb[i], xd, x->ne[1], od[i], &done)) return -1;
