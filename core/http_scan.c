@@ -88,7 +88,7 @@ static int on_line(struct strata_http_scan *s, const char *p, size_t n, size_t o
     s->chunked = s->bad = s->last_was_length = 0;
     return 0;
   }
-  if (n == 0) { /* the end of the head: what follows is its body */
+  if (n == 0 || p[0] == '\0') { /* the end of the head (evhttp's test): its body follows */
     s->in_head = 0;
     if (!s->body_method) return 0;
     if (s->chunked || s->bad || s->n_length > 1) {
@@ -102,13 +102,19 @@ static int on_line(struct strata_http_scan *s, const char *p, size_t n, size_t o
     }
     return 0;
   }
+  const char *v;
+  size_t vn;
+  if (header_is(p, n, STRATA_HTTP_TOO_LARGE_HEADER, &v, &vn)) {
+    /* the client's own: renamed, so that only the scanner's counts */
+    char repl[96];
+    snprintf(repl, sizeof repl, "X-Client-Body-Too-Large:%.*s", vn > 40 ? 40 : (int)vn, v);
+    return add_edit(ed, off, n, repl);
+  }
   if (!s->body_method) return 0;
   if (is_lws(p[0])) { /* a folded continuation of the previous header */
     if (s->last_was_length) s->bad = 1;
     return 0;
   }
-  const char *v;
-  size_t vn;
   s->last_was_length = 0;
   if (header_is(p, n, "Transfer-Encoding", &v, &vn)) {
     s->chunked = 1;
@@ -194,15 +200,17 @@ int strata_http_scan_feed(struct strata_http_scan *s, struct evbuffer *in, size_
     }
     if (rc == 0 && evbuffer_add(tail, t + pos, len - pos) != 0) rc = -1;
     if (rc == 0) {
+      /* front-end operations only: outside evbuffer_read, the input's end
+       * is frozen (bufferevent_socket), its front never is */
       s->busy = 1; /* each change below calls this again */
-      if (from > 0 && evbuffer_remove_buffer(in, pre, from) != (int)from) {
-        evbuffer_prepend_buffer(in, pre); /* as it was */
-        rc = -1;
-      } else {
-        evbuffer_drain(in, len);
-        evbuffer_add_buffer(in, pre);
-        evbuffer_add_buffer(in, tail);
+      if ((from > 0 && evbuffer_remove_buffer(in, pre, from) != (int)from) ||
+          evbuffer_drain(in, len) != 0) {
+        rc = -1; /* in: the looked-at bytes as they were */
+      } else if (evbuffer_add_buffer(pre, tail) != 0) {
+        rc = -1; /* out of memory: them as they were, if that still fits */
+        evbuffer_add(pre, t, len);
       }
+      evbuffer_prepend_buffer(in, pre);
       s->busy = 0;
     }
     if (tail) evbuffer_free(tail);
@@ -214,10 +222,6 @@ int strata_http_scan_feed(struct strata_http_scan *s, struct evbuffer *in, size_
   return rc;
 }
 
-uint64_t strata_http_body_too_large(struct evhttp_request *req) {
-  const char *v = evhttp_find_header(evhttp_request_get_input_headers(req),
-                                     STRATA_HTTP_TOO_LARGE_HEADER);
-  if (!v) return 0;
-  uint64_t n;
-  return parse_length(v, strlen(v), &n) == 0 && n > 0 ? n : 0;
+const char *strata_http_body_too_large(struct evhttp_request *req) {
+  return evhttp_find_header(evhttp_request_get_input_headers(req), STRATA_HTTP_TOO_LARGE_HEADER);
 }

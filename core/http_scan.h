@@ -16,6 +16,9 @@
  * the server an empty request carrying the header, and the server answers
  * 413 in JSON and closes the connection (strata_http_body_too_large).
  *
+ * A line starting with NUL ends the head, as evhttp has it. A client's own
+ * X-Strata-Body-Too-Large line is renamed X-Client-Body-Too-Large.
+ *
  * A chunked body cannot be followed without decoding it: after one, the
  * scanner lets the connection's bytes pass untouched, and evhttp's own limit
  * (still set) answers an oversized chunked body as before. So does a
@@ -57,7 +60,10 @@ void strata_http_scan_init(struct strata_http_scan *s, uint64_t limit);
  * the scanner off: evhttp's own limit applies). */
 int strata_http_scan_feed(struct strata_http_scan *s, struct evbuffer *in, size_t n_added);
 
-/* The body size a rewritten request declared, or 0 when it was not. */
-uint64_t strata_http_body_too_large(struct evhttp_request *req);
+/* The Content-Length a rewritten request declared (as sent), or NULL when
+ * it was not rewritten: the server answers 413 and closes the connection
+ * whatever the value (a header folded onto it may have changed it). A
+ * client's own header of that name arrives renamed. */
+const char *strata_http_body_too_large(struct evhttp_request *req);
 
 #endif

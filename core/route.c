@@ -833,13 +833,13 @@ static void on_request(struct evhttp_request *req, void *arg) {
                        strata_http_conns_max(rt->conns));
     return;
   }
-  const uint64_t big = strata_http_body_too_large(req);
+  const char *big = strata_http_body_too_large(req);
   if (big) { /* the scanner took its body away (http_scan.h) */
     evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
     route_reply_errorf(rt, req, 413, "request_too_large",
-                       "the request body is %llu bytes; the router takes at most %zu "
+                       "the request body is %.40s bytes; the router takes at most %zu "
                        "(router.max_body_bytes)",
-                       (unsigned long long)big, rt->o->max_body_bytes);
+                       big, rt->o->max_body_bytes);
     return;
   }
   const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);

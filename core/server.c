@@ -1191,13 +1191,13 @@ static void on_request(struct evhttp_request *http, void *arg) {
                  strata_http_conns_max(srv->conns));
     return;
   }
-  const uint64_t big = strata_http_body_too_large(http);
+  const char *big = strata_http_body_too_large(http);
   if (big) { /* the scanner took its body away (http_scan.h) */
     evhttp_add_header(evhttp_request_get_output_headers(http), "Connection", "close");
     reply_errorf(srv, http, 413, "request_too_large", NULL,
-                 "the request body is %llu bytes; this server takes at most %zu "
+                 "the request body is %.40s bytes; this server takes at most %zu "
                  "(server.max_body_bytes)",
-                 (unsigned long long)big, srv->o->max_body_bytes);
+                 big, srv->o->max_body_bytes);
     return;
   }
   const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(http);

@@ -21,17 +21,25 @@ static void on_input(struct evbuffer *in, const struct evbuffer_cb_info *info, v
 
 /* Feeds stream in chunks of `chunk` bytes; consume: after each, takes away
  * every whole line (as evhttp parses a head; it takes body bytes too, which
- * this does as well). Returns all the bytes the consumer saw, in order,
- * and what was left (malloc'd; *n its length). */
-static char *run(const char *stream, size_t len, size_t chunk, int consume, uint64_t limit,
-                 size_t *n) {
+ * this does as well). frozen: the buffer's end frozen around each feed but
+ * the append itself, as bufferevent_socket keeps an input buffer (the
+ * scanner then runs again on what is there, as take_fresh does). Returns
+ * all the bytes the consumer saw, in order, and what was left (malloc'd;
+ * *n its length). */
+static char *run_frozen(const char *stream, size_t len, size_t chunk, int consume,
+                        uint64_t limit, int frozen, size_t *n) {
   struct evbuffer *in = evbuffer_new(), *seen = evbuffer_new();
   struct strata_http_scan s;
   strata_http_scan_init(&s, limit);
-  ck_assert_ptr_nonnull(evbuffer_add_cb(in, on_input, &s));
+  if (!frozen) ck_assert_ptr_nonnull(evbuffer_add_cb(in, on_input, &s));
   for (size_t off = 0; off < len; off += chunk) {
     const size_t k = len - off < chunk ? len - off : chunk;
     ck_assert_int_eq(evbuffer_add(in, stream + off, k), 0);
+    if (frozen) {
+      ck_assert_int_eq(evbuffer_freeze(in, 0), 0);
+      ck_assert_int_eq(strata_http_scan_feed(&s, in, k), 0);
+      ck_assert_int_eq(evbuffer_unfreeze(in, 0), 0);
+    }
     if (consume) {
       struct evbuffer_ptr p = evbuffer_search_eol(in, NULL, NULL, EVBUFFER_EOL_LF);
       size_t upto = 0;
@@ -54,14 +62,20 @@ static char *run(const char *stream, size_t len, size_t chunk, int consume, uint
   return out;
 }
 
+
+static char *run(const char *stream, size_t len, size_t chunk, int consume, uint64_t limit,
+                 size_t *n) {
+  return run_frozen(stream, len, chunk, consume, limit, 0, n);
+}
+
 /* stream through the scanner gives want, in every chunk size up to its
- * length, consumed or not. */
+ * length, consumed or not, the buffer's end frozen or not. */
 static void expect(const char *stream, size_t len, uint64_t limit, const char *want,
                    size_t want_len) {
   for (size_t chunk = 1; chunk <= len; chunk++)
-    for (int consume = 0; consume < 2; consume++) {
+    for (int consume = 0; consume < 4; consume++) {
       size_t n;
-      char *got = run(stream, len, chunk, consume, limit, &n);
+      char *got = run_frozen(stream, len, chunk, consume & 1, limit, consume >> 1, &n);
       ck_assert_msg(n == want_len && memcmp(got, want, n) == 0,
                     "chunks of %zu%s: got %zu bytes [%.*s], want %zu [%.*s]", chunk,
                     consume ? " (consumed)" : "", n, (int)(n < 400 ? n : 400), got, want_len,
@@ -124,6 +138,22 @@ START_TEST(hostile_heads) {
   const char bigw[] = "POST / HTTP/1.1\r\nContent-Length: 0\r\nX-Strata-Body-Too-Large: "
                       "18446744073709551615\r\n\r\n";
   expect(S(big), 10, S(bigw));
+  /* a line starting with NUL ends the head (evhttp's test): 5 body bytes */
+  const char nulend[] = "POST / HTTP/1.1\r\nContent-Length: 5\r\n\0\r\nabcdeGET / HTTP/1.1\r\n"
+                        "Content-Length: 50\r\n\r\n";
+  const char nulendw[] = "POST / HTTP/1.1\r\nContent-Length: 5\r\n\0\r\nabcdeGET / HTTP/1.1\r\n"
+                         "Content-Length: 0\r\nX-Strata-Body-Too-Large: 50\r\n\r\n";
+  expect(S(nulend), 10, S(nulendw));
+  /* a client's own marker is renamed, in any method */
+  const char own[] = "HEAD / HTTP/1.1\r\nx-strata-body-too-large: 5\r\n\r\n";
+  const char ownw[] = "HEAD / HTTP/1.1\r\nX-Client-Body-Too-Large: 5\r\n\r\n";
+  expect(S(own), 10, S(ownw));
+  /* a fold after an oversized length: rewritten (the server answers 413
+   * whatever the marker then says), the scanner off from there */
+  const char fold[] = "POST / HTTP/1.1\r\nContent-Length: 20\r\n 7\r\n\r\n01234567890123456789";
+  const char foldw[] = "POST / HTTP/1.1\r\nContent-Length: 0\r\nX-Strata-Body-Too-Large: 20\r\n"
+                       " 7\r\n\r\n01234567890123456789";
+  expect(S(fold), 10, S(foldw));
   /* a second length after an oversized first: the first is rewritten
    * (evhttp reads the first), the scanner stops there */
   const char two[] = "POST / HTTP/1.1\r\nContent-Length: 50\r\nContent-Length: 3\r\n\r\nabc";
@@ -133,13 +163,15 @@ START_TEST(hostile_heads) {
 }
 END_TEST
 
-/* Random streams of random pieces: the scanner never crashes, and where no
- * length is over the limit nothing changes. */
+/* Random streams of random pieces, oversized lengths among them: the
+ * scanner never crashes, and whatever the chunks, consumed or not, frozen
+ * or not, the result is the stream's fed whole. */
 START_TEST(random_streams) {
   static const char *const pieces[] = {"POST / HTTP/1.1\r\n", "GET / HTTP/1.1\n", "\r\n", "\n",
                                        "Content-Length: 4\r\n", "content-length:0\r\n",
                                        "Transfer-Encoding: x\r\n", "abcd", "\r", ":", " ",
-                                       "Host: y\r\n"};
+                                       "Host: y\r\n", "Content-Length: 150\r\n",
+                                       "X-Strata-Body-Too-Large: 1\r\n", "\0"};
   uint64_t r = 42;
   for (int it = 0; it < 300; it++) {
     char st[512];
@@ -151,12 +183,16 @@ START_TEST(random_streams) {
       memcpy(st + n, p, k);
       n += k;
     }
+    size_t wn;
+    char *whole = run(st, n, n, 0, 100, &wn);
     for (size_t chunk = 1; chunk < 40; chunk += 7) {
       size_t m;
-      char *got = run(st, n, chunk, (int)(chunk & 1), 100, &m);
-      ck_assert_msg(m == n && memcmp(got, st, n) == 0, "stream %d changed", it);
+      char *got = run_frozen(st, n, chunk, (int)(chunk & 1), 100, (int)(chunk & 2) >> 1, &m);
+      ck_assert_msg(m == wn && memcmp(got, whole, m) == 0, "stream %d: chunks of %zu differ", it,
+                    chunk);
       free(got);
     }
+    free(whole);
   }
 }
 END_TEST
