@@ -86,13 +86,24 @@ static int on_line(struct strata_http_scan *s, const char *p, size_t n, size_t o
     s->n_length = 0;
     s->length = 0;
     s->chunked = s->bad = s->last_was_length = 0;
+    s->rewritten = 0;
     return 0;
   }
   if (n == 0 || p[0] == '\0') { /* the end of the head (evhttp's test): its body follows */
     s->in_head = 0;
     if (!s->body_method) return 0;
-    if (s->chunked || s->bad || s->n_length > 1) {
-      s->mode = 2; /* evhttp decides; the rest of the connection passes */
+    if (s->chunked) { /* evhttp reads chunks, whatever the length says */
+      s->mode = 2;      /* it decides; the rest of the connection passes */
+      return 0;
+    }
+    if (s->rewritten > 0) { /* the body the client declared first goes */
+      s->mode = 1;
+      s->body_left = s->rewritten;
+      s->drop = 1;
+      return 0;
+    }
+    if (s->bad || s->n_length > 1) {
+      s->mode = 2;
       return 0;
     }
     if (s->n_length == 1 && s->length > 0) {
@@ -127,6 +138,7 @@ static int on_line(struct strata_http_scan *s, const char *p, size_t n, size_t o
     } else {
       s->length = len;
       if (len > s->limit && s->n_length == 1) {
+        s->rewritten = len;
         char repl[96];
         snprintf(repl, sizeof repl, "Content-Length: 0\r\n" STRATA_HTTP_TOO_LARGE_HEADER ": %llu",
                  (unsigned long long)len);
@@ -222,6 +234,9 @@ int strata_http_scan_feed(struct strata_http_scan *s, struct evbuffer *in, size_
   return rc;
 }
 
-const char *strata_http_body_too_large(struct evhttp_request *req) {
-  return evhttp_find_header(evhttp_request_get_input_headers(req), STRATA_HTTP_TOO_LARGE_HEADER);
+const char *strata_http_body_too_large(struct evhttp_request *req, int *keep_open) {
+  const struct evkeyvalq *h = evhttp_request_get_input_headers(req);
+  const char *v = evhttp_find_header(h, STRATA_HTTP_TOO_LARGE_HEADER);
+  *keep_open = v && !evhttp_find_header(h, "Transfer-Encoding") && !evhttp_find_header(h, "Expect");
+  return v;
 }

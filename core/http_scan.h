@@ -12,9 +12,15 @@
  *     Content-Length: 0
  *     X-Strata-Body-Too-Large: N
  *
- * and the N body bytes that follow are dropped as they come; evhttp hands
- * the server an empty request carrying the header, and the server answers
- * 413 in JSON and closes the connection (strata_http_body_too_large).
+ * and the N body bytes that follow are dropped as they come (N: that first
+ * Content-Length, whatever other lines say, unless the head has a
+ * Transfer-Encoding, which evhttp follows instead); evhttp hands the server
+ * an empty request carrying the header, and the server answers 413 in JSON
+ * (strata_http_body_too_large). The connection stays open while the body is
+ * dropped, so that the client, still sending, reads the answer (closing on
+ * unread bytes would reset the connection under it), except where the
+ * scanner cannot follow: with Transfer-Encoding, or Expect: 100-continue
+ * (the client may never send the body).
  *
  * A line starting with NUL ends the head, as evhttp has it. A client's own
  * X-Strata-Body-Too-Large line is renamed X-Client-Body-Too-Large.
@@ -49,6 +55,7 @@ struct strata_http_scan {
   uint64_t length;    /* the last one's value (saturated) */
   int chunked, bad;   /* Transfer-Encoding seen; a length not a number, or folded */
   int last_was_length; /* the previous line was a Content-Length (folding) */
+  uint64_t rewritten; /* the length rewritten (the first Content-Length), or 0 */
   int busy;           /* rewriting the buffer (its callback fires again) */
 };
 
@@ -61,9 +68,10 @@ void strata_http_scan_init(struct strata_http_scan *s, uint64_t limit);
 int strata_http_scan_feed(struct strata_http_scan *s, struct evbuffer *in, size_t n_added);
 
 /* The Content-Length a rewritten request declared (as sent), or NULL when
- * it was not rewritten: the server answers 413 and closes the connection
- * whatever the value (a header folded onto it may have changed it). A
- * client's own header of that name arrives renamed. */
-const char *strata_http_body_too_large(struct evhttp_request *req);
+ * it was not rewritten: the server answers 413 whatever the value (a header
+ * folded onto it may have changed it). A client's own header of that name
+ * arrives renamed. *keep_open: whether the answer may leave the connection
+ * open (see above); otherwise it says Connection: close. */
+const char *strata_http_body_too_large(struct evhttp_request *req, int *keep_open);
 
 #endif

@@ -833,9 +833,11 @@ static void on_request(struct evhttp_request *req, void *arg) {
                        strata_http_conns_max(rt->conns));
     return;
   }
-  const char *big = strata_http_body_too_large(req);
-  if (big) { /* the scanner took its body away (http_scan.h) */
-    evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
+  int keep_open;
+  const char *big = strata_http_body_too_large(req, &keep_open);
+  if (big) { /* the scanner takes its body away (http_scan.h) */
+    if (!keep_open)
+      evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
     route_reply_errorf(rt, req, 413, "request_too_large",
                        "the request body is %.40s bytes; the router takes at most %zu "
                        "(router.max_body_bytes)",

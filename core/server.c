@@ -1191,9 +1191,11 @@ static void on_request(struct evhttp_request *http, void *arg) {
                  strata_http_conns_max(srv->conns));
     return;
   }
-  const char *big = strata_http_body_too_large(http);
-  if (big) { /* the scanner took its body away (http_scan.h) */
-    evhttp_add_header(evhttp_request_get_output_headers(http), "Connection", "close");
+  int keep_open;
+  const char *big = strata_http_body_too_large(http, &keep_open);
+  if (big) { /* the scanner takes its body away (http_scan.h) */
+    if (!keep_open)
+      evhttp_add_header(evhttp_request_get_output_headers(http), "Connection", "close");
     reply_errorf(srv, http, 413, "request_too_large", NULL,
                  "the request body is %.40s bytes; this server takes at most %zu "
                  "(server.max_body_bytes)",

@@ -316,6 +316,19 @@ check "huge body without Expect: JSON 413 (got $code)" \
 code=$(curl -s -o "$T/huge.out" -w '%{http_code}' -X GET --data-binary @"$T/huge" "$U/health")
 check "huge GET body: JSON 413 (got $code)" \
   sh -c "[ $code = 413 ] && jq -e '.error.code == \"request_too_large\"' '$T/huge.out' >/dev/null"
+# without Expect the connection stays open while the body is dropped (the
+# client, still sending, reads the answer), and then serves the next request
+keep=$( (
+  trap '' PIPE
+  hp=${U#http://}
+  exec 3<>"/dev/tcp/${hp%:*}/${hp##*:}" || exit 0
+  { printf 'POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 5000000\r\n\r\n'
+    head -c 5000000 /dev/zero
+    printf 'GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n'; } >&3 2>/dev/null
+  timeout 20 cat <&3
+) | grep -ao 'HTTP/1.1 [0-9]*' | tr '\n' ' ')
+check "after a 413 the same connection serves the next request ($keep)" \
+  test "$keep" = "HTTP/1.1 413 HTTP/1.1 200 "
 # the marker header is the scanner's alone: a client's own is renamed
 code=$(curl -s -o /dev/null -w '%{http_code}' -H 'X-Strata-Body-Too-Large: 5' "$U/health")
 check "a client's own X-Strata-Body-Too-Large is not a 413 (got $code)" test "$code" = 200
