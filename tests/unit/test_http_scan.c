@@ -13,55 +13,21 @@
 #include <event2/buffer.h>
 
 #include "http_scan.h"
+#include "http_scan_feed.h"
 #include "testutil.h"
 
-static void on_input(struct evbuffer *in, const struct evbuffer_cb_info *info, void *arg) {
-  if (info->n_added) strata_http_scan_feed(arg, in, info->n_added);
-}
-
-/* Feeds stream in chunks of `chunk` bytes; consume: after each, takes away
- * every whole line (as evhttp parses a head; it takes body bytes too, which
- * this does as well). frozen: the buffer's end frozen around each feed but
- * the append itself, as bufferevent_socket keeps an input buffer (the
- * scanner then runs again on what is there, as take_fresh does). Returns
- * all the bytes the consumer saw, in order, and what was left (malloc'd;
- * *n its length). */
+/* scan_stream's result as a string (malloc'd; *n its length). */
 static char *run_frozen(const char *stream, size_t len, size_t chunk, int consume,
                         uint64_t limit, int frozen, size_t *n) {
-  struct evbuffer *in = evbuffer_new(), *seen = evbuffer_new();
-  struct strata_http_scan s;
-  strata_http_scan_init(&s, limit);
-  if (!frozen) ck_assert_ptr_nonnull(evbuffer_add_cb(in, on_input, &s));
-  for (size_t off = 0; off < len; off += chunk) {
-    const size_t k = len - off < chunk ? len - off : chunk;
-    ck_assert_int_eq(evbuffer_add(in, stream + off, k), 0);
-    if (frozen) {
-      ck_assert_int_eq(evbuffer_freeze(in, 0), 0);
-      ck_assert_int_eq(strata_http_scan_feed(&s, in, k), 0);
-      ck_assert_int_eq(evbuffer_unfreeze(in, 0), 0);
-    }
-    if (consume) {
-      struct evbuffer_ptr p = evbuffer_search_eol(in, NULL, NULL, EVBUFFER_EOL_LF);
-      size_t upto = 0;
-      while (p.pos >= 0) {
-        upto = (size_t)p.pos + 1;
-        struct evbuffer_ptr q = p;
-        if (evbuffer_ptr_set(in, &q, 1, EVBUFFER_PTR_ADD) != 0) break;
-        p = evbuffer_search_eol(in, &q, NULL, EVBUFFER_EOL_LF);
-      }
-      evbuffer_remove_buffer(in, seen, upto);
-    }
-  }
-  evbuffer_add_buffer(seen, in);
+  struct evbuffer *seen = scan_stream(stream, len, chunk, consume, frozen, limit);
+  ck_assert_ptr_nonnull(seen);
   *n = evbuffer_get_length(seen);
   char *out = malloc(*n + 1);
   evbuffer_remove(seen, out, *n);
   out[*n] = 0;
-  evbuffer_free(in);
   evbuffer_free(seen);
   return out;
 }
-
 
 static char *run(const char *stream, size_t len, size_t chunk, int consume, uint64_t limit,
                  size_t *n) {
