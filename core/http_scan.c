@@ -153,6 +153,16 @@ int strata_http_scan_feed(struct strata_http_scan *s, struct evbuffer *in, size_
   if (s->busy || s->mode == 2 || n_added == 0) return 0;
   const size_t total = evbuffer_get_length(in);
   if (n_added > total) n_added = total;
+  if (s->mode == 1 && !s->drop) { /* a body let through: counted, not copied */
+    if (s->body_left > n_added) {
+      s->body_left -= n_added;
+      return 0;
+    }
+    n_added -= (size_t)s->body_left; /* it ends here: a head may follow */
+    s->body_left = 0;
+    s->mode = 0; /* partial is 0: a feed that ends in a body leaves it so */
+    if (n_added == 0) return 0;
+  }
   const size_t start = total - n_added;
   /* the current line's earlier bytes are still there: evhttp takes whole
    * lines only */
