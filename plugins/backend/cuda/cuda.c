@@ -100,7 +100,7 @@ struct strata_backend {
   int32_t n_tiles, max_tile; /* attention's query tiles (kernels.h) */
   void *d_ws; /* the integer matmul's quantized activations */
   size_t ws_cap;
-  float *d_attn_ws; /* attention's split partials */
+  void *d_attn_ws; /* attention's split partials (floats) */
   size_t attn_ws_cap;
 #if CU_HAVE_BLAS
   cublasHandle_t blas; /* made on the first GEMM, on the instance's stream */
@@ -769,6 +769,12 @@ static int cu_meet(const strata_buf_t *ab, uint64_t a0, uint64_t an, const strat
   return ab == cb && a0 < c0 + cn && c0 < a0 + an;
 }
 
+/* Whether the bytes of f32 tensors a and c meet. */
+static int cu_f32_meet(const struct strata_tensor *a, const struct strata_tensor *c) {
+  return cu_meet(a->buf, a->offset, (uint64_t)a->ne[0] * a->ne[1] * 4, c->buf, c->offset,
+                 (uint64_t)c->ne[0] * c->ne[1] * 4);
+}
+
 /* Checks weight w, x and out of one product (out apart from both). */
 static int cu_matmul_views(struct strata_backend *b, const struct strata_tensor *w,
                            const struct strata_tensor *x, struct strata_tensor *out,
@@ -777,9 +783,9 @@ static int cu_matmul_views(struct strata_backend *b, const struct strata_tensor 
   *xd = *wd ? cu_f32(b, x, "matmul x", w->ne[0], -1) : NULL;
   *od = *xd ? cu_f32(b, out, "matmul out", w->ne[1], x->ne[1]) : NULL;
   if (!*od) return -1;
-  const uint64_t on = (uint64_t)out->ne[0] * out->ne[1] * 4;
-  if (cu_meet(out->buf, out->offset, on, x->buf, x->offset, (uint64_t)x->ne[0] * x->ne[1] * 4) ||
-      cu_meet(out->buf, out->offset, on, w->buf, w->offset, (uint64_t)*rb * w->ne[1]))
+  if (cu_f32_meet(out, x) ||
+      cu_meet(out->buf, out->offset, (uint64_t)out->ne[0] * out->ne[1] * 4, w->buf, w->offset,
+              (uint64_t)*rb * w->ne[1]))
     return cu_fail(b, "matmul: out overlaps an input");
   return 0;
 }
@@ -813,9 +819,7 @@ static int cu_matmul_n(strata_backend_t *b, int n, const struct strata_tensor *c
                      (long long)w[i]->ne[0], (long long)w[0]->ne[0]);
     if (cu_matmul_views(b, w[i], x, out[i], &wd[i], &rb[i], &xd, &od[i])) return -1;
     for (int j = 0; j < i; j++)
-      if (cu_meet(out[i]->buf, out[i]->offset, (uint64_t)out[i]->ne[0] * out[i]->ne[1] * 4,
-                  out[j]->buf, out[j]->offset, (uint64_t)out[j]->ne[0] * out[j]->ne[1] * 4))
-        return cu_fail(b, "matmul: outputs %d and %d overlap", j, i);
+      if (cu_f32_meet(out[i], out[j])) return cu_fail(b, "matmul: outputs %d and %d overlap", j, i);
   }
   /* an output written before a later weight is read must not be that weight */
   for (int i = 0; i < n; i++)
@@ -946,13 +950,7 @@ static int cu_attention(strata_backend_t *b, const struct strata_tensor *q,
                               B->max_blocks, B->block_size,  b->d_tiles,  b->n_tiles,
                               b->max_tile,   max_len};
   const size_t ws = kc_attention_workspace(&kb, a->n_heads, a->n_kv_heads, a->head_dim, b->sm_count);
-  if (ws > b->attn_ws_cap) {
-    cudaFree(b->d_attn_ws); /* waits for the work that may still read it */
-    b->d_attn_ws = NULL;
-    b->attn_ws_cap = 0;
-    CU_CHECK(b, cudaMalloc((void **)&b->d_attn_ws, ws + ws / 4), "attention workspace");
-    b->attn_ws_cap = ws + ws / 4;
-  }
+  if (cu_grow(b, &b->d_attn_ws, &b->attn_ws_cap, ws, "attention workspace")) return -1;
   return kc_attention(b->stream, &kb, qp, kc, k_cache->type, vc, v_cache->type, a->n_heads,
                       a->n_kv_heads, a->head_dim, a->scale, b->sm_count, b->d_attn_ws, op, b->err,
                       sizeof b->err);
@@ -989,11 +987,7 @@ static int cu_get_rows(strata_backend_t *b, const struct strata_tensor *x,
     if (B->out_rows[j] >= x->ne[1])
       return cu_fail(b, "get_rows: out_rows[%d] = %d, x has %lld rows", j, B->out_rows[j],
                      (long long)x->ne[1]);
-  if (x->buf == out->buf) {
-    const uint64_t x0 = x->offset, x1 = x0 + (uint64_t)x->ne[0] * x->ne[1] * 4;
-    const uint64_t o0 = out->offset, o1 = o0 + (uint64_t)out->ne[0] * out->ne[1] * 4;
-    if (x0 < o1 && o0 < x1) return cu_fail(b, "get_rows: out overlaps x");
-  }
+  if (cu_f32_meet(x, out)) return cu_fail(b, "get_rows: out overlaps x");
   return kc_get_rows(b->stream, xd, x->ne[0], b->d_out_rows, B->n_out, od, b->err,
                      sizeof b->err);
 }
