@@ -654,17 +654,22 @@ static int validate_params(const struct strata_config *cfg, const config_setting
       continue;
     }
     int t = config_setting_type(m);
+    /* a numeric setting whose literal libconfig cut to 32 bits: that error,
+     * not its (wrong) value's */
+    if (t == CONFIG_TYPE_INT &&
+        (p->type == STRATA_PARAM_INT || p->type == STRATA_PARAM_FLOAT ||
+         p->type == STRATA_PARAM_SIZE) &&
+        check_int32_literal(cfg, m, where, name, errs))
+      continue;
     int ok = 0;
     switch (p->type) {
     case STRATA_PARAM_INT:
       ok = t == CONFIG_TYPE_INT || t == CONFIG_TYPE_INT64;
-      if (ok && !(t == CONFIG_TYPE_INT && check_int32_literal(cfg, m, where, name, errs)))
-        check_range(cfg, m, where, p, (double)config_setting_get_int64(m), errs);
+      if (ok) check_range(cfg, m, where, p, (double)config_setting_get_int64(m), errs);
       break;
     case STRATA_PARAM_FLOAT:
       ok = t == CONFIG_TYPE_INT || t == CONFIG_TYPE_INT64 || t == CONFIG_TYPE_FLOAT;
-      if (ok && t == CONFIG_TYPE_INT && check_int32_literal(cfg, m, where, name, errs)) {
-      } else if (ok) {
+      if (ok) {
         double v = t == CONFIG_TYPE_FLOAT ? config_setting_get_float(m)
                                           : (double)config_setting_get_int64(m);
         check_range(cfg, m, where, p, v, errs);
@@ -687,9 +692,7 @@ static int validate_params(const struct strata_config *cfg, const config_setting
       }
       break;
     case STRATA_PARAM_SIZE:
-      if (t == CONFIG_TYPE_INT && check_int32_literal(cfg, m, where, name, errs)) {
-        ok = 1;
-      } else if (t == CONFIG_TYPE_INT || t == CONFIG_TYPE_INT64) {
+      if (t == CONFIG_TYPE_INT || t == CONFIG_TYPE_INT64) {
         long long v = config_setting_get_int64(m);
         ok = 1;
         if (v < 0)
