@@ -49,6 +49,12 @@ struct bw_probe {
   double *step; /* that step's seconds */
 };
 
+/* The median of v[0..n) (n > 0), which it sorts. */
+static double median_of(double *v, long n) {
+  qsort(v, (size_t)n, sizeof *v, cmp_double);
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
 /* Decodes `steps` tokens for n_seqs sequences that already hold `ctx`
  * tokens each; returns the seconds the steps took, and the median step's
  * seconds in *median (when not NULL): on a shared machine a neighbour's
@@ -98,8 +104,7 @@ static double decode_steps(struct strata_model *m, int n_seqs, int ctx, int step
   }
   dt = sum;
   if (median) {
-    qsort(st, (size_t)steps, sizeof *st, cmp_double);
-    *median = steps % 2 ? st[steps / 2] : 0.5 * (st[steps / 2 - 1] + st[steps / 2]);
+    *median = median_of(st, steps);
   }
 out:
   free(st);
@@ -309,10 +314,7 @@ int strata_cmd_bench(int argc, char **argv) {
     goto fail;
   }
   for (long i = 0; i < n_gen; i++) ratio[i] = stepv[i] > 0 && pass[i] > 0 ? bytes_step / stepv[i] / pass[i] : 0;
-  qsort(pass, (size_t)n_gen, sizeof *pass, cmp_double);
-  qsort(ratio, (size_t)n_gen, sizeof *ratio, cmp_double);
-  const double bw = n_gen % 2 ? pass[n_gen / 2] : 0.5 * (pass[n_gen / 2 - 1] + pass[n_gen / 2]);
-  const double rmed = n_gen % 2 ? ratio[n_gen / 2] : 0.5 * (ratio[n_gen / 2 - 1] + ratio[n_gen / 2]);
+  const double bw = median_of(pass, n_gen), rmed = median_of(ratio, n_gen); /* both sorted */
   const double roof = bw / bytes_step;
   printf("roofline: %.1f MB of weights per decode step, read bandwidth %.2f GB/s (%d threads; median of %ld "
          "passes, one after each 1-sequence decode step; %.1f-%.1f GB/s): %.2f tokens/s max\n",
